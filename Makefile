@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test test-unit test-integration lint fmt typecheck bench demo clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup lint typecheck
+	$(PY) -m pytest -q
+
+test-unit:
+	$(PY) -m pytest -q -m "not integration"
+
+test-integration: setup
+	$(PY) -m pytest -q -m integration
+
+lint:
+	$(VENV)/bin/ruff check omibuild tests bench
+	$(VENV)/bin/ruff format --check omibuild tests bench
+
+fmt:
+	$(VENV)/bin/ruff format omibuild tests bench
+	$(VENV)/bin/ruff check --fix omibuild tests bench
+
+typecheck:
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/run.py
+
+demo: setup
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

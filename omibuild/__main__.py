@@ -1,0 +1,3 @@
+from omibuild.cli import entry
+
+entry()

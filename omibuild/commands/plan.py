@@ -1,0 +1,40 @@
+"""omibuild plan FILE — exactly what apply will build, for review."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omibuild.errors import EXIT_OK
+from omibuild.pipeline import prepare
+from omibuild.render.dockerfile import render
+from omibuild.report import print_human, to_json, to_markdown
+from omibuild.sources.cache import Cache, atomic_write
+from omibuild.sources.progress import Progress
+
+
+def run(args: argparse.Namespace) -> int:
+    from omibuild.build.buildx import BuildxExecutor
+
+    executor = BuildxExecutor()
+    prepared = prepare(
+        Path(args.file),
+        Cache(),
+        Progress(),
+        locked=args.locked,
+        offline=args.offline,
+        base_digest=executor.image_digest,
+    )
+    plan = prepared.plan
+    if args.out:
+        atomic_write(Path(args.out), to_json(plan))
+    if args.dockerfile:
+        sys.stdout.write(render(plan))
+    elif args.format == "json":
+        sys.stdout.write(to_json(plan))
+    elif args.format == "markdown":
+        sys.stdout.write(to_markdown(plan))
+    else:
+        print_human(plan, sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""omi.yaml: load (YAML with marks) → validate (schema + semantics) → convert (frozen model)."""

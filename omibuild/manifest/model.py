@@ -1,0 +1,264 @@
+"""The validated manifest as frozen data, with every default filled in ("complete")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_IMAGE = "omibuild.local/python:3.11-slim"
+DEFAULT_LAYER_SPLIT = 512 * 1024 * 1024
+
+# interface -> (protocols, port, grpc port). Order is the canonical order everywhere.
+SPEC_INTERFACES = ("kfserving", "modzy")
+EXTENSION_INTERFACES = ("sagemaker", "vertex", "mlflow")
+INTERFACE_DEFAULTS: dict[str, tuple[tuple[str, ...], int, int | None]] = {
+    "kfserving": (("v1", "v2"), 8080, 8081),
+    "modzy": (("v2",), 45000, None),
+    "sagemaker": (("v1",), 8080, None),
+    "vertex": (("v1",), 8080, None),
+    "mlflow": (("v1",), 8080, None),
+}
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    path: str
+    ignore: tuple[str, ...] = ()
+    kind: str = field(default="local", init=False)
+
+
+@dataclass(frozen=True)
+class MlflowSource:
+    uri: str
+    tracking_uri: str | None = None
+    kind: str = field(default="mlflow", init=False)
+
+
+@dataclass(frozen=True)
+class HuggingFaceSource:
+    repo: str
+    revision: str = "main"
+    repo_type: str = "model"
+    allow: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    endpoint: str | None = None
+    kind: str = field(default="huggingface", init=False)
+
+
+SourceSpec = LocalSource | MlflowSource | HuggingFaceSource
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    protocols: tuple[str, ...]
+    port: int
+    grpc_port: int | None = None
+
+    @property
+    def is_extension(self) -> bool:
+        return self.name in EXTENSION_INTERFACES
+
+
+@dataclass(frozen=True)
+class Runtimes:
+    interfaces: tuple[Interface, ...]
+    default: str
+    workers: int = 1
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_batch_size: int = 0  # 0: batching off
+    max_latency_ms: float = 5.0
+
+    def get(self, name: str) -> Interface:
+        return next(i for i in self.interfaces if i.name == name)
+
+
+@dataclass(frozen=True)
+class Secret:
+    id: str
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    repository: str | None
+    base: str = DEFAULT_BASE_IMAGE
+    python: str = "python3"
+    requirement_files: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    system_packages: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    user: str = "omi"
+    uid: int = 10001
+    platforms: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    layer_split_bytes: int = DEFAULT_LAYER_SPLIT
+
+
+@dataclass(frozen=True)
+class Build:
+    cache_local: str | None = None
+    cache_registry: str | None = None
+    cache_enabled: bool = True
+    builder: str | None = None
+    push: bool = False
+    secrets: tuple[Secret, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    file: Path  # the omi.yaml
+    root: Path  # the model repository: the directory holding omi.yaml
+    name: str
+    version: str
+    description: str
+    license: str | None
+    authors: tuple[str, ...]
+    source: SourceSpec
+    flavor: str
+    predictor: str | None
+    task: str | None
+    model_file: str | None
+    example: Any  # JSON-able instances, or None
+    code_path: str | None  # None: no user code
+    code_ignore: tuple[str, ...]
+    preprocess: str | None
+    postprocess: str | None
+    runtimes: Runtimes
+    image: Image
+    origin_tag: str
+    tags: tuple[str, ...]
+    build: Build
+
+    @property
+    def has_code(self) -> bool:
+        return self.code_path is not None
+
+
+def _source(spec: dict[str, Any]) -> SourceSpec:
+    kind, body = next(iter(spec.items()))
+    if kind == "local":
+        return LocalSource(body["path"], tuple(body.get("ignore", ())))
+    if kind == "mlflow":
+        return MlflowSource(body["uri"], body.get("tracking_uri"))
+    return HuggingFaceSource(
+        repo=body["repo"],
+        revision=body.get("revision", "main"),
+        repo_type=body.get("repo_type", "model"),
+        allow=tuple(body.get("allow", ())),
+        ignore=tuple(body.get("ignore", ())),
+        endpoint=body.get("endpoint"),
+    )
+
+
+def _runtimes(spec: dict[str, Any]) -> Runtimes:
+    declared = spec.get("interfaces") or {name: {} for name in INTERFACE_DEFAULTS}
+    interfaces = []
+    for name, (protocols, port, grpc_port) in INTERFACE_DEFAULTS.items():
+        if name not in declared:
+            continue
+        body = declared[name] or {}
+        interfaces.append(
+            Interface(
+                name=name,
+                protocols=tuple(body.get("protocols", protocols)),
+                port=body.get("port", port),
+                grpc_port=body.get("grpc_port", grpc_port) if name == "kfserving" else None,
+            )
+        )
+    default = spec.get("default") or interfaces[0].name
+    batching = spec.get("batching", {})
+    return Runtimes(
+        interfaces=tuple(interfaces),
+        default=default,
+        workers=spec.get("workers", 1),
+        max_body_bytes=spec.get("max_body_bytes", 64 * 1024 * 1024),
+        max_batch_size=batching.get("max_batch_size", 0),
+        max_latency_ms=float(batching.get("max_latency_ms", 5.0)),
+    )
+
+
+def requirements_of(spec: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(files, packages) from the three allowed forms of image.requirements."""
+    if spec is None:
+        return (), ()
+    if isinstance(spec, str):
+        return (spec,), ()
+    if isinstance(spec, list):
+        return (), tuple(spec)
+    return tuple(spec.get("files", ())), tuple(spec.get("packages", ()))
+
+
+def _image(spec: dict[str, Any]) -> Image:
+    files, packages = requirements_of(spec.get("requirements"))
+    user = spec.get("user", {})
+    return Image(
+        repository=spec.get("repository"),
+        base=spec.get("base", DEFAULT_BASE_IMAGE),
+        python=spec.get("python", "python3"),
+        requirement_files=files,
+        packages=packages,
+        system_packages=tuple(spec.get("system_packages", ())),
+        env=tuple(sorted((k, _env_text(v)) for k, v in spec.get("env", {}).items())),
+        user=user.get("name", "omi"),
+        uid=user.get("uid", 10001),
+        platforms=tuple(spec.get("platforms", ())),
+        labels=tuple(sorted(spec.get("labels", {}).items())),
+        layer_split_bytes=spec.get("layer_split_bytes", DEFAULT_LAYER_SPLIT),
+    )
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _build(spec: dict[str, Any]) -> Build:
+    cache = spec.get("cache", {})
+    return Build(
+        cache_local=cache.get("local"),
+        cache_registry=cache.get("registry"),
+        cache_enabled=cache.get("enabled", True),
+        builder=spec.get("builder"),
+        push=spec.get("push", False),
+        secrets=tuple(
+            Secret(s["id"], s.get("env"), s.get("file")) for s in spec.get("secrets", ())
+        ),
+    )
+
+
+def convert(data: dict[str, Any], file: Path, example: Any) -> Manifest:
+    """Turn schema-valid data into a complete Manifest. Pure: ``example`` is pre-read."""
+    model = data["model"]
+    code = data.get("code")
+    processing = data.get("processing", {})
+    origin = data.get("origin", {})
+    return Manifest(
+        file=file,
+        root=file.parent,
+        name=data["name"],
+        version=str(data.get("version", "0.0.0")),
+        description=data.get("description", ""),
+        license=data.get("license"),
+        authors=tuple(data.get("authors", ())),
+        source=_source(model["source"]),
+        flavor=model["flavor"],
+        predictor=model.get("predictor"),
+        task=model.get("task"),
+        model_file=model.get("file"),
+        example=example,
+        code_path=(code or {}).get("path", ".")
+        if code is not None or processing or model.get("predictor")
+        else None,
+        code_ignore=tuple((code or {}).get("ignore", ())),
+        preprocess=processing.get("preprocess"),
+        postprocess=processing.get("postprocess"),
+        runtimes=_runtimes(data.get("runtimes", {})),
+        image=_image(data.get("image", {})),
+        origin_tag=origin.get("tag", "id"),
+        tags=tuple(origin.get("tags", ())),
+        build=_build(data.get("build", {})),
+    )

@@ -1,0 +1,217 @@
+"""Checks JSON Schema cannot express: paths stay inside the repository, hook modules exist,
+the default runtime is declared, image references are valid. Defensive: runs even when the
+schema found problems, skipping whatever is not well-typed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from omibuild.manifest.issues import Issue, json_path
+from omibuild.manifest.load import PathKey, RawManifest
+from omibuild.manifest.model import INTERFACE_DEFAULTS, requirements_of
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?/)"
+REPOSITORY = re.compile(rf"^{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*$")
+REFERENCE = re.compile(
+    rf"^{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Checker:
+    def __init__(self, raw: RawManifest) -> None:
+        self.raw = raw
+        self.root = raw.path.parent.resolve()
+        self.issues: list[Issue] = []
+
+    def add(self, parts: PathKey, message: str, hint: str | None = None) -> None:
+        line, col = self.raw.position(parts)
+        self.issues.append(Issue(self.raw.file, line, col, json_path(parts), message, hint))
+
+    def inside(self, parts: PathKey, value: Any, *, must_exist: bool = True) -> Path | None:
+        """Resolve a repo-relative path; report escapes and missing files."""
+        if not isinstance(value, str) or not value:
+            return None
+        pure = PurePosixPath(value)
+        if pure.is_absolute() or ".." in pure.parts:
+            self.add(
+                parts,
+                f"`{value}` leaves the model repository",
+                "use a path relative to the directory holding omi.yaml, without ..",
+            )
+            return None
+        target = self.root / pure
+        resolved = target.resolve()
+        if not resolved.is_relative_to(self.root):
+            self.add(
+                parts,
+                f"`{value}` is a symlink that points outside the model repository (to {resolved})",
+                "copy the files into the repository instead",
+            )
+            return None
+        if must_exist and not target.exists():
+            self.add(parts, f"`{value}` does not exist in {self.root}", "check the path")
+            return None
+        return target
+
+    def module(self, parts: PathKey, ref: Any, code_dir: Path | None) -> None:
+        if not isinstance(ref, str) or ":" not in ref or code_dir is None:
+            return
+        module = ref.split(":", 1)[0]
+        base = code_dir.joinpath(*module.split("."))
+        candidates = [base.with_suffix(".py"), base / "__init__.py"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            rel = base.relative_to(self.root) if base.is_relative_to(self.root) else base
+            self.add(
+                parts,
+                f"module `{module}` not found: expected {rel}.py or {rel}/__init__.py",
+                "hooks are module:function, with the module inside code.path",
+            )
+        elif not found.resolve().is_relative_to(self.root):
+            self.add(parts, f"module `{module}` is a symlink out of the model repository")
+
+    def run(self, data: dict[str, Any]) -> list[Issue]:
+        model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
+        self.source(model.get("source"))
+        code: dict[str, Any] = data["code"] if isinstance(data.get("code"), dict) else {}
+        code_dir = self.inside(("code", "path"), code.get("path", "."))
+        if code_dir is not None and not code_dir.is_dir():
+            self.add(("code", "path"), f"`{code.get('path')}` is not a directory")
+            code_dir = None
+        processing: dict[str, Any] = (
+            data["processing"] if isinstance(data.get("processing"), dict) else {}
+        )
+        for hook in ("preprocess", "postprocess"):
+            self.module(("processing", hook), processing.get(hook), code_dir)
+        self.flavor(model, code_dir)
+        self.runtimes(data.get("runtimes"))
+        self.image(data.get("image"))
+        self.secrets(data.get("build"))
+        return self.issues
+
+    def source(self, source: Any) -> None:
+        if not isinstance(source, dict):
+            return
+        local = source.get("local")
+        if isinstance(local, dict):
+            self.inside(("model", "source", "local", "path"), local.get("path"))
+
+    def flavor(self, model: dict[str, Any], code_dir: Path | None) -> None:
+        flavor, predictor = model.get("flavor"), model.get("predictor")
+        if flavor == "custom" and not predictor:
+            self.add(
+                ("model", "flavor"),
+                "the custom flavor needs `model.predictor`",
+                "set predictor: module:Class, a class with load() and predict()",
+            )
+        elif predictor and flavor != "custom":
+            self.add(
+                ("model", "predictor"),
+                f"`predictor` is only used by the custom flavor, not {flavor}",
+                "remove it, or set flavor: custom",
+            )
+        self.module(("model", "predictor"), predictor, code_dir)
+        if model.get("task") and flavor != "transformers":
+            self.add(("model", "task"), "`task` is only used by the transformers flavor")
+        example = model.get("example")
+        if isinstance(example, dict) and isinstance(example.get("file"), str):
+            self.inside(("model", "example", "file"), example["file"])
+
+    def runtimes(self, runtimes: Any) -> None:
+        if not isinstance(runtimes, dict):
+            return
+        declared = runtimes.get("interfaces")
+        names = list(declared) if isinstance(declared, dict) else list(INTERFACE_DEFAULTS)
+        default = runtimes.get("default")
+        if isinstance(default, str) and default not in names:
+            self.add(
+                ("runtimes", "default"),
+                f"default runtime `{default}` is not among the "
+                f"declared interfaces ({', '.join(names)})",
+                f"add {default} under interfaces",
+            )
+        if not isinstance(declared, dict):
+            return
+        for name, body in declared.items():
+            if not isinstance(body, dict):
+                continue
+            here = ("runtimes", "interfaces", name)
+            if "grpc_port" in body and name != "kfserving":
+                self.add(
+                    (*here, "grpc_port"),
+                    f"`grpc_port` applies to kfserving v2 only, not {name}",
+                    "set `port`; modzy v2 is gRPC on `port`",
+                )
+            if "grpc_port" in body and body.get("grpc_port") == body.get("port"):
+                self.add(
+                    (*here, "grpc_port"),
+                    "the gRPC port must differ from the HTTP port",
+                    "one port per listener, e.g. 8080 and 8081",
+                )
+            protocols = body.get("protocols")
+            if (
+                name in ("sagemaker", "vertex", "mlflow")
+                and isinstance(protocols, list)
+                and protocols != ["v1"]
+            ):
+                self.add((*here, "protocols"), f"{name} has a single protocol, v1")
+
+    def image(self, image: Any) -> None:
+        if not isinstance(image, dict):
+            return
+        repo = image.get("repository")
+        if isinstance(repo, str) and not REPOSITORY.match(repo):
+            hint = (
+                "drop the tag; put tags under origin.tags"
+                if ":" in repo.rsplit("/", 1)[-1]
+                else "lower-case path components, e.g. 127.0.0.1:5000/team/model"
+            )
+            self.add(("image", "repository"), f"`{repo}` is not a valid image repository", hint)
+        base = image.get("base")
+        if isinstance(base, str) and not REFERENCE.match(base):
+            self.add(("image", "base"), f"`{base}` is not a valid image reference")
+        try:
+            files, _ = requirements_of(image.get("requirements"))
+        except (AttributeError, TypeError):
+            files = ()
+        for i, f in enumerate(files):
+            where: PathKey = ("image", "requirements")
+            if isinstance(image.get("requirements"), dict):
+                where = (*where, "files", i)
+            self.inside(where, f)
+        for section in ("env", "labels"):
+            values = image.get(section)
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    if isinstance(value, str) and _CONTROL.search(value):
+                        self.add(
+                            ("image", section, key),
+                            "control characters (such as newlines) are not allowed here",
+                            "write the value on one line",
+                        )
+
+    def secrets(self, build: Any) -> None:
+        if not isinstance(build, dict) or not isinstance(build.get("secrets"), list):
+            return
+        seen: set[str] = set()
+        for i, secret in enumerate(build["secrets"]):
+            if not isinstance(secret, dict):
+                continue
+            if ("env" in secret) == ("file" in secret):
+                self.add(("build", "secrets", i), "a secret takes exactly one of `env` or `file`")
+            sid = secret.get("id")
+            if sid in seen:
+                self.add(("build", "secrets", i, "id"), f"secret id `{sid}` is used twice")
+            if isinstance(sid, str):
+                seen.add(sid)
+
+
+def check(raw: RawManifest) -> list[Issue]:
+    if not isinstance(raw.data, dict):
+        return []
+    return _Checker(raw).run(raw.data)

@@ -1,0 +1,377 @@
+"""Manifest + resolved inputs → Plan. Pure: no I/O, no clock, no environment.
+
+The plan is frozen data. Its digest covers everything that determines the image (and the
+omibuild version that renders it), not how it is built (cache, builder, push), so equal
+plans give equal digests on any machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from omibuild import __version__
+from omibuild.manifest.model import SPEC_INTERFACES, Manifest
+from omibuild.runtime.requirements import runtime_requirements
+from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
+
+PLAN_FORMAT = 1
+OMI = "/opt/omi"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything make_plan needs, gathered at the edges (inputs.py)."""
+
+    manifest: Manifest
+    source: ResolvedSource
+    code: tuple[ModelFile, ...] = ()
+    requirement_lines: tuple[str, ...] = ()  # the contents of image.requirements files
+    git_url: str | None = None
+    git_revision: str | None = None
+    base_digest: str | None = None
+    source_date_epoch: int | None = None
+    runtime_digest: str = ""  # the in-image runtime's files
+
+
+@dataclass(frozen=True)
+class Layer:
+    files: tuple[ModelFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build; not part of the plan digest."""
+
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    cache_enabled: bool = True
+    builder: str | None = None
+    push: bool = False
+    secrets: tuple[str, ...] = ()  # ids only; sources are found on the host at apply time
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    version: str
+    repository: str
+    tags: tuple[str, ...]
+    base_image: str
+    python: str
+    user: str
+    uid: int
+    model_layers: tuple[Layer, ...]
+    model_digest: str
+    code_files: tuple[ModelFile, ...]
+    requirements: tuple[str, ...]
+    runtime_requirements: tuple[str, ...]
+    system_packages: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    ports: tuple[int, ...]
+    labels: tuple[tuple[str, str], ...]
+    platforms: tuple[str, ...]
+    omi_json: str
+    origin: tuple[tuple[str, str], ...]
+    source_date_epoch: int | None
+    runtime_digest: str = ""
+    options: BuildOptions = field(default_factory=BuildOptions)
+    digest: str = ""
+    format: int = PLAN_FORMAT
+    omibuild_version: str = __version__
+
+    @property
+    def image_refs(self) -> tuple[str, ...]:
+        return tuple(f"{self.repository}:{t}" for t in self.tags)
+
+    @property
+    def model_files(self) -> tuple[ModelFile, ...]:
+        return tuple(f for layer in self.model_layers for f in layer.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        def files(items: list[dict[str, Any]]) -> tuple[ModelFile, ...]:
+            return tuple(ModelFile(i["path"], int(i["size"]), i["sha256"]) for i in items)
+
+        def pairs(items: list[list[str]]) -> tuple[tuple[str, str], ...]:
+            return tuple((str(a), str(b)) for a, b in items)
+
+        opts = d.get("options", {})
+        return cls(
+            name=d["name"],
+            version=d["version"],
+            repository=d["repository"],
+            tags=tuple(d["tags"]),
+            base_image=d["base_image"],
+            python=d["python"],
+            user=d["user"],
+            uid=int(d["uid"]),
+            model_layers=tuple(Layer(files(layer["files"])) for layer in d["model_layers"]),
+            model_digest=d["model_digest"],
+            code_files=files(d["code_files"]),
+            requirements=tuple(d["requirements"]),
+            runtime_requirements=tuple(d["runtime_requirements"]),
+            system_packages=tuple(d["system_packages"]),
+            env=pairs(d["env"]),
+            ports=tuple(int(p) for p in d["ports"]),
+            labels=pairs(d["labels"]),
+            platforms=tuple(d["platforms"]),
+            omi_json=d["omi_json"],
+            origin=pairs(d["origin"]),
+            source_date_epoch=d.get("source_date_epoch"),
+            runtime_digest=d.get("runtime_digest", ""),
+            options=BuildOptions(
+                cache_from=tuple(opts.get("cache_from", ())),
+                cache_to=tuple(opts.get("cache_to", ())),
+                cache_enabled=bool(opts.get("cache_enabled", True)),
+                builder=opts.get("builder"),
+                push=bool(opts.get("push", False)),
+                secrets=tuple(opts.get("secrets", ())),
+            ),
+            digest=d["digest"],
+            format=d["format"],
+            omibuild_version=d["omibuild_version"],
+        )
+
+
+def compute_digest(plan: Plan) -> str:
+    body = plan.to_dict()
+    body.pop("digest")
+    body.pop("options")
+    body["labels"] = [kv for kv in body["labels"] if kv[0] != "io.omibuild.plan.digest"]
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_layers(files: tuple[ModelFile, ...], threshold: int) -> tuple[Layer, ...]:
+    """Group files (in path order) into layers of about ``threshold`` bytes.
+
+    Registries and containerd pull layers in parallel (3 at a time by default), so a 4 GiB
+    model in 512 MiB layers downloads several times faster than as one blob, and a change to
+    one shard re-pushes only its layer. Below the threshold, one layer: per-layer overhead
+    (a request, a gzip/zstd stream, a snapshot) is not worth paying for small models."""
+    layers: list[list[ModelFile]] = [[]]
+    size = 0
+    for f in sorted(files):
+        if layers[-1] and size + f.size > threshold:
+            layers.append([])
+            size = 0
+        layers[-1].append(f)
+        size += f.size
+    return tuple(Layer(tuple(group)) for group in layers if group)
+
+
+def origin_tag(source: ResolvedSource) -> str:
+    """A valid OCI tag for the upstream model id (at most 128 characters)."""
+    tag = source.origin_id.replace(":", "-")
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in tag)[:128]
+
+
+def _dedupe(items: list[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item.strip(), None)
+    return tuple(k for k in seen if k)
+
+
+def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
+    """The model's own requirements, then the manifest's. MLflow models list ``mlflow``; the
+    skinny client serves them and is a fraction of the size."""
+    reqs = []
+    for line in (
+        *inputs.source.requirements,
+        *inputs.manifest.image.packages,
+        *inputs.requirement_lines,
+    ):
+        if line.startswith("mlflow==") or line == "mlflow":
+            line = line.replace("mlflow", "mlflow-skinny", 1)
+        reqs.append(line)
+    if inputs.manifest.flavor == "pyfunc" and not any(r.startswith("mlflow") for r in reqs):
+        reqs.append("mlflow-skinny")
+    return _dedupe(reqs)
+
+
+def _interfaces(m: Manifest) -> dict[str, dict[str, Any]]:
+    out = {}
+    for i in m.runtimes.interfaces:
+        body: dict[str, Any] = {"protocols": list(i.protocols), "port": i.port}
+        if i.grpc_port is not None and "v2" in i.protocols:
+            body["grpc_port"] = i.grpc_port
+        out[i.name] = body
+    return out
+
+
+def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str]) -> str:
+    m, src = inputs.manifest, inputs.source
+    config = {
+        "format": 1,
+        "name": m.name,
+        "version": m.version,
+        "flavor": m.flavor,
+        "predictor": m.predictor,
+        "task": m.task,
+        "model_file": m.model_file,
+        "hooks": {"preprocess": m.preprocess, "postprocess": m.postprocess},
+        "interfaces": _interfaces(m),
+        "default_interface": m.runtimes.default,
+        "env_defaults": env,
+        "runtime": {
+            "workers": m.runtimes.workers,
+            "max_body_bytes": m.runtimes.max_body_bytes,
+            "max_batch_size": m.runtimes.max_batch_size,
+            "max_latency_ms": m.runtimes.max_latency_ms,
+        },
+        "origin": {
+            "source": src.kind,
+            "uri": src.uri,
+            "id": src.origin_id,
+            "version": src.version,
+            "metadata": dict(src.metadata),
+        },
+        "model": {
+            "digest": model_digest(tuple(f for layer in layers for f in layer.files)),
+            "files": [
+                {"path": f.path, "size": f.size, "sha256": f.sha256}
+                for layer in layers
+                for f in layer.files
+            ],
+        },
+        "example": m.example,
+    }
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _labels(
+    inputs: BuildInputs, plan_interfaces: dict[str, dict[str, Any]], default_port: int
+) -> dict[str, str]:
+    m, src = inputs.manifest, inputs.source
+    spec = [name for name in plan_interfaces if name in SPEC_INTERFACES]
+    ext = [name for name in plan_interfaces if name not in SPEC_INTERFACES]
+    labels = {
+        "ml.openmodel.interfaces": json.dumps(spec, separators=(",", ":")),
+        "ml.openmodel.protocols": json.dumps(
+            [plan_interfaces[n]["protocols"] for n in spec], separators=(",", ":")
+        ),
+        "ml.openmodel.port": str(default_port),
+        "ml.openml.model_name": json.dumps(m.name),
+        "io.omibuild.extensions": json.dumps(ext, separators=(",", ":")),
+        "io.omibuild.origin.source": src.kind,
+        "io.omibuild.origin.uri": src.uri,
+        "io.omibuild.origin.id": src.origin_id,
+        "io.omibuild.model.digest": src.digest,
+        "io.omibuild.default-interface": m.runtimes.default,
+        "org.opencontainers.image.title": m.name,
+        "org.opencontainers.image.version": m.version,
+        "org.opencontainers.image.base.name": m.image.base,
+    }
+    optional = {
+        "org.opencontainers.image.description": m.description or None,
+        "org.opencontainers.image.licenses": m.license,
+        "org.opencontainers.image.authors": ", ".join(m.authors) or None,
+        "org.opencontainers.image.source": inputs.git_url,
+        "org.opencontainers.image.revision": inputs.git_revision,
+        "org.opencontainers.image.base.digest": inputs.base_digest,
+        "org.opencontainers.image.created": _rfc3339(inputs.source_date_epoch),
+    }
+    labels |= {k: v for k, v in optional.items() if v}
+    return dict(m.image.labels) | labels  # the user's own labels never override ours
+
+
+def _rfc3339(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
+    m = inputs.manifest
+    layers = split_layers(inputs.source.files, m.image.layer_split_bytes)
+    interfaces = _interfaces(m)
+    default = m.runtimes.get(m.runtimes.default)
+    env = {
+        "INTERFACE": default.name,
+        "PROTOCOL": default.protocols[-1] if default.protocols else "v1",
+        "HTTP_PORT": str(default.port),
+        "MODEL_NAME": m.name,
+    }
+    image_env = {
+        **dict(m.image.env),
+        **env,
+        "OMI_CONFIG": f"{OMI}/omi.json",
+        "PATH": f"{OMI}/venv/bin:{SYSTEM_PATH}",
+        "PYTHONPATH": f"{OMI}/runtime:{OMI}/code",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    ports = sorted(
+        {p for body in interfaces.values() for p in (body["port"], body.get("grpc_port")) if p}
+    )
+    repository = m.image.repository or f"omibuild.local/{m.name}"
+    tags = []
+    if m.origin_tag == "id":
+        tags.append(origin_tag(inputs.source))
+    tags += [t for t in m.tags if t not in tags]
+    if not tags:
+        tags.append(m.version)
+    protocols = {name: body["protocols"] for name, body in interfaces.items()}
+    cache_from: list[str] = []
+    cache_to: list[str] = []
+    if m.build.cache_enabled:
+        if m.build.cache_registry:
+            cache_from.append(f"type=registry,ref={m.build.cache_registry}")
+            cache_to.append(f"type=registry,ref={m.build.cache_registry},mode=max")
+        else:
+            where = m.build.cache_local or local_cache or f"local:{m.name}"
+            cache_from.append(f"type=local,src={where}")
+            cache_to.append(f"type=local,dest={where},mode=max")
+    plan = Plan(
+        name=m.name,
+        version=m.version,
+        repository=repository,
+        tags=tuple(tags),
+        base_image=m.image.base,
+        python=m.image.python,
+        user=m.image.user,
+        uid=m.image.uid,
+        model_layers=layers,
+        model_digest=inputs.source.digest,
+        code_files=tuple(sorted(inputs.code)),
+        requirements=_model_requirements(inputs),
+        runtime_requirements=runtime_requirements(protocols, m.flavor),
+        system_packages=tuple(sorted(m.image.system_packages)),
+        env=tuple(sorted(image_env.items())),
+        ports=tuple(ports),
+        labels=tuple(sorted(_labels(inputs, interfaces, default.port).items())),
+        platforms=m.image.platforms,
+        omi_json=_omi_json(inputs, layers, env),
+        origin=(
+            ("id", inputs.source.origin_id),
+            ("source", inputs.source.kind),
+            ("uri", inputs.source.uri),
+            ("version", inputs.source.version),
+        ),
+        source_date_epoch=inputs.source_date_epoch,
+        runtime_digest=inputs.runtime_digest,
+        options=BuildOptions(
+            cache_from=tuple(cache_from),
+            cache_to=tuple(cache_to),
+            cache_enabled=m.build.cache_enabled,
+            builder=m.build.builder,
+            push=m.build.push,
+            secrets=("ca", "pipconf", *(s.id for s in m.build.secrets)),
+        ),
+    )
+    digest = compute_digest(plan)
+    labels = (*plan.labels, ("io.omibuild.plan.digest", digest))
+    return replace(plan, digest=digest, labels=tuple(sorted(labels)))

@@ -1,0 +1,5 @@
+import sys
+
+from omibuild.runtime.server import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""KServe: the V1 protocol and the V2 Open Inference Protocol (REST here, gRPC in grpc_v2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from omibuild import __version__
+from omibuild.runtime.codec import HEADER, decode_inputs, encode_output, split_request
+from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.http import (
+    HTTPError,
+    Metrics,
+    endpoint,
+    json_response,
+    read_body,
+    read_json,
+    require_ready,
+)
+from omibuild.runtime.model import InputError, ModelService, to_jsonable
+
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def outputs_of(result: Any) -> dict[str, Any]:
+    """Named output tensors from whatever the model (or postprocess hook) returned."""
+    if isinstance(result, dict) and not isinstance(result.get("output-0", 0), dict):
+        return result
+    if isinstance(result, list) and any(isinstance(r, dict | list | str | bytes) for r in result):
+        try:
+            array = np.asarray(result)
+            if array.dtype != object and array.dtype.kind not in "USO":
+                return {"output-0": array}
+        except ValueError:
+            pass
+        out = np.empty(len(result), dtype=object)
+        out[:] = result
+        return {"output-0": out}
+    return {"output-0": result}
+
+
+class KServeAdapter:
+    http = True
+
+    def __init__(self, service: ModelService, config: RuntimeConfig, metrics: Metrics) -> None:
+        self.service = service
+        self.config = config
+        self.metrics = metrics
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    def _ep(self, route: str) -> Any:
+        return endpoint(route, self.metrics, self.error_body)
+
+    def _model(self, name: str) -> None:
+        if name != self.service.name:
+            raise HTTPError(404, f"model {name!r} not found; this server has {self.service.name!r}")
+
+    # -- V1 --------------------------------------------------------------------------------
+    def v1_routes(self) -> list[BaseRoute]:
+        async def root(request: Request) -> Response:
+            return json_response({"status": "alive"})
+
+        async def models(request: Request) -> Response:
+            return json_response({"models": [self.service.name]})
+
+        async def model(request: Request) -> Response:
+            target = request.path_params["target"]
+            name, _, verb = target.partition(":")
+            self._model(name)
+            if request.method == "GET":
+                if verb:
+                    raise HTTPError(405, f"use POST for :{verb}")
+                return json_response(
+                    {"name": name, "ready": self.service.ready}, 200 if self.service.ready else 503
+                )
+            if verb == "explain":
+                raise HTTPError(501, f"model {name!r} has no explainer")
+            if verb != "predict":
+                raise HTTPError(404, f"unknown verb {verb!r}: use :predict or :explain")
+            require_ready(self.service)
+            body = await read_json(request, self.config.max_body_bytes)
+            if not isinstance(body, dict) or not ({"instances", "inputs"} & body.keys()):
+                raise HTTPError(400, 'expected {"instances": [...]} or {"inputs": ...}')
+            instances = body.get("instances", body.get("inputs"))
+            if not isinstance(instances, list):
+                raise HTTPError(400, "`instances` must be a list")
+            predictions = await self.service.apredict(instances)
+            return json_response({"predictions": to_jsonable(predictions)})
+
+        return [
+            Route("/", self._ep("v1_root")(root)),
+            Route("/v1/models", self._ep("v1_models")(models)),
+            Route("/v1/models/{target}", self._ep("v1_model")(model), methods=["GET", "POST"]),
+        ]
+
+    # -- V2 (Open Inference Protocol) ------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        example = self.config.raw.get("example")
+        inputs = []
+        if isinstance(example, list) and example and isinstance(example[0], list):
+            arr = np.asarray(example)
+            dtype = (
+                "FP64" if arr.dtype.kind == "f" else "INT64" if arr.dtype.kind in "iu" else "BYTES"
+            )
+            inputs.append({"name": "input-0", "datatype": dtype, "shape": [-1, *arr.shape[1:]]})
+        return {
+            "name": self.service.name,
+            "versions": [self.config.model_version],
+            "platform": f"omibuild-{self.config.flavor}",
+            "inputs": inputs,
+            "outputs": [{"name": "output-0", "datatype": "BYTES", "shape": [-1]}],
+        }
+
+    async def infer_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        model_input: Any = next(iter(arrays.values())) if len(arrays) == 1 else arrays
+        return outputs_of(await self.service.apredict(model_input))
+
+    def v2_routes(self) -> list[BaseRoute]:
+        async def live(request: Request) -> Response:
+            return json_response({"live": True})
+
+        async def ready(request: Request) -> Response:
+            return json_response({"ready": self.service.ready}, 200 if self.service.ready else 503)
+
+        async def server(request: Request) -> Response:
+            return json_response(
+                {"name": "omibuild", "version": __version__, "extensions": EXTENSIONS}
+            )
+
+        async def model_meta(request: Request) -> Response:
+            self._model(request.path_params["name"])
+            return json_response(self.metadata())
+
+        async def model_ready(request: Request) -> Response:
+            self._model(request.path_params["name"])
+            return json_response(
+                {"name": self.service.name, "ready": self.service.ready},
+                200 if self.service.ready else 503,
+            )
+
+        async def infer(request: Request) -> Response:
+            self._model(request.path_params["name"])
+            require_ready(self.service)
+            body = await read_body(request, self.config.max_body_bytes)
+            req, binary = split_request(body, request.headers.get(HEADER))
+            arrays = decode_inputs(req, binary)
+            outputs = await self.infer_arrays(arrays)
+            return self.v2_response(req, outputs)
+
+        routes: list[BaseRoute] = []
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [
+                Route(prefix, self._ep("v2_model_metadata")(model_meta)),
+                Route(prefix + "/ready", self._ep("v2_model_ready")(model_ready)),
+                Route(prefix + "/infer", self._ep("v2_infer")(infer), methods=["POST"]),
+            ]
+        return [
+            Route("/v2/health/live", self._ep("v2_live")(live)),
+            Route("/v2/health/ready", self._ep("v2_ready")(ready)),
+            Route("/v2", self._ep("v2_server")(server)),
+            *routes,
+        ]
+
+    def v2_response(self, req: dict[str, Any], outputs: dict[str, Any]) -> Response:
+        wanted = req.get("outputs")
+        params = req.get("parameters") or {}
+        all_binary = bool(params.get("binary_data_output"))
+        binary_for: dict[str, bool] = {}
+        if isinstance(wanted, list) and wanted:
+            names = []
+            for o in wanted:
+                if not isinstance(o, dict) or "name" not in o:
+                    raise InputError("each requested output needs a name")
+                names.append(o["name"])
+                binary_for[o["name"]] = bool(
+                    (o.get("parameters") or {}).get("binary_data", all_binary)
+                )
+            missing = [n for n in names if n not in outputs]
+            if missing:
+                raise InputError(f"unknown output(s) {missing}; the model gives {list(outputs)}")
+            outputs = {n: outputs[n] for n in names}
+        encoded, blobs = [], []
+        for name, value in outputs.items():
+            spec, blob = encode_output(name, value, binary_for.get(name, all_binary))
+            encoded.append(spec)
+            if blob is not None:
+                blobs.append(blob)
+        body: dict[str, Any] = {
+            "model_name": self.service.name,
+            "model_version": self.config.model_version,
+            "outputs": encoded,
+        }
+        if "id" in req:
+            body["id"] = req["id"]
+        text = json.dumps(body, separators=(",", ":")).encode()
+        if not blobs:
+            return Response(text, media_type="application/json")
+        return Response(
+            text + b"".join(blobs),
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(text))},
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = []
+        if "v1" in self.config.protocols:
+            routes += self.v1_routes()
+        if "v2" in self.config.protocols:
+            routes += self.v2_routes()
+        return routes
+
+    def grpc_servicers(self) -> list[Any]:
+        if (
+            "v2" not in self.config.protocols
+            or self.config.protocol != "v2"
+            or not self.config.grpc_port
+        ):
+            return []
+        from omibuild.runtime.adapters.grpc_v2 import servicer
+
+        return [servicer(self)]

@@ -1,0 +1,127 @@
+"""MLflow's scoring protocol (what `mlflow models serve` speaks): /ping, /health, /version,
+and /invocations with dataframe_split, dataframe_records, instances, inputs or text/csv."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from omibuild import __version__
+from omibuild.runtime.adapters.payloads import csv_rows
+from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.http import (
+    HTTPError,
+    Metrics,
+    endpoint,
+    json_response,
+    read_body,
+    require_ready,
+)
+from omibuild.runtime.model import ModelService, to_jsonable
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class MlflowAdapter:
+    http = True
+
+    def __init__(self, service: ModelService, config: RuntimeConfig, metrics: Metrics) -> None:
+        self.service = service
+        self.config = config
+        self.metrics = metrics
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        code = {
+            400: "BAD_REQUEST",
+            404: "RESOURCE_DOES_NOT_EXIST",
+            413: "BAD_REQUEST",
+            503: "TEMPORARILY_UNAVAILABLE",
+        }.get(status, "INTERNAL_ERROR")
+        return {"error_code": code, "message": message}
+
+    def _frame(self, columns: list[str] | None, rows: list[Any]) -> Any:
+        """pyfunc models take a DataFrame; the others take rows."""
+        if self.config.flavor == "pyfunc":
+            import pandas as pd
+
+            return pd.DataFrame(rows, columns=columns)
+        return rows
+
+    def parse(self, body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise HTTPError(400, f"expected a JSON object with one of: {', '.join(FORMATS)}")
+        keys = [k for k in FORMATS if k in body]
+        if len(keys) != 1:
+            raise HTTPError(
+                400,
+                f"the request must have exactly one of {', '.join(FORMATS)}; "
+                f"found {keys or list(body)}",
+            )
+        key, value = keys[0], body[keys[0]]
+        if key == "dataframe_split":
+            if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+                raise HTTPError(400, "dataframe_split needs {columns, data}")
+            return self._frame(value.get("columns"), value["data"])
+        if key == "dataframe_records":
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                raise HTTPError(400, "dataframe_records must be a list of objects")
+            if self.config.flavor == "pyfunc":
+                import pandas as pd
+
+                return pd.DataFrame(value)
+            return [list(r.values()) for r in value] if self.service.preprocess is None else value
+        if not isinstance(value, list | dict):
+            raise HTTPError(400, f"`{key}` must be a list or an object")
+        return value
+
+    def routes(self) -> list[BaseRoute]:
+        ep = lambda route: endpoint(route, self.metrics, self.error_body)  # noqa: E731
+
+        async def ping(request: Request) -> Response:
+            return PlainTextResponse("\n", status_code=200 if self.service.ready else 503)
+
+        async def version(request: Request) -> Response:
+            try:
+                from importlib.metadata import version as dist_version
+
+                text = dist_version("mlflow-skinny")
+            except Exception:
+                text = __version__
+            return PlainTextResponse(text)
+
+        async def invocations(request: Request) -> Response:
+            require_ready(self.service)
+            raw = await read_body(request, self.config.max_body_bytes)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip()
+            if ctype == "text/csv":
+                rows = csv_rows(raw)
+                header = rows[0] if all(isinstance(c, str) for c in rows[0]) else None
+                data = self._frame(header, rows[1:] if header else rows)
+            elif ctype == "application/json":
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    raise HTTPError(400, f"malformed JSON: {exc}") from None
+                data = self.parse(body)
+            else:
+                raise HTTPError(
+                    415,
+                    f"content type {ctype or 'none'!r} is not supported: use "
+                    "application/json or text/csv",
+                )
+            predictions = await self.service.apredict(data)
+            return json_response({"predictions": to_jsonable(predictions)})
+
+        return [
+            Route("/ping", ep("ping")(ping)),
+            Route("/health", ep("health")(ping)),
+            Route("/version", ep("version")(version)),
+            Route("/invocations", ep("invocations")(invocations), methods=["POST"]),
+        ]
+
+    def grpc_servicers(self) -> list[Any]:
+        return []

@@ -1,0 +1,188 @@
+"""Modzy/Chassis: v2 is gRPC ``ModzyModel`` (Status, Run, Shutdown) on port 45000 or
+PSC_MODEL_PORT, with gRPC health and reflection; v1 is the REST form of the same three calls.
+
+Each Run input item is one inference: its value (JSON, or text) holds one instance, a list of
+instances, or {"instances": [...]}; the answer is ``results.json`` with the predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, read_json
+from omibuild.runtime.model import InputError, ModelService, PredictError, to_jsonable
+
+SERVICE = "ModzyModel"
+RESULTS = "results.json"
+
+
+def instances_of(raw: bytes) -> list[Any]:
+    try:
+        value: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        try:
+            return [raw.decode("utf-8")]
+        except UnicodeDecodeError:
+            raise InputError("input is neither JSON nor UTF-8 text") from None
+    if isinstance(value, dict) and "instances" in value:
+        value = value["instances"]
+        if not isinstance(value, list):
+            raise InputError("`instances` must be a list")
+        return value
+    if isinstance(value, list) and value and isinstance(value[0], list | dict):
+        return value
+    return [value]
+
+
+def _shutdown_soon() -> None:
+    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+
+
+class ModzyAdapter:
+    def __init__(self, service: ModelService, config: RuntimeConfig, metrics: Metrics) -> None:
+        self.service = service
+        self.config = config
+        self.metrics = metrics
+
+    @property
+    def http(self) -> bool:
+        return self.config.protocol == "v1"
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"statusCode": status, "status": "Error", "message": message}
+
+    def run_items(self, items: list[dict[str, bytes]]) -> list[tuple[bool, bytes]]:
+        results = []
+        for item in items:
+            try:
+                if not item:
+                    raise InputError("empty input item")
+                raw = item.get("input", next(iter(item.values())))
+                predictions = self.service.predict(instances_of(raw))
+                body = json.dumps({"predictions": to_jsonable(predictions)}).encode()
+                results.append((True, body))
+            except (InputError, PredictError) as exc:
+                results.append((False, json.dumps({"error": str(exc)}).encode()))
+        return results
+
+    def status(self) -> dict[str, Any]:
+        ready = self.service.ready
+        return {
+            "status_code": 200 if ready else 503,
+            "status": "OK" if ready else "UNAVAILABLE",
+            "message": "Model Initialized Successfully."
+            if ready
+            else (self.service.load_error or "model is loading"),
+        }
+
+    # -- v1: REST ----------------------------------------------------------------------------
+    def routes(self) -> list[BaseRoute]:
+        ep = lambda route: endpoint(route, self.metrics, self.error_body)  # noqa: E731
+
+        async def status(request: Request) -> Response:
+            s = self.status()
+            return json_response(
+                {"statusCode": s["status_code"], "status": s["status"], "message": s["message"]},
+                s["status_code"],
+            )
+
+        async def run(request: Request) -> Response:
+            if not self.service.ready:
+                raise HTTPError(503, "model is not ready")
+            body = await read_json(request, self.config.max_body_bytes)
+            if isinstance(body, dict) and body.get("type") == "file":
+                return self._run_files(body)
+            items = body if isinstance(body, list) else [body]
+            results = self.run_items([{"input": json.dumps(i).encode()} for i in items])
+            outputs = [json.loads(blob) for _, blob in results]
+            ok = all(success for success, _ in results)
+            return json_response(
+                {"statusCode": 200 if ok else 400, "outputs": outputs}, 200 if ok else 400
+            )
+
+        async def shutdown(request: Request) -> Response:
+            _shutdown_soon()
+            return json_response(
+                {"statusCode": 202, "status": "OK", "message": "shutting down"}, 202
+            )
+
+        return [
+            Route("/status", ep("status")(status)),
+            Route("/run", ep("run")(run), methods=["POST"]),
+            Route("/shutdown", ep("shutdown")(shutdown), methods=["POST"]),
+        ]
+
+    def _run_files(self, body: dict[str, Any]) -> Response:
+        from pathlib import Path
+
+        src, dst = Path(str(body.get("input", ""))), Path(str(body.get("output", "")))
+        if not src.is_dir() or not dst.is_dir():
+            raise HTTPError(400, "file jobs need existing `input` and `output` directories")
+        items = [{"input": p.read_bytes()} for p in sorted(src.iterdir()) if p.is_file()]
+        results = self.run_items(items)
+        for (_ok, blob), path in zip(
+            results, sorted(p for p in src.iterdir() if p.is_file()), strict=True
+        ):
+            (dst / f"{path.stem}.{RESULTS}").write_bytes(blob)
+        return json_response(
+            {"statusCode": 200, "status": "OK", "message": f"{len(results)} input(s) processed"}
+        )
+
+    # -- v2: gRPC ----------------------------------------------------------------------------
+    def grpc_servicers(self) -> list[Any]:
+        if self.config.protocol != "v2":
+            return []
+        import grpc
+
+        from omibuild.runtime.adapters.grpc_v2 import handler
+        from omibuild.runtime.protos import MODZY
+
+        def status(request: Any, context: Any) -> Any:
+            s = self.status()
+            response = MODZY["StatusResponse"](**s)
+            response.model_info.model_name = self.service.name
+            response.model_info.model_version = self.config.model_version
+            response.model_info.model_author = ", ".join(self.config.raw.get("authors", []) or [])
+            response.model_info.model_type = "grpc"
+            response.model_info.source = "omibuild"
+            response.inputs.add(
+                filename="input",
+                accepted_media_types=["application/json"],
+                max_size=f"{self.config.max_body_bytes >> 20}M",
+            )
+            response.outputs.add(filename=RESULTS, media_type="application/json", max_size="64M")
+            response.features.batch_size = 1
+            return response
+
+        def run(request: Any, context: Any) -> Any:
+            if not self.service.ready:
+                return MODZY["RunResponse"](
+                    status_code=503, status="UNAVAILABLE", message="model is not ready"
+                )
+            items = [dict(item.input) for item in request.inputs]
+            response = MODZY["RunResponse"](status_code=200, status="OK", message="")
+            for ok, blob in self.run_items(items):
+                out = response.outputs.add(success=ok)
+                out.output[RESULTS] = blob
+            if not all(o.success for o in response.outputs):
+                response.status_code, response.status = 400, "Error"
+                response.message = "one or more inputs failed; see results.json of each output"
+            return response
+
+        def shutdown(request: Any, context: Any) -> Any:
+            _shutdown_soon()
+            return MODZY["ShutdownResponse"](
+                status_code=200, status="OK", message="Model shutting down"
+            )
+
+        impl = {"Status": status, "Run": run, "Shutdown": shutdown}
+        handlers = {m: handler(m, f, SERVICE, MODZY) for m, f in impl.items()}
+        return [(SERVICE, grpc.method_handlers_generic_handler(SERVICE, handlers))]

@@ -1,0 +1,196 @@
+"""Open Inference Protocol (v2) tensors: JSON and the binary tensor data extension."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from omibuild.runtime.model import InputError
+
+DTYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
+_BY_NUMPY = {np.dtype(v).name: k for k, v in DTYPES.items() if v != "object"}
+HEADER = "inference-header-content-length"
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in ("U", "S", "O"):
+        return "BYTES"
+    try:
+        return _BY_NUMPY[array.dtype.name]
+    except KeyError:
+        raise InputError(f"unsupported output dtype {array.dtype}") from None
+
+
+def _element_count(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputError(f"input {name!r}: shape must be a list of non-negative integers")
+    return shape
+
+
+def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InputError(f"input {name!r}: truncated BYTES element length")
+        (n,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        out.append(raw[offset : offset + n])
+        offset += n
+    if len(out) != count:
+        raise InputError(f"input {name!r}: {len(out)} BYTES elements for shape of {count}")
+    return out
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
+    name = spec.get("name")
+    datatype = spec.get("datatype")
+    if not isinstance(name, str) or datatype not in DTYPES:
+        raise InputError(
+            f"input {name!r}: datatype must be one of {', '.join(DTYPES)}, got {datatype!r}"
+        )
+    shape = _check_shape(name, spec.get("shape"))
+    count = _element_count(shape)
+    if raw is not None:
+        if datatype == "BYTES":
+            return np.array(
+                [_text(e) for e in _bytes_elements(raw, count, name)], dtype=object
+            ).reshape(shape)
+        itemsize = np.dtype(DTYPES[datatype]).itemsize
+        if len(raw) != count * itemsize:
+            raise InputError(
+                f"input {name!r}: {len(raw)} bytes of binary data for shape {shape} "
+                f"of {datatype} ({count * itemsize} expected)"
+            )
+        return np.frombuffer(raw, dtype=DTYPES[datatype]).reshape(shape)
+    if "data" not in spec:
+        raise InputError(f"input {name!r} has no data")
+    data = spec["data"]
+    try:
+        if datatype == "BYTES":
+            flat = np.array(data, dtype=object).reshape(-1)
+            array = np.array([_text(e) for e in flat], dtype=object)
+        else:
+            array = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    if array.size != count:
+        raise InputError(f"input {name!r}: {array.size} elements do not fit shape {shape}")
+    return array.reshape(shape)
+
+
+def encode_output(name: str, value: Any, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.dtype.kind == "O" and array.ndim == 0:
+        array = np.asarray([value], dtype=object)
+    datatype = datatype_of(array)
+    out: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+    if datatype == "BYTES":
+        elements = [
+            e if isinstance(e, bytes | str) else json.dumps(_plain(e))
+            for e in array.reshape(-1).tolist()
+        ]
+        if binary:
+            blob = b"".join(
+                struct.pack("<I", len(b)) + b
+                for b in (e.encode() if isinstance(e, str) else e for e in elements)
+            )
+            out["parameters"] = {"binary_data_size": len(blob)}
+            return out, blob
+        out["data"] = [
+            e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in elements
+        ]
+        return out, None
+    if binary:
+        blob = np.ascontiguousarray(array).tobytes()
+        out["parameters"] = {"binary_data_size": len(blob)}
+        return out, blob
+    out["data"] = array.reshape(-1).tolist()
+    return out, None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON part and the binary part of a request (binary extension)."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InputError(f"{HEADER} must be an integer, got {header_length!r}") from None
+        if not 0 <= n <= len(body):
+            raise InputError(f"{HEADER}={n} is outside the body of {len(body)} bytes")
+        json_part, binary = body[:n], body[n:]
+    try:
+        request = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"malformed JSON: {exc}") from None
+    if (
+        not isinstance(request, dict)
+        or not isinstance(request.get("inputs"), list)
+        or not request["inputs"]
+    ):
+        raise InputError("the request needs a non-empty list of `inputs`")
+    return request, binary
+
+
+def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in request["inputs"]:
+        if not isinstance(spec, dict):
+            raise InputError("each input must be an object with name, shape, datatype and data")
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        raw = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InputError(
+                    f"input {spec.get('name')!r}: binary_data_size {size} is outside "
+                    "the binary part of the body"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        arrays[spec.get("name")] = decode_input(spec, raw)  # type: ignore[index]
+    return arrays

@@ -1,0 +1,128 @@
+"""Runtime configuration: omi.json (decided at build time) + the environment (run time).
+
+OMI spec 1.1 names are honoured exactly: INTERFACE, PROTOCOL, HTTP_PORT, MODEL_NAME; plus
+PSC_MODEL_PORT (modzy), AIP_HTTP_PORT / AIP_HEALTH_ROUTE / AIP_PREDICT_ROUTE (Vertex AI) and
+SAGEMAKER_BIND_TO_PORT (SageMaker)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "/opt/omi/omi.json"
+
+
+class ConfigError(Exception):
+    """A one-line reason the container cannot start."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    interface: str
+    protocol: str
+    port: int
+    grpc_port: int | None
+    model_name: str
+    model_version: str
+    model_dir: Path
+    code_dir: Path
+    raw: dict[str, Any]
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+    protocols: tuple[str, ...] = ()
+    workers: int = 1
+    max_body_bytes: int = 64 << 20
+    max_batch_size: int = 0
+    max_latency_ms: float = 5.0
+    verify: bool = True
+
+    @property
+    def flavor(self) -> str:
+        return str(self.raw["flavor"])
+
+
+def _port(value: str, name: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{name}={port} is out of range 1-65535")
+    return port
+
+
+def _chosen_port(
+    interface: str,
+    declared: int,
+    env: Mapping[str, str],
+    defaults: Mapping[str, str],
+    is_default: bool,
+) -> int:
+    platform = {
+        "modzy": "PSC_MODEL_PORT",
+        "vertex": "AIP_HTTP_PORT",
+        "sagemaker": "SAGEMAKER_BIND_TO_PORT",
+    }.get(interface)
+    if platform and env.get(platform):
+        return _port(env[platform], platform)
+    http = env.get("HTTP_PORT")
+    # The image bakes HTTP_PORT for its default interface; switching INTERFACE without setting
+    # HTTP_PORT gives the interface its own declared port.
+    if http and (is_default or http != defaults.get("HTTP_PORT")):
+        return _port(http, "HTTP_PORT")
+    return declared
+
+
+def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
+    env = os.environ if env is None else env
+    path = Path(env.get("OMI_CONFIG", DEFAULT_CONFIG))
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    interfaces: dict[str, Any] = raw["interfaces"]
+    defaults: dict[str, str] = raw.get("env_defaults", {})
+    interface = env.get("INTERFACE") or raw["default_interface"]
+    if interface not in interfaces:
+        raise ConfigError(
+            f"INTERFACE={interface!r} is not in this image; it has: {', '.join(interfaces)}"
+        )
+    body = interfaces[interface]
+    protocols = tuple(body["protocols"])
+    protocol = env.get("PROTOCOL") or defaults.get("PROTOCOL") or protocols[-1]
+    if protocol not in protocols:
+        if env.get("PROTOCOL") and env.get("PROTOCOL") != defaults.get("PROTOCOL"):
+            raise ConfigError(
+                f"PROTOCOL={protocol!r} is not built for {interface}; it has: "
+                f"{', '.join(protocols)}"
+            )
+        protocol = protocols[-1]
+    is_default = interface == raw["default_interface"]
+    runtime = raw.get("runtime", {})
+    grpc_port = body.get("grpc_port")
+    if grpc_port and env.get("GRPC_PORT"):
+        grpc_port = _port(env["GRPC_PORT"], "GRPC_PORT")
+    workers = env.get("OMI_WORKERS") or str(runtime.get("workers", 1))
+    return RuntimeConfig(
+        interface=interface,
+        protocol=protocol,
+        port=_chosen_port(interface, body["port"], env, defaults, is_default),
+        grpc_port=grpc_port,
+        model_name=env.get("MODEL_NAME") or raw["name"],
+        model_version=str(raw.get("version", "1")),
+        model_dir=Path(env.get("OMI_MODEL_DIR", str(path.parent / "model"))),
+        code_dir=Path(env.get("OMI_CODE_DIR", str(path.parent / "code"))),
+        raw=raw,
+        env=env,
+        protocols=protocols,
+        workers=max(1, int(workers)) if workers.isdigit() else 1,
+        max_body_bytes=int(
+            env.get("OMI_MAX_BODY_BYTES") or runtime.get("max_body_bytes", 64 << 20)
+        ),
+        max_batch_size=int(env.get("OMI_MAX_BATCH_SIZE") or runtime.get("max_batch_size", 0)),
+        max_latency_ms=float(env.get("OMI_MAX_LATENCY_MS") or runtime.get("max_latency_ms", 5.0)),
+        verify=env.get("OMI_VERIFY_MODEL", "1").lower() not in ("0", "false", "no", "off"),
+    )

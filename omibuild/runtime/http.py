@@ -1,0 +1,127 @@
+"""What every HTTP adapter shares: JSON helpers, body limits, Prometheus metrics, the
+error shape hook, and running uvicorn with graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from omibuild.runtime.model import InputError, ModelService, PredictError
+
+JSON = "application/json"
+ErrorBody = Callable[[int, str], dict[str, Any]]
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"malformed JSON: {exc}") from None
+
+
+class Metrics:
+    """A tiny Prometheus registry: request counts and latency, by route and status."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = defaultdict(int)
+        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.counts[(route, status)] += 1
+        self.sums[route] += seconds
+        buckets = self.buckets[route]
+        for i, bound in enumerate(_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+        buckets[-1] += 1
+
+    def render(self, service: ModelService) -> str:
+        lines = ["# TYPE omi_requests_total counter"]
+        for (route, status), n in sorted(self.counts.items()):
+            lines.append(f'omi_requests_total{{route="{route}",code="{status}"}} {n}')
+        lines.append("# TYPE omi_request_duration_seconds histogram")
+        for route, buckets in sorted(self.buckets.items()):
+            for bound, n in zip(_BUCKETS, buckets, strict=False):
+                lines.append(
+                    f'omi_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {n}'
+                )
+            lines.append(
+                f'omi_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {buckets[-1]}'
+            )
+            lines.append(
+                f'omi_request_duration_seconds_sum{{route="{route}"}} {self.sums[route]:.6f}'
+            )
+            lines.append(f'omi_request_duration_seconds_count{{route="{route}"}} {buckets[-1]}')
+        lines.append("# TYPE omi_model_ready gauge")
+        lines.append(f'omi_model_ready{{model="{service.name}"}} {1 if service.ready else 0}')
+        return "\n".join(lines) + "\n"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(route: str, metrics: Metrics, error_body: ErrorBody) -> Callable[[Handler], Handler]:
+    """Wrap a handler: map errors to the protocol's error shape, and record metrics."""
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            start = time.perf_counter()
+            try:
+                response = await fn(request)
+            except HTTPError as exc:
+                response = json_response(error_body(exc.status, exc.message), exc.status)
+            except InputError as exc:
+                response = json_response(error_body(400, str(exc)), 400)
+            except PredictError as exc:
+                response = json_response(error_body(500, str(exc)), 500)
+            metrics.observe(route, response.status_code, time.perf_counter() - start)
+            return response
+
+        return handler
+
+    return wrap
+
+
+def require_ready(service: ModelService) -> None:
+    if not service.ready:
+        reason = f": {service.load_error}" if service.load_error else " (still loading)"
+        raise HTTPError(503, f"model {service.name} is not ready{reason}")

@@ -1,0 +1,176 @@
+"""The model service: verification, loading, hooks, and predict kept off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from omibuild.runtime import log
+from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.flavors import FLAVORS, CustomFlavor, import_object
+from omibuild.runtime.verify import verify_model
+
+
+class InputError(Exception):
+    """The request's data does not fit the model (400)."""
+
+
+class PredictError(Exception):
+    """The model or a hook failed (500); the server stays up."""
+
+
+class ModelService:
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.ready = False
+        self.load_error: str | None = None
+        self.preprocess: Callable[[Any], Any] | None = None
+        self.postprocess: Callable[[Any], Any] | None = None
+        flavor_cls = FLAVORS[config.flavor]
+        self.flavor: Any = (
+            flavor_cls(config.code_dir) if flavor_cls is CustomFlavor else flavor_cls()
+        )
+        self.batcher: Batcher | None = None
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.model_name
+
+    def load(self) -> None:
+        """Verify, import hooks, load the model. Errors are kept for readiness to report."""
+        try:
+            start = time.perf_counter()
+            if self.config.verify:
+                self.stats["verify"] = verify_model(
+                    self.config.model_dir, self.config.raw["model"]["files"]
+                )
+                log.info("model files verified", **self.stats["verify"])
+            hooks = self.config.raw.get("hooks", {})
+            if hooks.get("preprocess"):
+                self.preprocess = import_object(hooks["preprocess"], self.config.code_dir)
+            if hooks.get("postprocess"):
+                self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
+            self.flavor.load(self.config.model_dir, self.config.raw)
+            self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
+            self.ready = True
+            log.info("model ready", model=self.name, flavor=self.config.flavor, **self.stats)
+        except Exception as exc:  # reported by readiness and the log, never a crash loop
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load", error=self.load_error)
+            raise
+
+    def load_in_background(self) -> threading.Thread:
+        def target() -> None:
+            with contextlib.suppress(Exception):
+                self.load()
+
+        thread = threading.Thread(target=target, name="omi-load", daemon=True)
+        thread.start()
+        return thread
+
+    def predict(self, inputs: Any) -> Any:
+        """Synchronous: hooks around the flavor's predict. Runs in a worker thread."""
+        if self.preprocess is not None:
+            try:
+                inputs = self.preprocess(inputs)
+            except Exception as exc:
+                raise PredictError(f"preprocess hook failed: {type(exc).__name__}: {exc}") from exc
+        elif self.flavor.vectorised and isinstance(inputs, list):
+            inputs = _as_array(inputs)
+        try:
+            outputs = self.flavor.predict(inputs)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise InputError(f"the model rejected the input: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise PredictError(f"predict failed: {type(exc).__name__}: {exc}") from exc
+        if self.postprocess is not None:
+            try:
+                outputs = self.postprocess(outputs)
+            except Exception as exc:
+                raise PredictError(f"postprocess hook failed: {type(exc).__name__}: {exc}") from exc
+        return outputs
+
+    async def apredict(self, inputs: Any) -> Any:
+        if self.batcher is not None and isinstance(inputs, list):
+            return await self.batcher.submit(inputs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.predict, inputs)
+
+
+def _as_array(rows: list[Any]) -> Any:
+    import numpy as np
+
+    try:
+        array = np.asarray(rows)
+    except ValueError as exc:  # ragged rows
+        raise InputError(f"instances do not form a tensor: {exc}") from exc
+    if array.dtype == object:
+        return rows
+    return array
+
+
+def to_jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "to_dict"):  # pandas
+        return value.to_dict(orient="records")
+    return value
+
+
+class Batcher:
+    """Adaptive batching for vectorised flavors: requests arriving within ``max_latency_ms``
+    (up to ``max_batch_size`` rows) run as one predict call; each gets its own rows back."""
+
+    def __init__(self, service: ModelService, max_batch_size: int, max_latency_ms: float) -> None:
+        self.service = service
+        self.max_rows = max_batch_size
+        self.max_wait = max_latency_ms / 1000
+        self.queue: asyncio.Queue[tuple[list[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, rows: list[Any]) -> Any:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put((rows, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            rows = len(batch[0][0])
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_rows:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                rows += len(item[0])
+            merged = [row for rows_, _ in batch for row in rows_]
+            try:
+                out = await loop.run_in_executor(None, self.service.predict, merged)
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            start = 0
+            for rows_, fut in batch:
+                part = out[start : start + len(rows_)]
+                start += len(rows_)
+                if not fut.done():
+                    fut.set_result(part)

@@ -1,0 +1,165 @@
+"""Start the one interface the environment asks for: HTTP on uvicorn (predict off the event
+loop), gRPC beside it or alone, graceful on SIGTERM (in-flight requests finish, exit 0)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator
+from concurrent import futures
+from typing import Any
+
+from omibuild.runtime import log
+from omibuild.runtime.adapters import get_adapter
+from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
+from omibuild.runtime.model import Batcher, ModelService
+
+GRACE_SECONDS = 30
+
+
+def create_app(
+    config: RuntimeConfig | None = None, service: ModelService | None = None, load: bool = True
+) -> Any:
+    """The ASGI app for the configured interface (a uvicorn factory for multi-worker runs)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from omibuild.runtime.http import Metrics
+
+    config = config or load_config()
+    service = service or ModelService(config)
+    metrics = Metrics()
+    adapter = get_adapter(config.interface)(service, config, metrics)
+
+    async def metrics_route(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(service), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.max_batch_size > 1 and service.flavor.vectorised:
+            service.batcher = Batcher(service, config.max_batch_size, config.max_latency_ms)
+        if load and not service.ready:
+            service.load_in_background()
+        yield
+
+    routes = [*adapter.routes(), Route("/metrics", metrics_route)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    app.state.adapter = adapter
+    return app
+
+
+def _grpc_server(servicers: list[tuple[str, Any]], port: int) -> Any:
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from omibuild.runtime.protos import POOL
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)),
+        options=[
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 256 << 20),
+        ],
+    )
+    names = []
+    for name, generic in servicers:
+        server.add_generic_rpc_handlers((generic,))
+        names.append(name)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+        pool=POOL,
+    )
+    if server.add_insecure_port(f"[::]:{port}") == 0:
+        raise ConfigError(f"cannot listen on gRPC port {port}")
+    server.start()
+    log.info("grpc listening", port=port, services=names)
+    return server
+
+
+def _serve_grpc_only(config: RuntimeConfig, service: ModelService, servicers: list[Any]) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = _grpc_server(servicers, config.port)
+    service.load_in_background()
+    stop.wait()
+    log.info("stopping", grace_seconds=GRACE_SECONDS)
+    server.stop(GRACE_SECONDS).wait()
+    return 0
+
+
+def serve(config: RuntimeConfig) -> int:
+    import uvicorn
+
+    service = ModelService(config)
+    app = create_app(config, service)
+    servicers = app.state.adapter.grpc_servicers()
+    if not app.state.adapter.http:
+        return _serve_grpc_only(config, service, servicers)
+    grpc_server = (
+        _grpc_server(servicers, config.grpc_port or config.port + 1) if servicers else None
+    )
+    log.info(
+        "http listening",
+        interface=config.interface,
+        protocol=config.protocol,
+        port=config.port,
+        model=config.model_name,
+        workers=config.workers,
+    )
+    access = os.environ.get("OMI_ACCESS_LOG", "0") == "1"
+    common: dict[str, Any] = dict(
+        host="0.0.0.0",
+        port=config.port,
+        log_level="warning",
+        access_log=access,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        server_header=False,
+        date_header=False,
+    )
+    if config.workers > 1:
+        # each worker process builds its own app (and loads its own model) from the environment
+        uvicorn.run(
+            "omibuild.runtime.server:create_app", factory=True, workers=config.workers, **common
+        )
+    else:
+        uvicorn.Server(uvicorn.Config(app, **common)).run()
+    if grpc_server is not None:
+        grpc_server.stop(GRACE_SECONDS).wait()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "serve":  # SageMaker starts containers with `serve`
+        args = args[1:]
+    if args:
+        print(f"omibuild runtime: unknown arguments {args}; usage: [serve]", file=sys.stderr)
+        return 2
+    try:
+        config = load_config()
+    except ConfigError as err:
+        print(f"omibuild runtime: {err}", file=sys.stderr)
+        return 2
+    try:
+        return serve(config)
+    except ConfigError as err:
+        print(f"omibuild runtime: {err}", file=sys.stderr)
+        return 2

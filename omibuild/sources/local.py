@@ -1,0 +1,126 @@
+"""A model at a path inside the model repository; its origin id is its content digest."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path, PurePosixPath
+
+from omibuild.errors import SourceError
+from omibuild.manifest.model import LocalSource, SourceSpec
+from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
+from omibuild.sources.cache import Cache, link_or_copy
+from omibuild.sources.hashing import copy_and_hash
+from omibuild.sources.progress import Progress
+from omibuild.sources.requirements import model_metadata
+
+ALWAYS_IGNORED = (".git", ".hg", ".svn", "__pycache__", ".DS_Store", ".ipynb_checkpoints")
+
+
+def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
+    parts = PurePosixPath(rel).parts
+    if any(p in ALWAYS_IGNORED for p in parts):
+        return True
+    for pat in patterns:
+        pat = pat.rstrip("/")
+        if fnmatch.fnmatchcase(rel, pat) or any(fnmatch.fnmatchcase(p, pat) for p in parts):
+            return True
+    return False
+
+
+def walk(base: Path, root: Path, patterns: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """(relative posix path, absolute path) of every file, refusing escapes."""
+    root = root.resolve()
+    if base.is_file():
+        return [(base.name, base)]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        current = Path(dirpath)
+        kept = []
+        for d in sorted(dirnames):
+            full = current / d
+            rel = full.relative_to(base).as_posix()
+            if ignored(rel, patterns):
+                continue
+            if full.is_symlink():
+                _check_inside(full, root)
+                found += [(f"{rel}/{r}", p) for r, p in walk(full.resolve(), root, patterns)]
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            full = current / name
+            rel = full.relative_to(base).as_posix()
+            if ignored(rel, patterns):
+                continue
+            if full.is_symlink():
+                _check_inside(full, root)
+            if full.is_file():
+                found.append((rel, full))
+    return sorted(found)
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        raise SourceError(
+            f"{path}: symlink points outside the model repository (to {target})",
+            hint="copy the file into the repository",
+        )
+
+
+class LocalModelSource:
+    def __init__(self, cache: Cache, progress: Progress) -> None:
+        self.cache = cache
+        self.progress = progress
+
+    def resolve(self, spec: SourceSpec, root: Path) -> ResolvedSource:
+        assert isinstance(spec, LocalSource)
+        base = root / spec.path
+        if not base.exists():
+            raise SourceError(f"{base}: model path does not exist")
+        entries = walk(base, root, spec.ignore)
+        if not entries:
+            raise SourceError(f"{base}: no model files (after ignore patterns)")
+        total = sum(p.stat().st_size for _, p in entries)
+        files = []
+        with self.progress.task(f"hashing {spec.path}", total) as advance:
+            for rel, path in entries:
+                files.append(
+                    ModelFile(rel, path.stat().st_size, self.cache.hash_local(path, advance))
+                )
+        self.cache.save()
+        files_t = tuple(sorted(files))
+        digest = model_digest(files_t)
+        model_dir = base if base.is_dir() else base.parent
+        requirements, flavor_hint, meta = model_metadata(model_dir)
+        return ResolvedSource(
+            kind="local",
+            uri=f"file:{spec.path}",
+            origin_id=digest,
+            version=digest.removeprefix("sha256:")[:12],
+            files=files_t,
+            metadata=tuple(sorted({"path": spec.path, **meta}.items())),
+            requirements=requirements,
+            flavor_hint=flavor_hint,
+            location=str(base),
+        )
+
+    def fetch(self, resolved: ResolvedSource, dest: Path) -> int:
+        base = Path(resolved.location)
+        for f in resolved.files:
+            src = base / f.path if base.is_dir() else base
+            target = dest / f.path
+            try:
+                # A hard link is the same inode the hash memo vouched for: no copy, no re-read.
+                if self.cache.hash_local(src) != f.sha256:
+                    raise SourceError(f"{src}: changed since it was resolved; run again")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, target)
+            except OSError:
+                if copy_and_hash(src, target) != f.sha256:
+                    raise SourceError(f"{src}: changed while it was copied; run again") from None
+        return 0
+
+
+__all__ = ["LocalModelSource", "link_or_copy"]

@@ -1,0 +1,81 @@
+"""omi.lock: the resolved origin and digests of a manifest's model, next to the manifest.
+
+``--locked`` refuses when resolving now gives something else (an alias that moved);
+``--offline`` uses only the lock and the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from omibuild.errors import OmiError, UsageError
+from omibuild.manifest.model import Manifest
+from omibuild.sources.base import ResolvedSource
+from omibuild.sources.cache import atomic_write
+
+LOCK_VERSION = 1
+
+
+def lock_path(manifest: Manifest) -> Path:
+    return manifest.file.with_name("omi.lock")
+
+
+def spec_fingerprint(manifest: Manifest) -> str:
+    """What the lock was made for: the source section, as declared."""
+    data = dataclasses.asdict(manifest.source)
+    return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def read_lock(manifest: Manifest) -> ResolvedSource | None:
+    path = lock_path(manifest)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"{path}: unreadable lock file ({err})",
+            hint="delete it and run `omibuild plan` to write it again",
+        ) from None
+    if data.get("lockVersion") != LOCK_VERSION or data.get("source_spec") != spec_fingerprint(
+        manifest
+    ):
+        return None
+    return ResolvedSource.from_dict(data["resolved"])
+
+
+def write_lock(manifest: Manifest, resolved: ResolvedSource) -> bool:
+    """Write omi.lock if its content changes; returns whether it did."""
+    path = lock_path(manifest)
+    body: dict[str, Any] = {
+        "lockVersion": LOCK_VERSION,
+        "source_spec": spec_fingerprint(manifest),
+        "resolved": resolved.to_dict(),
+    }
+    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+    try:
+        if path.read_text("utf-8") == text:
+            return False
+    except OSError:
+        pass
+    atomic_write(path, text)
+    return True
+
+
+def describe_drift(old: ResolvedSource, new: ResolvedSource) -> str:
+    changes = []
+    if old.version != new.version:
+        changes.append(f"version {old.version} → {new.version}")
+    if old.origin_id != new.origin_id:
+        changes.append(f"origin {old.origin_id[:16]} → {new.origin_id[:16]}")
+    if old.digest != new.digest:
+        changes.append(f"model digest {old.digest[:19]} → {new.digest[:19]}")
+    return ", ".join(changes) or "metadata changed"
+
+
+class LockMismatch(OmiError):
+    pass

@@ -1,0 +1,78 @@
+"""Resolve a manifest's model with omi.lock semantics, and stage its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omibuild.errors import UsageError
+from omibuild.manifest.model import Manifest
+from omibuild.sources import get_source
+from omibuild.sources.base import ResolvedSource
+from omibuild.sources.cache import Cache
+from omibuild.sources.lock import LockMismatch, describe_drift, lock_path, read_lock, write_lock
+from omibuild.sources.progress import Progress
+from omibuild.sources.remote import fetch_from_cache
+
+
+def resolve(
+    manifest: Manifest,
+    cache: Cache,
+    progress: Progress,
+    *,
+    locked: bool = False,
+    offline: bool = False,
+    update_lock: bool = True,
+) -> ResolvedSource:
+    lock = read_lock(manifest)
+    if offline:
+        if lock is None:
+            raise UsageError(
+                f"--offline needs an up-to-date {lock_path(manifest)}",
+                hint="run `omibuild plan` once with access to the model source",
+            )
+        return _with_location(lock, manifest)
+    fresh = get_source(manifest.source.kind, cache, progress).resolve(
+        manifest.source, manifest.root
+    )
+    if locked:
+        if lock is None:
+            raise LockMismatch(
+                f"--locked: {lock_path(manifest)} is missing or was made for another source",
+                hint="run without --locked to write it",
+            )
+        if lock != fresh:
+            raise LockMismatch(
+                f"--locked: {manifest.source.kind} source {fresh.uri} no longer "
+                f"matches omi.lock: {describe_drift(lock, fresh)}",
+                hint="review the change, then run without --locked to update omi.lock",
+            )
+    elif update_lock:
+        write_lock(manifest, fresh)
+    return fresh
+
+
+def _with_location(lock: ResolvedSource, manifest: Manifest) -> ResolvedSource:
+    """A lock read back has no location; only a local source needs one offline."""
+    from dataclasses import replace
+
+    from omibuild.manifest.model import LocalSource
+
+    if isinstance(manifest.source, LocalSource):
+        return replace(lock, location=str(manifest.root / manifest.source.path))
+    return lock
+
+
+def stage(
+    resolved: ResolvedSource, cache: Cache, progress: Progress, dest: Path, *, offline: bool = False
+) -> int:
+    """Put the model files under dest; returns the bytes downloaded."""
+    if offline and resolved.kind != "local":
+        missing = fetch_from_cache(cache, resolved.files, dest)
+        if missing:
+            raise UsageError(
+                f"--offline: {len(missing)} file(s) of {resolved.uri} are not in the "
+                f"cache (first: {missing[0].path})",
+                hint="run once without --offline",
+            )
+        return 0
+    return get_source(resolved.kind, cache, progress).fetch(resolved, dest)
