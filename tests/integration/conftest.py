@@ -15,17 +15,22 @@ REGISTRY = os.environ.get("OMI_REGISTRY_ADDR", "127.0.0.1:5000")
 BASE_IMAGE = os.environ.get("OMI_BASE_IMAGE", "omibuild.local/python:3.11-slim")
 
 
-def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
-                          timeout=timeout)
+def docker(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
 def engine() -> None:
     info = docker("info", "--format", "{{json .DriverStatus}}", check=False, timeout=30)
     if info.returncode != 0 or "containerd.snapshotter" not in info.stdout:
-        pytest.fail("no Docker engine with the containerd image store: run `make setup` "
-                    f"({info.stderr.strip()[:200]})")
+        pytest.fail(
+            "no Docker engine with the containerd image store: run `make setup` "
+            f"({info.stderr.strip()[:200]})"
+        )
     if docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
         pytest.fail(f"base image {BASE_IMAGE} is missing: run `make setup`")
 

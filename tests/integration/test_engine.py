@@ -24,27 +24,31 @@ def _build(ctx: Path, *args: str) -> str:
     return proc.stderr + proc.stdout
 
 
-def test_buildx_local_cache_export_and_reuse(engine: None, tmp_path: Path, unique: str,
-                                             image_cleanup: list[str]) -> None:
+def test_buildx_local_cache_export_and_reuse(
+    engine: None, tmp_path: Path, unique: str, image_cleanup: list[str]
+) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(
         f"FROM {BASE_IMAGE}\n"
         f"RUN echo {unique} > /marker && python3 -c 'print(6*7)' > /answer\n"
-        "COPY --link data.txt /data.txt\n")
+        "COPY --link data.txt /data.txt\n"
+    )
     (ctx / "data.txt").write_text(unique)
     cache = tmp_path / "cache"
     tag = f"omibuild-test/engine:{unique}"
     image_cleanup.append(tag)
-    first = _build(ctx, "--cache-to", f"type=local,dest={cache},mode=max",
-                   "--output", f"type=image,name={tag}")
+    first = _build(
+        ctx, "--cache-to", f"type=local,dest={cache},mode=max", "--output", f"type=image,name={tag}"
+    )
     assert re.search(r"\[2/3\] RUN echo", first) and (cache / "index.json").is_file()
     docker("image", "rm", "-f", tag)
     # Forget the engine's own layer cache: only the exported directory can supply the step now.
     _forget_engine_layer_cache()
     assert unique not in docker("buildx", "du", "--verbose").stdout
-    second = _build(ctx, "--cache-from", f"type=local,src={cache}",
-                    "--output", f"type=image,name={tag}")
+    second = _build(
+        ctx, "--cache-from", f"type=local,src={cache}", "--output", f"type=image,name={tag}"
+    )
     run_step = re.search(r"#(\d+) \[2/3\] RUN echo", second)
     assert run_step, second[-2000:]
     assert f"#{run_step.group(1)} CACHED" in second, second[-2000:]
@@ -52,15 +56,22 @@ def test_buildx_local_cache_export_and_reuse(engine: None, tmp_path: Path, uniqu
     assert out == [unique, "42"]
 
 
-def test_push_and_pull_through_the_local_registry(registry: str, tmp_path: Path, unique: str,
-                                                  image_cleanup: list[str]) -> None:
+def test_push_and_pull_through_the_local_registry(
+    registry: str, tmp_path: Path, unique: str, image_cleanup: list[str]
+) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nRUN echo {unique} > /marker\n")
     ref = f"{registry}/omibuild-test/engine:{unique}"
     image_cleanup.append(ref)
-    docker("buildx", "build", "--progress=quiet", str(ctx),
-           "--output", f"type=image,name={ref},push=true")
+    docker(
+        "buildx",
+        "build",
+        "--progress=quiet",
+        str(ctx),
+        "--output",
+        f"type=image,name={ref},push=true",
+    )
     docker("image", "rm", "-f", ref, check=False)
     assert docker("image", "inspect", ref, check=False).returncode != 0
     docker("pull", "-q", ref)

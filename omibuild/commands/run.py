@@ -1,0 +1,87 @@
+"""omibuild run IMAGE|omi.yaml — start an image locally, wait until ready, show how to call
+it; --predict FILE sends one request, prints the answer and stops the container."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
+
+
+def _image_and_example(target: str) -> tuple[str, Any]:
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from omibuild.pipeline import prepare
+        from omibuild.sources.cache import Cache
+        from omibuild.sources.progress import Progress
+
+        prepared = prepare(path, Cache(), Progress(), offline=(path.with_name("omi.lock")).exists())
+        return prepared.plan.image_refs[0], prepared.manifest.example
+    return target, None
+
+
+def _instances(path: str) -> list[Any]:
+    try:
+        body = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: cannot read a JSON request: {err}") from None
+    if isinstance(body, dict):
+        body = body.get("instances", body.get("inputs"))
+    if not isinstance(body, list):
+        raise UsageError(f'{path}: expected {{"instances": [...]}} or a JSON list')
+    return body
+
+
+def run(args: argparse.Namespace) -> int:
+    from omibuild.build.buildx import Containers
+    from omibuild.images import free_port, interfaces_of
+    from omibuild.probe import Target, container_env, curl_example, predict, wait_ready
+
+    image, example = _image_and_example(args.target)
+    containers = Containers()
+    config = containers.image_config(image)
+    if config is None:
+        raise UsageError(
+            f"no image {image} in the local engine",
+            hint="build it with `omibuild apply`, or pull it",
+        )
+    info = interfaces_of(config["labels"])
+    interface = args.interface or info.default
+    if interface not in info.interfaces:
+        raise UsageError(
+            f"{image} has no interface {interface!r}; it has: "
+            f"{', '.join(info.interfaces) or 'none (no OMI labels)'}"
+        )
+    protocol = info.protocol_for(interface, args.protocol)
+    env, port = container_env(interface, protocol, info.model_name)
+    host_port = args.port or free_port()
+    target = Target(interface, protocol, info.model_name or "model", host_port)
+    try:
+        cid = containers.start(image, env, {port: host_port})
+        seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))
+        if seconds is None:
+            print(containers.logs(cid), file=sys.stderr)
+            raise UsageError(
+                f"{image} did not become ready within {args.timeout:.0f}s ({interface} {protocol})"
+            )
+        print(
+            f"{image}: {interface} {protocol} ready in {seconds:.1f}s on {target.base}",
+            file=sys.stderr,
+        )
+        instances = _instances(args.predict) if args.predict else example
+        if args.predict:
+            status, response = predict(target, instances)
+            print(json.dumps(response, indent=2))
+            return EXIT_OK if status < 400 else EXIT_INVALID
+        if instances is not None:
+            print(curl_example(target, instances))
+        print("press Ctrl-C to stop", file=sys.stderr)
+        threading.Event().wait()
+        return EXIT_OK
+    finally:
+        containers.remove_all()

@@ -1,0 +1,204 @@
+"""Talking to a running OMI container from the outside, per interface: how to start it, how
+to tell it is ready, and how to send one prediction. Used by `run` and `check`."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+SPEC_PORTS = {"modzy": 45000}
+CONTAINER_PORT = 8080
+
+
+@dataclass(frozen=True)
+class Target:
+    interface: str
+    protocol: str
+    model_name: str
+    host_port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.host_port}"
+
+    @property
+    def grpc(self) -> bool:
+        return self.interface == "modzy" and self.protocol == "v2"
+
+
+def container_env(
+    interface: str, protocol: str, model_name: str | None
+) -> tuple[dict[str, str], int]:
+    """The OMI variables to start an interface with, and the port it will listen on."""
+    port = SPEC_PORTS.get(interface, CONTAINER_PORT) if protocol == "v2" else CONTAINER_PORT
+    env = {"INTERFACE": interface, "PROTOCOL": protocol, "HTTP_PORT": str(port)}
+    if model_name:
+        env["MODEL_NAME"] = model_name
+    env |= {
+        "modzy": {"PSC_MODEL_PORT": str(port)},
+        "vertex": {"AIP_HTTP_PORT": str(port)},
+        "sagemaker": {"SAGEMAKER_BIND_TO_PORT": str(port)},
+    }.get(interface, {})
+    return env, port
+
+
+def _http(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 10.0,
+    content_type: str = "application/json",
+) -> tuple[int, str]:
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": content_type} if data else {}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode("utf-8", "replace")
+
+
+def ready_url(t: Target) -> str:
+    if t.interface == "kfserving":
+        return (
+            f"{t.base}/v2/models/{t.model_name}/ready"
+            if t.protocol == "v2"
+            else f"{t.base}/v1/models/{t.model_name}"
+        )
+    return {
+        "sagemaker": f"{t.base}/ping",
+        "vertex": f"{t.base}/health",
+        "mlflow": f"{t.base}/ping",
+        "modzy": f"{t.base}/status",
+    }[t.interface]
+
+
+def _modzy_call(t: Target, method: str, request: Any, timeout: float) -> Any:
+    import grpc
+
+    from omibuild.runtime.protos import MODZY
+
+    with grpc.insecure_channel(f"{t.host}:{t.host_port}") as channel:
+        call = channel.unary_unary(
+            f"/ModzyModel/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=MODZY[f"{method}Response"].FromString,
+        )
+        return call(request, timeout=timeout)
+
+
+def is_ready(t: Target) -> bool:
+    try:
+        if t.grpc:
+            from omibuild.runtime.protos import MODZY
+
+            return bool(_modzy_call(t, "Status", MODZY["StatusRequest"](), 2).status_code == 200)
+        return _http("GET", ready_url(t), timeout=2)[0] == 200
+    except Exception:  # refused, reset, not yet listening: not ready
+        return False
+
+
+def wait_ready(t: Target, timeout: float, alive: Any = None) -> float | None:
+    """Seconds until ready, or None on timeout (or when ``alive()`` says it died)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if is_ready(t):
+            return time.monotonic() - start
+        if alive is not None and not alive():
+            return None
+        time.sleep(0.1)
+    return None
+
+
+def predict(t: Target, instances: list[Any], timeout: float = 30.0) -> tuple[int, Any]:
+    """Send one prediction in the interface's own request shape: (status, parsed response)."""
+    if t.grpc:
+        from omibuild.runtime.protos import MODZY
+
+        request = MODZY["RunRequest"]()
+        item = request.inputs.add()
+        item.input["input"] = json.dumps({"instances": instances}).encode()
+        response = _modzy_call(t, "Run", request, timeout)
+        outputs = [json.loads(o.output["results.json"]) for o in response.outputs]
+        return int(response.status_code), outputs[0] if outputs else {}
+    if t.interface == "kfserving" and t.protocol == "v2":
+        import numpy as np
+
+        array = np.asarray(instances)
+        datatype = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL"}.get(
+            array.dtype.kind, "BYTES"
+        )
+        data = array.reshape(-1).tolist()
+        body: Any = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": list(array.shape),
+                    "datatype": datatype,
+                    "data": data
+                    if datatype != "BYTES"
+                    else [json.dumps(x) if not isinstance(x, str) else x for x in data],
+                }
+            ]
+        }
+        url = f"{t.base}/v2/models/{t.model_name}/infer"
+    elif t.interface == "kfserving":
+        body, url = {"instances": instances}, f"{t.base}/v1/models/{t.model_name}:predict"
+    elif t.interface == "mlflow":
+        body, url = {"inputs": instances}, f"{t.base}/invocations"
+    elif t.interface == "modzy":
+        body, url = {"instances": instances}, f"{t.base}/run"
+    else:
+        path = "/predict" if t.interface == "vertex" else "/invocations"
+        body, url = {"instances": instances}, f"{t.base}{path}"
+    status, text = _http("POST", url, body, timeout=timeout)
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def curl_example(t: Target, instances: list[Any]) -> str:
+    if t.grpc:
+        payload = json.dumps({"inputs": [{"input": json.dumps({"instances": instances})}]})
+        return (
+            f"grpcurl -plaintext -d '{payload}' {t.host}:{t.host_port} ModzyModel/Run"
+            "  # input bytes are base64 in grpcurl's JSON"
+        )
+    if t.interface == "kfserving" and t.protocol == "v2":
+        import numpy as np
+
+        shape = list(np.asarray(instances).shape)
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input-0",
+                        "shape": shape,
+                        "datatype": "FP64",
+                        "data": np.asarray(instances).reshape(-1).tolist(),
+                    }
+                ]
+            }
+        )
+        url = f"{t.base}/v2/models/{t.model_name}/infer"
+    elif t.interface == "kfserving":
+        body, url = (
+            json.dumps({"instances": instances}),
+            f"{t.base}/v1/models/{t.model_name}:predict",
+        )
+    elif t.interface == "mlflow":
+        body, url = json.dumps({"inputs": instances}), f"{t.base}/invocations"
+    else:
+        path = {"vertex": "/predict", "modzy": "/run"}.get(t.interface, "/invocations")
+        body, url = json.dumps({"instances": instances}), f"{t.base}{path}"
+    return f"curl -s -X POST -H 'Content-Type: application/json' {url} -d '{body}'"
