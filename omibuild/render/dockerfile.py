@@ -95,7 +95,6 @@ def _final_stage(plan: Plan) -> list[str]:
     if plan.ports:
         lines.append("EXPOSE " + " ".join(str(p) for p in plan.ports))
     lines += [
-        "WORKDIR /tmp",
         f"USER {plan.uid}:{plan.uid}",
         "STOPSIGNAL SIGTERM",
         "ENTRYPOINT " + json_args([f"{OMI}/venv/bin/python", "-m", "omibuild.runtime"]),

@@ -1,0 +1,262 @@
+"""Check any image against the Open Model Interface spec 1.1 and our contracts: labels,
+origin tag, non-root user, and, for every declared interface and protocol, a container that
+becomes ready, answers the example input in its protocol's shape, and exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from omibuild.images import ImageInterfaces, interfaces_of, label_json
+
+SPEC_INTERFACES = {"kfserving": {"v1", "v2"}, "modzy": {"v1", "v2"}}
+OMI_KEYS = (
+    "ml.openmodel.interfaces",
+    "ml.openmodel.protocols",
+    "ml.openmodel.port",
+    "ml.openml.model_name",
+)
+
+
+@dataclass
+class Finding:
+    requirement: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
+    out = []
+    for key in OMI_KEYS:
+        out.append(
+            Finding(f"label {key}", key in labels, "present" if key in labels else "missing")
+        )
+    raw_i, raw_p = labels.get("ml.openmodel.interfaces"), labels.get("ml.openmodel.protocols")
+    if raw_i is not None:
+        try:
+            interfaces = json.loads(raw_i)
+            bad = (
+                [i for i in interfaces if i not in SPEC_INTERFACES]
+                if isinstance(interfaces, list)
+                else None
+            )
+            ok = isinstance(interfaces, list) and not bad
+            detail = (
+                f"{raw_i}"
+                if ok
+                else (
+                    f"not spec interfaces: {bad} (extensions belong in io.omibuild.extensions)"
+                    if bad
+                    else "not a JSON list"
+                )
+            )
+        except ValueError as err:
+            interfaces, ok, detail = None, False, f"malformed JSON {raw_i!r}: {err}"
+        out.append(Finding("ml.openmodel.interfaces is a JSON list of spec interfaces", ok, detail))
+        if raw_p is not None:
+            try:
+                protocols = json.loads(raw_p)
+                aligned = (
+                    isinstance(protocols, list)
+                    and isinstance(interfaces, list)
+                    and len(protocols) == len(interfaces)
+                    and all(isinstance(p, list) and p for p in protocols)
+                )
+                valid = aligned and all(
+                    set(p) <= SPEC_INTERFACES.get(i, set())
+                    for i, p in zip(interfaces, protocols, strict=True)
+                )
+                detail = (
+                    raw_p
+                    if valid
+                    else (
+                        f"{raw_p} is not index-aligned with {raw_i}"
+                        if not aligned
+                        else f"{raw_p} uses unknown protocols"
+                    )
+                )
+                out.append(
+                    Finding(
+                        "ml.openmodel.protocols is index-aligned with interfaces",
+                        bool(valid),
+                        detail,
+                    )
+                )
+            except ValueError as err:
+                out.append(
+                    Finding(
+                        "ml.openmodel.protocols is index-aligned with interfaces",
+                        False,
+                        f"malformed JSON {raw_p!r}: {err}",
+                    )
+                )
+    if "ml.openmodel.port" in labels:
+        port = label_json(labels, "ml.openmodel.port")
+        ok = isinstance(port, int) or (isinstance(port, str) and port.isdigit())
+        out.append(
+            Finding("ml.openmodel.port is an integer", ok, repr(labels["ml.openmodel.port"]))
+        )
+    if "ml.openml.model_name" in labels:
+        name = label_json(labels, "ml.openml.model_name")
+        out.append(Finding("ml.openml.model_name is set", bool(name), repr(name)))
+    origin = labels.get("io.omibuild.origin.id")
+    if origin:
+        want = origin.replace(":", "-")[:128]
+        has = any(t.rsplit(":", 1)[-1] == want for t in tags)
+        out.append(
+            Finding(
+                "an origin tag is present",
+                has,
+                f"tag {want[:24]}… " + ("found" if has else f"missing among {tags}"),
+            )
+        )
+    return out
+
+
+def check_runtime(
+    image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
+) -> list[Finding]:
+    from omibuild.build.buildx import Containers
+    from omibuild.images import free_port
+    from omibuild.probe import Target, container_env, predict, wait_ready
+
+    findings: list[Finding] = []
+    user = config.get("user", "")
+    findings.append(
+        Finding(
+            "image user is non-root",
+            user not in ("", "root", "0", "0:0"),
+            f"USER {user or '(unset: root)'}",
+        )
+    )
+    containers = Containers()
+    example: Any = None
+    try:
+        for interface, protocols in info.interfaces.items():
+            for protocol in protocols or ["v1"]:
+                name = f"{interface} {protocol}"
+                is_default = interface == info.default and protocol == protocols[-1]
+                env, port = container_env(interface, protocol, None)
+                if is_default and info.port and str(info.port).strip('"').isdigit():
+                    # As a platform would: trust the port label, set only INTERFACE/PROTOCOL.
+                    env = {"INTERFACE": interface, "PROTOCOL": protocol}
+                    port = int(str(info.port).strip('"'))
+                host_port = free_port()
+                target = Target(interface, protocol, info.model_name or "model", host_port)
+                cid = containers.start(image, env, {port: host_port})
+                seconds = wait_ready(target, timeout, alive=lambda c=cid: containers.running(c))
+                if seconds is None:
+                    code = None if containers.running(cid) else containers.exit_code(cid)
+                    why = (
+                        f"container exited with code {code}"
+                        if code is not None
+                        else f"not ready within {timeout:.0f}s on port {port}"
+                        + (" (the ml.openmodel.port label)" if is_default else "")
+                    )
+                    tail = containers.logs(cid, tail=5).strip().replace("\n", " | ")[-300:]
+                    findings.append(Finding(f"{name}: becomes ready", False, f"{why}; log: {tail}"))
+                    containers.stop(cid, timeout=2)
+                    continue
+                findings.append(Finding(f"{name}: becomes ready", True, f"on port {port}", seconds))
+                if not any(f.requirement == "runs as non-root" for f in findings):
+                    uid = containers.exec(cid, ["id", "-u"]).strip()
+                    findings.append(Finding("runs as non-root", uid != "0", f"uid {uid}"))
+                if example is None:
+                    example = _example(containers, cid)
+                if example is not None:
+                    findings.append(_predict_finding(name, target, example, predict))
+                if target.grpc:
+                    findings.append(_reflection_finding(target))
+                code = containers.stop(cid, timeout=15)
+                findings.append(
+                    Finding(f"{name}: exits 0 on SIGTERM", code == 0, f"exit code {code}")
+                )
+    finally:
+        containers.remove_all()
+    return findings
+
+
+def _example(containers: Any, cid: str) -> Any:
+    try:
+        config = json.loads(containers.exec(cid, ["cat", "/opt/omi/omi.json"]))
+    except Exception:  # not an omibuild image, or no omi.json: no example to send
+        return None
+    return config.get("example")
+
+
+def _predict_finding(name: str, target: Any, example: Any, predict: Any) -> Finding:
+    try:
+        status, response = predict(target, example)
+    except Exception as exc:
+        return Finding(f"{name}: answers the example input", False, f"{type(exc).__name__}: {exc}")
+    shape_ok = isinstance(response, dict) and (
+        "outputs" in response
+        if target.interface == "kfserving" and target.protocol == "v2"
+        else "predictions" in response
+    )
+    return Finding(
+        f"{name}: answers the example input",
+        status == 200 and shape_ok,
+        f"HTTP {status}: {json.dumps(response)[:120]}",
+    )
+
+
+def _reflection_finding(target: Any) -> Finding:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"{target.host}:{target.host_port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            requests = iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="ModzyModel"),
+                ]
+            )
+            responses = list(stub.ServerReflectionInfo(requests, timeout=5))
+        services = [s.name for s in responses[0].list_services_response.service]
+        from google.protobuf import descriptor_pb2
+
+        methods: set[str] = set()
+        for blob in responses[1].file_descriptor_response.file_descriptor_proto:
+            fdp = descriptor_pb2.FileDescriptorProto.FromString(blob)
+            for svc in fdp.service:
+                if svc.name == "ModzyModel":
+                    methods |= {m.name for m in svc.method}
+    except Exception as exc:
+        return Finding(
+            "modzy v2: reflection lists ModzyModel", False, f"{type(exc).__name__}: {exc}"
+        )
+    ok = "ModzyModel" in services and {"Run", "Status", "Shutdown"} <= methods
+    return Finding(
+        "modzy v2: reflection lists ModzyModel with Run, Status, Shutdown",
+        ok,
+        f"services {services}, methods {sorted(methods)}",
+    )
+
+
+def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
+    """(findings, whether the image exists)."""
+    from omibuild.build.buildx import Containers
+
+    config = Containers().image_config(image)
+    if config is None:
+        return [], False
+    labels = config["labels"]
+    findings = check_labels(labels, config["repo_tags"])
+    info = interfaces_of(labels)
+    if not info.interfaces:
+        findings.append(
+            Finding(
+                "declares at least one interface", False, "no usable ml.openmodel.interfaces label"
+            )
+        )
+        return findings, True
+    findings += check_runtime(image, info, config, timeout)
+    return findings, True
