@@ -25,8 +25,11 @@ ready = os.environ.get("FAKE_NEVER_READY") != "1"
 class H(http.server.BaseHTTPRequestHandler):
     def _send(self, code, body):
         data = json.dumps(body).encode()
-        self.send_response(code); self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
     def do_GET(self):
         self._send(200 if ready else 503, {"name": "fake", "ready": ready})
     def do_POST(self):
