@@ -171,22 +171,11 @@ class MlflowModelSource:
         )
 
     def _download(self, tracking: str, uri: str, key: str) -> dict[str, Any]:
-        import mlflow.artifacts
-
         with self.cache.tmp_dir() as tmp:
             self.progress.line(f"downloading {uri} from {host_of(tracking)}")
-            self._call(
-                tracking,
-                f"the artifacts of {uri}",
-                lambda: mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(tmp),
-                    tracking_uri=tracking,
-                    registry_uri=tracking,
-                ),
-            )
-            requirements, flavor, _ = model_metadata(tmp)
-            files = publish_tree(self.cache, tmp)
+            root = self._download_to(tracking, uri, tmp)
+            requirements, flavor, _ = model_metadata(root)
+            files = publish_tree(self.cache, root)
         record = ResolvedSource(
             kind="mlflow",
             uri=uri,
@@ -200,6 +189,20 @@ class MlflowModelSource:
         self.cache.put_index(key, record)
         return record
 
+    def _download_to(self, tracking: str, uri: str, tmp: Path) -> Path:
+        """Download into tmp; returns the model's root directory (MLflow may nest it)."""
+        import mlflow.artifacts
+
+        local = self._call(
+            tracking,
+            f"the artifacts of {uri}",
+            lambda: mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(tmp), tracking_uri=tracking, registry_uri=tracking
+            ),
+        )
+        root = Path(local)
+        return root if root.is_dir() else root.parent
+
     def fetch(self, resolved: ResolvedSource, dest: Path) -> int:
         key, tracking = resolved.location.rsplit("|", 1)
         with self.cache.lock(key):
@@ -208,23 +211,12 @@ class MlflowModelSource:
                 return 0
             uri = key.split("|")[2]
             with self.cache.tmp_dir() as tmp:
-                import mlflow.artifacts
-
                 self.progress.line(
                     f"downloading {uri} from {host_of(tracking)} "
                     f"({len(missing)} file(s) missing from the cache)"
                 )
-                self._call(
-                    tracking,
-                    f"the artifacts of {uri}",
-                    lambda: mlflow.artifacts.download_artifacts(
-                        artifact_uri=uri,
-                        dst_path=str(tmp),
-                        tracking_uri=tracking,
-                        registry_uri=tracking,
-                    ),
-                )
-                got = {f.path: f for f in publish_tree(self.cache, tmp)}
+                root = self._download_to(tracking, uri, tmp)
+                got = {f.path: f for f in publish_tree(self.cache, root)}
             for f in missing:
                 if got.get(f.path) != f:
                     raise SourceError(
