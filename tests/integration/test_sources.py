@@ -321,7 +321,8 @@ def test_hf_download_killed_halfway_leaves_no_cache_entry(
         from omibuild.sources.cache import Cache
         from omibuild.sources.progress import QUIET
         from omibuild.sources.resolve import resolve
-        resolve(load_manifest(Path({str(path)!r}), env={{}}), Cache(Path({str(cache_root)!r})), QUIET)
+        cache = Cache(Path({str(cache_root)!r}))
+        resolve(load_manifest(Path({str(path)!r}), env={{}}), cache, QUIET)
     """)
     with subprocess.Popen([sys.executable, "-c", script], start_new_session=True) as proc:
         deadline = time.monotonic() + 30
