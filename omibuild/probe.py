@@ -21,6 +21,7 @@ class Target:
     model_name: str
     host_port: int
     host: str = "127.0.0.1"
+    health_route: str = "/health"  # Vertex AI: AIP_HEALTH_ROUTE
 
     @property
     def base(self) -> str:
@@ -76,7 +77,7 @@ def ready_url(t: Target) -> str:
         )
     return {
         "sagemaker": f"{t.base}/ping",
-        "vertex": f"{t.base}/health",
+        "vertex": f"{t.base}{t.health_route}",
         "mlflow": f"{t.base}/ping",
         "modzy": f"{t.base}/status",
     }[t.interface]

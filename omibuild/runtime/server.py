@@ -123,6 +123,10 @@ def serve(config: RuntimeConfig) -> int:
         model=config.model_name,
         workers=config.workers,
     )
+    # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal with the
+    # handler it found installed. Make that handler a no-op, so the process exits 0 (as it
+    # does as PID 1 in a container) instead of dying of the re-raised signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     access = os.environ.get("OMI_ACCESS_LOG", "0") == "1"
     common: dict[str, Any] = dict(
         host="0.0.0.0",

@@ -103,10 +103,11 @@ class ModzyAdapter:
             items = body if isinstance(body, list) else [body]
             results = self.run_items([{"input": json.dumps(i).encode()} for i in items])
             outputs = [json.loads(blob) for _, blob in results]
-            ok = all(success for success, _ in results)
-            return json_response(
-                {"statusCode": 200 if ok else 400, "outputs": outputs}, 200 if ok else 400
-            )
+            failed = [o["error"] for (ok, _), o in zip(results, outputs, strict=True) if not ok]
+            if failed:
+                message = f"{len(failed)} of {len(outputs)} input(s) failed: {failed[0]}"
+                return json_response({**self.error_body(400, message), "outputs": outputs}, 400)
+            return json_response({"statusCode": 200, "status": "OK", "outputs": outputs})
 
         async def shutdown(request: Request) -> Response:
             _shutdown_soon()
