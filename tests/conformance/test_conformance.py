@@ -3,8 +3,10 @@ image (switched by INTERFACE). Error paths per interface use each protocol's err
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import operator
 import time
 import urllib.error
 import urllib.request
@@ -167,7 +169,7 @@ def test_sagemaker_contract(serve: Callable[..., Server]) -> None:
     status, body, _ = http("POST", f"{s.url}/invocations", {"instances": ROWS})
     assert status == 200 and json.loads(body) == {"predictions": EXPECTED}
     csv = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
-    status, body, headers = http(
+    status, body, _headers = http(
         "POST", f"{s.url}/invocations", csv, "text/csv", {"Accept": "text/csv"}
     )
     assert status == 200 and body.decode().split() == ["0", "2"]
@@ -257,7 +259,12 @@ def test_error_paths(name: str, omi_tree: Path) -> None:
         if name == "kfserving v2":
             good = {
                 "inputs": [
-                    {"name": "x", "shape": [2, 4], "datatype": "FP64", "data": sum(ROWS, [])}
+                    {
+                        "name": "x",
+                        "shape": [2, 4],
+                        "datatype": "FP64",
+                        "data": functools.reduce(operator.iadd, ROWS, []),
+                    }
                 ]
             }
         status, body, _ = http("POST", url, good)
