@@ -30,6 +30,7 @@ typecheck:
 	$(VENV)/bin/mypy
 
 bench: setup
+	@bash bench/setup.sh
 	$(PY) bench/run.py
 
 demo: setup
