@@ -4,7 +4,7 @@
 . "$(dirname "$0")/lib.sh"
 step=build-base-image
 log=$OMI_DEV_LOG_DIR/$step.log
-tarball=$OMI_DEV_STATE/base-bookworm-python3.tar
+tarball=$OMI_DEV_STATE/base-bookworm-python3${OMI_DEBIAN_MIRROR:+-custom}.tar
 
 if docker image inspect "$OMI_BASE_IMAGE" >/dev/null 2>&1; then
   say "$step: $OMI_BASE_IMAGE already present"; exit 0
@@ -15,7 +15,7 @@ if [ ! -s "$tarball" ]; then
   trap 'rm -rf "$rootfs" "$tarball.partial"' EXIT
   say "$step: debootstrap bookworm (about 70 s, log: $log)"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    bookworm "$rootfs" http://deb.debian.org/debian >"$log" 2>&1 ||
+    bookworm "$rootfs" "${OMI_DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$log" 2>&1 ||
     fail "$step" "debootstrap failed (is the Debian mirror reachable?)" "$log"
   # Keep the image lean: apt lists and caches are rebuilt by apt-get update when needed.
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \

@@ -1,0 +1,1 @@
+"""Executing plans: BuildRequest → Executor. Only build/buildx.py talks to the engine."""

@@ -1,0 +1,232 @@
+"""Apply one plan: skip if the image is up to date, stage the context, build through the
+executor, and tag only on success (no partial tags, no staging left behind)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from omibuild.build.context import staged_context
+from omibuild.build.request import BuildRequest, Executor
+from omibuild.build.secrets import build_secrets
+from omibuild.errors import BuildError, UsageError
+from omibuild.pipeline import Prepared
+from omibuild.plan import Plan
+from omibuild.sources.cache import Cache
+from omibuild.sources.progress import Progress
+
+DIGEST_LABEL = "io.omibuild.plan.digest"
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    output: str = "load"  # load | push | oci:PATH
+    platforms: tuple[str, ...] = ()
+    builder: str | None = None
+    cache_to: str | None = None
+    no_cache: bool = False
+    offline: bool = False
+    progress: str = "auto"
+    sbom: bool = False
+
+
+@dataclass
+class ApplyResult:
+    name: str
+    refs: tuple[str, ...]
+    status: str  # built | up to date | failed
+    seconds: float = 0.0
+    digest: str | None = None
+    downloaded_bytes: int = 0
+    cached_steps: int = 0
+    total_steps: int = 0
+    error: str | None = None
+
+
+def up_to_date(plan: Plan, executor: Executor, output: str) -> bool:
+    """Does the target already carry this plan's digest (locally, or in the registry)?"""
+    if output.startswith("oci:"):
+        return False
+    if output == "push":
+        for ref in plan.image_refs:
+            annotations = executor.remote_annotations(ref)
+            if not annotations or annotations.get(DIGEST_LABEL) != plan.digest:
+                return False
+        return True
+    for ref in plan.image_refs:
+        labels = executor.image_labels(ref)
+        if not labels or labels.get(DIGEST_LABEL) != plan.digest:
+            return False
+    return True
+
+
+def _resolve_cache(ref: str, cache: Cache, *, importing: bool) -> str | None:
+    """Turn the plan's ``local:<name>`` placeholders into this machine's cache directory."""
+    if "=local:" not in ref:
+        return ref
+    name = ref.split("=local:", 1)[1].split(",", 1)[0]
+    path = cache.root / "buildkit" / name
+    if importing and not (path / "index.json").is_file():
+        return None  # nothing exported yet: importing it would only warn
+    return ref.replace(f"local:{name}", str(path))
+
+
+def cache_refs(plan: Plan, options: ApplyOptions, cache: Cache) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if options.no_cache or not plan.options.cache_enabled:
+        return (), ()
+    cache_from = list(plan.options.cache_from)
+    cache_to = list(plan.options.cache_to)
+    if options.cache_to:
+        spec = options.cache_to
+        if "=" not in spec:  # a bare ref or directory
+            spec = (f"type=local,dest={spec}" if spec.startswith(("/", ".")) else
+                    f"type=registry,ref={spec}")
+        cache_to = [spec + ("" if "mode=" in spec else ",mode=max")]
+        cache_from = [spec.replace("dest=", "src=").replace(",mode=max", "")]
+    imports = tuple(r for r in (_resolve_cache(c, cache, importing=True) for c in cache_from) if r)
+    exports = tuple(r for r in (_resolve_cache(c, cache, importing=False) for c in cache_to) if r)
+    # BuildKit's cache exporter compresses with gzip by default; model layers do not compress.
+    exports = tuple(e + ",compression=zstd,ignore-error=true" for e in exports)
+    return imports, exports
+
+
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Tagging is a few quick calls: finish them before honouring Ctrl-C, so the image has
+    all of its tags or none of them."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+@dataclass
+class _Job:
+    prepared: Prepared
+    plan: Plan
+    output: str
+    temp: str
+    result: ApplyResult
+
+
+def _job(prepared: Prepared, executor: Executor, options: ApplyOptions) -> _Job:
+    plan = prepared.plan
+    if options.platforms:
+        plan = replace(plan, platforms=options.platforms)
+    output = "push" if options.output == "load" and plan.options.push else options.output
+    if output == "push" and plan.repository.startswith("omibuild.local/"):
+        raise UsageError(f"{plan.name}: pushing needs image.repository in omi.yaml")
+    status = "up to date" if not options.no_cache and up_to_date(plan, executor, output) else "pending"
+    temp = f"{plan.repository}:omibuild-tmp-{uuid.uuid4().hex[:12]}"
+    return _Job(prepared, plan, output, temp, ApplyResult(plan.name, plan.image_refs, status))
+
+
+def _request(job: _Job, ctx: Path, secrets: tuple[tuple[str, Path], ...], cache: Cache,
+             options: ApplyOptions) -> BuildRequest:
+    plan = job.plan
+    cache_from, cache_to = cache_refs(plan, options, cache)
+    return BuildRequest(
+        context=ctx, dockerfile=ctx / "Dockerfile",
+        tags=(job.temp,) if job.output == "load" else plan.image_refs,
+        annotations=plan.labels, output=job.output, platforms=plan.platforms,
+        cache_from=cache_from, cache_to=cache_to, no_cache=options.no_cache,
+        secrets=secrets, builder=options.builder or plan.options.builder,
+        compression="gzip" if job.output == "push" else "zstd", sbom=options.sbom,
+        source_date_epoch=plan.source_date_epoch, progress=options.progress,
+    )
+
+
+def apply_all(prepared: list[Prepared], executor: Executor, cache: Cache, progress: Progress,
+              options: ApplyOptions) -> list[ApplyResult]:
+    """Build every plan that is not up to date: one build, or one bake for several."""
+    import time
+
+    start = time.perf_counter()
+    jobs = [_job(p, executor, options) for p in prepared]
+    pending = [j for j in jobs if j.result.status == "pending"]
+    if not pending:
+        return [j.result for j in jobs]
+    with contextlib.ExitStack() as stack:
+        requests = []
+        for job in pending:
+            m = job.prepared.manifest
+            ctx, downloaded = stack.enter_context(staged_context(
+                job.plan, job.prepared.resolved, m.root, m.code_path, cache, progress, m.file,
+                offline=options.offline))
+            secrets = stack.enter_context(build_secrets(m.build.secrets))
+            job.result.downloaded_bytes = downloaded
+            requests.append(_request(job, ctx, secrets, cache, options))
+        try:
+            results = [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
+            with _deferred_interrupts():
+                for job, result in zip(pending, results, strict=True):
+                    if result.ok and job.output == "load":
+                        for ref in job.plan.image_refs:
+                            executor.tag(job.temp, ref)
+        finally:
+            for job in pending:
+                if job.output == "load":
+                    executor.remove_tag(job.temp)
+    elapsed = time.perf_counter() - start
+    for job, result in zip(pending, results, strict=True):
+        job.result.status = "built" if result.ok else "failed"
+        job.result.seconds = elapsed
+        job.result.digest = result.digest
+        job.result.cached_steps, job.result.total_steps = result.cached_steps, result.total_steps
+        if not result.ok:
+            tail = "\n".join(result.log_tail[-25:])
+            job.result.error = f"{result.error or 'build failed'}\n{tail}"
+    return [j.result for j in jobs]
+
+
+def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
+    """apply --plan: refuse when anything that shapes the image changed since the review."""
+    if reviewed.digest == current.digest:
+        return
+    reasons = []
+    if reviewed.model_digest != current.model_digest:
+        reasons.append(f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})")
+    if dict(reviewed.origin) != dict(current.origin):
+        reasons.append(f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
+                       f"{dict(current.origin).get('id', '')[:16]})")
+    if reviewed.code_files != current.code_files:
+        reasons.append("the code changed")
+    if reviewed.requirements != current.requirements:
+        reasons.append("the requirements changed")
+    if reviewed.omibuild_version != current.omibuild_version or \
+            reviewed.runtime_digest != current.runtime_digest:
+        reasons.append("omibuild itself changed")
+    if not reasons:
+        reasons.append("the manifest changed")
+    raise BuildError(f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
+                     hint="run `omibuild plan --out plan.json` again and have it reviewed")
+
+
+def expand_targets(paths: list[str]) -> list[Path]:
+    """Files as given; a directory means every omi.yaml below it."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("**/omi.yaml"))
+            if not found:
+                raise UsageError(f"{p}: no omi.yaml below this directory")
+            out += found
+        else:
+            out.append(p)
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

@@ -1,0 +1,319 @@
+"""The buildx executor: the only module that talks to the Docker engine (python-on-whales).
+
+Builds run ``docker buildx build`` with plain progress, streamed: on a terminal a live view
+of the BuildKit steps, in CI plain lines, and on failure the failing step, its log tail and
+the Dockerfile excerpt BuildKit points at."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from omibuild.build.request import BuildRequest, BuildResult
+
+if TYPE_CHECKING:
+    from python_on_whales import DockerClient
+
+_STEP = re.compile(r"^#(\d+) \[(.+?)\] (.*)$")
+_CACHED = re.compile(r"^#(\d+) CACHED$")
+
+
+def _csv_field(text: str) -> str:
+    """One field of buildx's CSV-style --output value."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"') else text
+
+
+def _output(req: BuildRequest) -> str:
+    if req.output.startswith("oci:"):
+        return f"type=oci,dest={_csv_field(req.output[4:])}"
+    push = "true" if req.output == "push" else "false"
+    names = _csv_field("name=" + ",".join(req.tags))
+    extra = ",force-compression=false" if req.compression != "gzip" else ""
+    return f"type=image,{names},push={push},compression={req.compression}{extra}"
+
+
+class BuildxExecutor:
+    """python-on-whales is imported on first use: it costs ~0.3 s, and `plan` needs only
+    one quick query of the engine."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._docker: DockerClient | None = None
+
+    @property
+    def docker(self) -> DockerClient:
+        if self._docker is None:
+            from python_on_whales import DockerClient
+
+            self._docker = DockerClient()
+        return self._docker
+
+    # -- queries ---------------------------------------------------------------------------
+    def _inspect(self, ref: str, fmt: str) -> str | None:
+        """A fast local image query through the docker CLI (no client library import)."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        try:
+            proc = subprocess.run([exe, "image", "inspect", "--format", fmt, ref],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        out = self._inspect(ref, "{{json .Config.Labels}}")
+        if out is None:
+            return None
+        labels: dict[str, str] = json.loads(out) or {}
+        return labels
+
+    def image_digest(self, ref: str) -> str | None:
+        return self._inspect(ref, "{{.Id}}")
+
+    def remote_annotations(self, ref: str) -> dict[str, str] | None:
+        cmd = [*self._docker_cmd(), "buildx", "imagetools", "inspect", "--raw", ref]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            return None
+        try:
+            annotations: dict[str, str] = json.loads(proc.stdout).get("annotations") or {}
+        except ValueError:
+            return None
+        return annotations
+
+    def tag(self, source: str, target: str) -> None:
+        self.docker.image.tag(source, target)
+
+    def remove_tag(self, ref: str) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        with contextlib.suppress(DockerException):
+            self.docker.image.remove(ref, force=False, prune=False)
+
+    # -- building --------------------------------------------------------------------------
+    def _docker_cmd(self) -> list[str]:
+        return [str(part) for part in self.docker.client_config.docker_cmd]
+
+    def command(self, req: BuildRequest, metadata: Path) -> list[str]:
+        cmd = [*self._docker_cmd(), "buildx", "build", str(req.context), "-f", str(req.dockerfile),
+               "--progress=plain", "--metadata-file", str(metadata)]
+        if req.builder:
+            cmd += ["--builder", req.builder]
+        if req.platforms:
+            cmd += ["--platform", ",".join(req.platforms)]
+        if req.no_cache:
+            cmd.append("--no-cache")
+        else:
+            cmd += [a for ref in req.cache_from for a in ("--cache-from", ref)]
+            cmd += [a for ref in req.cache_to for a in ("--cache-to", ref)]
+        for sid, path in req.secrets:
+            cmd += ["--secret", f"id={sid},src={path}"]
+        for key, value in req.annotations:
+            cmd += ["--annotation", f"manifest:{key}={value}", "--annotation", f"index:{key}={value}"]
+        if req.source_date_epoch is not None:
+            cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={req.source_date_epoch}"]
+        if req.sbom:
+            cmd += ["--sbom=true"]
+        cmd += ["--output", _output(req)]
+        return cmd
+
+    def bake_file(self, requests: list[BuildRequest]) -> dict[str, Any]:
+        targets: dict[str, Any] = {}
+        for i, req in enumerate(requests):
+            target: dict[str, Any] = {
+                "context": str(req.context), "dockerfile": str(req.dockerfile),
+                "output": [_output(req)],
+                "secret": [f"id={sid},src={path}" for sid, path in req.secrets],
+                "annotations": [f"{kind}:{k}={v}" for k, v in req.annotations
+                                for kind in ("manifest", "index")],
+            }
+            if req.platforms:
+                target["platforms"] = list(req.platforms)
+            if req.no_cache:
+                target["no-cache"] = True
+            else:
+                target["cache-from"] = list(req.cache_from)
+                target["cache-to"] = list(req.cache_to)
+            if req.source_date_epoch is not None:
+                target["args"] = {"SOURCE_DATE_EPOCH": str(req.source_date_epoch)}
+            targets[f"model{i}"] = target
+        return {"group": {"default": {"targets": sorted(targets)}}, "target": targets}
+
+    def bake(self, requests: list[BuildRequest]) -> list[BuildResult]:
+        with tempfile.TemporaryDirectory(prefix="omibuild-bake-") as tmp:
+            bake = Path(tmp) / "bake.json"
+            metadata = Path(tmp) / "metadata.json"
+            bake.write_text(json.dumps(self.bake_file(requests), indent=2))
+            cmd = [*self._docker_cmd(), "buildx", "bake", "-f", str(bake), "--progress=plain",
+                   "--metadata-file", str(metadata)]
+            builder = next((r.builder for r in requests if r.builder), None)
+            if builder:
+                cmd += ["--builder", builder]
+            overall = self._run(cmd, requests[0])
+            meta: dict[str, Any] = json.loads(metadata.read_text()) if metadata.exists() else {}
+        results = []
+        for i, _req in enumerate(requests):
+            entry = meta.get(f"model{i}") or {}
+            digest = entry.get("containerimage.digest")
+            ok = overall.ok or digest is not None
+            results.append(BuildResult(ok=ok, digest=digest, log_tail=overall.log_tail,
+                                       error=None if ok else overall.error,
+                                       cached_steps=overall.cached_steps,
+                                       total_steps=overall.total_steps))
+        return results
+
+    def build(self, req: BuildRequest) -> BuildResult:
+        with tempfile.TemporaryDirectory(prefix="omibuild-meta-") as tmp:
+            metadata = Path(tmp) / "metadata.json"
+            result = self._run(self.command(req, metadata), req)
+            if result.ok and metadata.exists():
+                meta: dict[str, Any] = json.loads(metadata.read_text())
+                result.digest = meta.get("containerimage.digest")
+        return result
+
+    def _run(self, cmd: list[str], req: BuildRequest) -> BuildResult:
+        tail: deque[str] = deque(maxlen=60)
+        steps: set[str] = set()
+        cached: set[str] = set()
+        live = _Live(self.stream, req.progress)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                if m := _STEP.match(line):
+                    steps.add(m.group(1))
+                    live.step(m.group(2), m.group(3))
+                elif m := _CACHED.match(line):
+                    cached.add(m.group(1))
+                live.line(line)
+            code = proc.wait()
+        except BaseException:
+            # Ctrl-C or any error: cancel the build (buildx cancels BuildKit's solve on SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise
+        finally:
+            live.close()
+        lines = list(tail)
+        error = next((ln for ln in reversed(lines) if ln.startswith("ERROR:")), None)
+        return BuildResult(ok=code == 0, log_tail=lines, error=error,
+                           cached_steps=len(cached & steps), total_steps=len(steps))
+
+
+class _Live:
+    """A one-line live status on a terminal; plain lines elsewhere; nothing when quiet."""
+
+    def __init__(self, stream: TextIO, mode: str) -> None:
+        tty = stream.isatty() and not os.environ.get("CI")
+        self.mode = "quiet" if mode == "quiet" else ("tty" if (mode == "tty" or (mode == "auto" and tty))
+                                                    else "plain")
+        self.stream = stream
+        self.status: Any = None
+        if self.mode == "tty":
+            from rich.console import Console
+
+            self.status = Console(file=stream).status("starting build")
+            self.status.start()
+
+    def step(self, stage: str, text: str) -> None:
+        if self.status is not None:
+            self.status.update(f"[bold][{stage}][/bold] {text[:100]}")
+
+    def line(self, text: str) -> None:
+        if self.mode == "plain":
+            print(text, file=self.stream)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+class Containers:
+    """Starting and stopping containers for `run` and `check` (also python-on-whales)."""
+
+    def __init__(self) -> None:
+        from python_on_whales import DockerClient
+
+        self.docker = DockerClient()
+        self.started: list[str] = []
+
+    def image_config(self, ref: str) -> dict[str, Any] | None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            image = self.docker.image.inspect(ref)
+        except DockerException:
+            return None
+        cfg = image.config
+        return {"labels": dict(cfg.labels or {}), "user": cfg.user or "", "env": list(cfg.env or []),
+                "entrypoint": list(cfg.entrypoint or []), "cmd": list(cfg.cmd or []),
+                "repo_tags": list(image.repo_tags or [])}
+
+    def start(self, image: str, env: dict[str, str], ports: dict[int, int], *,
+              read_only: bool = False) -> str:
+        container = self.docker.run(image, detach=True, envs=env,
+                                    publish=[(host, cont) for cont, host in ports.items()],
+                                    read_only=read_only, tmpfs=["/tmp"] if read_only else [],
+                                    labels={"io.omibuild.started-by": "omibuild"})
+        cid = str(container.id)
+        self.started.append(cid)
+        return cid
+
+    def running(self, cid: str) -> bool:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            return bool(self.docker.container.inspect(cid).state.running)
+        except DockerException:
+            return False
+
+    def exit_code(self, cid: str) -> int | None:
+        state = self.docker.container.inspect(cid).state
+        return None if state.running else int(state.exit_code or 0)
+
+    def logs(self, cid: str, tail: int = 20) -> str:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            return str(self.docker.container.logs(cid, tail=tail))
+        except DockerException:
+            return ""
+
+    def exec(self, cid: str, command: list[str]) -> str:
+        return str(self.docker.container.execute(cid, command))
+
+    def stop(self, cid: str, timeout: int = 20) -> int | None:
+        """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.container.stop(cid, time=timeout)
+            return self.exit_code(cid)
+        except DockerException:
+            return None
+
+    def remove_all(self) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        for cid in self.started:
+            with contextlib.suppress(DockerException):
+                self.docker.container.remove(cid, force=True)
+        self.started.clear()

@@ -1,0 +1,108 @@
+"""Stage the build context for a plan.
+
+The context lives at a stable path per manifest under the cache (``contexts/<key>``), so
+BuildKit's file sync sends only what changed between builds: model files are hard links (same
+inode and mtime as the verified cache entry or the repository file), so a code-only change
+transfers no model bytes. It is rebuilt in a sibling ``.new`` directory and swapped in whole,
+so an interrupted run never leaves a half-written context: only a ``.new`` directory, removed
+at once (or by the next run if the process was killed)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from omibuild.plan import Plan
+from omibuild.render.dockerfile import CTX_CODE, CTX_MODEL, CTX_REQUIREMENTS, CTX_RUNTIME, render
+from omibuild.sources.base import ResolvedSource
+from omibuild.sources.cache import Cache, link_or_copy
+from omibuild.sources.progress import Progress
+from omibuild.sources.resolve import stage
+
+STALE_SECONDS = 3600
+
+
+def runtime_files() -> list[tuple[str, Path]]:
+    """(relative path, file) of the runtime package as shipped in the image."""
+    pkg = Path(str(resources.files("omibuild")))
+    files = [("omibuild/__init__.py", pkg / "__init__.py")]
+    for path in sorted((pkg / "runtime").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".proto"):
+            files.append((f"omibuild/{path.relative_to(pkg).as_posix()}", path))
+    return files
+
+
+def runtime_digest() -> str:
+    h = hashlib.sha256()
+    for rel, path in runtime_files():
+        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def context_dir(cache: Cache, manifest_file: Path) -> Path:
+    key = hashlib.sha256(str(manifest_file.resolve()).encode()).hexdigest()[:16]
+    return cache.root / "contexts" / key
+
+
+def _sweep(parent: Path) -> None:
+    cutoff = time.time() - STALE_SECONDS
+    for entry in parent.glob("*.new-*"):
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry)
+
+
+@contextlib.contextmanager
+def staged_context(plan: Plan, resolved: ResolvedSource, manifest_root: Path, code_path: str | None,
+                   cache: Cache, progress: Progress, manifest_file: Path, *,
+                   offline: bool = False) -> Iterator[tuple[Path, int]]:
+    """Yield (context dir, bytes downloaded). The Dockerfile is at context/Dockerfile."""
+    final = context_dir(cache, manifest_file)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(final.parent)
+    new = final.with_name(f"{final.name}.new-{os.getpid()}")
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        downloaded = _populate(new, plan, resolved, manifest_root, code_path, cache, progress, offline)
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.rename(final, old)
+        os.rename(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    yield final, downloaded
+
+
+def _populate(ctx: Path, plan: Plan, resolved: ResolvedSource, root: Path, code_path: str | None,
+              cache: Cache, progress: Progress, offline: bool) -> int:
+    ctx.mkdir(parents=True)
+    flat = ctx / ".model-all"
+    downloaded = stage(resolved, cache, progress, flat, offline=offline)
+    for index, layer in enumerate(plan.model_layers):
+        for f in layer.files:
+            target = ctx / CTX_MODEL / str(index) / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(flat / f.path, target)
+    shutil.rmtree(flat, ignore_errors=True)
+    for rel, path in runtime_files():
+        link_or_copy(path, ctx / CTX_RUNTIME / rel)
+    if code_path is not None:
+        base = root / code_path
+        for f in plan.code_files:
+            link_or_copy(base / f.path, ctx / CTX_CODE / f.path)
+    (ctx / CTX_CODE).mkdir(exist_ok=True)
+    reqs = ctx / CTX_REQUIREMENTS
+    reqs.mkdir()
+    (reqs / "runtime.txt").write_text("\n".join(plan.runtime_requirements) + "\n")
+    (reqs / "model.txt").write_text("".join(f"{r}\n" for r in plan.requirements))
+    (ctx / "omi.json").write_text(plan.omi_json)
+    (ctx / "Dockerfile").write_text(render(plan))
+    (ctx / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
+    return downloaded

@@ -1,0 +1,58 @@
+"""What one build asks of an executor, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context: Path
+    dockerfile: Path
+    tags: tuple[str, ...]  # full references
+    annotations: tuple[tuple[str, str], ...] = ()
+    output: str = "load"  # load | push | oci:PATH
+    platforms: tuple[str, ...] = ()
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    no_cache: bool = False
+    secrets: tuple[tuple[str, Path], ...] = ()  # (id, file); never an env value
+    builder: str | None = None
+    compression: str = "zstd"
+    sbom: bool = False
+    source_date_epoch: int | None = None
+    progress: str = "auto"
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    digest: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    error: str | None = None
+    cached_steps: int = 0
+    total_steps: int = 0
+
+
+class Executor(Protocol):
+    def build(self, request: BuildRequest) -> BuildResult: ...
+
+    def bake(self, requests: list[BuildRequest]) -> list[BuildResult]:
+        """Build several requests in one invocation, in parallel, sharing the cache."""
+        ...
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        """Labels of a local image, or None if there is no such image."""
+        ...
+
+    def remote_annotations(self, ref: str) -> dict[str, str] | None:
+        """Index/manifest annotations of an image in a registry, or None if absent."""
+        ...
+
+    def image_digest(self, ref: str) -> str | None: ...
+
+    def tag(self, source: str, target: str) -> None: ...
+
+    def remove_tag(self, ref: str) -> None: ...
