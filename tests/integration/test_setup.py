@@ -17,8 +17,13 @@ pytestmark = pytest.mark.integration
 
 
 def _script(name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(ROOT / "scripts" / name)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / name)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def test_setup_on_a_prepared_machine_changes_nothing_and_says_so(registry: str) -> None:
@@ -32,8 +37,11 @@ def test_setup_on_a_prepared_machine_changes_nothing_and_says_so(registry: str) 
 
 
 def test_a_registry_that_cannot_start_names_the_step_reason_and_log(tmp_path: Path) -> None:
-    env = {"OMI_REGISTRY_ADDR": "203.0.113.7:5999", "OMI_DEV_STATE": str(tmp_path / "state"),
-           "OMI_DEV_LOG_DIR": str(tmp_path / "logs")}
+    env = {
+        "OMI_REGISTRY_ADDR": "203.0.113.7:5999",
+        "OMI_DEV_STATE": str(tmp_path / "state"),
+        "OMI_DEV_LOG_DIR": str(tmp_path / "logs"),
+    }
     proc = _script("start-registry.sh", env)
     assert proc.returncode == 1
     assert 'FAILED step "start-registry"' in proc.stderr
@@ -43,9 +51,12 @@ def test_a_registry_that_cannot_start_names_the_step_reason_and_log(tmp_path: Pa
 
 def test_a_failed_base_image_build_leaves_nothing_marked_done(tmp_path: Path, unique: str) -> None:
     image = f"omibuild.local/never-built:{unique}"
-    env = {"OMI_BASE_IMAGE": image, "OMI_DEV_STATE": str(tmp_path / "state"),
-           "OMI_DEV_LOG_DIR": str(tmp_path / "logs"),
-           "OMI_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}  # nothing listens there
+    env = {
+        "OMI_BASE_IMAGE": image,
+        "OMI_DEV_STATE": str(tmp_path / "state"),
+        "OMI_DEV_LOG_DIR": str(tmp_path / "logs"),
+        "OMI_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
+    }  # nothing listens there
     proc = _script("build-base-image.sh", env)
     assert proc.returncode == 1
     assert 'FAILED step "build-base-image"' in proc.stderr and "debootstrap failed" in proc.stderr

@@ -1,0 +1,164 @@
+"""apply's decisions with a recording executor: no engine needed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from omibuild.build.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
+from omibuild.build.request import BuildRequest, BuildResult
+from omibuild.errors import BuildError, UsageError
+from omibuild.pipeline import prepare
+from omibuild.sources.cache import Cache
+from omibuild.sources.progress import QUIET
+from tests.conftest import EXAMPLES
+
+
+class Recorder:
+    def __init__(self, ok: bool = True) -> None:
+        self.ok = ok
+        self.built: list[BuildRequest] = []
+        self.baked: list[list[BuildRequest]] = []
+        self.tags: dict[str, dict[str, str]] = {}
+        self.removed: list[str] = []
+        self.contexts: list[set[str]] = []
+
+    def _result(self, req: BuildRequest) -> BuildResult:
+        self.contexts.append(
+            {p.relative_to(req.context).as_posix() for p in req.context.rglob("*") if p.is_file()}
+        )
+        if self.ok:
+            for tag in req.tags:
+                label = dict(req.annotations)
+                self.tags[tag] = label
+        return BuildResult(
+            ok=self.ok,
+            digest="sha256:" + "a" * 64 if self.ok else None,
+            log_tail=["#9 ERROR: boom"],
+            error=None if self.ok else "ERROR: boom",
+        )
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        self.built.append(request)
+        return self._result(request)
+
+    def bake(self, requests: list[BuildRequest]) -> list[BuildResult]:
+        self.baked.append(requests)
+        return [self._result(r) for r in requests]
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        return self.tags.get(ref)
+
+    def remote_annotations(self, ref: str) -> dict[str, str] | None:
+        return self.tags.get(ref)
+
+    def image_digest(self, ref: str) -> str | None:
+        return None
+
+    def tag(self, source: str, target: str) -> None:
+        self.tags[target] = self.tags[source]
+
+    def remove_tag(self, ref: str) -> None:
+        self.removed.append(ref)
+        self.tags.pop(ref, None)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    shutil.copytree(
+        EXAMPLES / "custom-hooks", tmp_path / "r", ignore=shutil.ignore_patterns("omi.lock")
+    )
+    return tmp_path / "r" / "omi.yaml"
+
+
+def _prepare(manifest: Path, cache: Cache):  # type: ignore[no-untyped-def]
+    return prepare(manifest, cache, QUIET)
+
+
+def test_builds_tags_on_success_and_then_is_up_to_date(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("# a CA bundle\n")
+    monkeypatch.setenv("PIP_CERT", str(ca))
+    cache, rec = Cache(tmp_path / "c"), Recorder()
+    p = _prepare(repo, cache)
+    [result] = apply_all([p], rec, cache, QUIET, ApplyOptions())
+    assert result.status == "built" and len(rec.built) == 1
+    req = rec.built[0]
+    assert req.tags[0].split(":")[-1].startswith("omibuild-tmp-")  # built to a temporary tag
+    assert set(p.plan.image_refs) <= set(rec.tags)  # then retagged
+    assert req.tags[0] in rec.removed and req.tags[0] not in rec.tags
+    assert {
+        "Dockerfile",
+        "omi.json",
+        "requirements/model.txt",
+        "code/hooks.py",
+        "model/0/model.joblib",
+    } <= rec.contexts[0]
+    assert not any(s.endswith(".tmp") for s in rec.contexts[0])
+    assert ("ca", ca) in req.secrets  # the host CA bundle, as a secret file
+    again = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    assert again[0].status == "up to date" and len(rec.built) == 1
+
+
+def test_a_failed_build_leaves_no_tag(repo: Path, tmp_path: Path) -> None:
+    cache, rec = Cache(tmp_path / "c"), Recorder(ok=False)
+    [result] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    assert result.status == "failed" and "boom" in (result.error or "")
+    assert rec.tags == {} and rec.removed
+    assert not any((tmp_path / "c" / "contexts").glob("*.new-*"))
+
+
+def test_several_manifests_are_one_bake(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "o"
+    shutil.copytree(EXAMPLES / "sklearn-iris", other, ignore=shutil.ignore_patterns("omi.lock"))
+    cache, rec = Cache(tmp_path / "c"), Recorder()
+    prepared = [_prepare(repo, cache), _prepare(other / "omi.yaml", cache)]
+    results = apply_all(prepared, rec, cache, QUIET, ApplyOptions())
+    assert [r.status for r in results] == ["built", "built"]
+    assert len(rec.baked) == 1 and len(rec.baked[0]) == 2 and not rec.built
+
+
+def test_push_needs_a_repository(tmp_path: Path) -> None:
+    shutil.copytree(
+        EXAMPLES / "sklearn-iris", tmp_path / "r", ignore=shutil.ignore_patterns("omi.lock")
+    )
+    manifest = tmp_path / "r" / "omi.yaml"
+    lines = [ln for ln in manifest.read_text().splitlines() if "repository:" not in ln]
+    manifest.write_text("\n".join(lines) + "\n")
+    cache = Cache(tmp_path / "c")
+    with pytest.raises(UsageError, match=r"needs image\.repository"):
+        apply_all(
+            [_prepare(manifest, cache)], Recorder(), cache, QUIET, ApplyOptions(output="push")
+        )
+
+
+def test_local_cache_placeholder_becomes_this_machines_directory(
+    repo: Path, tmp_path: Path
+) -> None:
+    cache, rec = Cache(tmp_path / "c"), Recorder()
+    apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    [export] = rec.built[0].cache_to
+    assert f"dest={tmp_path / 'c' / 'buildkit' / 'iris-custom'}" in export and "mode=max" in export
+    assert rec.built[0].cache_from == ()  # nothing exported yet to import
+
+
+def test_stale_plan_reasons(repo: Path, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    reviewed = _prepare(repo, cache).plan
+    check_reviewed_plan(reviewed, _prepare(repo, cache).plan)  # unchanged: accepted
+    (repo.parent / "src" / "hooks.py").write_text(
+        "def preprocess(x):\n    return x\ndef postprocess(x):\n    return x\n"
+    )
+    with pytest.raises(BuildError, match="the code changed"):
+        check_reviewed_plan(reviewed, _prepare(repo, cache).plan)
+
+
+def test_directories_expand_to_their_manifests() -> None:
+    found = expand_targets([str(EXAMPLES)])
+    assert len(found) >= 6 and all(p.name == "omi.yaml" for p in found)
+    with pytest.raises(UsageError):
+        expand_targets([str(EXAMPLES / "custom-hooks" / "src")])

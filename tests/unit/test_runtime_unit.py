@@ -1,0 +1,133 @@
+"""Runtime pieces in-process: flavors, hooks, the codec, config and batching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omibuild.runtime.codec import decode_input, encode_output, split_request
+from omibuild.runtime.config import ConfigError, load_config
+from omibuild.runtime.flavors import FLAVORS, CustomFlavor
+from omibuild.runtime.model import Batcher, InputError
+from tests.conftest import EXAMPLES
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+def test_sklearn_and_onnx_flavors_agree() -> None:
+    sk = FLAVORS["sklearn"]()
+    sk.load(EXAMPLES / "sklearn-iris" / "model", {})
+    onnx = FLAVORS["onnx"]()
+    onnx.load(EXAMPLES / "onnx-linear" / "model", {})
+    expected = sk.predict(np.array(ROWS)).tolist()
+    out = onnx.predict(ROWS)
+    labels = out[next(k for k in out if "label" in k)] if isinstance(out, dict) else out
+    assert expected == [0, 2] and list(labels) == expected
+
+
+def test_pyfunc_flavor_serves_an_mlflow_model(tmp_path: Path) -> None:
+    import joblib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(
+            joblib.load(EXAMPLES / "sklearn-iris/model/model.joblib"), str(tmp_path / "m")
+        )
+        flavor = FLAVORS["pyfunc"]()
+        flavor.load(tmp_path / "m", {})
+        assert list(flavor.predict(np.array(ROWS))) == [0, 2]
+
+
+def test_custom_flavor_loads_the_users_class() -> None:
+    flavor = CustomFlavor(EXAMPLES / "custom-hooks" / "src")
+    flavor.load(EXAMPLES / "custom-hooks" / "model", {"predictor": "predictor:IrisPredictor"})
+    assert np.asarray(flavor.predict(ROWS)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("FP32", [1.5, 2.5]),
+        ("INT64", [1, 2]),
+        ("BOOL", [True, False]),
+        ("UINT8", [1, 255]),
+        ("FP16", [0.5, 1.0]),
+        ("BYTES", ["a", "b"]),
+        ("INT8", [-1, 1]),
+        ("FP64", [1e300, -1.0]),
+    ],
+)
+def test_codec_round_trips_every_datatype(datatype: str, data: list[object]) -> None:
+    for binary in (False, True):
+        array = decode_input({"name": "x", "datatype": datatype, "shape": [2], "data": data})
+        spec, blob = encode_output("y", array, binary)
+        assert spec["datatype"] == datatype and spec["shape"] == [2]
+        back = (
+            decode_input({**spec, "name": "y"}, blob)
+            if binary
+            else decode_input({**spec, "name": "y"})
+        )
+        assert back.tolist() == array.tolist()
+
+
+def test_codec_rejects_bad_shapes_and_types() -> None:
+    with pytest.raises(InputError, match="do not fit shape"):
+        decode_input({"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]})
+    with pytest.raises(InputError, match="datatype must be one of"):
+        decode_input({"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]})
+    with pytest.raises(InputError, match="expected"):
+        decode_input({"name": "x", "datatype": "FP32", "shape": [2]}, b"\x00" * 3)
+    with pytest.raises(InputError, match="outside the body"):
+        split_request(b'{"inputs": []}', "999")
+
+
+def test_config_port_precedence(tmp_path: Path) -> None:
+    config = {
+        "name": "m",
+        "version": "1",
+        "flavor": "sklearn",
+        "default_interface": "kfserving",
+        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
+        "interfaces": {
+            "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
+            "modzy": {"protocols": ["v2"], "port": 45000},
+            "vertex": {"protocols": ["v1"], "port": 8080},
+        },
+        "model": {"files": []},
+    }
+    path = tmp_path / "omi.json"
+    path.write_text(json.dumps(config))
+    base = {"OMI_CONFIG": str(path), "HTTP_PORT": "8080", "PROTOCOL": "v2"}
+    assert load_config(base).port == 8080
+    assert load_config({**base, "HTTP_PORT": "9000"}).port == 9000
+    assert load_config({**base, "INTERFACE": "modzy"}).port == 45000  # baked HTTP_PORT ignored
+    assert load_config({**base, "INTERFACE": "modzy", "PSC_MODEL_PORT": "50051"}).port == 50051
+    assert load_config({**base, "INTERFACE": "vertex", "AIP_HTTP_PORT": "7000"}).port == 7000
+    with pytest.raises(ConfigError, match="it has: kfserving, modzy, vertex"):
+        load_config({**base, "INTERFACE": "sagemaker"})
+    with pytest.raises(ConfigError, match="not a port"):
+        load_config({**base, "HTTP_PORT": "eighty"})
+
+
+def test_batcher_merges_concurrent_requests() -> None:
+    calls: list[int] = []
+
+    class Service:
+        def predict(self, rows: list[list[float]]) -> list[float]:
+            calls.append(len(rows))
+            return [sum(r) for r in rows]
+
+    async def main() -> list[object]:
+        batcher = Batcher(Service(), max_batch_size=64, max_latency_ms=50)  # type: ignore[arg-type]
+        return list(await asyncio.gather(*(batcher.submit([[i, 1.0]]) for i in range(10))))
+
+    results = asyncio.run(main())
+    assert results == [[i + 1.0] for i in range(10)]
+    assert sum(calls) == 10 and len(calls) < 10  # fewer predict calls than requests
