@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builder", help="buildx builder to use")
     p.add_argument("--cache-to", help="registry cache ref (type=registry) or local dir")
     p.add_argument("--no-cache", action="store_true", help="do not use any build cache")
+    p.add_argument(
+        "--sbom",
+        action="store_true",
+        help="attach an SBOM attestation (the builder "
+        "must be able to run BuildKit's scanner image)",
+    )
     p.add_argument("--progress", choices=["auto", "plain", "tty", "quiet"], default="auto")
     _add_source_flags(p)
 

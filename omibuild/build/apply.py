@@ -76,7 +76,9 @@ def _resolve_cache(ref: str, cache: Cache, *, importing: bool) -> str | None:
     return ref.replace(f"local:{name}", str(path))
 
 
-def cache_refs(plan: Plan, options: ApplyOptions, cache: Cache) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def cache_refs(
+    plan: Plan, options: ApplyOptions, cache: Cache
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if options.no_cache or not plan.options.cache_enabled:
         return (), ()
     cache_from = list(plan.options.cache_from)
@@ -84,8 +86,11 @@ def cache_refs(plan: Plan, options: ApplyOptions, cache: Cache) -> tuple[tuple[s
     if options.cache_to:
         spec = options.cache_to
         if "=" not in spec:  # a bare ref or directory
-            spec = (f"type=local,dest={spec}" if spec.startswith(("/", ".")) else
-                    f"type=registry,ref={spec}")
+            spec = (
+                f"type=local,dest={spec}"
+                if spec.startswith(("/", "."))
+                else f"type=registry,ref={spec}"
+            )
         cache_to = [spec + ("" if "mode=" in spec else ",mode=max")]
         cache_from = [spec.replace("dest=", "src=").replace(",mode=max", "")]
     imports = tuple(r for r in (_resolve_cache(c, cache, importing=True) for c in cache_from) if r)
@@ -125,28 +130,44 @@ def _job(prepared: Prepared, executor: Executor, options: ApplyOptions) -> _Job:
     output = "push" if options.output == "load" and plan.options.push else options.output
     if output == "push" and plan.repository.startswith("omibuild.local/"):
         raise UsageError(f"{plan.name}: pushing needs image.repository in omi.yaml")
-    status = "up to date" if not options.no_cache and up_to_date(plan, executor, output) else "pending"
+    status = (
+        "up to date" if not options.no_cache and up_to_date(plan, executor, output) else "pending"
+    )
     temp = f"{plan.repository}:omibuild-tmp-{uuid.uuid4().hex[:12]}"
     return _Job(prepared, plan, output, temp, ApplyResult(plan.name, plan.image_refs, status))
 
 
-def _request(job: _Job, ctx: Path, secrets: tuple[tuple[str, Path], ...], cache: Cache,
-             options: ApplyOptions) -> BuildRequest:
+def _request(
+    job: _Job, ctx: Path, secrets: tuple[tuple[str, Path], ...], cache: Cache, options: ApplyOptions
+) -> BuildRequest:
     plan = job.plan
     cache_from, cache_to = cache_refs(plan, options, cache)
     return BuildRequest(
-        context=ctx, dockerfile=ctx / "Dockerfile",
+        context=ctx,
+        dockerfile=ctx / "Dockerfile",
         tags=(job.temp,) if job.output == "load" else plan.image_refs,
-        annotations=plan.labels, output=job.output, platforms=plan.platforms,
-        cache_from=cache_from, cache_to=cache_to, no_cache=options.no_cache,
-        secrets=secrets, builder=options.builder or plan.options.builder,
-        compression="gzip" if job.output == "push" else "zstd", sbom=options.sbom,
-        source_date_epoch=plan.source_date_epoch, progress=options.progress,
+        annotations=plan.labels,
+        output=job.output,
+        platforms=plan.platforms,
+        cache_from=cache_from,
+        cache_to=cache_to,
+        no_cache=options.no_cache,
+        secrets=secrets,
+        builder=options.builder or plan.options.builder,
+        compression="gzip" if job.output == "push" else "zstd",
+        sbom=options.sbom,
+        source_date_epoch=plan.source_date_epoch,
+        progress=options.progress,
     )
 
 
-def apply_all(prepared: list[Prepared], executor: Executor, cache: Cache, progress: Progress,
-              options: ApplyOptions) -> list[ApplyResult]:
+def apply_all(
+    prepared: list[Prepared],
+    executor: Executor,
+    cache: Cache,
+    progress: Progress,
+    options: ApplyOptions,
+) -> list[ApplyResult]:
     """Build every plan that is not up to date: one build, or one bake for several."""
     import time
 
@@ -159,14 +180,25 @@ def apply_all(prepared: list[Prepared], executor: Executor, cache: Cache, progre
         requests = []
         for job in pending:
             m = job.prepared.manifest
-            ctx, downloaded = stack.enter_context(staged_context(
-                job.plan, job.prepared.resolved, m.root, m.code_path, cache, progress, m.file,
-                offline=options.offline))
+            ctx, downloaded = stack.enter_context(
+                staged_context(
+                    job.plan,
+                    job.prepared.resolved,
+                    m.root,
+                    m.code_path,
+                    cache,
+                    progress,
+                    m.file,
+                    offline=options.offline,
+                )
+            )
             secrets = stack.enter_context(build_secrets(m.build.secrets))
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))
         try:
-            results = [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
+            results = (
+                [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
+            )
             with _deferred_interrupts():
                 for job, result in zip(pending, results, strict=True):
                     if result.ok and job.output == "load":
@@ -194,21 +226,29 @@ def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
         return
     reasons = []
     if reviewed.model_digest != current.model_digest:
-        reasons.append(f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})")
+        reasons.append(
+            f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})"
+        )
     if dict(reviewed.origin) != dict(current.origin):
-        reasons.append(f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
-                       f"{dict(current.origin).get('id', '')[:16]})")
+        reasons.append(
+            f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
+            f"{dict(current.origin).get('id', '')[:16]})"
+        )
     if reviewed.code_files != current.code_files:
         reasons.append("the code changed")
     if reviewed.requirements != current.requirements:
         reasons.append("the requirements changed")
-    if reviewed.omibuild_version != current.omibuild_version or \
-            reviewed.runtime_digest != current.runtime_digest:
+    if (
+        reviewed.omibuild_version != current.omibuild_version
+        or reviewed.runtime_digest != current.runtime_digest
+    ):
         reasons.append("omibuild itself changed")
     if not reasons:
         reasons.append("the manifest changed")
-    raise BuildError(f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
-                     hint="run `omibuild plan --out plan.json` again and have it reviewed")
+    raise BuildError(
+        f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
+        hint="run `omibuild plan --out plan.json` again and have it reviewed",
+    )
 
 
 def expand_targets(paths: list[str]) -> list[Path]:

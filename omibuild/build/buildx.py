@@ -63,8 +63,13 @@ class BuildxExecutor:
         """A fast local image query through the docker CLI (no client library import)."""
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
-            proc = subprocess.run([exe, "image", "inspect", "--format", fmt, ref],
-                                  capture_output=True, text=True, timeout=30, check=False)
+            proc = subprocess.run(
+                [exe, "image", "inspect", "--format", fmt, ref],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
@@ -104,8 +109,17 @@ class BuildxExecutor:
         return [str(part) for part in self.docker.client_config.docker_cmd]
 
     def command(self, req: BuildRequest, metadata: Path) -> list[str]:
-        cmd = [*self._docker_cmd(), "buildx", "build", str(req.context), "-f", str(req.dockerfile),
-               "--progress=plain", "--metadata-file", str(metadata)]
+        cmd = [
+            *self._docker_cmd(),
+            "buildx",
+            "build",
+            str(req.context),
+            "-f",
+            str(req.dockerfile),
+            "--progress=plain",
+            "--metadata-file",
+            str(metadata),
+        ]
         if req.builder:
             cmd += ["--builder", req.builder]
         if req.platforms:
@@ -118,7 +132,12 @@ class BuildxExecutor:
         for sid, path in req.secrets:
             cmd += ["--secret", f"id={sid},src={path}"]
         for key, value in req.annotations:
-            cmd += ["--annotation", f"manifest:{key}={value}", "--annotation", f"index:{key}={value}"]
+            cmd += [
+                "--annotation",
+                f"manifest:{key}={value}",
+                "--annotation",
+                f"index:{key}={value}",
+            ]
         if req.source_date_epoch is not None:
             cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={req.source_date_epoch}"]
         if req.sbom:
@@ -130,11 +149,13 @@ class BuildxExecutor:
         targets: dict[str, Any] = {}
         for i, req in enumerate(requests):
             target: dict[str, Any] = {
-                "context": str(req.context), "dockerfile": str(req.dockerfile),
+                "context": str(req.context),
+                "dockerfile": str(req.dockerfile),
                 "output": [_output(req)],
                 "secret": [f"id={sid},src={path}" for sid, path in req.secrets],
-                "annotations": [f"{kind}:{k}={v}" for k, v in req.annotations
-                                for kind in ("manifest", "index")],
+                "annotations": [
+                    f"{kind}:{k}={v}" for k, v in req.annotations for kind in ("manifest", "index")
+                ],
             }
             if req.platforms:
                 target["platforms"] = list(req.platforms)
@@ -153,8 +174,16 @@ class BuildxExecutor:
             bake = Path(tmp) / "bake.json"
             metadata = Path(tmp) / "metadata.json"
             bake.write_text(json.dumps(self.bake_file(requests), indent=2))
-            cmd = [*self._docker_cmd(), "buildx", "bake", "-f", str(bake), "--progress=plain",
-                   "--metadata-file", str(metadata)]
+            cmd = [
+                *self._docker_cmd(),
+                "buildx",
+                "bake",
+                "-f",
+                str(bake),
+                "--progress=plain",
+                "--metadata-file",
+                str(metadata),
+            ]
             builder = next((r.builder for r in requests if r.builder), None)
             if builder:
                 cmd += ["--builder", builder]
@@ -165,10 +194,16 @@ class BuildxExecutor:
             entry = meta.get(f"model{i}") or {}
             digest = entry.get("containerimage.digest")
             ok = overall.ok or digest is not None
-            results.append(BuildResult(ok=ok, digest=digest, log_tail=overall.log_tail,
-                                       error=None if ok else overall.error,
-                                       cached_steps=overall.cached_steps,
-                                       total_steps=overall.total_steps))
+            results.append(
+                BuildResult(
+                    ok=ok,
+                    digest=digest,
+                    log_tail=overall.log_tail,
+                    error=None if ok else overall.error,
+                    cached_steps=overall.cached_steps,
+                    total_steps=overall.total_steps,
+                )
+            )
         return results
 
     def build(self, req: BuildRequest) -> BuildResult:
@@ -185,8 +220,14 @@ class BuildxExecutor:
         steps: set[str] = set()
         cached: set[str] = set()
         live = _Live(self.stream, req.progress)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -214,8 +255,13 @@ class BuildxExecutor:
             live.close()
         lines = list(tail)
         error = next((ln for ln in reversed(lines) if ln.startswith("ERROR:")), None)
-        return BuildResult(ok=code == 0, log_tail=lines, error=error,
-                           cached_steps=len(cached & steps), total_steps=len(steps))
+        return BuildResult(
+            ok=code == 0,
+            log_tail=lines,
+            error=error,
+            cached_steps=len(cached & steps),
+            total_steps=len(steps),
+        )
 
 
 class _Live:
@@ -223,8 +269,11 @@ class _Live:
 
     def __init__(self, stream: TextIO, mode: str) -> None:
         tty = stream.isatty() and not os.environ.get("CI")
-        self.mode = "quiet" if mode == "quiet" else ("tty" if (mode == "tty" or (mode == "auto" and tty))
-                                                    else "plain")
+        self.mode = (
+            "quiet"
+            if mode == "quiet"
+            else ("tty" if (mode == "tty" or (mode == "auto" and tty)) else "plain")
+        )
         self.stream = stream
         self.status: Any = None
         if self.mode == "tty":
@@ -263,16 +312,27 @@ class Containers:
         except DockerException:
             return None
         cfg = image.config
-        return {"labels": dict(cfg.labels or {}), "user": cfg.user or "", "env": list(cfg.env or []),
-                "entrypoint": list(cfg.entrypoint or []), "cmd": list(cfg.cmd or []),
-                "repo_tags": list(image.repo_tags or [])}
+        return {
+            "labels": dict(cfg.labels or {}),
+            "user": cfg.user or "",
+            "env": list(cfg.env or []),
+            "entrypoint": list(cfg.entrypoint or []),
+            "cmd": list(cfg.cmd or []),
+            "repo_tags": list(image.repo_tags or []),
+        }
 
-    def start(self, image: str, env: dict[str, str], ports: dict[int, int], *,
-              read_only: bool = False) -> str:
-        container = self.docker.run(image, detach=True, envs=env,
-                                    publish=[(host, cont) for cont, host in ports.items()],
-                                    read_only=read_only, tmpfs=["/tmp"] if read_only else [],
-                                    labels={"io.omibuild.started-by": "omibuild"})
+    def start(
+        self, image: str, env: dict[str, str], ports: dict[int, int], *, read_only: bool = False
+    ) -> str:
+        container = self.docker.run(
+            image,
+            detach=True,
+            envs=env,
+            publish=[(host, cont) for cont, host in ports.items()],
+            read_only=read_only,
+            tmpfs=["/tmp"] if read_only else [],
+            labels={"io.omibuild.started-by": "omibuild"},
+        )
         cid = str(container.id)
         self.started.append(cid)
         return cid

@@ -59,9 +59,17 @@ def _sweep(parent: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_context(plan: Plan, resolved: ResolvedSource, manifest_root: Path, code_path: str | None,
-                   cache: Cache, progress: Progress, manifest_file: Path, *,
-                   offline: bool = False) -> Iterator[tuple[Path, int]]:
+def staged_context(
+    plan: Plan,
+    resolved: ResolvedSource,
+    manifest_root: Path,
+    code_path: str | None,
+    cache: Cache,
+    progress: Progress,
+    manifest_file: Path,
+    *,
+    offline: bool = False,
+) -> Iterator[tuple[Path, int]]:
     """Yield (context dir, bytes downloaded). The Dockerfile is at context/Dockerfile."""
     final = context_dir(cache, manifest_file)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +77,9 @@ def staged_context(plan: Plan, resolved: ResolvedSource, manifest_root: Path, co
     new = final.with_name(f"{final.name}.new-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
     try:
-        downloaded = _populate(new, plan, resolved, manifest_root, code_path, cache, progress, offline)
+        downloaded = _populate(
+            new, plan, resolved, manifest_root, code_path, cache, progress, offline
+        )
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         if final.exists():
             os.rename(final, old)
@@ -80,8 +90,16 @@ def staged_context(plan: Plan, resolved: ResolvedSource, manifest_root: Path, co
     yield final, downloaded
 
 
-def _populate(ctx: Path, plan: Plan, resolved: ResolvedSource, root: Path, code_path: str | None,
-              cache: Cache, progress: Progress, offline: bool) -> int:
+def _populate(
+    ctx: Path,
+    plan: Plan,
+    resolved: ResolvedSource,
+    root: Path,
+    code_path: str | None,
+    cache: Cache,
+    progress: Progress,
+    offline: bool,
+) -> int:
     ctx.mkdir(parents=True)
     flat = ctx / ".model-all"
     downloaded = stage(resolved, cache, progress, flat, offline=offline)

@@ -19,11 +19,28 @@ from omibuild.manifest.model import Secret
 
 CA_VARS = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
 # pip settings that name host files: meaningless (or harmful) inside the build.
-_HOST_PATH_KEYS = {"cert", "client-cert", "constraint", "constraints", "requirement",
-                   "requirements", "build-constraint", "log", "cache-dir", "target", "prefix",
-                   "root", "src", "find-links"}
-_ENV_SETTINGS = {"PIP_INDEX_URL": "index-url", "PIP_EXTRA_INDEX_URL": "extra-index-url",
-                 "PIP_TRUSTED_HOST": "trusted-host", "PIP_DEFAULT_TIMEOUT": "timeout"}
+_HOST_PATH_KEYS = {
+    "cert",
+    "client-cert",
+    "constraint",
+    "constraints",
+    "requirement",
+    "requirements",
+    "build-constraint",
+    "log",
+    "cache-dir",
+    "target",
+    "prefix",
+    "root",
+    "src",
+    "find-links",
+}
+_ENV_SETTINGS = {
+    "PIP_INDEX_URL": "index-url",
+    "PIP_EXTRA_INDEX_URL": "extra-index-url",
+    "PIP_TRUSTED_HOST": "trusted-host",
+    "PIP_DEFAULT_TIMEOUT": "timeout",
+}
 
 
 def find_ca_bundle(env: Mapping[str, str]) -> Path | None:
@@ -37,8 +54,12 @@ def find_ca_bundle(env: Mapping[str, str]) -> Path | None:
 def pip_config_files(env: Mapping[str, str]) -> list[Path]:
     home = Path(env.get("HOME", str(Path.home())))
     xdg = Path(env.get("XDG_CONFIG_HOME", str(home / ".config")))
-    candidates = [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), home / ".pip" / "pip.conf",
-                  xdg / "pip" / "pip.conf"]
+    candidates = [
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        home / ".pip" / "pip.conf",
+        xdg / "pip" / "pip.conf",
+    ]
     if env.get("PIP_CONFIG_FILE"):
         candidates.append(Path(env["PIP_CONFIG_FILE"]))
     return [p for p in candidates if p.is_file()]
@@ -73,8 +94,9 @@ def portable_pip_config(env: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def build_secrets(declared: tuple[Secret, ...], env: Mapping[str, str] | None = None
-                  ) -> Iterator[tuple[tuple[str, Path], ...]]:
+def build_secrets(
+    declared: tuple[Secret, ...], env: Mapping[str, str] | None = None
+) -> Iterator[tuple[tuple[str, Path], ...]]:
     env = os.environ if env is None else env
     tmp = Path(tempfile.mkdtemp(prefix="omibuild-secrets-"))
     os.chmod(tmp, 0o700)
@@ -89,8 +111,10 @@ def build_secrets(declared: tuple[Secret, ...], env: Mapping[str, str] | None = 
         for s in declared:
             if s.env:
                 if s.env not in env:
-                    raise UsageError(f"build secret {s.id!r}: environment variable {s.env} is not set",
-                                     hint=f"export {s.env} or remove the secret from build.secrets")
+                    raise UsageError(
+                        f"build secret {s.id!r}: environment variable {s.env} is not set",
+                        hint=f"export {s.env} or remove the secret from build.secrets",
+                    )
                 found.append((s.id, _write(tmp / s.id, env[s.env])))
             elif s.file:
                 path = Path(os.path.expanduser(s.file))

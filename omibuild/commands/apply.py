@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         offline=args.offline,
         progress=args.progress,
+        sbom=args.sbom,
     )
     results = apply_all(prepared, executor, cache, progress, options)
     failed = [r for r in results if r.status == "failed"]
