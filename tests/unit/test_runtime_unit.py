@@ -131,3 +131,31 @@ def test_batcher_merges_concurrent_requests() -> None:
     results = asyncio.run(main())
     assert results == [[i + 1.0] for i in range(10)]
     assert sum(calls) == 10 and len(calls) < 10  # fewer predict calls than requests
+
+
+def test_transformers_flavor_runs_a_pipeline_built_here(tmp_path: Path) -> None:
+    """A tiny BERT classifier made locally (the Hub is unreachable), served as a pipeline."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "build", "failed"]
+        (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+        BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "m")
+        config = BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            id2label={0: "NEGATIVE", 1: "POSITIVE"},
+            label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        )
+        BertForSequenceClassification(config).save_pretrained(tmp_path / "m")
+        flavor = FLAVORS["transformers"]()
+        flavor.load(tmp_path / "m", {"task": "text-classification"})
+        out = flavor.predict(np.array(["good build", "build failed"], dtype=object))
+    assert [sorted(o) for o in out] == [["label", "score"], ["label", "score"]]
+    assert {o["label"] for o in out} <= {"NEGATIVE", "POSITIVE"}
