@@ -334,6 +334,12 @@ def bench_builds(work: Path, weights: Path, reps: int) -> None:
 # -- image size -------------------------------------------------------------------------------
 
 
+def docker_build(ctx: Path, ref: str, *extra: str) -> None:
+    """A plain buildx build on the local engine, with the host CA as a secret for pip."""
+    cmd = ["docker", "buildx", "build", "--progress=quiet", str(ctx), "--secret", f"id=ca,src={CA}"]
+    run([*cmd, *extra, "--output", f"type=image,name={ref}"], timeout=1800)
+
+
 def image_size(ref: str) -> int:
     return int(run(["docker", "image", "inspect", "--format", "{{.Size}}", ref]).stdout.strip())
 
@@ -385,20 +391,7 @@ def bench_size(work: Path) -> None:
     dockerfile.write_text(adapt_mlflow_dockerfile(dockerfile.read_text()))
     mlflow_ref = "omibuild-bench/mlflow-build-docker:latest"
     log("building the mlflow models build-docker image (its Dockerfile, our base)")
-    run(
-        [
-            "docker",
-            "buildx",
-            "build",
-            "--progress=quiet",
-            str(out),
-            "--secret",
-            f"id=ca,src={CA}",
-            "--output",
-            f"type=image,name={mlflow_ref}",
-        ],
-        timeout=1800,
-    )
+    docker_build(out, mlflow_ref)
     # omibuild, serving the same MLflow model directory as a local pyfunc source
     repo = work / "mlflow-omibuild"
     shutil.copytree(model_dir, repo / "model")
@@ -453,20 +446,7 @@ def bench_runtime_overhead(work: Path) -> None:
     )
     shutil.copytree(ROOT / "examples/manifests/sklearn-iris/model", ctx / "model")
     deps_ref = "omibuild-bench/deps-only:latest"
-    run(
-        [
-            "docker",
-            "buildx",
-            "build",
-            "--progress=quiet",
-            str(ctx),
-            "--secret",
-            f"id=ca,src={CA}",
-            "--output",
-            f"type=image,name={deps_ref}",
-        ],
-        timeout=1800,
-    )
+    docker_build(ctx, deps_ref)
     overhead = (image_size(ref) - image_size(deps_ref)) / 1e6
     record(
         "image size",
@@ -554,22 +534,7 @@ def build_mlserver(work: Path) -> str:
     shutil.copy(ROOT / "examples/manifests/sklearn-iris/model/model.joblib", ctx / "model.joblib")
     ref = "omibuild-bench/mlserver:latest"
     log("building the MLServer image (same base, same model)")
-    run(
-        [
-            "docker",
-            "buildx",
-            "build",
-            "--progress=quiet",
-            str(ctx),
-            "--secret",
-            f"id=ca,src={CA}",
-            "--build-arg",
-            f"SKLEARN_VERSION={sklearn.__version__}",
-            "--output",
-            f"type=image,name={ref}",
-        ],
-        timeout=1800,
-    )
+    docker_build(ctx, ref, "--build-arg", f"SKLEARN_VERSION={sklearn.__version__}")
     return ref
 
 
