@@ -95,8 +95,12 @@ def cache_refs(
         cache_from = [spec.replace("dest=", "src=").replace(",mode=max", "")]
     imports = tuple(r for r in (_resolve_cache(c, cache, importing=True) for c in cache_from) if r)
     exports = tuple(r for r in (_resolve_cache(c, cache, importing=False) for c in cache_to) if r)
-    # BuildKit's cache exporter compresses with gzip by default; model layers do not compress.
-    exports = tuple(e + ",compression=zstd,ignore-error=true" for e in exports)
+    # Model weights do not compress: an uncompressed cache (like the locally loaded image's
+    # layers) costs 10.7 s per GiB to export, against 13.4 s for zstd and more for gzip.
+    exports = tuple(
+        e + ("" if "compression=" in e else ",compression=uncompressed") + ",ignore-error=true"
+        for e in exports
+    )
     return imports, exports
 
 
@@ -154,7 +158,9 @@ def _request(
         no_cache=options.no_cache,
         secrets=secrets,
         builder=options.builder or plan.options.builder,
-        compression="gzip" if job.output == "push" else "zstd",
+        # pushed layers: gzip, which every registry and runtime reads; loaded ones: none, as
+        # weights do not compress (measured: no slower than zstd, and blobs match the cache's)
+        compression="gzip" if job.output == "push" else "uncompressed",
         sbom=options.sbom,
         source_date_epoch=plan.source_date_epoch,
         progress=options.progress,
