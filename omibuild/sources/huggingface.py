@@ -13,7 +13,7 @@ from typing import Any
 
 from omibuild.errors import SourceError
 from omibuild.manifest.model import HuggingFaceSource, SourceSpec
-from omibuild.sources.base import ModelFile, ResolvedSource
+from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
@@ -221,6 +221,3 @@ class HuggingFaceModelSource:
             fetched = sum(f.size for f in missing)
             self.downloaded_bytes += fetched
             return fetched
-
-
-__all__ = ["HuggingFaceModelSource", "ModelFile"]

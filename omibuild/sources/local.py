@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from omibuild.errors import SourceError
 from omibuild.manifest.model import LocalSource, SourceSpec
 from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
-from omibuild.sources.cache import Cache, link_or_copy
+from omibuild.sources.cache import Cache
 from omibuild.sources.hashing import copy_and_hash
 from omibuild.sources.progress import Progress
 from omibuild.sources.requirements import model_metadata
@@ -121,6 +121,3 @@ class LocalModelSource:
                 if copy_and_hash(src, target) != f.sha256:
                     raise SourceError(f"{src}: changed while it was copied; run again") from None
         return 0
-
-
-__all__ = ["LocalModelSource", "link_or_copy"]

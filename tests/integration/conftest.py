@@ -72,14 +72,6 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (sqlite backend, local artifact store) on loopback."""
@@ -89,7 +81,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    from omibuild.images import free_port
+
+    port = free_port()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
