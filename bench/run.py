@@ -52,6 +52,7 @@ class Figure:
 
 
 FIGURES: list[Figure] = []
+FAILURES: list[str] = []
 
 
 def log(text: str) -> None:
@@ -396,10 +397,21 @@ def bench_size(work: Path) -> None:
     import joblib  # noqa: F401  (the model is the example's)
 
     model_dir = work / "mlflow-model"
+    # Explicit requirements: inferred ones would list whatever this process has imported.
+    import sklearn
+
+    reqs = [
+        f"scikit-learn=={sklearn.__version__}",
+        "numpy",
+        "scipy",
+        "pandas",
+        "skops",
+        "cloudpickle",
+    ]
     code = (
-        f"import warnings; warnings.simplefilter('ignore'); import joblib, mlflow.sklearn; "
-        f"mlflow.sklearn.save_model(joblib.load({str(IRIS_MODEL)!r}), "
-        f"{str(model_dir)!r})"
+        "import warnings; warnings.simplefilter('ignore'); import joblib, mlflow.sklearn; "
+        f"mlflow.sklearn.save_model(joblib.load({str(IRIS_MODEL)!r}), {str(model_dir)!r}, "
+        f"pip_requirements={reqs!r})"
     )
     run([PY, "-c", code])
     out = work / "mlflow-docker"
@@ -737,6 +749,30 @@ def machine() -> dict[str, str]:
     }
 
 
+def keep_previous(groups_rerun: set[str]) -> None:
+    """With --only, keep the figures of the groups not re-run from the last report."""
+    try:
+        previous = json.loads((RESULTS / "latest.json").read_text())["figures"]
+    except (OSError, ValueError, KeyError):
+        return
+    prefixes = {
+        "cli": "cli",
+        "hashing": "hashing",
+        "build": "build:",
+        "size": "image size",
+        "serving": ("serving", "cold start"),
+    }
+    rerun = tuple(
+        p
+        for g in groups_rerun
+        for p in (prefixes[g] if isinstance(prefixes[g], tuple) else (prefixes[g],))
+    )
+    kept = [f for f in previous if not f["group"].startswith(rerun)]
+    for f in kept:
+        f.pop("ratio", None)
+    FIGURES[:0] = [Figure(**f) for f in kept]
+
+
 def write_report(info: dict[str, str], seconds: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {
@@ -767,6 +803,9 @@ def write_report(info: dict[str, str], seconds: float) -> None:
             f"| {f.group} | {f.name} | {f.value:.4g} {f.unit} | {base} | {ratio} | "
             f"{f.spread:.0%} | {f.target} | {holds} |"
         )
+    if FAILURES:
+        lines += ["", "## Groups that failed in this run", ""]
+        lines += [f"- `{f.splitlines()[0]}`" for f in FAILURES]
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
 
 
@@ -787,19 +826,26 @@ def main() -> int:
         if only & {"hashing", "build"}:
             log("writing a 1 GiB synthetic model")
             write_random(weights, 1 << 30)
-        if "cli" in only:
-            bench_cli(max(args.reps, 7))
-        if "hashing" in only:
-            bench_hashing(work, weights, args.reps)
-        if "build" in only:
-            bench_builds(work, weights, args.reps)
-        if "size" in only:
-            bench_size(work)
-        if "serving" in only:
-            bench_serving(work, args.reps, args.requests)
+        groups: list[tuple[str, Callable[[], None]]] = [
+            ("cli", lambda: bench_cli(max(args.reps, 7))),
+            ("hashing", lambda: bench_hashing(work, weights, args.reps)),
+            ("build", lambda: bench_builds(work, weights, args.reps)),
+            ("size", lambda: bench_size(work)),
+            ("serving", lambda: bench_serving(work, args.reps, args.requests)),
+        ]
+        for name, fn in groups:
+            if name not in only:
+                continue
+            try:
+                fn()
+            except Exception as exc:  # report the group as failed, keep the others
+                FAILURES.append(f"{name}: {type(exc).__name__}: {str(exc)[-1500:]}")
+                log(f"group {name} FAILED: {str(exc)[-1500:]}")
+    if args.only:
+        keep_previous(only)
     write_report(info, time.perf_counter() - start)
     log(f"wrote {RESULTS / 'latest.md'} in {(time.perf_counter() - start) / 60:.1f} min")
-    return 0
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":
