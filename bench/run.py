@@ -216,9 +216,22 @@ runtimes:
   interfaces: {{kfserving: {{protocols: [v1]}}}}
 image:
   repository: {REGISTRY}/bench/synthetic-1g
-origin: {{tags: [latest]}}
+origin: {{tag: none, tags: [latest]}}
 """)
     return repo / "omi.yaml"
+
+
+def prune_dangling() -> None:
+    """Rebuilt images leave untagged predecessors: 2.6 GB each for the 1 GiB model."""
+    subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
+
+
+def remove_bench_images() -> None:
+    refs = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+    mine = [r for r in refs if "/bench/" in r or r.startswith("omibuild-bench/")]
+    if mine:
+        subprocess.run(["docker", "rmi", "-f", *mine], capture_output=True)
+    prune_dangling()
 
 
 def example_repo(work: Path) -> Path:
@@ -246,6 +259,7 @@ def bench_build(
     for _ in range(max(1, reps // 2)):
         shutil.rmtree(env["OMIBUILD_CACHE_DIR"], ignore_errors=True)
         cold.append(timed([*apply, "--no-cache"], env))
+        prune_dangling()
     noop = [timed(apply, env) for _ in range(reps)]
     model, code, floors = [], [], []
     for i in range(reps):
@@ -253,8 +267,10 @@ def bench_build(
         if floor:
             floors.append(floor())
         model.append(timed(apply, env))
+        prune_dangling()
         change_code(i)
         code.append(timed(apply, env))
+        prune_dangling()
     record(f"build: {label}", "cold build (no cache)", cold, "s")
     record(
         f"build: {label}",
@@ -344,6 +360,7 @@ def bench_builds(work: Path, weights: Path, reps: int) -> None:
         synth_model(i)
         floors.append(io_floor(shard, work / "floor-copy.bin"))
         no_export.append(timed(apply, env))
+        prune_dangling()
     record(
         "build: 1 GiB synthetic model",
         "model-only rebuild, no cache export, vs the I/O floor",
@@ -841,6 +858,7 @@ def main() -> int:
             except Exception as exc:  # report the group as failed, keep the others
                 FAILURES.append(f"{name}: {type(exc).__name__}: {str(exc)[-1500:]}")
                 log(f"group {name} FAILED: {str(exc)[-1500:]}")
+    remove_bench_images()
     if args.only:
         keep_previous(only)
     write_report(info, time.perf_counter() - start)
