@@ -38,7 +38,9 @@ def _output(req: BuildRequest) -> str:
         return f"type=oci,dest={_csv_field(req.output[4:])}"
     push = "true" if req.output == "push" else "false"
     names = _csv_field("name=" + ",".join(req.tags))
-    extra = ",force-compression=false" if req.compression != "gzip" else ""
+    # Pushed images get gzip on every layer: BuildKit would otherwise reuse blobs cached in
+    # another compression (local loads are uncompressed) and push those as they are.
+    extra = ",force-compression=true" if req.output == "push" else ""
     return f"type=image,{names},push={push},compression={req.compression}{extra}"
 
 
