@@ -826,7 +826,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
     FIGURES[:0] = [Figure(**f) for f in kept]
 
 
-def write_report(info: dict[str, str], seconds: float) -> None:
+def write_report(info: dict[str, str], seconds: float, rerun: set[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {
         "machine": info,
@@ -837,9 +837,17 @@ def write_report(info: dict[str, str], seconds: float) -> None:
     lines = [
         "# omibuild benchmarks",
         "",
-        f"`make bench` on {info['date']}, {seconds / 60:.1f} min. Medians of repeated runs; "
-        "ratios are against a baseline measured side by side in the same run; spread is "
-        "(max - min) / median.",
+        (
+            f"`make bench` on {info['date']}, {seconds / 60:.1f} min"
+            + (
+                f" (re-ran only: {', '.join(sorted(rerun))}; the other rows are from the previous "
+                "run)"
+                if rerun
+                else ""
+            )
+            + ". Medians of repeated runs; ratios are against a baseline measured side by side "
+            "in the same run; spread is (max - min) / median."
+        ),
         "",
         "| machine | |",
         "|---|---|",
@@ -897,7 +905,7 @@ def main() -> int:
     remove_bench_images()
     if args.only:
         keep_previous(only)
-    write_report(info, time.perf_counter() - start)
+    write_report(info, time.perf_counter() - start, only if args.only else None)
     log(f"wrote {RESULTS / 'latest.md'} in {(time.perf_counter() - start) / 60:.1f} min")
     return 1 if FAILURES else 0
 
