@@ -120,6 +120,28 @@ def wait_ready(t: Target, timeout: float, alive: Any = None) -> float | None:
     return None
 
 
+def http_request(t: Target, instances: list[Any]) -> tuple[str, Any]:
+    """(URL, JSON body) of one prediction in an HTTP interface's own request shape."""
+    if t.interface == "kfserving" and t.protocol == "v2":
+        import numpy as np
+
+        array = np.asarray(instances)
+        datatype = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL"}.get(
+            array.dtype.kind, "BYTES"
+        )
+        data = array.reshape(-1).tolist()
+        if datatype == "BYTES":
+            data = [x if isinstance(x, str) else json.dumps(x) for x in data]
+        tensor = {"name": "input-0", "shape": list(array.shape), "datatype": datatype, "data": data}
+        return f"{t.base}/v2/models/{t.model_name}/infer", {"inputs": [tensor]}
+    if t.interface == "kfserving":
+        return f"{t.base}/v1/models/{t.model_name}:predict", {"instances": instances}
+    if t.interface == "mlflow":
+        return f"{t.base}/invocations", {"inputs": instances}
+    path = {"vertex": "/predict", "modzy": "/run"}.get(t.interface, "/invocations")
+    return f"{t.base}{path}", {"instances": instances}
+
+
 def predict(t: Target, instances: list[Any], timeout: float = 30.0) -> tuple[int, Any]:
     """Send one prediction in the interface's own request shape: (status, parsed response)."""
     if t.grpc:
@@ -131,36 +153,7 @@ def predict(t: Target, instances: list[Any], timeout: float = 30.0) -> tuple[int
         response = _modzy_call(t, "Run", request, timeout)
         outputs = [json.loads(o.output["results.json"]) for o in response.outputs]
         return int(response.status_code), outputs[0] if outputs else {}
-    if t.interface == "kfserving" and t.protocol == "v2":
-        import numpy as np
-
-        array = np.asarray(instances)
-        datatype = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL"}.get(
-            array.dtype.kind, "BYTES"
-        )
-        data = array.reshape(-1).tolist()
-        body: Any = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "shape": list(array.shape),
-                    "datatype": datatype,
-                    "data": data
-                    if datatype != "BYTES"
-                    else [json.dumps(x) if not isinstance(x, str) else x for x in data],
-                }
-            ]
-        }
-        url = f"{t.base}/v2/models/{t.model_name}/infer"
-    elif t.interface == "kfserving":
-        body, url = {"instances": instances}, f"{t.base}/v1/models/{t.model_name}:predict"
-    elif t.interface == "mlflow":
-        body, url = {"inputs": instances}, f"{t.base}/invocations"
-    elif t.interface == "modzy":
-        body, url = {"instances": instances}, f"{t.base}/run"
-    else:
-        path = "/predict" if t.interface == "vertex" else "/invocations"
-        body, url = {"instances": instances}, f"{t.base}{path}"
+    url, body = http_request(t, instances)
     status, text = _http("POST", url, body, timeout=timeout)
     try:
         return status, json.loads(text)
@@ -175,31 +168,6 @@ def curl_example(t: Target, instances: list[Any]) -> str:
             f"grpcurl -plaintext -d '{payload}' {t.host}:{t.host_port} ModzyModel/Run"
             "  # input bytes are base64 in grpcurl's JSON"
         )
-    if t.interface == "kfserving" and t.protocol == "v2":
-        import numpy as np
-
-        shape = list(np.asarray(instances).shape)
-        body = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input-0",
-                        "shape": shape,
-                        "datatype": "FP64",
-                        "data": np.asarray(instances).reshape(-1).tolist(),
-                    }
-                ]
-            }
-        )
-        url = f"{t.base}/v2/models/{t.model_name}/infer"
-    elif t.interface == "kfserving":
-        body, url = (
-            json.dumps({"instances": instances}),
-            f"{t.base}/v1/models/{t.model_name}:predict",
-        )
-    elif t.interface == "mlflow":
-        body, url = json.dumps({"inputs": instances}), f"{t.base}/invocations"
-    else:
-        path = {"vertex": "/predict", "modzy": "/run"}.get(t.interface, "/invocations")
-        body, url = json.dumps({"instances": instances}), f"{t.base}{path}"
+    url, request = http_request(t, instances)
+    body = json.dumps(request)
     return f"curl -s -X POST -H 'Content-Type: application/json' {url} -d '{body}'"

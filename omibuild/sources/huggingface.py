@@ -21,6 +21,7 @@ from omibuild.sources.remote import (
     fetch_from_cache,
     first_line,
     host_of,
+    link_downloaded,
     publish_tree,
     with_retries,
 )
@@ -212,12 +213,7 @@ class HuggingFaceModelSource:
             )
             with self.cache.tmp_dir() as tmp:
                 self._get(spec, endpoint, commit, [f.path for f in missing], tmp)
-                got = {f.path: f for f in publish_tree(self.cache, tmp)}
-            for f in missing:
-                if got.get(f.path) != f:
-                    raise SourceError(f"{repo}@{commit[:12]}: {f.path} differs from omi.lock")
-            if fetch_from_cache(self.cache, missing, dest):
-                raise SourceError(f"{repo}: the cache lost files during the fetch; run again")
-            fetched = sum(f.size for f in missing)
+                got = publish_tree(self.cache, tmp)
+            fetched = link_downloaded(self.cache, missing, got, dest, f"{repo}@{commit[:12]}")
             self.downloaded_bytes += fetched
             return fetched

@@ -24,6 +24,7 @@ from omibuild.sources.remote import (
     fetch_from_cache,
     first_line,
     host_of,
+    link_downloaded,
     publish_tree,
     redact,
     with_retries,
@@ -215,16 +216,7 @@ class MlflowModelSource:
                     f"downloading {uri} from {host_of(tracking)} "
                     f"({len(missing)} file(s) missing from the cache)"
                 )
-                root = self._download_to(tracking, uri, tmp)
-                got = {f.path: f for f in publish_tree(self.cache, root)}
-            for f in missing:
-                if got.get(f.path) != f:
-                    raise SourceError(
-                        f"{uri}: {f.path} changed on the server since it was resolved",
-                        hint="the model version's files differ from omi.lock",
-                    )
-            if fetch_from_cache(self.cache, missing, dest):
-                raise SourceError(f"{uri}: the cache lost files during the fetch; run again")
-            fetched = sum(f.size for f in missing)
+                got = publish_tree(self.cache, self._download_to(tracking, uri, tmp))
+            fetched = link_downloaded(self.cache, missing, got, dest, uri)
             self.downloaded_bytes += fetched
             return fetched

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from omibuild.errors import SourceError
 from omibuild.sources.base import ModelFile
 from omibuild.sources.cache import Cache
 
@@ -82,6 +83,23 @@ def publish_tree(cache: Cache, tree: Path, expected: Iterable[ModelFile] = ()) -
         sha = cache.publish(path, want.get(rel))
         files.append(ModelFile(rel, size, sha))
     return files
+
+
+def link_downloaded(
+    cache: Cache, missing: list[ModelFile], got: list[ModelFile], dest: Path, what: str
+) -> int:
+    """After a download was published: check it holds exactly the missing files, link them into
+    dest, and return the bytes that had to be fetched."""
+    by_path = {f.path: f for f in got}
+    for f in missing:
+        if by_path.get(f.path) != f:
+            raise SourceError(
+                f"{what}: {f.path} changed at the source since it was resolved",
+                hint="its files differ from omi.lock; resolve again",
+            )
+    if fetch_from_cache(cache, missing, dest):
+        raise SourceError(f"{what}: the cache lost files during the fetch; run again")
+    return sum(f.size for f in missing)
 
 
 def fetch_from_cache(cache: Cache, files: Iterable[ModelFile], dest: Path) -> list[ModelFile]:
