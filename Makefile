@@ -9,14 +9,18 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 setup:
 	@bash scripts/setup.sh
 
+# Test workers: most of a test's time is spent waiting on the engine, a container or a server.
+TEST_JOBS ?= 3
+PYTEST_PARALLEL := -n $(TEST_JOBS) --dist loadgroup
+
 test: setup lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-unit:
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" $(PYTEST_PARALLEL)
 
 test-integration: setup
-	$(PY) -m pytest -q -m integration
+	$(PY) -m pytest -q -m integration $(PYTEST_PARALLEL)
 
 lint:
 	$(VENV)/bin/ruff check omibuild tests bench

@@ -39,6 +39,11 @@ def onnx_model(target: Path) -> None:
 
 
 def main() -> int:
+    import fcntl
+
+    # parallel test workers (and users) may run this at once: one generates, the others wait
+    lock = open(__file__, "rb")  # noqa: SIM115 - held until exit
+    fcntl.flock(lock, fcntl.LOCK_EX)
     jobs = {
         HERE / "sklearn-iris" / "model": sklearn_model,
         HERE / "multi-runtime" / "model": sklearn_model,

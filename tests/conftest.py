@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,3 +23,29 @@ def example_models() -> None:
 
 def example_manifests() -> list[Path]:
     return sorted(EXAMPLES.glob("*/omi.yaml"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller names the run before it starts any xdist worker; workers inherit it.
+    os.environ.setdefault("OMI_TEST_RUN", uuid.uuid4().hex)
+
+
+def images_to_remove() -> Path:
+    """Where this run's tests list the images they created."""
+    return Path(tempfile.gettempdir()) / f"omibuild-test-images-{os.environ['OMI_TEST_RUN']}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller removes everything once all have finished
+    listing = images_to_remove()
+    if not listing.exists():
+        return
+    refs = sorted(set(listing.read_text().split()))
+    for start in range(0, len(refs), 50):
+        subprocess.run(
+            ["docker", "image", "rm", "-f", *refs[start : start + 50]],
+            capture_output=True,
+            check=False,
+        )
+    listing.unlink()

@@ -304,9 +304,12 @@ def test_not_ready_is_503_until_the_model_loads(tmp_path: Path, omi_tree: Path) 
     tree.mkdir()
     (tree / "model").symlink_to(omi_tree / "model")
     (tree / "code").mkdir()
+    gate = tmp_path / "gate"  # the model's load() waits until the test creates this file
     (tree / "code" / "slow.py").write_text(
-        "import time\nimport joblib\n\nclass Slow:\n"
-        "    def load(self, model_dir):\n        time.sleep(4)\n"
+        "import pathlib, time\nimport joblib\n\nclass Slow:\n"
+        "    def load(self, model_dir):\n"
+        f"        while not pathlib.Path({str(gate)!r}).exists():\n"
+        "            time.sleep(0.05)\n"
         "        self.m = joblib.load(model_dir / 'model.joblib')\n"
         "    def predict(self, x):\n        return self.m.predict(x)\n"
     )
@@ -314,32 +317,26 @@ def test_not_ready_is_503_until_the_model_loads(tmp_path: Path, omi_tree: Path) 
     config |= {"flavor": "custom", "predictor": "slow:Slow"}
     (tree / "omi.json").write_text(json.dumps(config))
     s = start_process(tree, "kfserving", "v2", wait=False)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ROWS[0]}]}
     try:
-        deadline = time.monotonic() + 10
-        seen_503 = False
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while True:  # the server answers before the model has loaded
+            assert time.monotonic() < deadline, "the server never answered"
             try:
                 status = http("GET", f"{s.url}/v2/health/ready")[0]
+                break
             except OSError:
                 time.sleep(0.1)
-                continue
-            if status == 503:
-                seen_503 = True
-                infer = http(
-                    "POST",
-                    f"{s.url}/v2/models/{s.model}/infer",
-                    {
-                        "inputs": [
-                            {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ROWS[0]}
-                        ]
-                    },
-                )
-                assert infer[0] == 503
-            if status == 200:
-                break
+        assert status == 503
+        assert http("GET", f"{s.url}/v2/health/live")[0] == 200
+        assert http("POST", f"{s.url}/v2/models/{s.model}/infer", body)[0] == 503
+        gate.touch()
+        while http("GET", f"{s.url}/v2/health/ready")[0] != 200:
+            assert time.monotonic() < deadline, "the model never became ready"
             time.sleep(0.1)
-        assert seen_503 and status == 200
+        assert http("POST", f"{s.url}/v2/models/{s.model}/infer", body)[0] == 200
     finally:
+        gate.touch()
         s.stop()
 
 

@@ -57,17 +57,32 @@ def unique() -> str:
 
 @pytest.fixture
 def image_cleanup() -> Iterator[list[str]]:
-    """Images a test creates; removed afterwards."""
+    """Images a test creates; removed when the whole run ends (tests/conftest.py). Removing
+    an image lets the engine collect blobs that a build running in parallel may be about to
+    export, so nothing is removed while builds can still be running."""
+    from tests.conftest import images_to_remove
+
     refs: list[str] = []
     yield refs
-    for ref in refs:
-        docker("image", "rm", "-f", ref, check=False)
+    if refs:
+        with images_to_remove().open("a") as fh:
+            fh.write("".join(f"{ref}\n" for ref in refs))
+
+
+# BuildKit's exported layer caches outlive a test run, as they would on a user's machine: a
+# second `make test` imports them instead of writing every layer again. BuildKit locks the
+# directory's index itself, so parallel workers may share it.
+SHARED_BUILDKIT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "test-buildkit"
 
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated omibuild cache for the test."""
+    """An isolated omibuild source cache for the test; its BuildKit cache directory is shared
+    (remove the ``buildkit`` link for a private one)."""
     path = tmp_path / "omicache"
+    path.mkdir()
+    SHARED_BUILDKIT_CACHE.mkdir(parents=True, exist_ok=True)
+    (path / "buildkit").symlink_to(SHARED_BUILDKIT_CACHE, target_is_directory=True)
     monkeypatch.setenv("OMIBUILD_CACHE_DIR", str(path))
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -145,7 +146,7 @@ def test_noop_apply_performs_no_build(repo: Path, image_cleanup: list[str]) -> N
 
 
 def test_secrets_never_reach_the_image(
-    repo: Path, tmp_path: Path, unique: str, image_cleanup: list[str]
+    repo: Path, tmp_path: Path, unique: str, image_cleanup: list[str], cache_dir: Path
 ) -> None:
     token = f"omibuild-fake-token-{unique}"
     marker = f"omibuild-fake-ca-{unique}"
@@ -154,10 +155,13 @@ def test_secrets_never_reach_the_image(
     fake_ca.write_text(f"# {marker}\n{real_ca}")  # still a valid bundle for pip
     text = repo.read_text() + "build:\n  secrets:\n    - {id: token, env: OMI_TEST_TOKEN}\n"
     repo.write_text(text)
-    # a new requirement forces the dependency step (where secrets are mounted) to run
+    # a requirement no earlier build had forces the dependency step (where secrets are
+    # mounted) to run; its layers go to a private cache, not the shared one
     (repo.parent / "model" / "requirements.txt").write_text(
-        (repo.parent / "model" / "requirements.txt").read_text() + "six\n"
+        (repo.parent / "model" / "requirements.txt").read_text()
+        + f"six!=0.0.{int(unique, 16) % 10**9}\n"
     )
+    (cache_dir / "buildkit").unlink()
     plan = _plan(repo)
     refs = [f"{plan['repository']}:{t}" for t in plan["tags"]]
     image_cleanup += refs
@@ -169,6 +173,9 @@ def test_secrets_never_reach_the_image(
         env={"OMI_TEST_TOKEN": token, "PIP_CERT": str(fake_ca)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(
+        r"#(\d+) \[deps \d/\d\] RUN --mount=type=cache.*\n#\1 \d", proc.stdout + proc.stderr
+    ), "the dependency step did not run"
     assert token not in proc.stdout + proc.stderr
     saved = tmp_path / "image.tar"
     docker("image", "save", "-o", str(saved), refs[0])

@@ -15,7 +15,8 @@ import pytest
 from .conftest import BASE_IMAGE, docker
 from .helpers import copy_example, omibuild
 
-pytestmark = pytest.mark.integration
+# one worker runs these together: they count the containers `omibuild run` leaves
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("check")]
 
 # A minimal OMI-looking server (KServe v1 routes) for the broken images.
 FAKE_SERVER = r"""

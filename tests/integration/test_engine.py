@@ -13,10 +13,42 @@ from .conftest import BASE_IMAGE, docker
 pytestmark = pytest.mark.integration
 
 
-def _forget_engine_layer_cache() -> None:
-    """Drop the engine's cached layers (type=regular) but keep cache mounts such as the pip
-    cache that other tests' builds rely on."""
-    docker("buildx", "prune", "--all", "--force", "--filter", "type=regular")
+def _records() -> list[dict[str, str]]:
+    """The engine's build-cache records, from `buildx du --verbose`."""
+    out = docker("buildx", "du", "--verbose").stdout
+    records = []
+    for block in out.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        if "ID" in fields:
+            records.append(fields)
+    return records
+
+
+def _forget_engine_layers(marker: str) -> None:
+    """Drop this test's layers from the engine's own cache, and only those: the records whose
+    description names the marker and every record built on them, children first. The rest
+    of the engine's cache (other tests' layers, the pip cache mount) is left alone."""
+    for _ in range(10):
+        records = _records()
+        doomed = {r["ID"] for r in records if marker in r.get("Description", "")}
+        grew = True
+        while grew:
+            children = {
+                r["ID"]
+                for r in records
+                if doomed & set(r.get("Parent", "").split(",")) and r["ID"] not in doomed
+            }
+            grew = bool(children)
+            doomed |= children
+        if not doomed:
+            return
+        parents = {p for r in records if r["ID"] in doomed for p in r.get("Parent", "").split(",")}
+        for record_id in sorted(doomed, key=lambda i: i in parents):  # leaves first
+            docker("buildx", "prune", "--force", "--all", "--filter", f"id={record_id}")
 
 
 def _build(ctx: Path, *args: str) -> str:
@@ -43,8 +75,9 @@ def test_buildx_local_cache_export_and_reuse(
     )
     assert re.search(r"\[2/3\] RUN echo", first) and (cache / "index.json").is_file()
     docker("image", "rm", "-f", tag)
-    # Forget the engine's own layer cache: only the exported directory can supply the step now.
-    _forget_engine_layer_cache()
+    # Forget the engine's own copy of these layers: only the exported directory can supply
+    # the step now.
+    _forget_engine_layers(unique)
     assert unique not in docker("buildx", "du", "--verbose").stdout
     second = _build(
         ctx, "--cache-from", f"type=local,src={cache}", "--output", f"type=image,name={tag}"

@@ -24,7 +24,8 @@ from omibuild.sources.progress import QUIET
 from omibuild.sources.resolve import resolve, stage
 from tests.fakehub import FakeHub
 
-pytestmark = pytest.mark.integration
+# one worker runs these together: they share one mlflow server
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("mlflow-server")]
 
 
 def _manifest(repo: Path, source_yaml: str, flavor: str = "pyfunc") -> Path:
