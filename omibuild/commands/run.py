@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -37,6 +38,10 @@ def _instances(path: str) -> list[Any]:
     return body
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     from omibuild.build.buildx import Containers
     from omibuild.images import free_port, interfaces_of
@@ -61,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     env, port = container_env(interface, protocol, info.model_name)
     host_port = args.port or free_port()
     target = Target(interface, protocol, info.model_name or "model", host_port)
+    # A supervisor's SIGTERM (CI timeouts, `timeout`, systemd) stops the container like
+    # Ctrl-C does, instead of leaving it running.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cid = containers.start(image, env, {port: host_port})
         seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from omibuild.runtime import log
 from omibuild.runtime.model import InputError, ModelService, PredictError
 
 JSON = "application/json"
@@ -125,3 +126,104 @@ def require_ready(service: ModelService) -> None:
     if not service.ready:
         reason = f": {service.load_error}" if service.load_error else " (still loading)"
         raise HTTPError(503, f"model {service.name} is not ready{reason}")
+
+
+# A hot route's handler: (path parameter, body, request headers) → (status, body, media type,
+# extra response headers).
+Payload = tuple[int, bytes, str, list[tuple[bytes, bytes]]]
+RawHandler = Callable[[str, bytes, dict[bytes, bytes]], Awaitable[Payload]]
+
+
+class HotRoute:
+    """``POST <prefix>{name}<suffix>`` as a bare ASGI handler in front of the Starlette app.
+
+    At one request at a time a small model predicts in about as long as Starlette takes to
+    build its request and response objects, match routes and pass through its middleware;
+    the hot route keeps the same limits, error shape and metrics without that. Every other
+    request (and the lifespan) goes to ``app``."""
+
+    def __init__(
+        self,
+        app: Any,
+        prefix: str,
+        suffix: str,
+        handler: RawHandler,
+        route: str,
+        metrics: Metrics,
+        error_body: ErrorBody,
+        limit: int,
+    ) -> None:
+        self.app = app
+        self.state = app.state
+        self.prefix, self.suffix = prefix, suffix
+        self.handler = handler
+        self.route = route
+        self.metrics = metrics
+        self.error_body = error_body
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.startswith(self.prefix)
+            or not path.endswith(self.suffix)
+        ):
+            await self.app(scope, receive, send)
+            return
+        name = path[len(self.prefix) : len(path) - len(self.suffix)]
+        if not name or "/" in name:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        try:
+            body = await _receive(receive, headers.get(b"content-length"), self.limit)
+            status, payload, media_type, extra = await self.handler(name, body, headers)
+        except Exception as exc:
+            status, payload, media_type, extra = self._error(exc)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", media_type.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        self.metrics.observe(self.route, status, time.perf_counter() - start)
+
+    def _error(self, exc: Exception) -> Payload:
+        if isinstance(exc, HTTPError):
+            status, message = exc.status, exc.message
+        elif isinstance(exc, InputError):
+            status, message = 400, str(exc)
+        elif isinstance(exc, PredictError):
+            status, message = 500, str(exc)
+        else:  # a bug of ours: answer like any other 500 and keep serving
+            log.error("request failed", route=self.route, error=f"{type(exc).__name__}: {exc}")
+            status, message = 500, f"internal error: {type(exc).__name__}: {exc}"
+        body = json.dumps(self.error_body(status, message), separators=(",", ":")).encode()
+        return status, body, JSON, []
+
+
+async def _receive(receive: Any, length: bytes | None, limit: int) -> bytes:
+    if length and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"request body of {int(length)} bytes is over the limit of {limit}")
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

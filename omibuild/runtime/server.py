@@ -29,7 +29,7 @@ def create_app(
     from starlette.responses import PlainTextResponse, Response
     from starlette.routing import Route
 
-    from omibuild.runtime.http import Metrics
+    from omibuild.runtime.http import HotRoute, Metrics
 
     config = config or load_config()
     service = service or ModelService(config)
@@ -48,9 +48,14 @@ def create_app(
         yield
 
     routes = [*adapter.routes(), Route("/metrics", metrics_route)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app: Any = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     app.state.adapter = adapter
+    for prefix, suffix, route, handler in getattr(adapter, "hot_routes", list)():
+        error_body = adapter.error_body
+        app = HotRoute(
+            app, prefix, suffix, handler, route, metrics, error_body, config.max_body_bytes
+        )
     return app
 
 

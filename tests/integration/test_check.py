@@ -205,19 +205,32 @@ def test_run_predict_prints_the_response_and_cleans_up(example_image: str, tmp_p
     assert _containers_left() == []
 
 
-def test_run_interrupted_leaves_no_container(example_image: str) -> None:
-    with subprocess.Popen(
+def _interactive() -> None:
+    # xdist workers ignore SIGINT and children inherit that; a terminal's Ctrl-C does not
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_run_interrupted_leaves_no_container(example_image: str, signum: int, code: int) -> None:
+    proc = subprocess.Popen(
         [sys.executable, "-m", "omibuild", "run", example_image],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    ) as proc:
+        preexec_fn=_interactive,
+    )
+    try:
         deadline = time.monotonic() + 60
         assert proc.stderr is not None
         for line in proc.stderr:
             if "press Ctrl-C" in line or time.monotonic() > deadline:
                 break
         assert _containers_left(), "the container should be running now"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
     assert _containers_left() == []

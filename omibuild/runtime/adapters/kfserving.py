@@ -16,6 +16,8 @@ from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
     Metrics,
+    Payload,
+    RawHandler,
     endpoint,
     json_response,
     read_body,
@@ -25,6 +27,7 @@ from omibuild.runtime.http import (
 from omibuild.runtime.model import InputError, ModelService, to_jsonable
 
 EXTENSIONS = ["binary_tensor_data"]
+HEADER_KEY = HEADER.lower().encode()
 
 
 def outputs_of(result: Any) -> dict[str, Any]:
@@ -146,13 +149,16 @@ class KServeAdapter:
             )
 
         async def infer(request: Request) -> Response:
-            self._model(request.path_params["name"])
-            require_ready(self.service)
             body = await read_body(request, self.config.max_body_bytes)
-            req, binary = split_request(body, request.headers.get(HEADER))
-            arrays = decode_inputs(req, binary)
-            outputs = await self.infer_arrays(arrays)
-            return self.v2_response(req, outputs)
+            status, payload, media_type, extra = await self.v2_infer(
+                request.path_params["name"], body, request.headers.get(HEADER)
+            )
+            return Response(
+                payload,
+                status,
+                headers={k.decode(): v.decode() for k, v in extra},
+                media_type=media_type,
+            )
 
         routes: list[BaseRoute] = []
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -168,7 +174,25 @@ class KServeAdapter:
             *routes,
         ]
 
-    def v2_response(self, req: dict[str, Any], outputs: dict[str, Any]) -> Response:
+    async def v2_infer(self, name: str, body: bytes, header_length: str | None) -> Payload:
+        self._model(name)
+        require_ready(self.service)
+        req, binary = split_request(body, header_length)
+        arrays = decode_inputs(req, binary)
+        outputs = await self.infer_arrays(arrays)
+        return self.v2_response(req, outputs)
+
+    async def _v2_infer_hot(self, name: str, body: bytes, headers: dict[bytes, bytes]) -> Payload:
+        length = headers.get(HEADER_KEY)
+        return await self.v2_infer(name, body, None if length is None else length.decode())
+
+    def hot_routes(self) -> list[tuple[str, str, str, RawHandler]]:
+        """(prefix, suffix, metrics route, handler) served without Starlette."""
+        if "v2" not in self.config.protocols:
+            return []
+        return [("/v2/models/", "/infer", "v2_infer", self._v2_infer_hot)]
+
+    def v2_response(self, req: dict[str, Any], outputs: dict[str, Any]) -> Payload:
         wanted = req.get("outputs")
         params = req.get("parameters") or {}
         all_binary = bool(params.get("binary_data_output"))
@@ -201,11 +225,12 @@ class KServeAdapter:
             body["id"] = req["id"]
         text = json.dumps(body, separators=(",", ":")).encode()
         if not blobs:
-            return Response(text, media_type="application/json")
-        return Response(
+            return 200, text, "application/json", []
+        return (
+            200,
             text + b"".join(blobs),
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(len(text))},
+            "application/octet-stream",
+            [(b"inference-header-content-length", str(len(text)).encode())],
         )
 
     def routes(self) -> list[BaseRoute]:
