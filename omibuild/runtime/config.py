@@ -38,6 +38,8 @@ class RuntimeConfig:
     max_batch_size: int = 0
     max_latency_ms: float = 5.0
     verify: bool = True
+    predict_threads: int = 1
+    coalesce_rows: int = 256
 
     @property
     def flavor(self) -> str:
@@ -125,4 +127,15 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
         max_batch_size=int(env.get("OMI_MAX_BATCH_SIZE") or runtime.get("max_batch_size", 0)),
         max_latency_ms=float(env.get("OMI_MAX_LATENCY_MS") or runtime.get("max_latency_ms", 5.0)),
         verify=env.get("OMI_VERIFY_MODEL", "1").lower() not in ("0", "false", "no", "off"),
+        predict_threads=_count(env, "OMI_PREDICT_THREADS", 1, minimum=1),
+        coalesce_rows=_count(env, "OMI_COALESCE_ROWS", 256, minimum=0),
     )
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or int(value) < minimum:
+        raise ConfigError(f"{name}={value!r} must be a whole number of at least {minimum}")
+    return int(value)

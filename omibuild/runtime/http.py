@@ -92,6 +92,8 @@ class Metrics:
                 f'omi_request_duration_seconds_sum{{route="{route}"}} {self.sums[route]:.6f}'
             )
             lines.append(f'omi_request_duration_seconds_count{{route="{route}"}} {buckets[-1]}')
+        lines.append("# TYPE omi_predict_coalesced_total counter")
+        lines.append(f"omi_predict_coalesced_total {service.lane.coalesced}")
         lines.append("# TYPE omi_model_ready gauge")
         lines.append(f'omi_model_ready{{model="{service.name}"}} {1 if service.ready else 0}')
         return "\n".join(lines) + "\n"

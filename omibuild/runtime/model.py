@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,14 @@ class ModelService:
         )
         self.batcher: Batcher | None = None
         self.stats: dict[str, Any] = {}
+        coalesce = (
+            config.coalesce_rows
+            if self.flavor.vectorised
+            and not config.raw.get("hooks", {}).get("preprocess")
+            and not config.raw.get("hooks", {}).get("postprocess")
+            else 0
+        )
+        self.lane = PredictLane(self.predict, config.predict_threads, coalesce)
 
     @property
     def name(self) -> str:
@@ -98,8 +107,7 @@ class ModelService:
     async def apredict(self, inputs: Any) -> Any:
         if self.batcher is not None and isinstance(inputs, list):
             return await self.batcher.submit(inputs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.predict, inputs)
+        return await self.lane.submit(inputs)
 
 
 def _as_array(rows: list[Any]) -> Any:
@@ -162,7 +170,7 @@ class Batcher:
                 rows += len(item[0])
             merged = [row for rows_, _ in batch for row in rows_]
             try:
-                out = await loop.run_in_executor(None, self.service.predict, merged)
+                out = await self.service.lane.submit(merged, alone=True)
             except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
@@ -174,3 +182,140 @@ class Batcher:
                 start += len(rows_)
                 if not fut.done():
                     fut.set_result(part)
+
+
+class PredictLane:
+    """Predict off the event loop, on ``threads`` dedicated threads fed by one queue.
+
+    A bare queue and ``call_soon_threadsafe`` cost less per request than
+    ``run_in_executor``'s pool bookkeeping (about 5% of a small model's request). With
+    ``coalesce_rows`` > 0, a thread that finds more requests already waiting runs them as one
+    predict call on their concatenated rows and hands each request its own rows back: batching
+    that never waits for a batch to fill, so it adds no latency at low load and takes the
+    queueing out of high load. Only for vectorised flavors without hooks; when a merged call
+    fails or returns something without one result per row, each request runs on its own, so
+    errors stay with the request that caused them."""
+
+    def __init__(self, predict: Callable[[Any], Any], threads: int, coalesce_rows: int) -> None:
+        self.predict = predict
+        self.coalesce_rows = coalesce_rows
+        self.queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.threads = threads
+        self.started = False
+        self.lock = threading.Lock()
+        self.coalesced = 0  # predict calls that served more than one request
+
+    def _start(self) -> None:
+        with self.lock:
+            if not self.started:
+                for i in range(self.threads):
+                    threading.Thread(
+                        target=self._work, name=f"omi-predict-{i}", daemon=True
+                    ).start()
+                self.started = True
+
+    def submit(self, inputs: Any, *, alone: bool = False) -> asyncio.Future[Any]:
+        if not self.started:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        rows = None if alone or not self.coalesce_rows else _rows_of(inputs)
+        self.queue.put(_Job(loop, future, inputs, rows))
+        return future
+
+    def _work(self) -> None:
+        get, get_nowait = self.queue.get, self.queue.get_nowait
+        while True:
+            job = get()
+            if job.rows is None:
+                job.run(self.predict)
+                continue
+            batch, later, rows = [job], [], job.rows
+            while rows < self.coalesce_rows:
+                try:
+                    more = get_nowait()
+                except queue.Empty:
+                    break
+                if more.rows is not None and _compatible(job.inputs, more.inputs):
+                    batch.append(more)
+                    rows += more.rows
+                else:
+                    later.append(more)
+            if len(batch) == 1:
+                job.run(self.predict)
+            else:
+                self._run_merged(batch, rows)
+            for other in later:
+                other.run(self.predict)
+
+    def _run_merged(self, batch: list[_Job], rows: int) -> None:
+        first = batch[0].inputs
+        if isinstance(first, list):
+            merged: Any = [row for job in batch for row in job.inputs]
+        else:
+            import numpy as np
+
+            merged = np.concatenate([job.inputs for job in batch])
+        try:
+            out = self.predict(merged)
+            if not hasattr(out, "__getitem__") or len(out) != rows or isinstance(out, dict):
+                raise TypeError("not one result per row")
+        except Exception:  # each request reruns on its own, keeping its error
+            for job in batch:
+                job.run(self.predict)
+            return
+        self.coalesced += 1
+        start = 0
+        for job in batch:
+            assert job.rows is not None
+            job.resolve(out[start : start + job.rows])
+            start += job.rows
+
+
+class _Job:
+    __slots__ = ("future", "inputs", "loop", "rows")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        inputs: Any,
+        rows: int | None,
+    ) -> None:
+        self.loop, self.future, self.inputs, self.rows = loop, future, inputs, rows
+
+    def run(self, predict: Callable[[Any], Any]) -> None:
+        try:
+            result = predict(self.inputs)
+        except BaseException as exc:  # handed to the awaiting request
+            self.loop.call_soon_threadsafe(_settle, self.future, None, exc)
+        else:
+            self.resolve(result)
+
+    def resolve(self, result: Any) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (client gone)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _rows_of(inputs: Any) -> int | None:
+    """Rows of a request that could join others: a non-empty 2-D+ array or a list of rows."""
+    shape = getattr(inputs, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) >= 2 and shape[0] > 0 else None
+    if isinstance(inputs, list) and inputs and all(isinstance(r, list) for r in inputs):
+        return len(inputs)
+    return None
+
+
+def _compatible(a: Any, b: Any) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        return isinstance(a, list) and isinstance(b, list) and len(a[0]) == len(b[0])
+    return bool(a.dtype == b.dtype and a.shape[1:] == b.shape[1:])

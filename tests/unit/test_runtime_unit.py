@@ -13,7 +13,7 @@ import pytest
 from omibuild.runtime.codec import decode_input, encode_output, split_request
 from omibuild.runtime.config import ConfigError, load_config
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor
-from omibuild.runtime.model import Batcher, InputError
+from omibuild.runtime.model import Batcher, InputError, PredictLane
 from tests.conftest import EXAMPLES
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -114,12 +114,19 @@ def test_config_port_precedence(tmp_path: Path) -> None:
         load_config({**base, "INTERFACE": "sagemaker"})
     with pytest.raises(ConfigError, match="not a port"):
         load_config({**base, "HTTP_PORT": "eighty"})
+    assert load_config({**base, "OMI_PREDICT_THREADS": "4"}).predict_threads == 4
+    assert load_config({**base, "OMI_COALESCE_ROWS": "0"}).coalesce_rows == 0
+    with pytest.raises(ConfigError, match="OMI_PREDICT_THREADS='0' must be a whole number"):
+        load_config({**base, "OMI_PREDICT_THREADS": "0"})
 
 
 def test_batcher_merges_concurrent_requests() -> None:
     calls: list[int] = []
 
     class Service:
+        def __init__(self) -> None:
+            self.lane = PredictLane(self.predict, threads=1, coalesce_rows=0)
+
         def predict(self, rows: list[list[float]]) -> list[float]:
             calls.append(len(rows))
             return [sum(r) for r in rows]
@@ -131,6 +138,79 @@ def test_batcher_merges_concurrent_requests() -> None:
     results = asyncio.run(main())
     assert results == [[i + 1.0] for i in range(10)]
     assert sum(calls) == 10 and len(calls) < 10  # fewer predict calls than requests
+
+
+class GatedModel:
+    """A row-wise model whose first call waits for the test, so later requests queue up."""
+
+    def __init__(self, result: str = "rows") -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+        self.result = result
+
+    def predict(self, x: object) -> object:
+        import numpy as np
+
+        if not self.calls:
+            self.gate.wait(10)
+        array = np.asarray(x, dtype=float)
+        self.calls.append(len(array))
+        if (array < 0).any():
+            raise ValueError("negative input")
+        return array.sum(axis=1) if self.result == "rows" else float(array.sum())
+
+
+async def _submit_all(lane: PredictLane, model: GatedModel, inputs: list[object]) -> list[object]:
+    first = lane.submit(inputs[0])
+    await asyncio.sleep(0.05)  # the lane's thread is now inside the first (gated) predict
+    rest = [lane.submit(x) for x in inputs[1:]]
+    model.gate.set()
+    return list(await asyncio.gather(first, *rest, return_exceptions=True))
+
+
+def test_predict_lane_coalesces_waiting_requests_and_returns_each_its_rows() -> None:
+    import numpy as np
+
+    model = GatedModel()
+    lane = PredictLane(model.predict, threads=1, coalesce_rows=256)
+    inputs = [np.full((i % 3 + 1, 4), float(i)) for i in range(8)]
+    results = asyncio.run(_submit_all(lane, model, inputs))
+    for x, got in zip(inputs, results, strict=True):
+        assert np.array_equal(got, x.sum(axis=1))  # type: ignore[arg-type]
+    assert model.calls == [1, sum(len(x) for x in inputs[1:])]  # the 7 waiting ran as one
+    assert lane.coalesced == 1
+
+
+def test_predict_lane_keeps_errors_with_the_request_that_caused_them() -> None:
+    import numpy as np
+
+    model = GatedModel()
+    lane = PredictLane(model.predict, threads=1, coalesce_rows=256)
+    inputs = [np.ones((1, 4)), np.ones((2, 4)), -np.ones((1, 4)), np.ones((1, 4))]
+    results = asyncio.run(_submit_all(lane, model, inputs))
+    assert isinstance(results[2], ValueError)
+    assert [list(r) for i, r in enumerate(results) if i != 2] == [[4.0], [4.0, 4.0], [4.0]]  # type: ignore[call-overload]
+    assert lane.coalesced == 0  # the merged call failed: each ran alone
+
+
+def test_predict_lane_does_not_merge_what_does_not_fit() -> None:
+    import numpy as np
+
+    model = GatedModel()
+    lane = PredictLane(model.predict, threads=1, coalesce_rows=256)
+    inputs = [np.ones((1, 4)), np.ones((1, 3)), np.ones((1, 4)).astype(np.float32)]
+    asyncio.run(_submit_all(lane, model, inputs))
+    assert model.calls == [1, 1, 1] and lane.coalesced == 0
+    scalar = GatedModel(result="scalar")  # not one result per row: each request alone
+    lane = PredictLane(scalar.predict, threads=1, coalesce_rows=256)
+    results = asyncio.run(_submit_all(lane, scalar, [np.ones((1, 4))] * 3))
+    assert results == [4.0, 4.0, 4.0] and lane.coalesced == 0
+    off = GatedModel()  # coalescing off
+    lane = PredictLane(off.predict, threads=1, coalesce_rows=0)
+    asyncio.run(_submit_all(lane, off, [np.ones((1, 4))] * 3))
+    assert off.calls == [1, 1, 1]
 
 
 def test_transformers_flavor_runs_a_pipeline_built_here(tmp_path: Path) -> None:
