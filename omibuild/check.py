@@ -5,6 +5,7 @@ becomes ready, answers the example input in its protocol's shape, and exits 0 on
 from __future__ import annotations
 
 import json
+from concurrent import futures
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -122,8 +123,6 @@ def check_runtime(
     image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
 ) -> list[Finding]:
     from omibuild.build.buildx import Containers
-    from omibuild.images import free_port
-    from omibuild.probe import Target, container_env, predict, wait_ready
 
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -135,50 +134,71 @@ def check_runtime(
         )
     )
     containers = Containers()
-    example: Any = None
+    pairs = [(i, p) for i, protocols in info.interfaces.items() for p in protocols or ["v1"]]
     try:
-        for interface, protocols in info.interfaces.items():
-            for protocol in protocols or ["v1"]:
-                name = f"{interface} {protocol}"
-                is_default = interface == info.default and protocol == protocols[-1]
-                env, port = container_env(interface, protocol, None)
-                if is_default and info.port and str(info.port).strip('"').isdigit():
-                    # As a platform would: trust the port label, set only INTERFACE/PROTOCOL.
-                    env = {"INTERFACE": interface, "PROTOCOL": protocol}
-                    port = int(str(info.port).strip('"'))
-                host_port = free_port()
-                target = Target(interface, protocol, info.model_name or "model", host_port)
-                cid = containers.start(image, env, {port: host_port})
-                seconds = wait_ready(target, timeout, alive=lambda c=cid: containers.running(c))
-                if seconds is None:
-                    code = None if containers.running(cid) else containers.exit_code(cid)
-                    why = (
-                        f"container exited with code {code}"
-                        if code is not None
-                        else f"not ready within {timeout:.0f}s on port {port}"
-                        + (" (the ml.openmodel.port label)" if is_default else "")
-                    )
-                    tail = containers.logs(cid, tail=5).strip().replace("\n", " | ")[-300:]
-                    findings.append(Finding(f"{name}: becomes ready", False, f"{why}; log: {tail}"))
-                    containers.stop(cid, timeout=2)
-                    continue
-                findings.append(Finding(f"{name}: becomes ready", True, f"on port {port}", seconds))
-                if not any(f.requirement == "runs as non-root" for f in findings):
-                    uid = containers.exec(cid, ["id", "-u"]).strip()
-                    findings.append(Finding("runs as non-root", uid != "0", f"uid {uid}"))
-                if example is None:
-                    example = _example(containers, cid)
-                if example is not None:
-                    findings.append(_predict_finding(name, target, example, predict))
-                if target.grpc:
-                    findings.append(_reflection_finding(target))
-                code = containers.stop(cid, timeout=15)
-                findings.append(
-                    Finding(f"{name}: exits 0 on SIGTERM", code == 0, f"exit code {code}")
+        # Each interface runs in its own container: start and probe them side by side.
+        with futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(pairs)))) as pool:
+            probes = list(
+                pool.map(
+                    lambda pair: _probe(containers, image, info, *pair, timeout=timeout), pairs
                 )
+            )
     finally:
         containers.remove_all()
+    uid = next((u for _, u in probes if u is not None), None)
+    if uid is not None:
+        findings.append(Finding("runs as non-root", uid != "0", f"uid {uid}"))
+    for found, _ in probes:
+        findings += found
     return findings
+
+
+def _probe(
+    containers: Any,
+    image: str,
+    info: ImageInterfaces,
+    interface: str,
+    protocol: str,
+    *,
+    timeout: float,
+) -> tuple[list[Finding], str | None]:
+    """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
+    from omibuild.images import free_port
+    from omibuild.probe import Target, container_env, predict, wait_ready
+
+    name = f"{interface} {protocol}"
+    protocols = info.interfaces[interface] or ["v1"]
+    is_default = interface == info.default and protocol == protocols[-1]
+    env, port = container_env(interface, protocol, None)
+    if is_default and info.port and str(info.port).strip('"').isdigit():
+        # As a platform would: trust the port label, set only INTERFACE/PROTOCOL.
+        env = {"INTERFACE": interface, "PROTOCOL": protocol}
+        port = int(str(info.port).strip('"'))
+    host_port = free_port()
+    target = Target(interface, protocol, info.model_name or "model", host_port)
+    cid = containers.start(image, env, {port: host_port})
+    seconds = wait_ready(target, timeout, alive=lambda: containers.running(cid))
+    if seconds is None:
+        code = None if containers.running(cid) else containers.exit_code(cid)
+        why = (
+            f"container exited with code {code}"
+            if code is not None
+            else f"not ready within {timeout:.0f}s on port {port}"
+            + (" (the ml.openmodel.port label)" if is_default else "")
+        )
+        tail = containers.logs(cid, tail=5).strip().replace("\n", " | ")[-300:]
+        containers.stop(cid, timeout=2)
+        return [Finding(f"{name}: becomes ready", False, f"{why}; log: {tail}")], None
+    findings = [Finding(f"{name}: becomes ready", True, f"on port {port}", seconds)]
+    uid = containers.exec(cid, ["id", "-u"]).strip()
+    example = _example(containers, cid)
+    if example is not None:
+        findings.append(_predict_finding(name, target, example, predict))
+    if target.grpc:
+        findings.append(_reflection_finding(target))
+    code = containers.stop(cid, timeout=15)
+    findings.append(Finding(f"{name}: exits 0 on SIGTERM", code == 0, f"exit code {code}"))
+    return findings, uid
 
 
 def _example(containers: Any, cid: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omibuild.build.context import staged_context
-from omibuild.build.request import BuildRequest, Executor
+from omibuild.build.request import BuildRequest, BuildResult, Executor
 from omibuild.build.secrets import build_secrets
 from omibuild.errors import BuildError, UsageError
 from omibuild.pipeline import Prepared
@@ -201,10 +202,13 @@ def apply_all(
             secrets = stack.enter_context(build_secrets(m.build.secrets))
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))
+        for directory in sorted({d for r in requests for d in _local_cache_dirs(r)}):
+            stack.enter_context(_cache_dir_lock(directory, progress))
         try:
             results = (
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
+            results = _retry_failed_cache_exports(executor, requests, results, progress)
             with _deferred_interrupts():
                 for job, result in zip(pending, results, strict=True):
                     if result.ok and job.output == "load":
@@ -224,6 +228,61 @@ def apply_all(
             tail = "\n".join(result.log_tail[-25:])
             job.result.error = f"{result.error or 'build failed'}\n{tail}"
     return [j.result for j in jobs]
+
+
+def _retry_failed_cache_exports(
+    executor: Executor,
+    requests: list[BuildRequest],
+    results: list[BuildResult],
+    progress: Progress,
+) -> list[BuildResult]:
+    """A build whose image was made but whose cache export failed is built again (all from
+    the engine's cache) without the export: the cache is an optimisation, never a reason to
+    fail. BuildKit 0.13 sometimes fails the export with "not found" despite ignore-error."""
+    out = list(results)
+    for i, (request, result) in enumerate(zip(requests, results, strict=True)):
+        tail = "\n".join(result.log_tail)
+        if (
+            result.ok
+            or not request.cache_to
+            or not re.search(r"exporting cache|cache manifest", tail)
+        ):
+            continue
+        progress.line(
+            f"{request.tags[0]}: exporting the build cache failed ({result.error or 'error'}); "
+            "building again without exporting it"
+        )
+        out[i] = executor.build(replace(request, cache_to=()))
+    return out
+
+
+def _local_cache_dirs(request: BuildRequest) -> set[Path]:
+    """The local cache directories a build reads or writes (``type=local,src=|dest=``)."""
+    dirs = set()
+    for spec in (*request.cache_from, *request.cache_to):
+        fields = dict(f.split("=", 1) for f in spec.split(",") if "=" in f)
+        if fields.get("type") == "local" and (fields.get("src") or fields.get("dest")):
+            dirs.add(Path(fields.get("dest") or fields["src"]).resolve())
+    return dirs
+
+
+@contextlib.contextmanager
+def _cache_dir_lock(directory: Path, progress: Progress) -> Iterator[None]:
+    """One build at a time per local cache directory: BuildKit's exporter fails ("not
+    found") when two builds write the same directory at once."""
+    import fcntl
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.with_name(directory.name + ".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.line(f"waiting for another build using the cache {directory}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -153,15 +154,17 @@ def test_secrets_never_reach_the_image(
     real_ca = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
     fake_ca = tmp_path / "fake-ca.pem"
     fake_ca.write_text(f"# {marker}\n{real_ca}")  # still a valid bundle for pip
-    text = repo.read_text() + "build:\n  secrets:\n    - {id: token, env: OMI_TEST_TOKEN}\n"
+    # no cache export: the step's layers would only be written to a directory and dropped
+    text = repo.read_text() + (
+        "build:\n  cache: {enabled: false}\n  secrets:\n    - {id: token, env: OMI_TEST_TOKEN}\n"
+    )
     repo.write_text(text)
     # a requirement no earlier build had forces the dependency step (where secrets are
-    # mounted) to run; its layers go to a private cache, not the shared one
+    # mounted) to run
     (repo.parent / "model" / "requirements.txt").write_text(
         (repo.parent / "model" / "requirements.txt").read_text()
         + f"six!=0.0.{int(unique, 16) % 10**9}\n"
     )
-    (cache_dir / "buildkit").unlink()
     plan = _plan(repo)
     refs = [f"{plan['repository']}:{t}" for t in plan["tags"]]
     image_cleanup += refs
@@ -245,3 +248,31 @@ def test_two_manifests_build_together(
         assert image_json(ref)["Config"]["Labels"]["io.omibuild.plan.digest"]
     assert proc.stdout.count("built") >= 2
     shutil.rmtree(tmp_path / "a")
+
+
+def test_two_builds_sharing_a_cache_directory_take_turns(
+    tmp_path: Path, registry: str, unique: str, image_cleanup: list[str], cache_dir: Path
+) -> None:
+    """Two applies of one model name write the same local cache directory; BuildKit's exporter
+    fails ("not found") when they overlap, so the second waits for the first."""
+    (cache_dir / "buildkit").unlink()  # a private directory, empty: both export every layer
+    manifests = []
+    for side in ("a", "b"):
+        repository = f"{registry}/omibuild-test/turns-{side}-{unique}"
+        manifest = copy_example("sklearn-iris", tmp_path / side, repository)
+        plan = _plan(manifest)
+        image_cleanup.extend(f"{plan['repository']}:{t}" for t in plan["tags"])
+        manifests.append(manifest)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "omibuild", "apply", str(m), "--progress", "plain"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in manifests
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    assert any("waiting for another build using the cache" in o + e for o, e in outputs)

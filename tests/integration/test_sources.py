@@ -47,6 +47,7 @@ def _log_model(tracking: str, name: str, c: float) -> tuple[str, str]:
     """Log and register a small sklearn model; returns (run id, version)."""
     import mlflow
     import mlflow.sklearn
+    import sklearn
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -59,6 +60,8 @@ def _log_model(tracking: str, name: str, c: float) -> tuple[str, str]:
                 LogisticRegression(C=c, max_iter=300).fit(x, y),
                 name="model",
                 registered_model_name=name,
+                # stated, not inferred: inference loads the model in a subprocess (seconds)
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
             )
     return run.info.run_id, str(info.registered_model_version)
 

@@ -112,6 +112,31 @@ def test_a_failed_build_leaves_no_tag(repo: Path, tmp_path: Path) -> None:
     assert not any((tmp_path / "c" / "contexts").glob("*.new-*"))
 
 
+def test_a_failed_cache_export_builds_again_without_it(repo: Path, tmp_path: Path) -> None:
+    class ExportFails(Recorder):
+        def build(self, request: BuildRequest) -> BuildResult:
+            if request.cache_to:  # the image is made, then exporting its cache fails
+                self.built.append(request)
+                return BuildResult(
+                    ok=False,
+                    log_tail=["#20 exporting cache to client directory", "#20 DONE 0.1s"],
+                    error="ERROR: failed to solve: not found",
+                )
+            return super().build(request)
+
+    cache, rec = Cache(tmp_path / "c"), ExportFails()
+    p = _prepare(repo, cache)
+    [result] = apply_all([p], rec, cache, QUIET, ApplyOptions())
+    assert result.status == "built"
+    assert [bool(r.cache_to) for r in rec.built] == [True, False]
+    assert rec.built[1].cache_from == rec.built[0].cache_from
+    assert set(p.plan.image_refs) <= set(rec.tags)
+    # any other failure is not retried
+    cache, plain = Cache(tmp_path / "d"), Recorder(ok=False)
+    apply_all([_prepare(repo, cache)], plain, cache, QUIET, ApplyOptions())
+    assert len(plain.built) == 1
+
+
 def test_several_manifests_are_one_bake(repo: Path, tmp_path: Path) -> None:
     other = tmp_path / "o"
     shutil.copytree(EXAMPLES / "sklearn-iris", other, ignore=shutil.ignore_patterns("omi.lock"))

@@ -36,9 +36,13 @@ def test_pyfunc_flavor_serves_an_mlflow_model(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mlflow.sklearn
+        import sklearn
 
         mlflow.sklearn.save_model(
-            joblib.load(EXAMPLES / "sklearn-iris/model/model.joblib"), str(tmp_path / "m")
+            joblib.load(EXAMPLES / "sklearn-iris/model/model.joblib"),
+            str(tmp_path / "m"),
+            # stated, not inferred: inference loads the model in a subprocess (seconds)
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
         )
         flavor = FLAVORS["pyfunc"]()
         flavor.load(tmp_path / "m", {})
