@@ -37,17 +37,37 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Any, length: str | None, limit: int) -> bytes:
+    """The whole request body from an ASGI ``receive``, refused (413) above ``limit``."""
     if length and length.isdigit() and int(length) > limit:
         raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise HTTPError(413, f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def error_status(exc: Exception) -> tuple[int, str] | None:
+    """The status and message of an error every protocol answers in its own shape."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message
+    if isinstance(exc, InputError):
+        return 400, str(exc)
+    if isinstance(exc, PredictError):
+        return 500, str(exc)
+    return None
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -110,12 +130,9 @@ def endpoint(route: str, metrics: Metrics, error_body: ErrorBody) -> Callable[[H
             start = time.perf_counter()
             try:
                 response = await fn(request)
-            except HTTPError as exc:
-                response = json_response(error_body(exc.status, exc.message), exc.status)
-            except InputError as exc:
-                response = json_response(error_body(400, str(exc)), 400)
-            except PredictError as exc:
-                response = json_response(error_body(500, str(exc)), 500)
+            except (HTTPError, InputError, PredictError) as exc:
+                status, message = error_status(exc) or (500, str(exc))
+                response = json_response(error_body(status, message), status)
             metrics.observe(route, response.status_code, time.perf_counter() - start)
             return response
 
@@ -180,8 +197,9 @@ class HotRoute:
             return
         start = time.perf_counter()
         headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         try:
-            body = await _receive(receive, headers.get(b"content-length"), self.limit)
+            body = await receive_body(receive, length and length.decode(), self.limit)
             status, payload, media_type, extra = await self.handler(name, body, headers)
         except Exception as exc:
             status, payload, media_type, extra = self._error(exc)
@@ -200,32 +218,10 @@ class HotRoute:
         self.metrics.observe(self.route, status, time.perf_counter() - start)
 
     def _error(self, exc: Exception) -> Payload:
-        if isinstance(exc, HTTPError):
-            status, message = exc.status, exc.message
-        elif isinstance(exc, InputError):
-            status, message = 400, str(exc)
-        elif isinstance(exc, PredictError):
-            status, message = 500, str(exc)
-        else:  # a bug of ours: answer like any other 500 and keep serving
+        known = error_status(exc)
+        if known is None:  # a bug of ours: answer like any other 500 and keep serving
             log.error("request failed", route=self.route, error=f"{type(exc).__name__}: {exc}")
-            status, message = 500, f"internal error: {type(exc).__name__}: {exc}"
+            known = 500, f"internal error: {type(exc).__name__}: {exc}"
+        status, message = known
         body = json.dumps(self.error_body(status, message), separators=(",", ":")).encode()
         return status, body, JSON, []
-
-
-async def _receive(receive: Any, length: bytes | None, limit: int) -> bytes:
-    if length and length.isdigit() and int(length) > limit:
-        raise HTTPError(413, f"request body of {int(length)} bytes is over the limit of {limit}")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HTTPError(400, "the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

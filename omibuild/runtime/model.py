@@ -200,23 +200,15 @@ class PredictLane:
         self.predict = predict
         self.coalesce_rows = coalesce_rows
         self.queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self.threads = threads
+        self.threads = threads  # started by the first request (submit runs on the event loop)
         self.started = False
-        self.lock = threading.Lock()
         self.coalesced = 0  # predict calls that served more than one request
-
-    def _start(self) -> None:
-        with self.lock:
-            if not self.started:
-                for i in range(self.threads):
-                    threading.Thread(
-                        target=self._work, name=f"omi-predict-{i}", daemon=True
-                    ).start()
-                self.started = True
 
     def submit(self, inputs: Any, *, alone: bool = False) -> asyncio.Future[Any]:
         if not self.started:
-            self._start()
+            for i in range(self.threads):
+                threading.Thread(target=self._work, name=f"omi-predict-{i}", daemon=True).start()
+            self.started = True
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         rows = None if alone or not self.coalesce_rows else _rows_of(inputs)
