@@ -45,6 +45,16 @@ class ModelService:
             else 0
         )
         self.lane = PredictLane(self.predict, config.predict_threads, coalesce)
+        self._ready_lock = threading.Lock()
+        self._on_ready: list[Callable[[], None]] = []
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the model is loaded: now if it is, else from the load thread."""
+        with self._ready_lock:
+            if not self.ready:
+                self._on_ready.append(callback)
+                return
+        callback()
 
     @property
     def name(self) -> str:
@@ -66,7 +76,11 @@ class ModelService:
                 self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
             self.flavor.load(self.config.model_dir, self.config.raw)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
-            self.ready = True
+            with self._ready_lock:
+                self.ready = True
+                callbacks, self._on_ready = self._on_ready, []
+            for callback in callbacks:
+                callback()
             log.info("model ready", model=self.name, flavor=self.config.flavor, **self.stats)
         except Exception as exc:  # reported by readiness and the log, never a crash loop
             self.load_error = f"{type(exc).__name__}: {exc}"

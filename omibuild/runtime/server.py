@@ -3,6 +3,7 @@ loop), gRPC beside it or alone, graceful on SIGTERM (in-flight requests finish, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -21,9 +22,16 @@ GRACE_SECONDS = 30
 
 
 def create_app(
-    config: RuntimeConfig | None = None, service: ModelService | None = None, load: bool = True
+    config: RuntimeConfig | None = None,
+    service: ModelService | None = None,
+    load: bool = True,
+    worker: bool = False,
 ) -> Any:
-    """The ASGI app for the configured interface (a uvicorn factory for multi-worker runs)."""
+    """The ASGI app for the configured interface.
+
+    Alone, it answers at once and loads the model in the background (readiness says 503 until
+    it has). As one ``worker`` of several, it loads the model before it accepts a connection,
+    so the workers that are ready take all the traffic, then serves gRPC beside HTTP."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
@@ -43,9 +51,17 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if config.max_batch_size > 1 and service.flavor.vectorised:
             service.batcher = Batcher(service, config.max_batch_size, config.max_latency_ms)
-        if load and not service.ready:
+        grpc_server = None
+        if worker:
+            if load and not service.ready:  # a failure is reported by readiness, as alone
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(service.load)
+            grpc_server = _worker_grpc(adapter, config)
+        elif load and not service.ready:
             service.load_in_background()
         yield
+        if grpc_server is not None:
+            await asyncio.to_thread(lambda: grpc_server.stop(GRACE_SECONDS).wait())
 
     routes = [*adapter.routes(), Route("/metrics", metrics_route)]
     app: Any = Starlette(routes=routes, lifespan=lifespan)
@@ -59,7 +75,40 @@ def create_app(
     return app
 
 
-def _grpc_server(servicers: list[tuple[str, Any]], port: int) -> Any:
+def worker_app() -> Any:
+    """The uvicorn factory for OMI_WORKERS > 1: each worker process loads its own model and
+    serves gRPC beside HTTP on the shared gRPC port (gRPC binds with SO_REUSEPORT, so the kernel
+    spreads connections over the workers, as it does for HTTP)."""
+    return create_app(worker=True)
+
+
+def _worker_grpc(adapter: Any, config: RuntimeConfig) -> Any:
+    servicers = adapter.grpc_servicers() if adapter.http else []
+    if not servicers:
+        return None
+    try:
+        return _grpc_server(servicers, _grpc_port(config), adapter.service)
+    except ConfigError as err:  # one line, and uvicorn's code for a worker that cannot start
+        print(f"omibuild runtime: {err}", file=sys.stderr, flush=True)
+        os._exit(3)
+
+
+def _grpc_port(config: RuntimeConfig) -> int:
+    return config.grpc_port or config.port + 1
+
+
+def _check_port_free(port: int) -> None:
+    """Fail with one line before any worker starts if another process holds the gRPC port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # IPv6 may be off
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError as err:
+            raise ConfigError(f"cannot listen on gRPC port {port}: {err.strerror}") from None
+
+
+def _grpc_server(servicers: list[tuple[str, Any]], port: int, service: ModelService) -> Any:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -77,10 +126,17 @@ def _grpc_server(servicers: list[tuple[str, Any]], port: int) -> Any:
     for name, generic in servicers:
         server.add_generic_rpc_handlers((generic,))
         names.append(name)
+    # grpc.health.v1 answers NOT_SERVING until the model is loaded, so gRPC readiness probes
+    # (Kubernetes' grpc probe, Chassis clients) agree with ServerReady and the HTTP routes.
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def mark(status: Any) -> None:
+        for name in ["", *names]:
+            health_servicer.set(name, status)
+
+    mark(health_pb2.HealthCheckResponse.NOT_SERVING)
+    service.when_ready(lambda: mark(health_pb2.HealthCheckResponse.SERVING))
     reflection.enable_server_reflection(
         [
             *names,
@@ -90,7 +146,11 @@ def _grpc_server(servicers: list[tuple[str, Any]], port: int) -> Any:
         server,
         pool=POOL,
     )
-    if server.add_insecure_port(f"[::]:{port}") == 0:
+    try:
+        bound = server.add_insecure_port(f"[::]:{port}")
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        bound = 0
+    if bound == 0:
         raise ConfigError(f"cannot listen on gRPC port {port}")
     server.start()
     log.info("grpc listening", port=port, services=names)
@@ -101,7 +161,7 @@ def _serve_grpc_only(config: RuntimeConfig, service: ModelService, servicers: li
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = _grpc_server(servicers, config.port)
+    server = _grpc_server(servicers, config.port, service)
     service.load_in_background()
     stop.wait()
     log.info("stopping", grace_seconds=GRACE_SECONDS)
@@ -117,9 +177,11 @@ def serve(config: RuntimeConfig) -> int:
     servicers = app.state.adapter.grpc_servicers()
     if not app.state.adapter.http:
         return _serve_grpc_only(config, service, servicers)
-    grpc_server = (
-        _grpc_server(servicers, config.grpc_port or config.port + 1) if servicers else None
-    )
+    grpc_server = None
+    if servicers:
+        _check_port_free(_grpc_port(config))
+        if config.workers == 1:  # else each worker serves gRPC itself (worker_app)
+            grpc_server = _grpc_server(servicers, _grpc_port(config), service)
     log.info(
         "http listening",
         interface=config.interface,
@@ -145,7 +207,7 @@ def serve(config: RuntimeConfig) -> int:
     if config.workers > 1:
         # each worker process builds its own app (and loads its own model) from the environment
         uvicorn.run(
-            "omibuild.runtime.server:create_app", factory=True, workers=config.workers, **common
+            "omibuild.runtime.server:worker_app", factory=True, workers=config.workers, **common
         )
     else:
         uvicorn.Server(uvicorn.Config(app, **common)).run()

@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import operator
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -273,6 +274,36 @@ def test_error_paths(name: str, omi_tree: Path) -> None:
         assert s.stop() == 0  # graceful SIGTERM: exit 0
 
 
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_predict_runs_off_the_event_loop(name: str, tmp_path: Path, omi_tree: Path) -> None:
+    """Every HTTP interface hands predict to the predict lane; the loop (uvicorn's main
+    thread) never runs it. The model answers with the name of the thread that ran it."""
+    interface, protocol = name.split()
+    tree = tmp_path / "where"
+    (tree / "code").mkdir(parents=True)
+    (tree / "model").symlink_to(omi_tree / "model")
+    (tree / "code" / "where.py").write_text(
+        "import threading\n\nclass Where:\n    def load(self, model_dir):\n        pass\n"
+        "    def predict(self, x):\n"
+        "        return [threading.current_thread().name for _ in range(len(x))]\n"
+    )
+    config = json.loads((omi_tree / "omi.json").read_text())
+    config |= {"flavor": "custom", "predictor": "where:Where"}
+    config["interfaces"]["modzy"]["protocols"] = ["v1", "v2"]
+    (tree / "omi.json").write_text(json.dumps(config))
+    s = start_process(tree, interface, protocol)
+    try:
+        path = ERRORS[name][0].format(model=s.model)
+        body: Any = {"mlflow": {"inputs": ROWS}}.get(interface, {"instances": ROWS})
+        if name == "kfserving v2":
+            body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ROWS[0]}]}
+        status, answer, _ = http("POST", s.url + path, body)
+        assert status == 200, answer
+        assert b"omi-predict-" in answer and b"MainThread" not in answer, answer
+    finally:
+        assert s.stop() == 0
+
+
 def test_a_hook_that_raises_is_a_500_and_the_server_stays_up(hooks_tree: Path) -> None:
     s = start_process(hooks_tree, "kfserving", "v1", {"IRIS_LABELS": "setosa,versicolor,virginica"})
     try:
@@ -330,19 +361,61 @@ def test_not_ready_is_503_until_the_model_loads(tmp_path: Path, omi_tree: Path) 
         assert status == 503
         assert http("GET", f"{s.url}/v2/health/live")[0] == 200
         assert http("POST", f"{s.url}/v2/models/{s.model}/infer", body)[0] == 503
+        assert grpc_health(s.grpc_port) == "NOT_SERVING"  # a gRPC readiness probe agrees
         gate.touch()
         while http("GET", f"{s.url}/v2/health/ready")[0] != 200:
             assert time.monotonic() < deadline, "the model never became ready"
             time.sleep(0.1)
         assert http("POST", f"{s.url}/v2/models/{s.model}/infer", body)[0] == 200
+        assert grpc_health(s.grpc_port) == "SERVING"
     finally:
         gate.touch()
         s.stop()
 
 
+def grpc_health(port: int | None, service: str = "") -> str:
+    """grpc.health.v1 Check, as Kubernetes' grpc readiness probe asks it."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_several_workers_each_serve_grpc_beside_http(omi_tree: Path) -> None:
+    """OMI_WORKERS > 1: every worker process loads the model and serves both ports."""
+    import tritonclient.grpc as triton
+
+    s = start_process(omi_tree, "kfserving", "v2", {"OMI_WORKERS": "2"})
+    try:
+        data = np.array(ROWS, dtype=np.float64)
+        for _ in range(6):  # new connections, spread over the workers by the kernel
+            client = triton.InferenceServerClient(url=f"127.0.0.1:{s.grpc_port}")
+            assert client.is_server_ready()
+            tensor = triton.InferInput("input-0", list(data.shape), "FP64")
+            tensor.set_data_from_numpy(data)
+            assert client.infer(s.model, [tensor]).as_numpy("output-0").tolist() == EXPECTED
+            client.close()
+        assert grpc_health(s.grpc_port, "inference.GRPCInferenceService") == "SERVING"
+        status, body, _ = http("POST", f"{s.url}/v1/models/{s.model}:predict", {"instances": ROWS})
+        assert status == 200 and json.loads(body) == {"predictions": EXPECTED}
+        deadline = time.monotonic() + 60  # a worker listens once its own model has loaded
+        while True:
+            listeners = subprocess.run(
+                ["ss", "-Hltn", f"sport = :{s.grpc_port}"], capture_output=True, text=True
+            ).stdout.splitlines()
+            if len(listeners) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(listeners) == 2, listeners  # one gRPC listener per worker
+    finally:
+        assert s.stop() == 0
+
+
 def test_unknown_interface_stops_the_container_with_one_line(omi_tree: Path) -> None:
     import os
-    import subprocess
     import sys
 
     env = {**os.environ, "OMI_CONFIG": str(omi_tree / "omi.json"), "INTERFACE": "triton"}

@@ -42,6 +42,20 @@ def instances_of(raw: bytes) -> list[Any]:
     return [value]
 
 
+def _instances(item: dict[str, bytes]) -> list[Any]:
+    if not item:
+        raise InputError("empty input item")
+    return instances_of(item.get("input", next(iter(item.values()))))
+
+
+def _succeeded(predictions: Any) -> tuple[bool, bytes]:
+    return True, json.dumps({"predictions": to_jsonable(predictions)}).encode()
+
+
+def _failed(exc: Exception) -> tuple[bool, bytes]:
+    return False, json.dumps({"error": str(exc)}).encode()
+
+
 def _shutdown_soon() -> None:
     threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
 
@@ -60,17 +74,23 @@ class ModzyAdapter:
         return {"statusCode": status, "status": "Error", "message": message}
 
     def run_items(self, items: list[dict[str, bytes]]) -> list[tuple[bool, bytes]]:
+        """For the gRPC handler, which runs in gRPC's worker threads."""
         results = []
         for item in items:
             try:
-                if not item:
-                    raise InputError("empty input item")
-                raw = item.get("input", next(iter(item.values())))
-                predictions = self.service.predict(instances_of(raw))
-                body = json.dumps({"predictions": to_jsonable(predictions)}).encode()
-                results.append((True, body))
+                results.append(_succeeded(self.service.predict(_instances(item))))
             except (InputError, PredictError) as exc:
-                results.append((False, json.dumps({"error": str(exc)}).encode()))
+                results.append(_failed(exc))
+        return results
+
+    async def arun_items(self, items: list[dict[str, bytes]]) -> list[tuple[bool, bytes]]:
+        """For the REST routes: each item's predict runs on the predict lane, off the loop."""
+        results = []
+        for item in items:
+            try:
+                results.append(_succeeded(await self.service.apredict(_instances(item))))
+            except (InputError, PredictError) as exc:
+                results.append(_failed(exc))
         return results
 
     def status(self) -> dict[str, Any]:
@@ -99,9 +119,9 @@ class ModzyAdapter:
                 raise HTTPError(503, "model is not ready")
             body = await read_json(request, self.config.max_body_bytes)
             if isinstance(body, dict) and body.get("type") == "file":
-                return self._run_files(body)
+                return await self._run_files(body)
             items = body if isinstance(body, list) else [body]
-            results = self.run_items([{"input": json.dumps(i).encode()} for i in items])
+            results = await self.arun_items([{"input": json.dumps(i).encode()} for i in items])
             outputs = [json.loads(blob) for _, blob in results]
             failed = [o["error"] for (ok, _), o in zip(results, outputs, strict=True) if not ok]
             if failed:
@@ -121,18 +141,22 @@ class ModzyAdapter:
             Route("/shutdown", ep("shutdown")(shutdown), methods=["POST"]),
         ]
 
-    def _run_files(self, body: dict[str, Any]) -> Response:
+    async def _run_files(self, body: dict[str, Any]) -> Response:
+        import asyncio
         from pathlib import Path
 
         src, dst = Path(str(body.get("input", ""))), Path(str(body.get("output", "")))
         if not src.is_dir() or not dst.is_dir():
             raise HTTPError(400, "file jobs need existing `input` and `output` directories")
-        items = [{"input": p.read_bytes()} for p in sorted(src.iterdir()) if p.is_file()]
-        results = self.run_items(items)
-        for (_ok, blob), path in zip(
-            results, sorted(p for p in src.iterdir() if p.is_file()), strict=True
-        ):
-            (dst / f"{path.stem}.{RESULTS}").write_bytes(blob)
+        paths = sorted(p for p in src.iterdir() if p.is_file())
+        items = await asyncio.to_thread(lambda: [{"input": p.read_bytes()} for p in paths])
+        results = await self.arun_items(items)
+
+        def write() -> None:
+            for (_ok, blob), path in zip(results, paths, strict=True):
+                (dst / f"{path.stem}.{RESULTS}").write_bytes(blob)
+
+        await asyncio.to_thread(write)
         return json_response(
             {"statusCode": 200, "status": "OK", "message": f"{len(results)} input(s) processed"}
         )
