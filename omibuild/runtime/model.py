@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import queue
 import threading
 import time
@@ -76,6 +77,11 @@ class ModelService:
                 self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
             self.flavor.load(self.config.model_dir, self.config.raw)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
+            # Everything loaded so far (the libraries' modules, the model) lives as long as the
+            # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn
+            # process drops from ~40 ms, a stall of every request in flight, to well under 1 ms.
+            gc.freeze()
+            self.stats["gc_frozen_objects"] = gc.get_freeze_count()
             with self._ready_lock:
                 self.ready = True
                 callbacks, self._on_ready = self._on_ready, []

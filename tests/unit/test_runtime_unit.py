@@ -124,6 +124,37 @@ def test_config_port_precedence(tmp_path: Path) -> None:
         load_config({**base, "OMI_PREDICT_THREADS": "0"})
 
 
+def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path: Path) -> None:
+    """After load, a full collection no longer re-scans the libraries and the model."""
+    import gc
+
+    from omibuild.runtime.model import ModelService
+
+    config = {
+        "name": "iris",
+        "version": "1",
+        "flavor": "sklearn",
+        "model_file": "model.joblib",
+        "default_interface": "kfserving",
+        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
+        "interfaces": {"kfserving": {"protocols": ["v2"], "port": 8080}},
+        "model": {"files": []},
+    }
+    (tmp_path / "omi.json").write_text(json.dumps(config))
+    (tmp_path / "model").symlink_to(EXAMPLES / "sklearn-iris" / "model")
+    env = {"OMI_CONFIG": str(tmp_path / "omi.json"), "OMI_VERIFY_MODEL": "0"}
+    service = ModelService(load_config(env))
+    try:
+        service.load()
+        model = service.flavor.model
+        assert gc.is_tracked(model) and gc.get_freeze_count() > 10_000
+        assert not any(o is model for o in gc.get_objects())  # not in any collected generation
+        assert service.stats["gc_frozen_objects"] > 10_000
+        assert service.predict(np.array(ROWS)).tolist() == [0, 2]
+    finally:
+        gc.unfreeze()
+
+
 def test_batcher_merges_concurrent_requests() -> None:
     calls: list[int] = []
 
