@@ -107,7 +107,6 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
     grpc_port = body.get("grpc_port")
     if grpc_port and env.get("GRPC_PORT"):
         grpc_port = _port(env["GRPC_PORT"], "GRPC_PORT")
-    workers = env.get("OMI_WORKERS") or str(runtime.get("workers", 1))
     return RuntimeConfig(
         interface=interface,
         protocol=protocol,
@@ -120,12 +119,14 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
         raw=raw,
         env=env,
         protocols=protocols,
-        workers=max(1, int(workers)) if workers.isdigit() else 1,
-        max_body_bytes=int(
-            env.get("OMI_MAX_BODY_BYTES") or runtime.get("max_body_bytes", 64 << 20)
+        workers=_count(env, "OMI_WORKERS", runtime.get("workers", 1), minimum=1),
+        max_body_bytes=_count(
+            env, "OMI_MAX_BODY_BYTES", runtime.get("max_body_bytes", 64 << 20), minimum=1
         ),
-        max_batch_size=int(env.get("OMI_MAX_BATCH_SIZE") or runtime.get("max_batch_size", 0)),
-        max_latency_ms=float(env.get("OMI_MAX_LATENCY_MS") or runtime.get("max_latency_ms", 5.0)),
+        max_batch_size=_count(
+            env, "OMI_MAX_BATCH_SIZE", runtime.get("max_batch_size", 0), minimum=0
+        ),
+        max_latency_ms=_millis(env, "OMI_MAX_LATENCY_MS", runtime.get("max_latency_ms", 5.0)),
         verify=env.get("OMI_VERIFY_MODEL", "1").lower() not in ("0", "false", "no", "off"),
         predict_threads=_count(env, "OMI_PREDICT_THREADS", 1, minimum=1),
         coalesce_rows=_count(env, "OMI_COALESCE_ROWS", 256, minimum=0),
@@ -135,7 +136,20 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
 def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     value = env.get(name)
     if value is None or value == "":
-        return default
+        return int(default)
     if not value.isdigit() or int(value) < minimum:
         raise ConfigError(f"{name}={value!r} must be a whole number of at least {minimum}")
     return int(value)
+
+
+def _millis(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None or value == "":
+        return float(default)
+    try:
+        millis = float(value)
+    except ValueError:
+        millis = -1.0
+    if not 0 <= millis <= 60_000:  # also rejects nan
+        raise ConfigError(f"{name}={value!r} must be milliseconds between 0 and 60000")
+    return millis

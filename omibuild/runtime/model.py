@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import queue
@@ -36,16 +37,21 @@ class ModelService:
         self.flavor: Any = (
             flavor_cls(config.code_dir) if flavor_cls is CustomFlavor else flavor_cls()
         )
-        self.batcher: Batcher | None = None
         self.stats: dict[str, Any] = {}
-        coalesce = (
-            config.coalesce_rows
-            if self.flavor.vectorised
+        mergeable = (
+            self.flavor.vectorised
             and not config.raw.get("hooks", {}).get("preprocess")
             and not config.raw.get("hooks", {}).get("postprocess")
-            else 0
         )
-        self.lane = PredictLane(self.predict, config.predict_threads, coalesce)
+        batching = mergeable and config.max_batch_size > 1
+        self.lane = PredictLane(
+            self.predict,
+            config.predict_threads,
+            coalesce_rows=(config.max_batch_size if batching else config.coalesce_rows)
+            if mergeable
+            else 0,
+            max_wait_ms=config.max_latency_ms if batching else 0.0,
+        )
         self._ready_lock = threading.Lock()
         self._on_ready: list[Callable[[], None]] = []
 
@@ -125,9 +131,15 @@ class ModelService:
         return outputs
 
     async def apredict(self, inputs: Any) -> Any:
-        if self.batcher is not None and isinstance(inputs, list):
-            return await self.batcher.submit(inputs)
+        """From the event loop: predict on the lane."""
         return await self.lane.submit(inputs)
+
+    def predict_blocking(self, inputs: Any) -> Any:
+        """From a gRPC worker thread. With adaptive batching on, through the lane, so gRPC and
+        REST requests batch together; otherwise right here, which spares a thread hop."""
+        if self.lane.max_wait:
+            return self.lane.call(inputs)
+        return self.predict(inputs)
 
 
 def _as_array(rows: list[Any]) -> Any:
@@ -154,86 +166,66 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-class Batcher:
-    """Adaptive batching for vectorised flavors: requests arriving within ``max_latency_ms``
-    (up to ``max_batch_size`` rows) run as one predict call; each gets its own rows back."""
-
-    def __init__(self, service: ModelService, max_batch_size: int, max_latency_ms: float) -> None:
-        self.service = service
-        self.max_rows = max_batch_size
-        self.max_wait = max_latency_ms / 1000
-        self.queue: asyncio.Queue[tuple[list[Any], asyncio.Future[Any]]] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, rows: list[Any]) -> Any:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((rows, future))
-        return await future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            rows = len(batch[0][0])
-            deadline = loop.time() + self.max_wait
-            while rows < self.max_rows:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
-                batch.append(item)
-                rows += len(item[0])
-            merged = [row for rows_, _ in batch for row in rows_]
-            try:
-                out = await self.service.lane.submit(merged, alone=True)
-            except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            start = 0
-            for rows_, fut in batch:
-                part = out[start : start + len(rows_)]
-                start += len(rows_)
-                if not fut.done():
-                    fut.set_result(part)
-
-
 class PredictLane:
     """Predict off the event loop, on ``threads`` dedicated threads fed by one queue.
 
     A bare queue and ``call_soon_threadsafe`` cost less per request than
-    ``run_in_executor``'s pool bookkeeping (about 5% of a small model's request). With
-    ``coalesce_rows`` > 0, a thread that finds more requests already waiting runs them as one
-    predict call on their concatenated rows and hands each request its own rows back: batching
-    that never waits for a batch to fill, so it adds no latency at low load and takes the
-    queueing out of high load. Only for vectorised flavors without hooks; when a merged call
-    fails or returns something without one result per row, each request runs on its own, so
-    errors stay with the request that caused them."""
+    ``run_in_executor``'s pool bookkeeping (about 5% of a small model's request).
 
-    def __init__(self, predict: Callable[[Any], Any], threads: int, coalesce_rows: int) -> None:
+    With ``coalesce_rows`` > 0, a thread that takes a request also takes the requests waiting
+    behind it, up to that many rows, and runs them as one predict call on their concatenated
+    rows, handing each request its own rows back. By default it takes only what is already
+    waiting: batching that never waits for a batch to fill, adding no latency at low load and
+    taking the queueing out of high load. ``max_wait_ms`` > 0 is adaptive batching
+    (OMI_MAX_BATCH_SIZE, OMI_MAX_LATENCY_MS): the thread waits up to that long for more rows.
+    Only for vectorised flavors without hooks; when a merged call fails or returns something
+    without one result per row, each request runs on its own, so errors stay with the request
+    that caused them."""
+
+    def __init__(
+        self,
+        predict: Callable[[Any], Any],
+        threads: int,
+        coalesce_rows: int,
+        max_wait_ms: float = 0.0,
+    ) -> None:
         self.predict = predict
         self.coalesce_rows = coalesce_rows
+        self.max_wait = max_wait_ms / 1000 if coalesce_rows else 0.0
         self.queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self.threads = threads  # started by the first request (submit runs on the event loop)
+        self.threads = threads  # started by the first request
         self.started = False
+        self._start_lock = threading.Lock()
         self.coalesced = 0  # predict calls that served more than one request
 
-    def submit(self, inputs: Any, *, alone: bool = False) -> asyncio.Future[Any]:
+    def _start(self) -> None:
+        with self._start_lock:
+            if not self.started:
+                for i in range(self.threads):
+                    threading.Thread(
+                        target=self._work, name=f"omi-predict-{i}", daemon=True
+                    ).start()
+                self.started = True
+
+    def submit(self, inputs: Any) -> asyncio.Future[Any]:
+        """From the event loop: a future the loop resolves with the result."""
         if not self.started:
-            for i in range(self.threads):
-                threading.Thread(target=self._work, name=f"omi-predict-{i}", daemon=True).start()
-            self.started = True
+            self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        rows = None if alone or not self.coalesce_rows else _rows_of(inputs)
-        self.queue.put(_Job(loop, future, inputs, rows))
+        self.queue.put(_Job(loop, future, inputs, self._rows(inputs)))
         return future
+
+    def call(self, inputs: Any) -> Any:
+        """From any other thread: wait for the result."""
+        if not self.started:
+            self._start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.queue.put(_Job(None, future, inputs, self._rows(inputs)))
+        return future.result()
+
+    def _rows(self, inputs: Any) -> int | None:
+        return _rows_of(inputs) if self.coalesce_rows else None
 
     def _work(self) -> None:
         get, get_nowait = self.queue.get, self.queue.get_nowait
@@ -243,9 +235,13 @@ class PredictLane:
                 job.run(self.predict)
                 continue
             batch, later, rows = [job], [], job.rows
+            deadline = time.monotonic() + self.max_wait
             while rows < self.coalesce_rows:
                 try:
-                    more = get_nowait()
+                    if self.max_wait:
+                        more = get(timeout=max(0.0, deadline - time.monotonic()))
+                    else:
+                        more = get_nowait()
                 except queue.Empty:
                     break
                 if more.rows is not None and _compatible(job.inputs, more.inputs):
@@ -285,12 +281,15 @@ class PredictLane:
 
 
 class _Job:
+    """One request on the lane. ``loop`` is set for an asyncio future (resolved on its loop),
+    None for a concurrent.futures one (resolved from the lane's thread)."""
+
     __slots__ = ("future", "inputs", "loop", "rows")
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         inputs: Any,
         rows: int | None,
     ) -> None:
@@ -299,16 +298,26 @@ class _Job:
     def run(self, predict: Callable[[Any], Any]) -> None:
         try:
             result = predict(self.inputs)
-        except BaseException as exc:  # handed to the awaiting request
-            self.loop.call_soon_threadsafe(_settle, self.future, None, exc)
+        except BaseException as exc:  # handed to the waiting request
+            self.settle(None, exc)
         else:
-            self.resolve(result)
+            self.settle(result, None)
 
     def resolve(self, result: Any) -> None:
-        self.loop.call_soon_threadsafe(_settle, self.future, result, None)
+        self.settle(result, None)
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        if self.loop is None:
+            _settle(self.future, result, error)
+        else:
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
     if future.done():  # the request was cancelled (client gone)
         return
     if error is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import Batcher, ModelService
+from omibuild.runtime.model import ModelService
 
 GRACE_SECONDS = 30
 
@@ -49,8 +49,6 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if config.max_batch_size > 1 and service.flavor.vectorised:
-            service.batcher = Batcher(service, config.max_batch_size, config.max_latency_ms)
         grpc_server = None
         if worker:
             if load and not service.ready:  # a failure is reported by readiness, as alone

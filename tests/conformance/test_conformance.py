@@ -414,6 +414,56 @@ def test_several_workers_each_serve_grpc_beside_http(omi_tree: Path) -> None:
         assert s.stop() == 0
 
 
+def test_adaptive_batching_merges_rest_and_grpc_requests(omi_tree: Path) -> None:
+    """OMI_MAX_BATCH_SIZE/OMI_MAX_LATENCY_MS: requests from both protocols that arrive within
+    the latency run as one predict call, and each gets its own rows back."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as triton
+
+    extra = {"OMI_MAX_BATCH_SIZE": "64", "OMI_MAX_LATENCY_MS": "250"}
+    s = start_process(omi_tree, "kfserving", "v2", extra)
+    try:
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{s.grpc_port}")
+
+        def rest(row: list[float]) -> Any:
+            body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": row}]}
+            status, answer, _ = http("POST", f"{s.url}/v2/models/{s.model}/infer", body)
+            assert status == 200, answer
+            return json.loads(answer)["outputs"][0]["data"]
+
+        def grpc(row: list[float]) -> Any:
+            tensor = triton.InferInput("input-0", [1, 4], "FP64")
+            tensor.set_data_from_numpy(np.array([row]))
+            return client.infer(s.model, [tensor]).as_numpy("output-0").tolist()
+
+        def merged_calls() -> int:
+            text = http("GET", f"{s.url}/metrics")[1].decode()
+            found = re.search(r"omi_predict_coalesced_total (\d+)", text)
+            assert found, text
+            return int(found.group(1))
+
+        def staggered(fn: Callable[[list[float]], Any]) -> list[Any]:
+            """Four requests 30 ms apart: each would be long answered before the next arrives
+            if the lane did not wait for more rows."""
+            with ThreadPoolExecutor(4) as pool:
+                calls = []
+                for row in ROWS * 2:
+                    calls.append(pool.submit(fn, row))
+                    time.sleep(0.03)
+                return [c.result() for c in calls]
+
+        assert staggered(rest) == [[e] for e in EXPECTED * 2]
+        after_rest = merged_calls()
+        assert after_rest >= 1
+        assert staggered(grpc) == [[e] for e in EXPECTED * 2]
+        assert merged_calls() > after_rest  # gRPC requests batch on the same lane
+        client.close()
+    finally:
+        assert s.stop() == 0
+
+
 def test_unknown_interface_stops_the_container_with_one_line(omi_tree: Path) -> None:
     import os
     import sys

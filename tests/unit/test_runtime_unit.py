@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from omibuild.runtime.codec import decode_input, encode_output, split_request
 from omibuild.runtime.config import ConfigError, load_config
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor
-from omibuild.runtime.model import Batcher, InputError, PredictLane
+from omibuild.runtime.model import InputError, PredictLane
 from tests.conftest import EXAMPLES
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -122,6 +123,17 @@ def test_config_port_precedence(tmp_path: Path) -> None:
     assert load_config({**base, "OMI_COALESCE_ROWS": "0"}).coalesce_rows == 0
     with pytest.raises(ConfigError, match="OMI_PREDICT_THREADS='0' must be a whole number"):
         load_config({**base, "OMI_PREDICT_THREADS": "0"})
+    for name, bad in [
+        ("OMI_WORKERS", "two"),
+        ("OMI_MAX_BODY_BYTES", "64M"),
+        ("OMI_MAX_BATCH_SIZE", "-1"),
+        ("OMI_MAX_LATENCY_MS", "nan"),
+        ("OMI_MAX_LATENCY_MS", "5ms"),
+    ]:
+        with pytest.raises(ConfigError, match=f"{name}={bad!r} must be"):
+            load_config({**base, name: bad})
+    tuned = load_config({**base, "OMI_MAX_BATCH_SIZE": "32", "OMI_MAX_LATENCY_MS": "2.5"})
+    assert (tuned.max_batch_size, tuned.max_latency_ms) == (32, 2.5)
 
 
 def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path: Path) -> None:
@@ -155,24 +167,44 @@ def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path: Path) -> None:
         gc.unfreeze()
 
 
-def test_batcher_merges_concurrent_requests() -> None:
+def _row_sums(calls: list[int]) -> Callable[[object], object]:
+    def predict(x: object) -> object:
+        array = np.asarray(x, dtype=float)
+        calls.append(len(array))
+        if (array < 0).any():
+            raise ValueError("negative input")
+        return array.sum(axis=1)
+
+    return predict
+
+
+def test_adaptive_batching_waits_for_requests_that_arrive_within_the_latency() -> None:
     calls: list[int] = []
-
-    class Service:
-        def __init__(self) -> None:
-            self.lane = PredictLane(self.predict, threads=1, coalesce_rows=0)
-
-        def predict(self, rows: list[list[float]]) -> list[float]:
-            calls.append(len(rows))
-            return [sum(r) for r in rows]
+    lane = PredictLane(_row_sums(calls), threads=1, coalesce_rows=64, max_wait_ms=300)
 
     async def main() -> list[object]:
-        batcher = Batcher(Service(), max_batch_size=64, max_latency_ms=50)  # type: ignore[arg-type]
-        return list(await asyncio.gather(*(batcher.submit([[i, 1.0]]) for i in range(10))))
+        first = lane.submit(np.array([[0.0, 1.0]]))
+        await asyncio.sleep(0.03)  # the lane's thread holds the first request, waiting for more
+        rest = [lane.submit(np.array([[float(i), 1.0]])) for i in range(1, 10)]
+        return list(await asyncio.gather(first, *rest))
 
     results = asyncio.run(main())
-    assert results == [[i + 1.0] for i in range(10)]
-    assert sum(calls) == 10 and len(calls) < 10  # fewer predict calls than requests
+    assert [np.asarray(r).tolist() for r in results] == [[i + 1.0] for i in range(10)]
+    assert calls == [10] and lane.coalesced == 1  # one predict call for ten requests
+
+
+def test_adaptive_batching_from_grpc_threads_keeps_errors_per_request() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+    lane = PredictLane(_row_sums(calls), threads=1, coalesce_rows=64, max_wait_ms=300)
+    inputs = [np.array([[float(i), 1.0]]) for i in range(7)] + [np.array([[-1.0, 0.0]])]
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        futures = [pool.submit(lane.call, x) for x in inputs]
+        outcomes = [f.exception() or f.result().tolist() for f in futures]
+    assert outcomes[:7] == [[i + 1.0] for i in range(7)]
+    assert isinstance(outcomes[7], ValueError)  # only the request that caused it fails
+    assert calls[0] > 1  # the first call was merged (then each request reran on its own)
 
 
 class GatedModel:

@@ -102,7 +102,7 @@ class InferenceServicer:
         try:
             arrays = self._arrays(request)
             model_input = next(iter(arrays.values())) if len(arrays) == 1 else arrays
-            outputs = outputs_of(self.service.predict(model_input))
+            outputs = outputs_of(self.service.predict_blocking(model_input))
             wanted = [o.name for o in request.outputs]
             missing = [n for n in wanted if n not in outputs]
             if missing:

@@ -78,7 +78,7 @@ class ModzyAdapter:
         results = []
         for item in items:
             try:
-                results.append(_succeeded(self.service.predict(_instances(item))))
+                results.append(_succeeded(self.service.predict_blocking(_instances(item))))
             except (InputError, PredictError) as exc:
                 results.append(_failed(exc))
         return results
