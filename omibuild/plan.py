@@ -81,6 +81,7 @@ class Plan:
     origin: tuple[tuple[str, str], ...]
     source_date_epoch: int | None
     runtime_digest: str = ""
+    slim: bool = True  # strip debug sections, leave pip out (render: deps stage)
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -129,6 +130,7 @@ class Plan:
             origin=pairs(d["origin"]),
             source_date_epoch=d.get("source_date_epoch"),
             runtime_digest=d.get("runtime_digest", ""),
+            slim=bool(d.get("slim", True)),
             options=BuildOptions(
                 cache_from=tuple(opts.get("cache_from", ())),
                 cache_to=tuple(opts.get("cache_to", ())),
@@ -363,6 +365,7 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         ),
         source_date_epoch=inputs.source_date_epoch,
         runtime_digest=inputs.runtime_digest,
+        slim=m.image.slim,
         options=BuildOptions(
             cache_from=tuple(cache_from),
             cache_to=tuple(cache_to),

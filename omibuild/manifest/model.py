@@ -95,6 +95,7 @@ class Image:
     platforms: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     layer_split_bytes: int = DEFAULT_LAYER_SPLIT
+    slim: bool = True
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ def _image(spec: dict[str, Any]) -> Image:
         platforms=tuple(spec.get("platforms", ())),
         labels=tuple(sorted(spec.get("labels", {}).items())),
         layer_split_bytes=spec.get("layer_split_bytes", DEFAULT_LAYER_SPLIT),
+        slim=spec.get("slim", True),
     )
 
 

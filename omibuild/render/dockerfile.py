@@ -1,9 +1,9 @@
 """Render a Plan as a multi-stage Dockerfile (pure).
 
 Stages: ``deps`` builds the venv (pip cache mount; the CA bundle and pip configuration
-arrive as secret mounts for that step only), ``code`` byte-compiles the runtime and the
-user's code, and the final image assembles /opt/omi with ``COPY --link`` so the model
-layers keep their digests when anything else changes."""
+arrive as secret mounts for that step only) and slims it (runtime/slim.py), ``code``
+byte-compiles the runtime and the user's code, and the final image assembles /opt/omi with
+``COPY --link`` so the model layers keep their digests when anything else changes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ CTX_MODEL = "model"
 CTX_RUNTIME = "runtime"
 CTX_CODE = "code"
 CTX_REQUIREMENTS = "requirements"
+SLIM_SCRIPT = "omibuild/runtime/slim.py"  # in the runtime tree of the context
 
 _PIP_ENV = (
     "if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca "
@@ -50,6 +51,12 @@ def _deps_stage(plan: Plan) -> list[str]:
         f"    {OMI}/venv/bin/pip install --disable-pip-version-check --no-warn-script-location "
         f"-r {OMI}/requirements/runtime.txt -r {OMI}/requirements/model.txt",
     ]
+    if plan.slim:  # only the venv leaves this stage, so the removed bytes never reach a layer
+        lines += [
+            f"COPY --link {CTX_RUNTIME}/{SLIM_SCRIPT} /tmp/omi-slim.py",
+            f"RUN {OMI}/venv/bin/python /tmp/omi-slim.py {OMI}/venv "
+            f"{OMI}/requirements/runtime.txt {OMI}/requirements/model.txt",
+        ]
     return lines
 
 

@@ -464,6 +464,41 @@ def test_adaptive_batching_merges_rest_and_grpc_requests(omi_tree: Path) -> None
         assert s.stop() == 0
 
 
+def test_the_image_venv_is_slim(everywhere_image: str) -> None:
+    """No pip in the image, and no shared object left with debug sections to strip."""
+    script = (
+        "import importlib.util, os, shutil, tempfile\n"
+        "from pathlib import Path\n"
+        "from omibuild.runtime.slim import strip_debug\n"
+        "assert importlib.util.find_spec('pip') is None, 'pip is in the image'\n"
+        "tmp, found = Path(tempfile.mkdtemp()), 0\n"
+        "for root, _, files in os.walk('/opt/omi/venv'):\n"
+        "    for name in files:\n"
+        "        if '.so' in name and not os.path.islink(os.path.join(root, name)):\n"
+        "            copy = tmp / name\n"
+        "            shutil.copy(os.path.join(root, name), copy)\n"
+        "            assert strip_debug(copy) == 0, name\n"
+        "            found += 1\n"
+        "print(found)\n"
+    )
+    proc = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/opt/omi/venv/bin/python",
+            everywhere_image,
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 20  # numpy, scipy, sklearn, grpc, uvloop... were all looked at
+
+
 def test_unknown_interface_stops_the_container_with_one_line(omi_tree: Path) -> None:
     import os
     import sys

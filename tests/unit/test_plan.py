@@ -222,3 +222,19 @@ def test_names_that_could_inject_are_rejected_at_validation(tmp_path: Path) -> N
         issues = validate_file(repo / "omi.yaml", env={}).issues
         assert any(i.path == "$.name" for i in issues), name
         (repo / "omi.yaml").write_text(text)
+
+
+def test_slim_is_a_deps_stage_step_that_can_be_turned_off(cache: Cache, tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    shutil.copytree(
+        ROOT / "examples/manifests/sklearn-iris", repo, ignore=shutil.ignore_patterns("omi.lock")
+    )
+    slim = make_plan(canonical_inputs(load_manifest(repo / "omi.yaml", env={}), cache))
+    text = (repo / "omi.yaml").read_text().replace("image:\n", "image:\n  slim: false\n", 1)
+    (repo / "omi.yaml").write_text(text)
+    assert not validate_file(repo / "omi.yaml", env={}).issues
+    full = make_plan(canonical_inputs(load_manifest(repo / "omi.yaml", env={}), cache))
+    assert slim.slim and not full.slim and slim.digest != full.digest
+    deps, final = render(slim).split("\nFROM deps AS code")[0], render(slim).split("\n\n")[-1]
+    assert "omi-slim.py /opt/omi/venv" in deps and "omi-slim" not in final
+    assert "omi-slim" not in render(full)

@@ -15,7 +15,7 @@ from omibuild.runtime.codec import decode_input, encode_output, split_request
 from omibuild.runtime.config import ConfigError, load_config
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor
 from omibuild.runtime.model import InputError, PredictLane
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, ROOT
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -306,3 +306,82 @@ def test_transformers_flavor_runs_a_pipeline_built_here(tmp_path: Path) -> None:
         out = flavor.predict(np.array(["good build", "build failed"], dtype=object))
     assert [sorted(o) for o in out] == [["label", "score"], ["label", "score"]]
     assert {o["label"] for o in out} <= {"NEGATIVE", "POSITIVE"}
+
+
+def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path) -> None:
+    """uvloop's wheel ships its extension with debug sections (13.6 MB); stripped, it is a
+    fraction of that and still runs a loop. A second pass finds nothing left to strip."""
+    import shutil
+    import subprocess
+    import sys
+
+    import httptools
+    import uvloop
+
+    from omibuild.runtime.slim import strip_debug, strip_tree
+
+    for package in (uvloop, httptools):
+        shutil.copytree(Path(str(package.__file__)).parent, tmp_path / package.__name__)
+    loop_so = next((tmp_path / "uvloop").glob("loop.*.so"))
+    before = loop_so.stat().st_size
+    (tmp_path / "notes.so.txt").write_text("not an ELF file")
+    files, saved = strip_tree(tmp_path)
+    assert files >= 2 and saved >= before - loop_so.stat().st_size
+    assert loop_so.stat().st_size < before / 4
+    assert strip_debug(loop_so) == 0  # nothing left to strip
+    assert (tmp_path / "notes.so.txt").read_text() == "not an ELF file"
+    script = (
+        "import asyncio, uvloop, httptools\n"
+        f"assert uvloop.__file__.startswith({str(tmp_path)!r})\n"
+        "async def main():\n    await asyncio.sleep(0.01)\n    return 42\n"
+        "assert uvloop.run(main()) == 42\n"
+        "class P:\n    url = None\n    def on_url(self, url):\n        P.url = url\n"
+        "httptools.HttpRequestParser(P()).feed_data(b'GET /x HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n')\n"
+        "assert P.url == b'/x'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    dists = {
+        "pip": [],
+        "setuptools": [],
+        "wheel": [],
+        "foo": ["setuptools; extra == 'build'"],
+        "bar": ["wheel>=0.40"],
+    }
+    for name, requires in dists.items():
+        info = site / f"{name}-1.0.dist-info"
+        info.mkdir(parents=True)
+        lines = [f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"]
+        lines += [f"Requires-Dist: {r}\n" for r in requires]
+        (info / "METADATA").write_text("".join(lines))
+
+    def removable(requirements: str) -> list[str]:
+        reqs = tmp_path / "model.txt"
+        reqs.write_text(requirements)
+        script = (
+            f"import sys; sys.path[:0] = [{str(site)!r}, {str(ROOT)!r}]\n"
+            "from pathlib import Path\n"
+            "from omibuild.runtime.slim import removable_tools\n"
+            f"print(','.join(removable_tools([Path({str(reqs)!r})])))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().split(",")
+
+    assert removable("foo\nbar\n") == ["setuptools", "pip"]  # bar needs wheel; foo's extra unused
+    assert removable("foo[build]\nbar\n") == ["pip"]  # the extra was asked for
+    assert removable("pip==24.0\n") == ["setuptools"]  # the model asked for pip itself

@@ -1,0 +1,190 @@
+"""Slim the image's venv, at build time, inside the image build (``python slim.py VENV REQS``).
+
+Standard library only: it runs with the venv's own interpreter in the ``deps`` stage, where the
+base image has no binutils. Two things, neither of which any code needs at run time:
+
+- Debug sections (``.debug_*`` and their relocations) leave every ELF shared object, as
+  ``strip --strip-debug`` would. Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
+  without them; torch's ``libtorch_cpu.so`` carries 89 MB. Symbol tables stay, so backtraces
+  and ``dladdr`` still name functions. Files that are not 64-bit little-endian ELF, or whose
+  layout is not the usual one (loaded segments first), are left as they are.
+- pip leaves the venv (an image never installs at run time), and so do setuptools and wheel
+  unless an installed distribution or the model's requirements ask for them.
+
+Every rewrite goes to a temporary file that replaces the original only when complete."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr: name type flags addr offset size link info
+_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr: type flags offset vaddr paddr filesz memsz align
+_SHF_ALLOC = 0x2
+_SHT_NOBITS = 8
+_SHT_REL, _SHT_RELA = 9, 4
+_ELF64_LE = b"\x7fELF\x02\x01"
+
+
+def _is_debug(name: str) -> bool:
+    for prefix in ("", ".rela", ".rel"):
+        if name.startswith(prefix + ".debug") or name.startswith(prefix + ".zdebug"):
+            return True
+    return False
+
+
+def strip_debug(path: Path) -> int:
+    """Drop the debug sections of one ELF file in place. Returns the bytes saved (0: untouched)."""
+    with open(path, "rb") as f:
+        head = f.read(_EHDR.size)
+        if len(head) < _EHDR.size or not head.startswith(_ELF64_LE):
+            return 0
+        data = head + f.read()
+    (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, shstrndx) = (
+        _EHDR.unpack_from(data)
+    )
+    if shoff == 0 or shnum == 0 or shentsize != _SHDR.size or shstrndx >= shnum:
+        return 0
+    if shoff + shnum * shentsize > len(data) or phoff + phnum * phentsize > len(data):
+        return 0
+    sections = [list(_SHDR.unpack_from(data, shoff + i * shentsize)) for i in range(shnum)]
+    names_at = sections[shstrndx][4]
+
+    def name(section: list[int]) -> str:
+        start = names_at + section[0]
+        return data[start : data.index(b"\0", start)].decode("ascii", "replace")
+
+    drop = {i for i, s in enumerate(sections) if i and not s[2] & _SHF_ALLOC and _is_debug(name(s))}
+    if not drop or shstrndx in drop:
+        return 0
+    # Everything the loader maps (segments, allocated sections) must sit before the first byte
+    # we remove, so that it keeps its offset; otherwise leave the file alone.
+    loaded_end = _EHDR.size
+    for i in range(phnum):
+        _, _, offset, _, _, filesz, _, _ = _PHDR.unpack_from(data, phoff + i * phentsize)
+        loaded_end = max(loaded_end, offset + filesz, phoff + phnum * phentsize)
+    for s in sections:
+        if s[2] & _SHF_ALLOC and s[1] != _SHT_NOBITS:
+            loaded_end = max(loaded_end, s[4] + s[5])
+    if min(sections[i][4] for i in drop) < loaded_end:
+        return 0
+    out = bytearray(data[:loaded_end])
+    index: dict[int, int] = {}
+    kept: list[list[int]] = []
+    for i, s in enumerate(sections):
+        if i in drop:
+            continue
+        index[i] = len(kept)
+        s = list(s)
+        if i and not s[2] & _SHF_ALLOC and s[1] != _SHT_NOBITS and s[4] >= loaded_end:
+            align = max(1, s[8])
+            out += b"\0" * (-len(out) % align)
+            body = data[s[4] : s[4] + s[5]]
+            s[4] = len(out)
+            out += body
+        kept.append(s)
+    for s in kept:
+        s[6] = index.get(s[6], 0)  # sh_link
+        if s[1] in (_SHT_REL, _SHT_RELA):  # sh_info: the section the relocations apply to
+            s[7] = index.get(s[7], 0)
+    out += b"\0" * (-len(out) % 8)
+    new_shoff = len(out)
+    for s in kept:
+        out += _SHDR.pack(*s)
+    header = list(_EHDR.unpack_from(data))
+    header[6], header[12], header[13] = new_shoff, len(kept), index[shstrndx]
+    out[: _EHDR.size] = _EHDR.pack(*header)
+    saved = len(data) - len(out)
+    if saved <= 0:
+        return 0
+    tmp = path.with_name(f".{path.name}.omi-slim")
+    try:
+        with open(tmp, "wb") as w:
+            w.write(out)
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return saved
+
+
+def strip_tree(root: Path) -> tuple[int, int]:
+    """Strip every shared object under ``root``: (files changed, bytes saved)."""
+    files = saved = 0
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            if ".so" not in filename:
+                continue
+            path = Path(dirpath) / filename
+            if path.is_symlink() or not path.is_file():
+                continue
+            gained = strip_debug(path)
+            if gained:
+                files, saved = files + 1, saved + gained
+    return files, saved
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+
+
+def removable_tools(requirements: list[Path]) -> list[str]:
+    """pip, plus setuptools and wheel when nothing installed and no requirement asks for them.
+
+    A distribution's requirement behind an extra counts only if a requirements file asked for
+    that extra (``name[extra]``)."""
+    wanted: set[str] = set()
+    extras: dict[str, set[str]] = {}
+    for file in requirements:
+        for line in file.read_text("utf-8").splitlines():
+            match = _NAME.match(line)
+            if match:
+                name = _canonical(match.group(1))
+                wanted.add(name)
+                extras.setdefault(name, set()).update(
+                    e.strip().lower() for e in (match.group(2) or "").split(",") if e.strip()
+                )
+    for dist in metadata.distributions():
+        chosen = extras.get(_canonical(dist.metadata["Name"] or ""), set())
+        for req in dist.requires or ():
+            requirement, _, marker = req.partition(";")
+            if "extra" in marker and not any(
+                re.search(rf"extra\s*==\s*['\"]{re.escape(e)}['\"]", marker) for e in chosen
+            ):
+                continue
+            match = _NAME.match(requirement)
+            if match:
+                wanted.add(_canonical(match.group(1)))
+    installed = {_canonical(d.metadata["Name"] or "") for d in metadata.distributions()}
+    tools: list[str] = [t for t in ("setuptools", "wheel") if t in installed and t not in wanted]
+    return [*tools, "pip"] if "pip" in installed and "pip" not in wanted else tools
+
+
+def main(argv: list[str]) -> int:
+    venv, requirements = Path(argv[0]), [Path(a) for a in argv[1:]]
+    tools = removable_tools(requirements)
+    if tools:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *tools], check=True
+        )
+    files, saved = strip_tree(venv)
+    removed = ", ".join(tools) or "nothing"
+    print(
+        f"omibuild slim: removed {removed}; stripped debug sections from {files} shared "
+        f"objects ({saved / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
