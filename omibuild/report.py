@@ -30,7 +30,7 @@ def stages(plan: Plan) -> list[tuple[str, str, str]]:
             plan.base_image,
             f"venv: {len(plan.runtime_requirements)} runtime + "
             f"{len(plan.requirements)} model requirement(s)"
-            + ("; slimmed (debug sections stripped, no pip)" if plan.slim else ""),
+            + ("; slimmed (no debug sections, Cython sources or pip)" if plan.slim else ""),
         ),
         ("code", "deps", f"runtime + {len(plan.code_files)} code file(s), byte-compiled"),
         ("final", plan.base_image, f"user {plan.user} ({plan.uid}); model {model}"),

@@ -7,7 +7,8 @@ base image has no binutils. Two things, neither of which any code needs at run t
   ``strip --strip-debug`` would. Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
   without them; torch's ``libtorch_cpu.so`` carries 89 MB. Symbol tables stay, so backtraces
   and ``dladdr`` still name functions. Files that are not 64-bit little-endian ELF, or whose
-  layout is not the usual one (loaded segments first), are left as they are.
+  layout is not the usual one (loaded segments first), are left as they are. Cython sources
+  (``.pyx``, ``.pxd``, ``.pxi``), inputs to building an extension and never read by one, go too.
 - pip leaves the venv (an image never installs at run time), and so do setuptools and wheel
   unless an installed distribution or the model's requirements ask for them.
 
@@ -115,19 +116,25 @@ def strip_debug(path: Path) -> int:
     return saved
 
 
+CYTHON_SOURCES = (".pyx", ".pxd", ".pxi")
+
+
 def strip_tree(root: Path) -> tuple[int, int]:
-    """Strip every shared object under ``root``: (files changed, bytes saved)."""
+    """Strip every shared object under ``root`` and remove Cython sources: (files changed or
+    removed, bytes saved)."""
     files = saved = 0
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
-            if ".so" not in filename:
-                continue
             path = Path(dirpath) / filename
             if path.is_symlink() or not path.is_file():
                 continue
-            gained = strip_debug(path)
-            if gained:
-                files, saved = files + 1, saved + gained
+            if filename.endswith(CYTHON_SOURCES):
+                files, saved = files + 1, saved + path.stat().st_size
+                path.unlink()
+            elif ".so" in filename:
+                gained = strip_debug(path)
+                if gained:
+                    files, saved = files + 1, saved + gained
     return files, saved
 
 
@@ -180,8 +187,8 @@ def main(argv: list[str]) -> int:
     files, saved = strip_tree(venv)
     removed = ", ".join(tools) or "nothing"
     print(
-        f"omibuild slim: removed {removed}; stripped debug sections from {files} shared "
-        f"objects ({saved / 1e6:.1f} MB)"
+        f"omibuild slim: removed {removed}; stripped debug sections and Cython sources "
+        f"({files} files, {saved / 1e6:.1f} MB)"
     )
     return 0
 

@@ -479,6 +479,7 @@ def test_the_image_venv_is_slim(everywhere_image: str) -> None:
         "            shutil.copy(os.path.join(root, name), copy)\n"
         "            assert strip_debug(copy) == 0, name\n"
         "            found += 1\n"
+        "        assert not name.endswith(('.pyx', '.pxd', '.pxi')), name\n"
         "print(found)\n"
     )
     proc = subprocess.run(

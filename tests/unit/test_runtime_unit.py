@@ -324,12 +324,14 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
         shutil.copytree(Path(str(package.__file__)).parent, tmp_path / package.__name__)
     loop_so = next((tmp_path / "uvloop").glob("loop.*.so"))
     before = loop_so.stat().st_size
+    assert list((tmp_path / "uvloop").glob("*.pyx"))  # uvloop ships its Cython sources
     (tmp_path / "notes.so.txt").write_text("not an ELF file")
     files, saved = strip_tree(tmp_path)
     assert files >= 2 and saved >= before - loop_so.stat().st_size
     assert loop_so.stat().st_size < before / 4
     assert strip_debug(loop_so) == 0  # nothing left to strip
     assert (tmp_path / "notes.so.txt").read_text() == "not an ELF file"
+    assert not list(tmp_path.rglob("*.pyx")) and not list(tmp_path.rglob("*.pxd"))
     script = (
         "import asyncio, uvloop, httptools\n"
         f"assert uvloop.__file__.startswith({str(tmp_path)!r})\n"
