@@ -535,8 +535,12 @@ def bench_runtime_overhead(work: Path) -> None:
         f"FROM {BASE}\nRUN python3 -m venv /opt/omi/venv\nCOPY requirements.txt /r.txt\n"
         "RUN --mount=type=secret,id=ca,required=false --mount=type=cache,target=/root/.cache/pip "
         "export PIP_CERT=/run/secrets/ca; /opt/omi/venv/bin/pip install -r /r.txt\n"
+        "COPY --link slim.py /tmp/slim.py\n"
+        "RUN /opt/omi/venv/bin/python /tmp/slim.py /opt/omi/venv /r.txt\n"
         "COPY --link model/ /opt/omi/model/\n"
     )
+    # slimmed as omibuild slims its own venv, so the difference is the runtime's own bytes
+    shutil.copy(ROOT / "omibuild/runtime/slim.py", ctx / "slim.py")
     shutil.copytree(ROOT / "examples/manifests/sklearn-iris/model", ctx / "model")
     deps_ref = "omibuild-bench/deps-only:latest"
     docker_build(ctx, deps_ref)
