@@ -1,23 +1,30 @@
 """Slim the image's venv, at build time, inside the image build (``python slim.py VENV REQS``).
 
 Standard library only: it runs with the venv's own interpreter in the ``deps`` stage, where the
-base image has no binutils. Two things, neither of which any code needs at run time:
+base image has no binutils. It removes what no code reads when a model serves:
 
 - Debug sections (``.debug_*`` and their relocations) leave every ELF shared object, as
   ``strip --strip-debug`` would. Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
-  without them; torch's ``libtorch_cpu.so`` carries 89 MB. Symbol tables stay, so backtraces
-  and ``dladdr`` still name functions. Files that are not 64-bit little-endian ELF, or whose
-  layout is not the usual one (loaded segments first), are left as they are. Cython sources
-  (``.pyx``, ``.pxd``, ``.pxi``), inputs to building an extension and never read by one, go too.
-- pip leaves the venv (an image never installs at run time), and so do setuptools and wheel
-  unless an installed distribution or the model's requirements ask for them.
+  without them. Symbol tables stay, so backtraces and ``dladdr`` still name functions. Files
+  that are not 64-bit little-endian ELF, or whose layout is not the usual one (loaded segments
+  first), are left as they are.
+- Cython sources (``.pyx``, ``.pxd``, ``.pxi``): inputs to building an extension, never read
+  by one.
+- The test suites packages ship inside themselves: a ``tests`` directory within a package
+  (``pandas/tests`` is 46 MB, scipy's 33 MB, numpy's 17 MB, scikit-learn's 16 MB), never a
+  top-level one and never a ``tests.py`` module.
+- pip (an image never installs at run time), and setuptools and wheel unless an installed
+  distribution or the model's requirements ask for them.
 
+``image: {slim: false}`` in omi.yaml turns all of it off.
 Every rewrite goes to a temporary file that replaces the original only when complete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -119,23 +126,41 @@ def strip_debug(path: Path) -> int:
 CYTHON_SOURCES = (".pyx", ".pxd", ".pxi")
 
 
-def strip_tree(root: Path) -> tuple[int, int]:
-    """Strip every shared object under ``root`` and remove Cython sources: (files changed or
-    removed, bytes saved)."""
-    files = saved = 0
-    for dirpath, _, filenames in os.walk(root):
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
         for filename in filenames:
-            path = Path(dirpath) / filename
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, filename)).st_size
+    return total
+
+
+def strip_tree(root: Path) -> tuple[int, int]:
+    """Slim everything under ``root``: strip shared objects, remove Cython sources and the test
+    suites that packages ship inside themselves (a ``tests`` directory within a package, never
+    a top-level one). Returns (files and directories changed or removed, bytes saved)."""
+    changed = saved = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if "site-packages" in here.parts and here.name != "site-packages" and "tests" in dirnames:
+            tests = here / "tests"
+            if not tests.is_symlink():
+                size = _tree_size(tests)
+                shutil.rmtree(tests)
+                changed, saved = changed + 1, saved + size
+            dirnames.remove("tests")
+        for filename in filenames:
+            path = here / filename
             if path.is_symlink() or not path.is_file():
                 continue
             if filename.endswith(CYTHON_SOURCES):
-                files, saved = files + 1, saved + path.stat().st_size
+                changed, saved = changed + 1, saved + path.stat().st_size
                 path.unlink()
             elif ".so" in filename:
                 gained = strip_debug(path)
                 if gained:
-                    files, saved = files + 1, saved + gained
-    return files, saved
+                    changed, saved = changed + 1, saved + gained
+    return changed, saved
 
 
 def _canonical(name: str) -> str:
@@ -187,8 +212,8 @@ def main(argv: list[str]) -> int:
     files, saved = strip_tree(venv)
     removed = ", ".join(tools) or "nothing"
     print(
-        f"omibuild slim: removed {removed}; stripped debug sections and Cython sources "
-        f"({files} files, {saved / 1e6:.1f} MB)"
+        f"omibuild slim: removed {removed}; stripped debug sections, Cython sources and "
+        f"packaged test suites ({files} entries, {saved / 1e6:.1f} MB)"
     )
     return 0
 

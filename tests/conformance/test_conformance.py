@@ -465,14 +465,16 @@ def test_adaptive_batching_merges_rest_and_grpc_requests(omi_tree: Path) -> None
 
 
 def test_the_image_venv_is_slim(everywhere_image: str) -> None:
-    """No pip in the image, and no shared object left with debug sections to strip."""
+    """No pip, Cython sources or packaged test suites in the image, and no shared object left
+    with debug sections to strip."""
     script = (
         "import importlib.util, os, shutil, tempfile\n"
         "from pathlib import Path\n"
         "from omibuild.runtime.slim import strip_debug\n"
         "assert importlib.util.find_spec('pip') is None, 'pip is in the image'\n"
         "tmp, found = Path(tempfile.mkdtemp()), 0\n"
-        "for root, _, files in os.walk('/opt/omi/venv'):\n"
+        "for root, dirs, files in os.walk('/opt/omi/venv'):\n"
+        "    assert 'tests' not in dirs or root.endswith('site-packages'), root\n"
         "    for name in files:\n"
         "        if '.so' in name and not os.path.islink(os.path.join(root, name)):\n"
         "            copy = tmp / name\n"

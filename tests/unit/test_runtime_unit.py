@@ -351,6 +351,23 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
 
 
+def test_slim_removes_the_test_suites_packages_ship_inside_themselves(tmp_path: Path) -> None:
+    from omibuild.runtime.slim import strip_tree
+
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    for rel in ("pkg/tests/test_a.py", "pkg/sub/tests/data.bin", "tests/test_top.py", "pkg/x.pyx"):
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(b"x" * 1000)
+    (site / "jinja" / "tests.py").parent.mkdir()
+    (site / "jinja" / "tests.py").write_text("TESTS = {}\n")  # a module, not a test suite
+    (tmp_path / "share" / "tests").mkdir(parents=True)  # outside site-packages
+    changed, saved = strip_tree(tmp_path)
+    assert (changed, saved) == (3, 3000)
+    assert not (site / "pkg" / "tests").exists() and not (site / "pkg" / "sub" / "tests").exists()
+    assert (site / "tests" / "test_top.py").exists() and (site / "jinja" / "tests.py").exists()
+    assert (tmp_path / "share" / "tests").is_dir() and not (site / "pkg" / "x.pyx").exists()
+
+
 def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Path) -> None:
     import subprocess
     import sys
