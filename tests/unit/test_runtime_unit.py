@@ -93,22 +93,30 @@ def test_codec_rejects_bad_shapes_and_types() -> None:
         split_request(b'{"inputs": []}', "999")
 
 
-def test_config_port_precedence(tmp_path: Path) -> None:
+def _omi_json(tmp_path: Path, interfaces: dict[str, object], **extra: object) -> Path:
+    """A minimal omi.json for a sklearn model whose default interface is kfserving."""
     config = {
         "name": "m",
         "version": "1",
         "flavor": "sklearn",
         "default_interface": "kfserving",
         "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
-        "interfaces": {
-            "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
-            "modzy": {"protocols": ["v2"], "port": 45000},
-            "vertex": {"protocols": ["v1"], "port": 8080},
-        },
+        "interfaces": interfaces,
         "model": {"files": []},
+        **extra,
     }
     path = tmp_path / "omi.json"
     path.write_text(json.dumps(config))
+    return path
+
+
+def test_config_port_precedence(tmp_path: Path) -> None:
+    interfaces = {
+        "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
+        "modzy": {"protocols": ["v2"], "port": 45000},
+        "vertex": {"protocols": ["v1"], "port": 8080},
+    }
+    path = _omi_json(tmp_path, interfaces)
     base = {"OMI_CONFIG": str(path), "HTTP_PORT": "8080", "PROTOCOL": "v2"}
     assert load_config(base).port == 8080
     assert load_config({**base, "HTTP_PORT": "9000"}).port == 9000
@@ -142,19 +150,10 @@ def test_a_loaded_model_is_frozen_out_of_the_cyclic_gc(tmp_path: Path) -> None:
 
     from omibuild.runtime.model import ModelService
 
-    config = {
-        "name": "iris",
-        "version": "1",
-        "flavor": "sklearn",
-        "model_file": "model.joblib",
-        "default_interface": "kfserving",
-        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
-        "interfaces": {"kfserving": {"protocols": ["v2"], "port": 8080}},
-        "model": {"files": []},
-    }
-    (tmp_path / "omi.json").write_text(json.dumps(config))
+    interfaces = {"kfserving": {"protocols": ["v2"], "port": 8080}}
+    path = _omi_json(tmp_path, interfaces, model_file="model.joblib")
     (tmp_path / "model").symlink_to(EXAMPLES / "sklearn-iris" / "model")
-    env = {"OMI_CONFIG": str(tmp_path / "omi.json"), "OMI_VERIFY_MODEL": "0"}
+    env = {"OMI_CONFIG": str(path), "OMI_VERIFY_MODEL": "0"}
     service = ModelService(load_config(env))
     try:
         service.load()
