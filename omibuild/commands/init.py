@@ -64,6 +64,7 @@ image:
   # repository: registry.example.com/models/{name}
   base: omibuild.local/python:3.11-slim
   # requirements: requirements.txt
+  # slim: false                # keep debug sections, Cython sources, packaged tests and pip
 
 origin:
   tag: id                      # tag the image with the upstream model id
