@@ -44,8 +44,11 @@ class ModelService:
             and not config.raw.get("hooks", {}).get("postprocess")
         )
         batching = mergeable and config.max_batch_size > 1
+        # At most OMI_PREDICT_THREADS predict calls at once, whoever calls: the lane's threads
+        # and gRPC's worker threads alike (a model that is not thread-safe keeps the default 1).
+        self._slots = threading.BoundedSemaphore(config.predict_threads)
         self.lane = PredictLane(
-            self.predict,
+            self._predict_in_slot,
             config.predict_threads,
             coalesce_rows=(config.max_batch_size if batching else config.coalesce_rows)
             if mergeable
@@ -139,7 +142,11 @@ class ModelService:
         REST requests batch together; otherwise right here, which spares a thread hop."""
         if self.lane.max_wait:
             return self.lane.call(inputs)
-        return self.predict(inputs)
+        return self._predict_in_slot(inputs)
+
+    def _predict_in_slot(self, inputs: Any) -> Any:
+        with self._slots:
+            return self.predict(inputs)
 
 
 def _as_array(rows: list[Any]) -> Any:

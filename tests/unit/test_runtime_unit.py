@@ -403,3 +403,43 @@ def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Pat
     assert removable("foo\nbar\n") == ["setuptools", "pip"]  # bar needs wheel; foo's extra unused
     assert removable("foo[build]\nbar\n") == ["pip"]  # the extra was asked for
     assert removable("pip==24.0\n") == ["setuptools"]  # the model asked for pip itself
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_predict_concurrency_is_capped_for_every_caller(tmp_path: Path, threads: int) -> None:
+    """OMI_PREDICT_THREADS bounds concurrent predict calls from the lane (HTTP) and from gRPC's
+    worker threads together, so a model that is not thread-safe can rely on the default 1."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from omibuild.runtime.model import ModelService
+
+    path = _omi_json(tmp_path, {"kfserving": {"protocols": ["v2"], "port": 8080}})
+    env = {"OMI_CONFIG": str(path), "OMI_PREDICT_THREADS": str(threads)}
+    service = ModelService(load_config(env))
+    running, peak, lock = [0], [0], threading.Lock()
+
+    class Counting:
+        vectorised = False
+
+        def predict(self, x: object) -> object:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.02)
+            with lock:
+                running[0] -= 1
+            return x
+
+    service.flavor = Counting()
+
+    async def from_http() -> list[object]:
+        return list(await asyncio.gather(*(service.apredict([i]) for i in range(6))))
+
+    with ThreadPoolExecutor(6) as pool:
+        grpc_calls = [pool.submit(service.predict_blocking, [i]) for i in range(6)]
+        http_results = asyncio.run(from_http())
+        assert [c.result() for c in grpc_calls] == [[i] for i in range(6)]
+    assert http_results == [[i] for i in range(6)]
+    assert peak[0] == threads
