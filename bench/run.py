@@ -905,7 +905,7 @@ def main() -> int:
             ("hashing", lambda: bench_hashing(work, weights, args.reps)),
             ("build", lambda: bench_builds(work, weights, args.reps)),
             ("size", lambda: bench_size(work)),
-            ("serving", lambda: bench_serving(work, args.reps, args.requests)),
+            ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
         ]
         for name, fn in groups:
             if name not in only:
