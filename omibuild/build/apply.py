@@ -209,7 +209,7 @@ def apply_all(
             results = (
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
-            results = _retry_failed_cache_exports(executor, requests, results, progress)
+            results = _retry_transient_failures(executor, requests, results, progress)
             for request, result in zip(requests, results, strict=True):
                 if result.ok:  # still under the directory's lock
                     for directory in _local_cache_dirs(request, exports_only=True):
@@ -235,29 +235,45 @@ def apply_all(
     return [j.result for j in jobs]
 
 
-def _retry_failed_cache_exports(
+# The engine's own records, not a file the Dockerfile names ("failed to compute cache key: ...
+# not found" is the build's own error and is not retried).
+_NOT_FOUND = re.compile(
+    r"failed to solve: (?:(?:lease|content digest|snapshot) [^\n]*: )?not found\s*$", re.MULTILINE
+)
+
+
+def _retry_transient_failures(
     executor: Executor,
     requests: list[BuildRequest],
     results: list[BuildResult],
     progress: Progress,
 ) -> list[BuildResult]:
-    """A build whose image was made but whose cache export failed is built again (all from
-    the engine's cache) without the export: the cache is an optimisation, never a reason to
-    fail. BuildKit 0.13 sometimes fails the export with "not found" despite ignore-error."""
+    """Build again, once, what failed for a reason that is the engine's and not the build's.
+
+    - The image was made but exporting the cache failed: build again (all from the engine's
+      cache) without the export. The cache is an optimisation, never a reason to fail;
+      BuildKit 0.13 sometimes fails the export with "not found" despite ignore-error.
+    - "failed to solve: not found" anywhere else: BuildKit with the containerd image store
+      sometimes loses a content or lease record while another build or an image removal runs
+      beside it (moby/buildkit, containerd/nerdctl#4142). The same build again is all cached.
+    Any other failure is the build's own and is reported as it is."""
     out = list(results)
     for i, (request, result) in enumerate(zip(requests, results, strict=True)):
-        tail = "\n".join(result.log_tail)
-        if (
-            result.ok
-            or not request.cache_to
-            or not re.search(r"exporting cache|cache manifest", tail)
-        ):
+        if result.ok:
             continue
-        progress.line(
-            f"{request.tags[0]}: exporting the build cache failed ({result.error or 'error'}); "
-            "building again without exporting it"
-        )
-        out[i] = executor.build(replace(request, cache_to=()))
+        tail = "\n".join([*result.log_tail, result.error or ""])
+        if request.cache_to and re.search(r"exporting cache|cache manifest", tail):
+            progress.line(
+                f"{request.tags[0]}: exporting the build cache failed "
+                f"({result.error or 'error'}); building again without exporting it"
+            )
+            out[i] = executor.build(replace(request, cache_to=()))
+        elif _NOT_FOUND.search(tail):
+            progress.line(
+                f"{request.tags[0]}: the engine lost a record during the build "
+                f"({result.error or 'not found'}); building it again"
+            )
+            out[i] = executor.build(request)
     return out
 
 

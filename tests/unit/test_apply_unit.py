@@ -137,6 +137,44 @@ def test_a_failed_cache_export_builds_again_without_it(repo: Path, tmp_path: Pat
     assert len(plain.built) == 1
 
 
+def test_a_lost_engine_record_builds_again_once(repo: Path, tmp_path: Path) -> None:
+    class LosesOnce(Recorder):
+        def build(self, request: BuildRequest) -> BuildResult:
+            self.built.append(request)
+            if len(self.built) == 1:  # no cache export in play: the image export lost a record
+                return BuildResult(
+                    ok=False,
+                    log_tail=["#20 unpacking to example:omibuild-tmp done", "#20 DONE 5.2s"],
+                    error="ERROR: failed to solve: not found",
+                )
+            return self._result(request)
+
+    cache, rec = Cache(tmp_path / "c"), LosesOnce()
+    p = _prepare(repo, cache)
+    [result] = apply_all([p], rec, cache, QUIET, ApplyOptions(no_cache=True))
+    assert result.status == "built" and len(rec.built) == 2
+    assert rec.built[1] == rec.built[0] and set(p.plan.image_refs) <= set(rec.tags)
+
+    class AlwaysLoses(LosesOnce):
+        def build(self, request: BuildRequest) -> BuildResult:
+            self.built.append(request)
+            return BuildResult(ok=False, log_tail=[], error="ERROR: failed to solve: not found")
+
+    cache, always = Cache(tmp_path / "d"), AlwaysLoses()
+    [result] = apply_all([_prepare(repo, cache)], always, cache, QUIET, ApplyOptions())
+    assert result.status == "failed" and len(always.built) == 2  # once more, not forever
+
+    class MissingFile(LosesOnce):
+        def build(self, request: BuildRequest) -> BuildResult:
+            self.built.append(request)
+            error = 'ERROR: failed to solve: failed to compute cache key: "/model/x": not found'
+            return BuildResult(ok=False, log_tail=[], error=error)
+
+    cache, missing = Cache(tmp_path / "e"), MissingFile()
+    [result] = apply_all([_prepare(repo, cache)], missing, cache, QUIET, ApplyOptions())
+    assert result.status == "failed" and len(missing.built) == 1  # the build's own error
+
+
 def test_several_manifests_are_one_bake(repo: Path, tmp_path: Path) -> None:
     other = tmp_path / "o"
     shutil.copytree(EXAMPLES / "sklearn-iris", other, ignore=shutil.ignore_patterns("omi.lock"))
