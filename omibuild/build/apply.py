@@ -4,7 +4,6 @@ executor, and tag only on success (no partial tags, no staging left behind)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -210,10 +209,6 @@ def apply_all(
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
             results = _retry_transient_failures(executor, requests, results, progress)
-            for request, result in zip(requests, results, strict=True):
-                if result.ok:  # still under the directory's lock
-                    for directory in _local_cache_dirs(request, exports_only=True):
-                        _report_prune(directory, prune_local_cache(directory), progress)
             with _deferred_interrupts():
                 for job, result in zip(pending, results, strict=True):
                     if result.ok and job.output == "load":
@@ -277,10 +272,10 @@ def _retry_transient_failures(
     return out
 
 
-def _local_cache_dirs(request: BuildRequest, *, exports_only: bool = False) -> set[Path]:
+def _local_cache_dirs(request: BuildRequest) -> set[Path]:
     """The local cache directories a build reads or writes (``type=local,src=|dest=``)."""
     dirs = set()
-    for spec in request.cache_to if exports_only else (*request.cache_from, *request.cache_to):
+    for spec in (*request.cache_from, *request.cache_to):
         fields = dict(f.split("=", 1) for f in spec.split(",") if "=" in f)
         if fields.get("type") == "local" and (fields.get("src") or fields.get("dest")):
             dirs.add(Path(fields.get("dest") or fields["src"]).resolve())
@@ -304,59 +299,6 @@ def _cache_dir_lock(directory: Path, progress: Progress) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-_DIGEST = re.compile(rb"sha256:([0-9a-f]{64})")
-_MANIFEST_MAX = 64 << 20  # index, manifest and cache-config blobs are JSON well under this
-
-
-def prune_local_cache(directory: Path) -> tuple[int, int]:
-    """Remove the blobs of a local BuildKit cache (an OCI layout) that its index no longer
-    reaches. Each export writes the layers and cache records of the new build and moves the
-    index to them; BuildKit never removes what the old index referenced, so without this the
-    directory grows by every build's changed layers. Reachability is conservative: every
-    sha256 digest named in a reachable JSON blob counts. Returns (blobs removed, bytes freed);
-    a missing or unreadable index removes nothing."""
-    blobs = directory / "blobs" / "sha256"
-    try:
-        index = (directory / "index.json").read_bytes()
-        json.loads(index)
-    except (OSError, ValueError):
-        return 0, 0
-    reachable: set[str] = set()
-    todo = [m.decode() for m in _DIGEST.findall(index)]
-    while todo:
-        digest = todo.pop()
-        if digest in reachable:
-            continue
-        reachable.add(digest)
-        path = blobs / digest
-        try:
-            if path.stat().st_size > _MANIFEST_MAX:
-                continue
-            with open(path, "rb") as f:
-                if f.read(1) != b"{":
-                    continue
-                todo += [m.decode() for m in _DIGEST.findall(b"{" + f.read())]
-        except OSError:
-            continue
-    removed = freed = 0
-    for path in blobs.iterdir() if blobs.is_dir() else ():
-        if path.name in reachable or not path.is_file():
-            continue
-        size = path.stat().st_size
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed, freed = removed + 1, freed + size
-    return removed, freed
-
-
-def _report_prune(directory: Path, pruned: tuple[int, int], progress: Progress) -> None:
-    if pruned[0]:
-        progress.line(
-            f"cache {directory}: removed {pruned[0]} blob(s) no build uses any more "
-            f"({pruned[1] / 1e6:.1f} MB)"
-        )
 
 
 def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:

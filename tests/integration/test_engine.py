@@ -1,6 +1,5 @@
-"""The engine is real: buildx on the local base image, a local cache directory exported,
-pruned of what its index no longer reaches, and reused after the engine's own build cache is
-pruned; and a push/pull through the registry."""
+"""The engine is real: buildx on the local base image, a local cache directory exported and
+reused after the engine's own build cache is pruned, and a push/pull through the registry."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
-from omibuild.build.apply import prune_local_cache
 
 from .conftest import BASE_IMAGE, docker
 
@@ -77,21 +74,6 @@ def test_buildx_local_cache_export_and_reuse(
         ctx, "--cache-to", f"type=local,dest={cache},mode=max", "--output", f"type=image,name={tag}"
     )
     assert re.search(r"\[2/3\] RUN echo", first) and (cache / "index.json").is_file()
-    # A second export to the same directory (the COPY layer changed) moves its index on and
-    # leaves the first build's COPY layer and manifests behind; apply prunes those.
-    (ctx / "data.txt").write_text(unique + " again")
-    _build(
-        ctx,
-        "--cache-from",
-        f"type=local,src={cache}",
-        "--cache-to",
-        f"type=local,dest={cache},mode=max",
-        "--output",
-        f"type=image,name={tag}",
-    )
-    removed, freed = prune_local_cache(cache)
-    assert removed >= 2 and freed > 0  # at least the old COPY layer and the old manifest
-    assert prune_local_cache(cache) == (0, 0)  # what is left is all reachable
     docker("image", "rm", "-f", tag)
     # Forget the engine's own copy of these layers: only the exported directory can supply
     # the step now.

@@ -225,32 +225,3 @@ def test_directories_expand_to_their_manifests() -> None:
     assert len(found) >= 6 and all(p.name == "omi.yaml" for p in found)
     with pytest.raises(UsageError):
         expand_targets([str(EXAMPLES / "custom-hooks" / "src")])
-
-
-def test_prune_local_cache_keeps_what_the_index_reaches_and_nothing_else(tmp_path: Path) -> None:
-    import hashlib
-    import json
-
-    from omibuild.build.apply import prune_local_cache
-
-    blobs = tmp_path / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return f"sha256:{digest}"
-
-    layer, old_layer = blob(b"\x1f\x8b new layer"), blob(b"\x1f\x8b old layer")
-    config = blob(json.dumps({"layers": [{"blob": layer}]}).encode())
-    manifest = blob(json.dumps({"config": {"digest": config}, "layers": []}).encode())
-    old_manifest = blob(json.dumps({"layers": [{"digest": old_layer}]}).encode())
-    index = {"manifests": [{"digest": manifest}]}
-    assert prune_local_cache(tmp_path) == (0, 0)  # no index.json: nothing is touched
-    (tmp_path / "index.json").write_text("{not json")
-    assert prune_local_cache(tmp_path) == (0, 0)  # unreadable index: nothing is touched
-    (tmp_path / "index.json").write_text(json.dumps(index))
-    removed, freed = prune_local_cache(tmp_path)
-    left = {f"sha256:{p.name}" for p in blobs.iterdir()}
-    assert left == {layer, config, manifest} and removed == 2 and freed > 0
-    assert old_manifest not in left and old_layer not in left
