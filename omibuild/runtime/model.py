@@ -283,7 +283,7 @@ class PredictLane:
         start = 0
         for job in batch:
             assert job.rows is not None
-            job.resolve(out[start : start + job.rows])
+            job.settle(out[start : start + job.rows], None)
             start += job.rows
 
 
@@ -309,9 +309,6 @@ class _Job:
             self.settle(None, exc)
         else:
             self.settle(result, None)
-
-    def resolve(self, result: Any) -> None:
-        self.settle(result, None)
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         if self.loop is None:
