@@ -164,7 +164,7 @@ def _probe(
 ) -> tuple[list[Finding], str | None]:
     """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
     from omibuild.images import free_port
-    from omibuild.probe import Target, container_env, predict, wait_ready
+    from omibuild.probe import Target, container_env, exit_reason, predict, wait_ready
 
     name = f"{interface} {protocol}"
     protocols = info.interfaces[interface] or ["v1"]
@@ -180,15 +180,18 @@ def _probe(
     seconds = wait_ready(target, timeout, alive=lambda: containers.running(cid))
     if seconds is None:
         code = None if containers.running(cid) else containers.exit_code(cid)
-        why = (
-            f"container exited with code {code}"
-            if code is not None
-            else f"not ready within {timeout:.0f}s on port {port}"
-            + (" (the ml.openmodel.port label)" if is_default else "")
-        )
-        tail = containers.logs(cid, tail=5).strip().replace("\n", " | ")[-300:]
+        logs = containers.logs(cid, tail=20)
+        reason = exit_reason(logs)
+        if code is not None:
+            why = f"container exited with code {code}" + (f": {reason}" if reason else "")
+        else:
+            why = f"not ready within {timeout:.0f}s on port {port}" + (
+                " (the ml.openmodel.port label)" if is_default else ""
+            )
+        if not reason:
+            why += "; log: " + logs.strip().splitlines()[-1][-300:] if logs.strip() else ""
         containers.stop(cid, timeout=2)
-        return [Finding(f"{name}: becomes ready", False, f"{why}; log: {tail}")], None
+        return [Finding(f"{name}: becomes ready", False, why)], None
     findings = [Finding(f"{name}: becomes ready", True, f"on port {port}", seconds)]
     uid = containers.exec(cid, ["id", "-u"]).strip()
     example = _example(containers, cid)

@@ -120,6 +120,15 @@ def wait_ready(t: Target, timeout: float, alive: Any = None) -> float | None:
     return None
 
 
+RUNTIME_PREFIX = "omibuild runtime: "
+
+
+def exit_reason(logs: str) -> str | None:
+    """The runtime's own one-line reason for stopping, found in a container's log."""
+    lines = [ln for ln in logs.splitlines() if ln.startswith(RUNTIME_PREFIX)]
+    return lines[-1].removeprefix(RUNTIME_PREFIX) if lines else None
+
+
 def http_request(t: Target, instances: list[Any]) -> tuple[str, Any]:
     """(URL, JSON body) of one prediction in an HTTP interface's own request shape."""
     if t.interface == "kfserving" and t.protocol == "v2":

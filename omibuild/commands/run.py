@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
+from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
 
 
 def _image_and_example(target: str) -> tuple[str, Any]:
@@ -38,6 +38,21 @@ def _instances(path: str) -> list[Any]:
     return body
 
 
+def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float) -> OmiError:
+    """One line: why the container stopped (the runtime says), or that it never got ready."""
+    from omibuild.probe import exit_reason
+
+    logs = containers.logs(cid, tail=50)
+    if containers.running(cid):
+        return BuildError(
+            f"{image} did not become ready within {timeout:.0f}s ({what})",
+            hint="see `docker logs` of the container, or raise --timeout",
+        )
+    code = containers.exit_code(cid)
+    reason = exit_reason(logs) or (logs.strip().splitlines() or ["no log"])[-1][-300:]
+    return BuildError(f"{image} stopped (exit code {code}) before it was ready: {reason}")
+
+
 def _terminated(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -47,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from omibuild.images import free_port, interfaces_of
     from omibuild.probe import Target, container_env, curl_example, predict, wait_ready
 
+    request = _instances(args.predict) if args.predict else None  # before anything starts
     image, example = _image_and_example(args.target)
     containers = Containers()
     config = containers.image_config(image)
@@ -73,21 +89,17 @@ def run(args: argparse.Namespace) -> int:
         cid = containers.start(image, env, {port: host_port})
         seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))
         if seconds is None:
-            print(containers.logs(cid), file=sys.stderr)
-            raise UsageError(
-                f"{image} did not become ready within {args.timeout:.0f}s ({interface} {protocol})"
-            )
+            raise _not_ready(containers, cid, image, f"{interface} {protocol}", args.timeout)
         print(
             f"{image}: {interface} {protocol} ready in {seconds:.1f}s on {target.base}",
             file=sys.stderr,
         )
-        instances = _instances(args.predict) if args.predict else example
-        if args.predict:
-            status, response = predict(target, instances)
+        if request is not None:
+            status, response = predict(target, request)
             print(json.dumps(response, indent=2))
             return EXIT_OK if status < 400 else EXIT_INVALID
-        if instances is not None:
-            print(curl_example(target, instances))
+        if example is not None:
+            print(curl_example(target, example))
         print("press Ctrl-C to stop", file=sys.stderr)
         threading.Event().wait()
         return EXIT_OK

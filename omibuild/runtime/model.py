@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import gc
 import queue
 import threading
@@ -24,6 +23,32 @@ class InputError(Exception):
 
 class PredictError(Exception):
     """The model or a hook failed (500); the server stays up."""
+
+
+# Import names whose PyPI distribution is spelled differently; others are their own name.
+_DISTRIBUTIONS = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "bs4": "beautifulsoup4",
+    "mlflow": "mlflow-skinny",
+    "google": "protobuf",
+    "attr": "attrs",
+    "dateutil": "python-dateutil",
+}
+
+
+def load_failure_line(exc: BaseException) -> str:
+    """``model failed to load: <reason>`` with a hint where the fix is known."""
+    line = f"model failed to load: {exc}" if str(exc) else f"model failed to load: {exc!r}"
+    line = line.splitlines()[0][:500] if line else line
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing:
+        dist = _DISTRIBUTIONS.get(missing.split(".")[0], missing.split(".")[0])
+        return f"{line} (hint: add {dist} to image.requirements in omi.yaml and apply again)"
+    return line
 
 
 class ModelService:
@@ -97,15 +122,23 @@ class ModelService:
             for callback in callbacks:
                 callback()
             log.info("model ready", model=self.name, flavor=self.config.flavor, **self.stats)
-        except Exception as exc:  # reported by readiness and the log, never a crash loop
+        except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load", error=self.load_error)
             raise
 
-    def load_in_background(self) -> threading.Thread:
+    def load_in_background(
+        self, on_failure: Callable[[str], None] | None = None
+    ) -> threading.Thread:
+        """Load on a thread; a failure calls ``on_failure`` with the one-line reason (the server
+        then stops, so an orchestrator sees a crash rather than a pod that is never ready)."""
+
         def target() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 self.load()
+            except Exception as exc:
+                if on_failure is not None:
+                    on_failure(load_failure_line(exc))
 
         thread = threading.Thread(target=target, name="omi-load", daemon=True)
         thread.start()

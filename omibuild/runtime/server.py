@@ -16,9 +16,10 @@ from typing import Any
 from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import ModelService
+from omibuild.runtime.model import ModelService, load_failure_line
 
 GRACE_SECONDS = 30
+WORKER_STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE
 
 
 def create_app(
@@ -26,6 +27,7 @@ def create_app(
     service: ModelService | None = None,
     load: bool = True,
     worker: bool = False,
+    on_load_failure: Any = None,
 ) -> Any:
     """The ASGI app for the configured interface.
 
@@ -51,12 +53,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         grpc_server = None
         if worker:
-            if load and not service.ready:  # a failure is reported by readiness, as alone
-                with contextlib.suppress(Exception):
+            if load and not service.ready:
+                try:
                     await asyncio.to_thread(service.load)
+                except Exception as exc:
+                    _worker_failed(load_failure_line(exc))
             grpc_server = _worker_grpc(adapter, config)
         elif load and not service.ready:
-            service.load_in_background()
+            service.load_in_background(on_load_failure)
         yield
         if grpc_server is not None:
             await asyncio.to_thread(lambda: grpc_server.stop(GRACE_SECONDS).wait())
@@ -80,6 +84,23 @@ def worker_app() -> Any:
     return create_app(worker=True)
 
 
+def _say(line: str) -> None:
+    """The one plain line a person reads in `docker logs` (beside the JSON log records)."""
+    print(f"omibuild runtime: {line}", file=sys.stderr, flush=True)
+
+
+def _stop_self(line: str) -> None:
+    _say(line)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn drains and returns; serve() exits 1
+
+
+def _worker_failed(line: str) -> None:
+    """A worker that cannot load stops the whole server: uvicorn's supervisor stops, rather
+    than restarts, a worker that exits with its start-up failure code (3)."""
+    _say(line)
+    os._exit(WORKER_STARTUP_FAILURE)
+
+
 def _worker_grpc(adapter: Any, config: RuntimeConfig) -> Any:
     servicers = adapter.grpc_servicers() if adapter.http else []
     if not servicers:
@@ -87,8 +108,8 @@ def _worker_grpc(adapter: Any, config: RuntimeConfig) -> Any:
     try:
         return _grpc_server(servicers, _grpc_port(config), adapter.service)
     except ConfigError as err:  # one line, and uvicorn's code for a worker that cannot start
-        print(f"omibuild runtime: {err}", file=sys.stderr, flush=True)
-        os._exit(3)
+        _say(str(err))
+        os._exit(WORKER_STARTUP_FAILURE)
 
 
 def _grpc_port(config: RuntimeConfig) -> int:
@@ -160,18 +181,23 @@ def _serve_grpc_only(config: RuntimeConfig, service: ModelService, servicers: li
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = _grpc_server(servicers, config.port, service)
-    service.load_in_background()
+
+    def failed(line: str) -> None:
+        _say(line)
+        stop.set()
+
+    service.load_in_background(failed)
     stop.wait()
     log.info("stopping", grace_seconds=GRACE_SECONDS)
     server.stop(GRACE_SECONDS).wait()
-    return 0
+    return 1 if service.load_error else 0
 
 
 def serve(config: RuntimeConfig) -> int:
     import uvicorn
 
     service = ModelService(config)
-    app = create_app(config, service)
+    app = create_app(config, service, on_load_failure=_stop_self)
     servicers = app.state.adapter.grpc_servicers()
     if not app.state.adapter.http:
         return _serve_grpc_only(config, service, servicers)
@@ -202,17 +228,31 @@ def serve(config: RuntimeConfig) -> int:
         server_header=False,
         date_header=False,
     )
+    failed = False
     if config.workers > 1:
-        # each worker process builds its own app (and loads its own model) from the environment
-        uvicorn.run(
-            "omibuild.runtime.server:worker_app", factory=True, workers=config.workers, **common
-        )
+        failed = _serve_workers(config.workers, common)
     else:
         uvicorn.Server(uvicorn.Config(app, **common)).run()
     if grpc_server is not None:
         grpc_server.stop(GRACE_SECONDS).wait()
     log.info("stopped")
-    return 0
+    return 1 if service.load_error or failed else 0
+
+
+def _serve_workers(workers: int, common: dict[str, Any]) -> bool:
+    """Several worker processes, each building its own app (and loading its own model) from
+    the environment. uvicorn's supervisor, driven here rather than through uvicorn.run, so
+    that a worker's start-up failure becomes this process's exit code. Returns whether one
+    failed."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "omibuild.runtime.server:worker_app", factory=True, workers=workers, **common
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return any(p.process.exitcode == WORKER_STARTUP_FAILURE for p in supervisor.processes)
 
 
 def main(argv: list[str] | None = None) -> int:

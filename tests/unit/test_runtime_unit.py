@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -443,3 +444,70 @@ def test_predict_concurrency_is_capped_for_every_caller(tmp_path: Path, threads:
         assert [c.result() for c in grpc_calls] == [[i] for i in range(6)]
     assert http_results == [[i] for i in range(6)]
     assert peak[0] == threads
+
+
+@pytest.mark.parametrize(
+    ("interface", "protocol", "workers"),
+    [("kfserving", "v2", "1"), ("modzy", "v2", "1"), ("kfserving", "v1", "2")],
+)
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(
+    tmp_path: Path, interface: str, protocol: str, workers: str
+) -> None:
+    """A pod whose model cannot load crashes (exit 1, one line with a hint), not sits unready."""
+    import subprocess
+    import sys
+    import time
+
+    from omibuild.images import free_port
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "predictor.py").write_text(
+        "import sklearn_is_not_here.tree\n\nclass Model:\n    pass\n"
+    )
+    interfaces = {
+        "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
+        "modzy": {"protocols": ["v2"], "port": 45000},
+    }
+    path = _omi_json(tmp_path, interfaces, flavor="custom", predictor="predictor:Model")
+    port = free_port()
+    env = {
+        **os.environ,
+        "OMI_CONFIG": str(path),
+        "OMI_CODE_DIR": str(tmp_path / "code"),
+        "OMI_VERIFY_MODEL": "0",
+        "INTERFACE": interface,
+        "PROTOCOL": protocol,
+        "HTTP_PORT": str(port),
+        "PSC_MODEL_PORT": str(port),
+        "GRPC_PORT": str(free_port()),
+        "OMI_WORKERS": workers,
+    }
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "omibuild.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert time.monotonic() - start < 15
+    plain = [ln for ln in proc.stderr.splitlines() if ln.startswith("omibuild runtime: ")]
+    assert plain[-1] == (
+        "omibuild runtime: model failed to load: No module named 'sklearn_is_not_here' "
+        "(hint: add sklearn_is_not_here to image.requirements in omi.yaml and apply again)"
+    )
+
+
+def test_the_load_failure_hint_names_the_distribution_to_install() -> None:
+    from omibuild.runtime.model import load_failure_line
+
+    err = ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+    assert load_failure_line(err) == (
+        "model failed to load: No module named 'sklearn' "
+        "(hint: add scikit-learn to image.requirements in omi.yaml and apply again)"
+    )
+    assert load_failure_line(FileNotFoundError("no .onnx file in /opt/omi/model")) == (
+        "model failed to load: no .onnx file in /opt/omi/model"
+    )
