@@ -16,25 +16,12 @@ from omibuild.sources.local import walk
 from omibuild.sources.remote import redact
 from omibuild.sources.requirements import read_requirements
 
-_NEVER_CODE = (
-    "omi.yaml",
-    "omi.lock",
-    ".venv",
-    "venv",
-    ".tox",
-    ".mypy_cache",
-    ".pytest_cache",
-    ".ruff_cache",
-    "*.pyc",
-    "*.egg-info",
-)
-
 
 def code_files(m: Manifest, cache: Cache) -> tuple[ModelFile, ...]:
     if m.code_path is None:
         return ()
     base = m.root / m.code_path
-    ignore = list(_NEVER_CODE) + list(m.code_ignore)
+    ignore = list(m.code_ignore)
     if isinstance(m.source, LocalSource):
         model = (m.root / m.source.path).resolve()
         if model.is_relative_to(base.resolve()):

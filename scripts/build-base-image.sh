@@ -6,7 +6,20 @@ step=build-base-image
 log=$OMI_DEV_LOG_DIR/$step.log
 tarball=$OMI_DEV_STATE/base-bookworm-python3${OMI_DEBIAN_MIRROR:+-custom}.tar
 
+# omibuild's machine-wide config makes this offline image the default base of every manifest
+# that names none (users elsewhere get the official python image).
+write_config() {
+  local want="base_image = \"$OMI_BASE_IMAGE\""
+  if [ "$(grep -s '^base_image' /etc/omibuild/config.toml)" != "$want" ]; then
+    mkdir -p /etc/omibuild
+    printf '# Written by omibuild'"'"'s make setup: no base image can be pulled on this machine.\n%s\n' \
+      "$want" > /etc/omibuild/config.toml
+    say "$step: /etc/omibuild/config.toml names $OMI_BASE_IMAGE as the default base image"
+  fi
+}
+
 if docker image inspect "$OMI_BASE_IMAGE" >/dev/null 2>&1; then
+  write_config
   say "$step: $OMI_BASE_IMAGE already present"; exit 0
 fi
 need_root "$step"
@@ -28,4 +41,5 @@ docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'ENV LANG=C.UTF-8' -c 'CMD ["/usr/bin/python3"]' \
   "$tarball" "$OMI_BASE_IMAGE" >>"$log" 2>&1 || fail "$step" "docker import failed" "$log"
+write_config
 say "$step: $OMI_BASE_IMAGE ready"

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE_IMAGE = "omibuild.local/python:3.11-slim"
+from omibuild.settings import PUBLIC_BASE_IMAGE
+
 DEFAULT_LAYER_SPLIT = 512 * 1024 * 1024
 
 # interface -> (protocols, port, grpc port). Order is the canonical order everywhere.
@@ -25,6 +26,7 @@ INTERFACE_DEFAULTS: dict[str, tuple[tuple[str, ...], int, int | None]] = {
 class LocalSource:
     path: str
     ignore: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
     kind: str = field(default="local", init=False)
 
 
@@ -84,7 +86,7 @@ class Secret:
 @dataclass(frozen=True)
 class Image:
     repository: str | None
-    base: str = DEFAULT_BASE_IMAGE
+    base: str = PUBLIC_BASE_IMAGE  # convert() fills in the configured default
     python: str = "python3"
     requirement_files: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
@@ -141,7 +143,9 @@ class Manifest:
 def _source(spec: dict[str, Any]) -> SourceSpec:
     kind, body = next(iter(spec.items()))
     if kind == "local":
-        return LocalSource(body["path"], tuple(body.get("ignore", ())))
+        return LocalSource(
+            body["path"], tuple(body.get("ignore", ())), tuple(body.get("include", ()))
+        )
     if kind == "mlflow":
         return MlflowSource(body["uri"], body.get("tracking_uri"))
     return HuggingFaceSource(
@@ -192,12 +196,12 @@ def requirements_of(spec: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(spec.get("files", ())), tuple(spec.get("packages", ()))
 
 
-def _image(spec: dict[str, Any]) -> Image:
+def _image(spec: dict[str, Any], default_base: str) -> Image:
     files, packages = requirements_of(spec.get("requirements"))
     user = spec.get("user", {})
     return Image(
         repository=spec.get("repository"),
-        base=spec.get("base", DEFAULT_BASE_IMAGE),
+        base=spec.get("base", default_base),
         python=spec.get("python", "python3"),
         requirement_files=files,
         packages=packages,
@@ -232,8 +236,9 @@ def _build(spec: dict[str, Any]) -> Build:
     )
 
 
-def convert(data: dict[str, Any], file: Path, example: Any) -> Manifest:
-    """Turn schema-valid data into a complete Manifest. Pure: ``example`` is pre-read."""
+def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -> Manifest:
+    """Turn schema-valid data into a complete Manifest. Pure: ``example`` and the configured
+    ``default_base`` image are read by the caller."""
     model = data["model"]
     code = data.get("code")
     processing = data.get("processing", {})
@@ -259,7 +264,7 @@ def convert(data: dict[str, Any], file: Path, example: Any) -> Manifest:
         preprocess=processing.get("preprocess"),
         postprocess=processing.get("postprocess"),
         runtimes=_runtimes(data.get("runtimes", {})),
-        image=_image(data.get("image", {})),
+        image=_image(data.get("image", {}), default_base),
         origin_tag=origin.get("tag", "id"),
         tags=tuple(origin.get("tags", ())),
         build=_build(data.get("build", {})),

@@ -13,6 +13,7 @@ from omibuild.manifest import schema, semantic
 from omibuild.manifest.issues import Issue
 from omibuild.manifest.load import RawManifest, load
 from omibuild.manifest.model import Manifest, convert
+from omibuild.settings import default_base_image
 
 
 @dataclass
@@ -55,7 +56,8 @@ class _Invalid(Exception):
 
 
 def validate_file(path: Path, env: Mapping[str, str] | None = None) -> Result:
-    raw = load(path, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    raw = load(path, env)
     result = Result(raw.file, list(raw.issues))
     if raw.data is None:
         return result
@@ -65,7 +67,7 @@ def validate_file(path: Path, env: Mapping[str, str] | None = None) -> Result:
     if result.issues:
         return result
     try:
-        result.manifest = convert(raw.data, path.absolute(), _example(raw))
+        result.manifest = convert(raw.data, path.absolute(), _example(raw), default_base_image(env))
     except _Invalid as inv:
         result.issues.append(inv.issue)
     return result

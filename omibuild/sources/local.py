@@ -14,13 +14,36 @@ from omibuild.sources.hashing import copy_and_hash
 from omibuild.sources.progress import Progress
 from omibuild.sources.requirements import model_metadata
 
-ALWAYS_IGNORED = (".git", ".hg", ".svn", "__pycache__", ".DS_Store", ".ipynb_checkpoints")
+# Never model or code files: version control and tool state, virtual environments (also
+# found by their pyvenv.cfg, whatever their name), and omibuild's own files, whose content
+# changes with every plan (a model digest that covered omi.lock would never be stable).
+NEVER_TAKEN = (
+    ".git",
+    ".hg",
+    ".svn",
+    "__pycache__",
+    ".DS_Store",
+    ".ipynb_checkpoints",
+    ".venv",
+    "venv",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "*.pyc",
+    "omi.yaml",
+    "omi.yml",
+    "omi.lock",
+    "plan.json",
+    "*.plan.json",
+)
 
 
-def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    """A glob matches the whole relative path or any one of its parts."""
     parts = PurePosixPath(rel).parts
-    if any(p in ALWAYS_IGNORED for p in parts):
-        return True
     for pat in patterns:
         pat = pat.rstrip("/")
         if fnmatch.fnmatchcase(rel, pat) or any(fnmatch.fnmatchcase(p, pat) for p in parts):
@@ -28,8 +51,15 @@ def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def walk(base: Path, root: Path, patterns: tuple[str, ...]) -> list[tuple[str, Path]]:
-    """(relative posix path, absolute path) of every file, refusing escapes."""
+def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
+    return _matches(rel, NEVER_TAKEN) or _matches(rel, patterns)
+
+
+def walk(
+    base: Path, root: Path, patterns: tuple[str, ...], include: tuple[str, ...] = ()
+) -> list[tuple[str, Path]]:
+    """(relative posix path, absolute path) of every file, refusing escapes. With ``include``,
+    only the files that match one of its globs."""
     root = root.resolve()
     if base.is_file():
         return [(base.name, base)]
@@ -40,18 +70,20 @@ def walk(base: Path, root: Path, patterns: tuple[str, ...]) -> list[tuple[str, P
         for d in sorted(dirnames):
             full = current / d
             rel = full.relative_to(base).as_posix()
-            if ignored(rel, patterns):
+            if ignored(rel, patterns) or (full / "pyvenv.cfg").is_file():
                 continue
             if full.is_symlink():
                 _check_inside(full, root)
-                found += [(f"{rel}/{r}", p) for r, p in walk(full.resolve(), root, patterns)]
+                found += [
+                    (f"{rel}/{r}", p) for r, p in walk(full.resolve(), root, patterns, include)
+                ]
                 continue
             kept.append(d)
         dirnames[:] = kept
         for name in sorted(filenames):
             full = current / name
             rel = full.relative_to(base).as_posix()
-            if ignored(rel, patterns):
+            if ignored(rel, patterns) or (include and not _matches(rel, include)):
                 continue
             if full.is_symlink():
                 _check_inside(full, root)
@@ -79,9 +111,12 @@ class LocalModelSource:
         base = root / spec.path
         if not base.exists():
             raise SourceError(f"{base}: model path does not exist")
-        entries = walk(base, root, spec.ignore)
+        entries = walk(base, root, spec.ignore, spec.include)
         if not entries:
-            raise SourceError(f"{base}: no model files (after ignore patterns)")
+            raise SourceError(
+                f"{base}: no model files (after include and ignore patterns)",
+                hint="check model.source.local.path, include and ignore in omi.yaml",
+            )
         total = sum(p.stat().st_size for _, p in entries)
         files = []
         with self.progress.task(f"hashing {spec.path}", total) as advance:

@@ -190,7 +190,9 @@ def test_push_needs_a_repository(tmp_path: Path) -> None:
         EXAMPLES / "sklearn-iris", tmp_path / "r", ignore=shutil.ignore_patterns("omi.lock")
     )
     manifest = tmp_path / "r" / "omi.yaml"
-    lines = [ln for ln in manifest.read_text().splitlines() if "repository:" not in ln]
+    lines = [
+        ln for ln in manifest.read_text().splitlines() if "repository:" not in ln and ln != "image:"
+    ]
     manifest.write_text("\n".join(lines) + "\n")
     cache = Cache(tmp_path / "c")
     with pytest.raises(UsageError, match=r"needs image\.repository"):

@@ -61,7 +61,7 @@ def cache(tmp_path: Path) -> Cache:
 
 @pytest.mark.parametrize("path", example_manifests(), ids=lambda p: p.parent.name)
 def test_golden_dockerfile_and_plan(path: Path, cache: Cache) -> None:
-    m = load_manifest(path, env={})
+    m = load_manifest(path, env={"OMIBUILD_BASE_IMAGE": "omibuild.local/python:3.11-slim"})
     plan = make_plan(canonical_inputs(m, cache))
     dockerfile = render(plan)
     plan_json = json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"
