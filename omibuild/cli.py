@@ -10,19 +10,79 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
+from typing import Any, cast
 
 from omibuild import __version__
 from omibuild.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, OmiError
 
 VERBS = {
+    "init": "write a commented omi.yaml for a model file or directory",
     "validate": "check omi.yaml files against the schema and the repository",
-    "schema": "print the omi.yaml JSON Schema",
-    "init": "write a commented omi.yaml, detecting the model flavor",
     "plan": "show exactly what apply will build",
     "apply": "build (and push) the OMI image",
-    "check": "check an image against the Open Model Interface spec",
     "run": "start an image locally and try it",
+    "check": "check an image against the Open Model Interface spec",
+    "schema": "print the omi.yaml JSON Schema",
+    "completion": "print a shell completion script (bash or zsh)",
 }
+
+# What each verb's --help shows under its options: a description, then examples.
+DETAILS = {
+    "init": (
+        "Looks for the model below MODEL (default: the current directory): an MLflow model\n"
+        "directory, a transformers directory, .onnx or sklearn pickle/joblib/skops files.\n"
+        "Writes omi.yaml with the model's flavor and the requirements that load it, each\n"
+        "with a comment saying where it came from. The model is named after the directory\n"
+        "omi.yaml goes in.",
+        ["omibuild init", "omibuild init model/", "omibuild init model.onnx --name churn -o -"],
+    ),
+    "validate": (
+        "Every problem in every file at once, as FILE:LINE:COL, with a hint. Warnings (for\n"
+        "example a flavor whose package no requirement names) do not fail validation.",
+        ["omibuild validate", "omibuild validate models/*/omi.yaml --format json"],
+    ),
+    "plan": (
+        "Resolves the model source (writing omi.lock), pins the base image's digest and\n"
+        "prints the plan: layers, requirements, labels and tags. Nothing is built.",
+        [
+            "omibuild plan",
+            "omibuild plan --format markdown > plan.md",
+            "omibuild plan --out reviewed.plan.json && omibuild apply --plan reviewed.plan.json",
+        ],
+    ),
+    "apply": (
+        "Builds every manifest given (a directory means every omi.yaml below it) through\n"
+        "docker buildx with cache layers, and tags each image with its origin id.",
+        [
+            "omibuild apply",
+            "omibuild apply --push",
+            "omibuild apply models/ --format json",
+        ],
+    ),
+    "run": (
+        "Starts the image (built from omi.yaml, or any image name) in the local engine, waits\n"
+        "until it is ready and prints how to call it; --predict sends one request and stops.",
+        [
+            "omibuild run",
+            "omibuild run --predict input.json",
+            "omibuild run registry.example.com/models/iris:latest --interface modzy",
+        ],
+    ),
+    "check": (
+        "Starts every interface the image declares, each in its own container, and checks\n"
+        "labels, readiness, the example prediction and a clean stop.",
+        ["omibuild check omibuild.local/iris:latest", "omibuild check IMAGE --format junit"],
+    ),
+    "schema": ("The JSON Schema that editors use to validate and complete omi.yaml.", []),
+    "completion": (
+        "Prints a completion script for your shell.",
+        [
+            'eval "$(omibuild completion bash)"      # in ~/.bashrc',
+            "omibuild completion zsh > ~/.zfunc/_omibuild   # with ~/.zfunc on $fpath",
+        ],
+    ),
+}
+MANIFEST_HELP = "the manifest (default: ./omi.yaml)"
 
 
 def _add_format(p: argparse.ArgumentParser, choices: Sequence[str], default: str) -> None:
@@ -32,6 +92,21 @@ def _add_format(p: argparse.ArgumentParser, choices: Sequence[str], default: str
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--locked", action="store_true", help="fail if resolving differs from omi.lock")
     p.add_argument("--offline", action="store_true", help="use only omi.lock and the cache")
+
+
+def _verb(sub: Any, name: str) -> argparse.ArgumentParser:
+    description, examples = DETAILS[name]
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return cast(
+        argparse.ArgumentParser,
+        sub.add_parser(
+            name,
+            help=VERBS[name],
+            description=f"{VERBS[name][0].upper()}{VERBS[name][1:]}.\n\n{description}",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,27 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omibuild {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
 
-    p = sub.add_parser("validate", help=VERBS["validate"])
-    p.add_argument("files", nargs="+", metavar="FILE")
-    _add_format(p, ["text", "json"], "text")
-
-    p = sub.add_parser("schema", help=VERBS["schema"])
-
-    p = sub.add_parser("init", help=VERBS["init"])
-    p.add_argument("model_dir", nargs="?", default=".", help="model directory to inspect")
-    p.add_argument("--name", help="model name (default: the directory name)")
+    p = _verb(sub, "init")
+    p.add_argument("model", nargs="?", default=".", help="model file or directory (default: .)")
+    p.add_argument("--name", help="model name (default: the name of omi.yaml's directory)")
     p.add_argument("-o", "--output", default="omi.yaml", help="file to write (- for stdout)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    p = sub.add_parser("plan", help=VERBS["plan"])
-    p.add_argument("file", metavar="FILE")
+    p = _verb(sub, "validate")
+    p.add_argument("files", nargs="*", default=["omi.yaml"], metavar="FILE", help=MANIFEST_HELP)
+    _add_format(p, ["text", "json"], "text")
+
+    p = _verb(sub, "plan")
+    p.add_argument("file", nargs="?", default="omi.yaml", metavar="FILE", help=MANIFEST_HELP)
     _add_format(p, ["text", "json", "markdown"], "text")
     p.add_argument("--out", help="save the plan as JSON for apply --plan")
     p.add_argument("--dockerfile", action="store_true", help="print only the Dockerfile")
     _add_source_flags(p)
 
-    p = sub.add_parser("apply", help=VERBS["apply"])
-    p.add_argument("files", nargs="+", metavar="FILE|DIR")
+    p = _verb(sub, "apply")
+    p.add_argument("files", nargs="*", default=["omi.yaml"], metavar="FILE|DIR", help=MANIFEST_HELP)
     p.add_argument("--plan", dest="plan_file", help="apply exactly this reviewed plan.json")
     p.add_argument("--push", action="store_true", help="push to the image repository")
     p.add_argument("--output", help="oci:PATH writes an OCI layout tarball instead of loading")
@@ -79,20 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
         "must be able to run BuildKit's scanner image)",
     )
     p.add_argument("--progress", choices=["auto", "plain", "tty", "quiet"], default="auto")
+    _add_format(p, ["text", "json"], "text")
     _add_source_flags(p)
 
-    p = sub.add_parser("check", help=VERBS["check"])
-    p.add_argument("image")
-    _add_format(p, ["text", "json", "junit"], "text")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
-
-    p = sub.add_parser("run", help=VERBS["run"])
-    p.add_argument("target", metavar="IMAGE|omi.yaml")
+    p = _verb(sub, "run")
+    p.add_argument(
+        "target", nargs="?", default="omi.yaml", metavar="IMAGE|omi.yaml", help=MANIFEST_HELP
+    )
     p.add_argument("--interface", help="INTERFACE to start (default: the image's default)")
     p.add_argument("--protocol", help="PROTOCOL to start")
     p.add_argument("--port", type=int, help="host port to map")
     p.add_argument("--predict", metavar="FILE", help="send one request, print it, stop")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    _add_format(p, ["text", "json"], "text")
+
+    p = _verb(sub, "check")
+    p.add_argument("image")
+    _add_format(p, ["text", "json", "junit"], "text")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+
+    _verb(sub, "schema")
+
+    p = _verb(sub, "completion")
+    p.add_argument("shell", choices=["bash", "zsh"])
     return parser
 
 

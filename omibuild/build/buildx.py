@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.build.request import BuildRequest, BuildResult
+from omibuild.errors import UsageError
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
@@ -42,6 +43,19 @@ def _output(req: BuildRequest) -> str:
     # another compression (local loads are uncompressed) and push those as they are.
     extra = ",force-compression=true" if req.output == "push" else ""
     return f"type=image,{names},push={push},compression={req.compression}{extra}"
+
+
+def engine_error(err: Exception) -> UsageError:
+    """The one line every verb gives when the engine does not answer (exit 2)."""
+    text = str(err)
+    where = os.environ.get("DOCKER_HOST") or "the local socket"
+    if "Cannot connect" in text or "connection refused" in text.lower() or "dial unix" in text:
+        return UsageError(
+            f"cannot reach the Docker engine at {where}",
+            hint="start Docker (or `make setup` on this repository's machines), or set DOCKER_HOST",
+        )
+    last = [ln for ln in text.splitlines() if ln.strip()]
+    return UsageError(f"the Docker engine refused: {(last or ['no message'])[-1][:300]}")
 
 
 class BuildxExecutor:
@@ -311,10 +325,13 @@ class Containers:
 
         try:
             image = self.docker.image.inspect(ref)
-        except DockerException:
-            return None
+        except DockerException as err:
+            if "No such image" in str(err) or "not found" in str(err).lower():
+                return None
+            raise engine_error(err) from None
         cfg = image.config
         return {
+            "id": str(image.id),
             "labels": dict(cfg.labels or {}),
             "user": cfg.user or "",
             "env": list(cfg.env or []),

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
 from omibuild.sources.cache import Cache
@@ -27,6 +27,26 @@ def _summary(results: list[ApplyResult], stream: TextIO) -> None:
         steps = f"{r.cached_steps}/{r.total_steps}" if r.total_steps else "-"
         table.add_row(r.name, r.status, "\n".join(r.refs), f"{r.seconds:.1f}", steps)
     Console(file=stream, width=160).print(table)
+
+
+def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dict[str, Any]:
+    """One target as CI reads it: what was built, its digest, and where it went."""
+    digest = r.digest
+    if digest is None and r.status == "up to date" and output == "load":
+        digest = executor.image_digest(r.refs[0])
+    return {
+        "name": r.name,
+        "status": r.status,
+        "image_digest": digest,
+        "plan_digest": plan_digest,
+        "tags": list(r.refs),
+        "pushed": list(r.refs) if output == "push" and r.status != "failed" else [],
+        "output": output,
+        "seconds": round(r.seconds, 3),
+        "cached_steps": r.cached_steps,
+        "total_steps": r.total_steps,
+        "error": r.error,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     )
     results = apply_all(prepared, executor, cache, progress, options)
     failed = [r for r in results if r.status == "failed"]
+    if args.format == "json":
+        plans = {p.plan.name: p.plan for p in prepared}
+        report = [_record(r, plans[r.name].digest, options.output, executor) for r in results]
+        print(json.dumps(report, indent=2))
+        return EXIT_INVALID if failed else EXIT_OK
     for r in failed:
         print(f"omibuild: error: {r.name}: {r.error}", file=sys.stderr)
     if len(results) == 1 and not failed:

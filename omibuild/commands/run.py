@@ -94,12 +94,24 @@ def run(args: argparse.Namespace) -> int:
             f"{image}: {interface} {protocol} ready in {seconds:.1f}s on {target.base}",
             file=sys.stderr,
         )
+        record: dict[str, Any] = {
+            "image": image,
+            "image_id": config.get("id"),
+            "interface": interface,
+            "protocol": protocol,
+            "url": target.base,
+            "ready_seconds": round(seconds, 3),
+        }
         if request is not None:
             status, response = predict(target, request)
-            print(json.dumps(response, indent=2))
+            record |= {"status": status, "response": response}
+            print(json.dumps(record if args.format == "json" else response, indent=2))
             return EXIT_OK if status < 400 else EXIT_INVALID
-        if example is not None:
-            print(curl_example(target, example))
+        curl = curl_example(target, example) if example is not None else None
+        if args.format == "json":
+            print(json.dumps(record | {"curl": curl}), flush=True)
+        elif curl is not None:
+            print(curl)
         print("press Ctrl-C to stop", file=sys.stderr)
         threading.Event().wait()
         return EXIT_OK

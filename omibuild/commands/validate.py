@@ -17,7 +17,7 @@ def report_text(results: list[Result]) -> str:
         lines += [i.text() for i in r.issues]
         if r.ok:
             lines.append(f"{r.file}: valid")
-    bad = sum(len(r.issues) for r in results)
+    bad = sum(len(r.errors) for r in results)
     if bad:
         lines.append(
             f"{bad} problem{'s' if bad != 1 else ''} in "

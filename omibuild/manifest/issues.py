@@ -14,10 +14,12 @@ class Issue:
     path: str  # JSON path, e.g. $.model.source.mlflow.uri
     message: str
     hint: str | None = None
+    severity: str = "error"  # a warning is shown but does not make the manifest invalid
 
     def text(self) -> str:
         tail = f" (hint: {self.hint})" if self.hint else ""
-        return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}{tail}"
+        level = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.col}: {self.path}: {level}{self.message}{tail}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

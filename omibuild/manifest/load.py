@@ -197,7 +197,26 @@ def load_text(text: str, *, file: str, path: Path, env: Mapping[str, str]) -> Ra
         )
         return raw
     raw.data = _Builder(raw, env).build(root, ())
+    _interface_aliases(raw.data)
     return raw
+
+
+# KServe is the name KFServing has had since 2021; OMI's labels keep the spec's name.
+INTERFACE_ALIASES = {"kserve": "kfserving"}
+
+
+def _interface_aliases(data: Any) -> None:
+    runtimes = data.get("runtimes") if isinstance(data, dict) else None
+    if not isinstance(runtimes, dict):
+        return
+    default = runtimes.get("default")
+    if isinstance(default, str) and default in INTERFACE_ALIASES:
+        runtimes["default"] = INTERFACE_ALIASES[default]
+    declared = runtimes.get("interfaces")
+    if isinstance(declared, dict):
+        for alias, name in INTERFACE_ALIASES.items():
+            if alias in declared and name not in declared:
+                declared[name] = declared.pop(alias)
 
 
 def load(path: Path, env: Mapping[str, str]) -> RawManifest:
@@ -206,7 +225,8 @@ def load(path: Path, env: Mapping[str, str]) -> RawManifest:
     try:
         if path.is_dir():
             raise UsageError(f"{file}: is a directory", hint="pass the omi.yaml file inside it")
-        blob = path.read_bytes()[: MAX_MANIFEST_BYTES + 1]
+        with open(path, "rb") as fh:  # bounded: /dev/zero or a huge file stops here
+            blob = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(
             f"{file}: no such file", hint="run `omibuild init` to create one"

@@ -4,13 +4,19 @@ schema found problems, skipping whatever is not well-typed."""
 
 from __future__ import annotations
 
+import ast
+import difflib
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from omibuild.manifest.issues import Issue, json_path
 from omibuild.manifest.load import PathKey, RawManifest
 from omibuild.manifest.model import INTERFACE_DEFAULTS, requirements_of
+from omibuild.sources.requirements import read_requirements
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -22,15 +28,68 @@ REFERENCE = re.compile(
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# The PyPI distribution each flavor loads models with, and the module a missing one names.
+FLAVOR_DISTRIBUTION = {"sklearn": "scikit-learn", "transformers": "transformers"}
+FLAVOR_MODULE = {"sklearn": "sklearn", "transformers": "transformers"}
+MAX_SOURCE_BYTES = 2 * 1024 * 1024
+
+
+def top_level_names(file: Path) -> set[str] | None:
+    """Names a module binds at top level, from its source; None when that cannot be known
+    (unreadable, not Python, a star import or a module ``__getattr__``)."""
+    try:
+        with open(file, "rb") as fh:
+            source = fh.read(MAX_SOURCE_BYTES + 1)
+        if len(source) > MAX_SOURCE_BYTES:
+            return None
+        tree = ast.parse(source, filename=str(file))
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    names: set[str] = set()
+    for node in _top_level(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return None if "__getattr__" in names else names
+
+
+def _top_level(tree: ast.Module) -> list[ast.stmt]:
+    """Top-level statements, looking inside if/try blocks (conditional imports and defs)."""
+    out: list[ast.stmt] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop(0)
+        out.append(node)
+        if isinstance(node, ast.If):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            todo += node.body + node.orelse + node.finalbody
+            for handler in node.handlers:
+                todo += handler.body
+    return out
+
+
 class _Checker:
     def __init__(self, raw: RawManifest) -> None:
         self.raw = raw
         self.root = raw.path.parent.resolve()
         self.issues: list[Issue] = []
 
-    def add(self, parts: PathKey, message: str, hint: str | None = None) -> None:
+    def add(
+        self, parts: PathKey, message: str, hint: str | None = None, severity: str = "error"
+    ) -> None:
         line, col = self.raw.position(parts)
-        self.issues.append(Issue(self.raw.file, line, col, json_path(parts), message, hint))
+        self.issues.append(
+            Issue(self.raw.file, line, col, json_path(parts), message, hint, severity)
+        )
 
     def inside(self, parts: PathKey, value: Any, *, must_exist: bool = True) -> Path | None:
         """Resolve a repo-relative path; report escapes and missing files."""
@@ -61,7 +120,7 @@ class _Checker:
     def module(self, parts: PathKey, ref: Any, code_dir: Path | None) -> None:
         if not isinstance(ref, str) or ":" not in ref or code_dir is None:
             return
-        module = ref.split(":", 1)[0]
+        module, attr = ref.split(":", 1)
         base = code_dir.joinpath(*module.split("."))
         candidates = [base.with_suffix(".py"), base / "__init__.py"]
         found = next((c for c in candidates if c.is_file()), None)
@@ -74,6 +133,24 @@ class _Checker:
             )
         elif not found.resolve().is_relative_to(self.root):
             self.add(parts, f"module `{module}` is a symlink out of the model repository")
+        else:
+            self.defines(parts, found, module, attr)
+
+    def defines(self, parts: PathKey, file: Path, module: str, attr: str) -> None:
+        """The module's source names ``attr`` at top level: read, never imported (importing
+        runs the user's code and needs the model's libraries, which the build host may lack)."""
+        names = top_level_names(file)
+        if names is None or attr in names:
+            return  # unreadable, or it builds names at run time: the container will tell
+        public = sorted(n for n in names if not n.startswith("_"))
+        close = difflib.get_close_matches(attr, public, n=1)
+        hint = (
+            f"did you mean `{module}:{close[0]}`?"
+            if close
+            else (f"it defines: {', '.join(public[:8])}" if public else "define it in the module")
+        )
+        rel = file.relative_to(self.root) if file.is_relative_to(self.root) else file
+        self.add(parts, f"{rel} defines no `{attr}`", hint)
 
     def run(self, data: dict[str, Any]) -> list[Issue]:
         model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
@@ -89,6 +166,7 @@ class _Checker:
         for hook in ("preprocess", "postprocess"):
             self.module(("processing", hook), processing.get(hook), code_dir)
         self.flavor(model, code_dir)
+        self.flavor_requirements(model, data.get("image"))
         self.runtimes(data.get("runtimes"))
         self.image(data.get("image"))
         self.secrets(data.get("build"))
@@ -122,13 +200,59 @@ class _Checker:
         if isinstance(example, dict) and isinstance(example.get("file"), str):
             self.inside(("model", "example", "file"), example["file"])
 
+    def flavor_requirements(self, model: dict[str, Any], image: Any) -> None:
+        """Warn when nothing installs the package the flavor loads the model with."""
+        flavor = model.get("flavor")
+        needed = FLAVOR_DISTRIBUTION.get(flavor) if isinstance(flavor, str) else None
+        source = model.get("source")
+        local = source.get("local") if isinstance(source, dict) else None
+        if needed is None or not isinstance(local, dict):
+            return  # remote models bring their own requirements, known once resolved
+        names = self.requirement_names(image if isinstance(image, dict) else {}, local)
+        if names is None or needed in names:
+            return
+        self.add(
+            ("model", "flavor"),
+            f"the {flavor} flavor loads the model with {needed}, which no requirement "
+            f"installs (the container would stop: No module named '{FLAVOR_MODULE[flavor]}')",
+            f"add {needed}==<the version that saved the model> to image.requirements",
+            severity="warning",
+        )
+
+    def requirement_names(self, image: dict[str, Any], local: dict[str, Any]) -> set[str] | None:
+        """Canonical names of what image.requirements and the model's own requirements.txt
+        install; None when they cannot be read (other checks report that)."""
+        try:
+            files, packages = requirements_of(image.get("requirements"))
+        except (AttributeError, TypeError):
+            return None
+        lines = [p for p in packages if isinstance(p, str)]
+        paths = [self.root / f for f in files if isinstance(f, str)]
+        if isinstance(local.get("path"), str):
+            paths.append(self.root / local["path"] / "requirements.txt")
+        for path in paths:
+            try:
+                if path.resolve().is_relative_to(self.root) and path.is_file():
+                    lines += read_requirements(path)
+            except (OSError, UnicodeDecodeError, ValueError):
+                return None
+        names = set()
+        for line in lines:
+            try:
+                names.add(canonicalize_name(Requirement(line).name))
+            except InvalidRequirement:
+                continue
+        return names
+
     def runtimes(self, runtimes: Any) -> None:
         if not isinstance(runtimes, dict):
             return
         declared = runtimes.get("interfaces")
         names = list(declared) if isinstance(declared, dict) else list(INTERFACE_DEFAULTS)
         default = runtimes.get("default")
-        if isinstance(default, str) and default not in names:
+        # An unknown name is the schema's to report (with the valid names); here only a known
+        # interface that the manifest left out.
+        if isinstance(default, str) and default in INTERFACE_DEFAULTS and default not in names:
             self.add(
                 ("runtimes", "default"),
                 f"default runtime `{default}` is not among the "

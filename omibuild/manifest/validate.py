@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,11 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return not self.issues
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
 
 
 def _example(raw: RawManifest) -> object:
@@ -64,7 +69,7 @@ def validate_file(path: Path, env: Mapping[str, str] | None = None) -> Result:
     result.issues += schema.check(raw)
     result.issues += semantic.check(raw)
     result.issues = sorted(set(result.issues), key=lambda i: (i.line, i.col, i.message))
-    if result.issues:
+    if result.errors:
         return result
     try:
         result.manifest = convert(raw.data, path.absolute(), _example(raw), default_base_image(env))
@@ -76,8 +81,11 @@ def validate_file(path: Path, env: Mapping[str, str] | None = None) -> Result:
 def load_manifest(path: Path, env: Mapping[str, str] | None = None) -> Manifest:
     """For verbs that need a valid manifest: raise with the first issue(s) otherwise."""
     result = validate_file(path, env)
+    for issue in result.issues:
+        if issue.severity == "warning":  # the verb goes on; the person still reads why
+            print(f"omibuild: {issue.text()}", file=sys.stderr)
     if result.manifest is None:
-        lines = [i.text() for i in result.issues]
+        lines = [i.text() for i in result.errors]
         more = (
             f" (and {len(lines) - 1} more; run `omibuild validate {path}`)"
             if len(lines) > 1

@@ -88,6 +88,7 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
     interfaces: dict[str, Any] = raw["interfaces"]
     defaults: dict[str, str] = raw.get("env_defaults", {})
     interface = env.get("INTERFACE") or raw["default_interface"]
+    interface = {"kserve": "kfserving"}.get(interface, interface)  # KFServing's name since 2021
     if interface not in interfaces:
         raise ConfigError(
             f"INTERFACE={interface!r} is not in this image; it has: {', '.join(interfaces)}"
