@@ -203,10 +203,12 @@ class _Checker:
     def flavor_requirements(self, model: dict[str, Any], image: Any) -> None:
         """Warn when nothing installs the package the flavor loads the model with."""
         flavor = model.get("flavor")
-        needed = FLAVOR_DISTRIBUTION.get(flavor) if isinstance(flavor, str) else None
+        if not isinstance(flavor, str) or flavor not in FLAVOR_DISTRIBUTION:
+            return
+        needed = FLAVOR_DISTRIBUTION[flavor]
         source = model.get("source")
         local = source.get("local") if isinstance(source, dict) else None
-        if needed is None or not isinstance(local, dict):
+        if not isinstance(local, dict):
             return  # remote models bring their own requirements, known once resolved
         names = self.requirement_names(image if isinstance(image, dict) else {}, local)
         if names is None or needed in names:
@@ -236,10 +238,10 @@ class _Checker:
                     lines += read_requirements(path)
             except (OSError, UnicodeDecodeError, ValueError):
                 return None
-        names = set()
+        names: set[str] = set()
         for line in lines:
             try:
-                names.add(canonicalize_name(Requirement(line).name))
+                names.add(str(canonicalize_name(Requirement(line).name)))
             except InvalidRequirement:
                 continue
         return names
