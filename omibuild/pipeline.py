@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,39 @@ def prepare(
     base_digest: Callable[[str], str | None] | None = None,
 ) -> Prepared:
     from omibuild.inputs import gather
+    from omibuild.sources.lock import write_lock
     from omibuild.sources.resolve import resolve
 
     manifest = load_manifest(path)
-    resolved = resolve(manifest, cache, progress, locked=locked, offline=offline)
-    inputs = gather(manifest, resolved, cache, base_digest=base_digest)
+    resolved = resolve(manifest, cache, progress, locked=locked, offline=offline, update_lock=False)
+    base = pin_base(manifest, None if offline else base_digest, locked=locked)
+    if not (locked or offline):
+        write_lock(manifest, resolved, base)
+    inputs = gather(manifest, resolved, cache, base_digest=lambda _: base)
     plan = make_plan(inputs)
     return Prepared(manifest, resolved, inputs, plan)
+
+
+def pin_base(
+    manifest: Manifest, engine: Callable[[str], str | None] | None, *, locked: bool = False
+) -> str | None:
+    """The base image's digest: the engine's when it answers, else the one omi.lock pins, so
+    a plan made without an engine (a reviewer's laptop, a lint-only CI job) is the same plan.
+    Says on stderr when neither knows it."""
+    from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest
+
+    pinned = read_base_digest(manifest)
+    found = engine(manifest.image.base) if engine else None
+    if locked and pinned and found and found != pinned:
+        raise LockMismatch(
+            f"--locked: base image {manifest.image.base} moved: {pinned[:19]} → {found[:19]}",
+            hint="review the change, then run without --locked to update omi.lock",
+        )
+    if found or pinned:
+        return found or pinned
+    print(
+        f"omibuild: note: the digest of base image {manifest.image.base} is unknown (not in "
+        f"the local engine, not in {lock_path(manifest).name}); the plan does not pin it",
+        file=sys.stderr,
+    )
+    return None

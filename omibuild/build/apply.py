@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from omibuild.build.context import staged_context
 from omibuild.build.request import BuildRequest, BuildResult, Executor
@@ -324,12 +325,42 @@ def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
         or reviewed.runtime_digest != current.runtime_digest
     ):
         reasons.append("omibuild itself changed")
+    reasons += _other_changes(reviewed, current)
     if not reasons:
-        reasons.append("the manifest changed")
+        reasons.append(
+            "the runtime config (omi.json) changed"
+            if reviewed.omi_json != current.omi_json
+            else "the plan format changed"
+        )
     raise BuildError(
         f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
         hint="run `omibuild plan --out plan.json` again and have it reviewed",
     )
+
+
+_COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
+_IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
+
+
+def _short(value: Any) -> str:
+    text = "(none)" if value in (None, "", [], ()) else str(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
+    """What else moved, by name: each label by its key, every other field by its own."""
+    old, new = reviewed.to_dict(), current.to_dict()
+    changes = []
+    old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
+    for key in sorted(set(old_labels) | set(new_labels)):
+        if key != DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
+            changes.append(
+                f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
+            )
+    for key in sorted(set(old) - _COVERED - _IGNORED - {"labels"}):
+        if old[key] != new.get(key):
+            changes.append(f"{key.replace('_', ' ')}: {_short(old[key])} → {_short(new.get(key))}")
+    return changes
 
 
 def expand_targets(paths: list[str]) -> list[Path]:

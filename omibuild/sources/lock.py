@@ -30,7 +30,7 @@ def spec_fingerprint(manifest: Manifest) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def read_lock(manifest: Manifest) -> ResolvedSource | None:
+def _read(manifest: Manifest) -> dict[str, Any] | None:
     path = lock_path(manifest)
     try:
         data = json.loads(path.read_text("utf-8"))
@@ -41,14 +41,31 @@ def read_lock(manifest: Manifest) -> ResolvedSource | None:
             f"{path}: unreadable lock file ({err})",
             hint="delete it and run `omibuild plan` to write it again",
         ) from None
-    if data.get("lockVersion") != LOCK_VERSION or data.get("source_spec") != spec_fingerprint(
-        manifest
-    ):
+    if not isinstance(data, dict) or data.get("lockVersion") != LOCK_VERSION:
+        return None
+    return data
+
+
+def read_lock(manifest: Manifest) -> ResolvedSource | None:
+    data = _read(manifest)
+    if data is None or data.get("source_spec") != spec_fingerprint(manifest):
         return None
     return ResolvedSource.from_dict(data["resolved"])
 
 
-def write_lock(manifest: Manifest, resolved: ResolvedSource) -> bool:
+def read_base_digest(manifest: Manifest) -> str | None:
+    """The digest omi.lock pins for the manifest's base image, if it pins that image."""
+    data = _read(manifest)
+    base = data.get("base") if data else None
+    if isinstance(base, dict) and base.get("image") == manifest.image.base:
+        digest = base.get("digest")
+        return digest if isinstance(digest, str) else None
+    return None
+
+
+def write_lock(
+    manifest: Manifest, resolved: ResolvedSource, base_digest: str | None = None
+) -> bool:
     """Write omi.lock if its content changes; returns whether it did."""
     path = lock_path(manifest)
     body: dict[str, Any] = {
@@ -56,6 +73,9 @@ def write_lock(manifest: Manifest, resolved: ResolvedSource) -> bool:
         "source_spec": spec_fingerprint(manifest),
         "resolved": resolved.to_dict(),
     }
+    base_digest = base_digest or read_base_digest(manifest)  # keep a pin nobody re-resolved
+    if base_digest:
+        body["base"] = {"image": manifest.image.base, "digest": base_digest}
     text = json.dumps(body, indent=2, sort_keys=True) + "\n"
     try:
         if path.read_text("utf-8") == text:
