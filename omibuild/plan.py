@@ -11,6 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from omibuild import __version__
 from omibuild.manifest.model import SPEC_INTERFACES, Manifest
 from omibuild.runtime.requirements import runtime_requirements
@@ -197,9 +200,21 @@ def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
         if line.startswith("mlflow==") or line == "mlflow":
             line = line.replace("mlflow", "mlflow-skinny", 1)
         reqs.append(line)
-    if inputs.manifest.flavor == "pyfunc" and not any(r.startswith("mlflow") for r in reqs):
-        reqs.append("mlflow-skinny")
+    if inputs.manifest.flavor == "pyfunc":
+        # mlflow.pyfunc imports pandas, which full mlflow brings and the skinny client does not.
+        names = {_name(r) for r in reqs}
+        if not names & {"mlflow", "mlflow-skinny"}:
+            reqs.append("mlflow-skinny")
+        if not names & {"mlflow", "pandas"}:
+            reqs.append("pandas")
     return _dedupe(reqs)
+
+
+def _name(line: str) -> str:
+    try:
+        return str(canonicalize_name(Requirement(line).name))
+    except InvalidRequirement:
+        return line
 
 
 def _interfaces(m: Manifest) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import Version
 
 _MLFLOW_FLAVORS = {
     "sklearn": "sklearn",
@@ -23,6 +25,28 @@ def read_requirements(path: Path) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def without_local_label(line: str) -> str:
+    """``torch==2.13.0+cpu`` → ``torch==2.13.0``. MLflow records the local build label of
+    what was installed where the model was saved; PyPI serves no such version, so pip would
+    fail on it. (A requirements file the user writes is left alone: it may name an index
+    that serves local builds.)"""
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return line
+    specs = [
+        f"{s.operator}{Version(s.version).public}"
+        if s.operator == "==" and "+" in s.version and "*" not in s.version
+        else str(s)
+        for s in req.specifier
+    ]
+    if specs == [str(s) for s in req.specifier]:
+        return line
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f"; {req.marker}" if req.marker else ""
+    return f"{req.name}{extras}{','.join(sorted(specs))}{marker}"
+
+
 def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[str, str]]:
     """(requirements, flavor hint, metadata) from MLmodel / requirements.txt / config.json."""
     meta: dict[str, str] = {}
@@ -30,7 +54,7 @@ def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[s
     flavor: str | None = None
     req = model_dir / "requirements.txt"
     if req.is_file():
-        requirements = read_requirements(req)
+        requirements = tuple(without_local_label(line) for line in read_requirements(req))
     mlmodel = model_dir / "MLmodel"
     if mlmodel.is_file():
         try:

@@ -130,3 +130,19 @@ def test_cli_never_prints_a_traceback_on_junk(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and str(path) in proc.stderr
+
+
+def test_a_models_own_requirements_lose_local_version_labels(tmp_path: Path) -> None:
+    """MLflow writes `torch==2.13.0+cpu`; PyPI serves no such version."""
+    from omibuild.sources.requirements import model_metadata
+
+    (tmp_path / "requirements.txt").write_text(
+        "mlflow==3.17.2\ntorch==2.13.0+cpu\n"
+        "torchvision[extra]==0.28.0+cu121 ; python_version >= '3.9'\n"
+    )
+    requirements, _, _ = model_metadata(tmp_path)
+    assert requirements == (
+        "mlflow==3.17.2",
+        "torch==2.13.0",
+        'torchvision[extra]==0.28.0; python_version >= "3.9"',
+    )

@@ -1,0 +1,201 @@
+"""A stranger's own model, first try: a fresh git repository holding only a model trained
+here, and the CLI as the README says to run it (`omibuild init`, `apply`, `run --predict`),
+with no edits to what init wrote. Never touches examples/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+OMIBUILD = str(Path(sys.executable).with_name("omibuild"))
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+def cli(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [OMIBUILD, *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+        check=False,
+    )
+
+
+def _iris() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x, y
+
+
+def train_joblib(repo: Path) -> None:
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+
+    (repo / "model").mkdir()
+    joblib.dump(
+        RandomForestClassifier(n_estimators=5, random_state=0).fit(*_iris()),
+        repo / "model" / "model.joblib",
+    )
+
+
+def train_onnx(repo: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _iris()
+    onx = to_onnx(LogisticRegression(max_iter=500).fit(x, y), x[:1].astype(np.float32))
+    (repo / "classifier.onnx").write_bytes(onx.SerializeToString())  # beside train.py
+
+
+def train_mlflow(repo: Path) -> None:
+    from importlib.metadata import version
+
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    # MLflow infers requirements from every module its process has loaded: in this test
+    # process that includes torch (with a local +cpu label) and pytest. A user's notebook
+    # names its own; so does this one, to keep the image small.
+    pins = [f"{d}=={version(d)}" for d in ("mlflow", "scikit-learn", "skops", "numpy")]
+    with warnings.catch_warnings():  # MLflow's own notes about type hints while saving
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            LogisticRegression(max_iter=500).fit(*_iris()),
+            str(repo / "artifacts" / "iris"),
+            pip_requirements=pins,
+        )
+
+
+def new_repo(tmp_path: Path, name: str, train: Callable[[Path], None]) -> Path:
+    repo = tmp_path / name
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "train.py").write_text("# the script that trained the model (not part of it)\n")
+    train(repo)
+    (repo / "request.json").write_text(json.dumps({"instances": ROWS}))
+    return repo
+
+
+def apply_json(repo: Path, image_cleanup: list[str]) -> dict[str, object]:
+    built = cli(repo, "apply", "--format", "json", "--progress", "quiet")
+    assert built.returncode == 0, built.stderr[-3000:]
+    [record] = json.loads(built.stdout)
+    image_cleanup += record["tags"]
+    assert record["status"] == "built" and str(record["image_digest"]).startswith("sha256:")
+    return record
+
+
+@pytest.mark.parametrize(
+    ("train", "flavor", "source_path"),
+    [
+        (train_joblib, "sklearn", "model"),
+        (train_onnx, "onnx", "classifier.onnx"),
+        (train_mlflow, "pyfunc", "artifacts/iris"),
+    ],
+    ids=["sklearn-joblib", "onnx", "mlflow-dir"],
+)
+def test_init_apply_run_serves_a_model_trained_here_with_no_edits(
+    tmp_path: Path,
+    unique: str,
+    engine: None,
+    cache_dir: Path,
+    image_cleanup: list[str],
+    train: Callable[[Path], None],
+    flavor: str,
+    source_path: str,
+) -> None:
+    repo = new_repo(tmp_path, f"stranger-{flavor}-{unique}", train)
+    init = cli(repo, "init")
+    assert init.returncode == 0, init.stderr
+    manifest = (repo / "omi.yaml").read_text()
+    assert f"name: stranger-{flavor}-{unique}\n" in manifest  # the repository's name
+    assert f"path: {source_path}\n" in manifest and f"flavor: {flavor} " in manifest
+    validate = cli(repo, "validate")
+    assert validate.returncode == 0 and "warning" not in validate.stdout + validate.stderr
+
+    record = apply_json(repo, image_cleanup)
+    image = next(t for t in record["tags"] if t.endswith(":latest"))  # type: ignore[attr-defined]
+    model_files = json.loads(
+        subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "cat", image, "/opt/omi/omi.json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["model"]["files"]
+    names = {f["path"] for f in model_files}
+    assert not names & {"omi.yaml", "omi.lock", "train.py", "request.json"}, names
+
+    ran = cli(repo, "run", "--predict", "request.json", "--format", "json")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    answer = json.loads(ran.stdout)
+    assert answer["status"] == 200 and answer["interface"] == "kfserving"
+    label = answer["response"]["outputs"][0]  # ONNX classifiers add the probabilities
+    assert label["shape"][0] == 2 and label["data"][:2] == [0, 2]
+
+
+def test_a_model_whose_package_is_missing_stops_and_run_names_the_module(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path, image_cleanup: list[str]
+) -> None:
+    """The flavor's package left out of the image: validate warns, the container stops at
+    once, and `run --predict` says which module is missing within 15 s."""
+    repo = new_repo(tmp_path, f"stranger-missing-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    text = (repo / "omi.yaml").read_text()
+    (repo / "omi.yaml").write_text(
+        "".join(ln for ln in text.splitlines(keepends=True) if "scikit-learn==" not in ln)
+    )
+    validate = cli(repo, "validate")
+    assert validate.returncode == 0, validate.stderr
+    assert "warning: the sklearn flavor loads the model with scikit-learn" in validate.stdout
+    apply_json(repo, image_cleanup)
+    start = time.monotonic()
+    ran = cli(repo, "run", "--predict", "request.json")
+    seconds = time.monotonic() - start
+    assert ran.returncode == 1, ran.stderr
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last.startswith("omibuild: error: ") and last.endswith(
+        "stopped (exit code 1) before it was ready: model failed to load: No module named "
+        "'sklearn' (hint: add scikit-learn to image.requirements in omi.yaml and apply again)"
+    ), ran.stderr
+    assert seconds < 15, seconds
+
+
+def test_plans_of_an_init_manifest_are_stable_and_the_same_without_an_engine(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path
+) -> None:
+    repo = new_repo(tmp_path, f"stranger-plan-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    first = cli(repo, "plan", "--format", "json")
+    second = cli(repo, "plan", "--format", "json")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout  # byte-identical: omi.lock is not a model file
+    plan = json.loads(first.stdout)
+    assert [f["path"] for layer in plan["model_layers"] for f in layer["files"]] == ["model.joblib"]
+    assert dict(plan["labels"])["org.opencontainers.image.base.digest"].startswith("sha256:")
+
+    nowhere = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    offline = cli(repo, "plan", "--format", "json", env=nowhere)
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["digest"] == plan["digest"]
+
+    (repo / "omi.lock").unlink()  # nothing pins the base now: the plan says so, and differs
+    unpinned = cli(repo, "plan", "--format", "json", env=nowhere)
+    assert "the digest of base image" in unpinned.stderr and "does not pin it" in unpinned.stderr
+    assert json.loads(unpinned.stdout)["digest"] != plan["digest"]
