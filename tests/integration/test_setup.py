@@ -66,3 +66,30 @@ def test_a_failed_base_image_build_leaves_nothing_marked_done(tmp_path: Path, un
     assert not any(state.glob("*.tar")) and not any(state.glob("*.partial"))
     assert not any(state.glob("rootfs.*"))
     assert docker("image", "inspect", image, check=False).returncode != 0
+
+
+def test_setup_uses_the_engine_already_here_and_installs_nothing() -> None:
+    proc = _script("install-packages.sh")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(
+        "[setup] install-packages: already installed (uses the Docker engine already here: "
+        "Docker version 2"
+    ), proc.stdout
+
+
+def test_without_an_engine_setup_refuses_trixie_unless_told_yes() -> None:
+    """A machine with no usable engine: setup names what the trixie install would move and
+    stops before apt runs, unless OMI_SETUP_TRIXIE=yes."""
+    sources = Path("/etc/apt/sources.list.d/trixie.sources")
+    before = sources.read_text() if sources.exists() else None
+    proc = _script(
+        "install-packages.sh", {"OMI_DOCKERD": "/nonexistent/dockerd", "OMI_SETUP_TRIXIE": ""}
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""  # nothing was installed, nothing was said to be
+    message = proc.stderr
+    assert message.startswith('[setup] FAILED step "install-packages": no Docker >= 24 with buildx')
+    for package in ("libc6", "dpkg", "libstdc++6", "base-files", "Debian 13"):
+        assert package in message
+    assert "make setup OMI_SETUP_TRIXIE=yes" in message
+    assert (sources.read_text() if sources.exists() else None) == before
