@@ -16,7 +16,7 @@ from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageEr
 
 def _image_and_example(target: str) -> tuple[str, Any]:
     path = Path(target)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):  # a manifest (a missing one is its own error)
         from omibuild.pipeline import prepare
         from omibuild.sources.cache import Cache
         from omibuild.sources.progress import Progress

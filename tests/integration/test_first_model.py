@@ -176,6 +176,22 @@ def test_a_model_whose_package_is_missing_stops_and_run_names_the_module(
     ), ran.stderr
     assert seconds < 15, seconds
 
+    image = next(t for t in image_cleanup if t.endswith(":latest"))
+    start = time.monotonic()
+    checked = cli(repo, "check", image, "--format", "json")
+    seconds = time.monotonic() - start
+    assert checked.returncode == 1, checked.stderr
+    ready = [
+        f for f in json.loads(checked.stdout)["findings"] if "becomes ready" in f["requirement"]
+    ]
+    assert ready and all(
+        not f["ok"]
+        and f["detail"].startswith("container exited with code 1: model failed to load: ")
+        and "No module named 'sklearn'" in f["detail"]
+        for f in ready
+    ), ready
+    assert seconds < 30, seconds  # every interface stops at once; none waits out a timeout
+
 
 def test_plans_of_an_init_manifest_are_stable_and_the_same_without_an_engine(
     tmp_path: Path, unique: str, engine: None, cache_dir: Path
