@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from omibuild.runtime.model import InputError
+from omibuild.runtime.model import InputError, brief
 
 DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -151,6 +151,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def json_document(raw: bytes | str) -> Any:
+    """A request's JSON. Malformed, or nested deeper than the decoder recurses (a 100,000-deep
+    array is a few hundred bytes), is the client's error, never a 500."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"malformed JSON: {brief(exc)}") from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None
+
+
 def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON part and the binary part of a request (binary extension)."""
     if header_length is None:
@@ -163,10 +174,7 @@ def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if not 0 <= n <= len(body):
             raise InputError(f"{HEADER}={n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
-    try:
-        request = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"malformed JSON: {exc}") from None
+    request = json_document(json_part)
     if (
         not isinstance(request, dict)
         or not isinstance(request.get("inputs"), list)

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from omibuild.runtime import log
-from omibuild.runtime.model import InputError, ModelService, PredictError
+from omibuild.runtime.codec import json_document
+from omibuild.runtime.model import InputError, ModelService, PredictError, brief, detach
 
 JSON = "application/json"
 ErrorBody = Callable[[int, str], dict[str, Any]]
@@ -60,22 +61,23 @@ async def receive_body(receive: Any, length: str | None, limit: int) -> bytes:
 
 
 def error_status(exc: Exception) -> tuple[int, str] | None:
-    """The status and message of an error every protocol answers in its own shape."""
+    """The status and message of an error every protocol answers in its own shape. The error
+    is detached from its frames (they hold the request) before anything keeps it."""
+    detach(exc)
     if isinstance(exc, HTTPError):
         return exc.status, exc.message
     if isinstance(exc, InputError):
         return 400, str(exc)
     if isinstance(exc, PredictError):
         return 500, str(exc)
+    if isinstance(exc, RecursionError):  # a JSON document nested deeper than Python recurses
+        return 400, "the request is nested too deeply"
     return None
 
 
 async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"malformed JSON: {exc}") from None
+    return json_document(body)
 
 
 class Metrics:
@@ -130,8 +132,8 @@ def endpoint(route: str, metrics: Metrics, error_body: ErrorBody) -> Callable[[H
             start = time.perf_counter()
             try:
                 response = await fn(request)
-            except (HTTPError, InputError, PredictError) as exc:
-                status, message = error_status(exc) or (500, str(exc))
+            except (HTTPError, InputError, PredictError, RecursionError) as exc:
+                status, message = error_status(exc) or (500, brief(exc))
                 response = json_response(error_body(status, message), status)
             metrics.observe(route, response.status_code, time.perf_counter() - start)
             return response
@@ -220,8 +222,10 @@ class HotRoute:
     def _error(self, exc: Exception) -> Payload:
         known = error_status(exc)
         if known is None:  # a bug of ours: answer like any other 500 and keep serving
-            log.error("request failed", route=self.route, error=f"{type(exc).__name__}: {exc}")
-            known = 500, f"internal error: {type(exc).__name__}: {exc}"
+            log.error(
+                "request failed", route=self.route, error=f"{type(exc).__name__}: {brief(exc)}"
+            )
+            known = 500, f"internal error: {type(exc).__name__}: {brief(exc)}"
         status, message = known
         body = json.dumps(self.error_body(status, message), separators=(",", ":")).encode()
         return status, body, JSON, []

@@ -16,6 +16,32 @@ from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor, import_object
 from omibuild.runtime.verify import verify_model
 
+MAX_MESSAGE = 200  # characters of a library's error message that reach a reply or a log
+
+
+def brief(exc: BaseException) -> str:
+    """A library's message, first line, bounded: some (numpy's "could not convert string to
+    float: '...'", a KeyError) carry the request's own data, which a reply must not echo."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def detach(exc: BaseException) -> BaseException:
+    """The error without its traceback or chained errors. Their frames hold the request's data,
+    and a traceback that reaches the frame holding the error is a cycle: freed only by a full
+    collection, which hardly ever runs once the loaded heap is frozen (gc.freeze)."""
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
+    return exc
+
+
+def fault(kind: type[Exception], prefix: str, exc: BaseException) -> Exception:
+    """``kind`` with a bounded message about ``exc``; ``exc`` is detached from its frames.
+    Raise it ``from None``."""
+    message = f"{prefix}: {type(exc).__name__}: {brief(exc)}"
+    detach(exc)
+    return kind(message)
+
 
 class InputError(Exception):
     """The request's data does not fit the model (400)."""
@@ -150,20 +176,20 @@ class ModelService:
             try:
                 inputs = self.preprocess(inputs)
             except Exception as exc:
-                raise PredictError(f"preprocess hook failed: {type(exc).__name__}: {exc}") from exc
+                raise fault(PredictError, "preprocess hook failed", exc) from None
         elif self.flavor.vectorised and isinstance(inputs, list):
             inputs = _as_array(inputs)
         try:
             outputs = self.flavor.predict(inputs)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise InputError(f"the model rejected the input: {type(exc).__name__}: {exc}") from exc
+            raise fault(InputError, "the model rejected the input", exc) from None
         except Exception as exc:
-            raise PredictError(f"predict failed: {type(exc).__name__}: {exc}") from exc
+            raise fault(PredictError, "predict failed", exc) from None
         if self.postprocess is not None:
             try:
                 outputs = self.postprocess(outputs)
             except Exception as exc:
-                raise PredictError(f"postprocess hook failed: {type(exc).__name__}: {exc}") from exc
+                raise fault(PredictError, "postprocess hook failed", exc) from None
         return outputs
 
     async def apredict(self, inputs: Any) -> Any:
@@ -188,7 +214,7 @@ def _as_array(rows: list[Any]) -> Any:
     try:
         array = np.asarray(rows)
     except ValueError as exc:  # ragged rows
-        raise InputError(f"instances do not form a tensor: {exc}") from exc
+        raise fault(InputError, "instances do not form a tensor", exc) from None
     if array.dtype == object:
         return rows
     return array
@@ -333,21 +359,28 @@ class _Job:
         inputs: Any,
         rows: int | None,
     ) -> None:
-        self.loop, self.future, self.inputs, self.rows = loop, future, inputs, rows
+        self.loop, self.inputs, self.rows = loop, inputs, rows
+        self.future: Any = future
 
     def run(self, predict: Callable[[Any], Any]) -> None:
+        inputs, self.inputs = self.inputs, None  # the job no longer holds the request's data
+        result: Any = None
+        error: BaseException | None = None
         try:
-            result = predict(self.inputs)
-        except BaseException as exc:  # handed to the waiting request
-            self.settle(None, exc)
-        else:
-            self.settle(result, None)
+            result = predict(inputs)
+        except BaseException as exc:  # handed to the waiting request, as a message only
+            error = detach(exc)
+        del inputs  # before the request is answered: nothing here outlives it
+        self.settle(result, error)
 
     def settle(self, result: Any, error: BaseException | None) -> None:
+        # The job lets go of the future: the lane thread keeps its last job until the next
+        # one, and the future comes to hold the error, its traceback and the request's frames.
+        future, self.future = self.future, None
         if self.loop is None:
-            _settle(self.future, result, error)
+            _settle(future, result, error)
         else:
-            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+            self.loop.call_soon_threadsafe(_settle, future, result, error)
 
 
 def _settle(

@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -511,3 +512,61 @@ def test_the_load_failure_hint_names_the_distribution_to_install() -> None:
     assert load_failure_line(FileNotFoundError("no .onnx file in /opt/omi/model")) == (
         "model failed to load: no .onnx file in /opt/omi/model"
     )
+
+
+@pytest.mark.parametrize("via", ["lane", "grpc-thread"])
+def test_a_rejected_request_keeps_nothing_of_its_data(tmp_path: Path, via: str) -> None:
+    """A model that rejects the input must not pin it: no traceback, chained error or job
+    may reach it once the request is answered. The cyclic GC is off, as good as it is after
+    gc.freeze(), so only reference counting can free it."""
+    import gc
+    import weakref
+
+    from omibuild.runtime.http import error_status
+    from omibuild.runtime.model import ModelService
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "picky.py").write_text(
+        "import numpy as np\n\n"
+        "class Model:\n"
+        "    def load(self, model_dir):\n        pass\n"
+        "    def predict(self, x):\n"
+        "        copy = np.asarray(x, dtype=float) * 2\n"
+        "        raise ValueError(f'{copy.shape[1]} features, expected 4: ' + 'x' * 10_000)\n"
+    )
+    interfaces = {"kfserving": {"protocols": ["v2"], "port": 8080}}
+    path = _omi_json(tmp_path, interfaces, flavor="custom", predictor="picky:Model")
+    env = {"OMI_CONFIG": str(path), "OMI_VERIFY_MODEL": "0", "OMI_CODE_DIR": str(tmp_path / "code")}
+    service = ModelService(load_config(env))
+    service.load()
+
+    async def request() -> tuple[Any, str]:  # as an HTTP handler: await, map the error
+        data = np.ones((1000, 3))
+        alive = weakref.ref(data)
+        answer = (0, "")
+        try:
+            await service.apredict(data)
+        except InputError as exc:
+            answer = error_status(exc) or answer
+        return alive, answer[1]
+
+    def grpc_request() -> tuple[Any, str]:  # as a gRPC worker thread calls it
+        data = np.ones((1000, 3))
+        alive = weakref.ref(data)
+        answer = (0, "")
+        try:
+            service.predict_blocking(data)
+        except InputError as exc:
+            answer = error_status(exc) or answer
+        return alive, answer[1]
+
+    gc.disable()
+    try:
+        for _ in range(3):
+            alive, message = asyncio.run(request()) if via == "lane" else grpc_request()
+            assert message.startswith("the model rejected the input: ValueError: 3 features")
+            assert len(message) < 300  # the library's message is bounded, not echoed whole
+            assert alive() is None
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -10,7 +10,7 @@ import grpc
 from omibuild import __version__
 from omibuild.runtime.adapters.kfserving import EXTENSIONS, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
-from omibuild.runtime.model import InputError, PredictError
+from omibuild.runtime.model import InputError, PredictError, detach
 from omibuild.runtime.protos import INFERENCE
 
 if TYPE_CHECKING:
@@ -118,9 +118,9 @@ class InferenceServicer:
                 response.raw_output_contents.append(blob or b"")
             return response
         except InputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(detach(exc)))
         except PredictError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            context.abort(grpc.StatusCode.INTERNAL, str(detach(exc)))
 
 
 def handler(name: str, impl: Any, service: str, table: dict[str, Any]) -> grpc.RpcMethodHandler:

@@ -3,7 +3,6 @@ and /invocations with dataframe_split, dataframe_records, instances, inputs or t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from omibuild import __version__
 from omibuild.runtime.adapters.payloads import csv_rows
+from omibuild.runtime.codec import json_document
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -102,11 +102,7 @@ class MlflowAdapter:
                 header = rows[0] if all(isinstance(c, str) for c in rows[0]) else None
                 data = self._frame(header, rows[1:] if header else rows)
             elif ctype == "application/json":
-                try:
-                    body = json.loads(raw)
-                except ValueError as exc:
-                    raise HTTPError(400, f"malformed JSON: {exc}") from None
-                data = self.parse(body)
+                data = self.parse(json_document(raw))
             else:
                 raise HTTPError(
                     415,

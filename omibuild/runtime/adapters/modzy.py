@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, read_json
-from omibuild.runtime.model import InputError, ModelService, PredictError, to_jsonable
+from omibuild.runtime.model import InputError, ModelService, PredictError, detach, to_jsonable
 
 SERVICE = "ModzyModel"
 RESULTS = "results.json"
@@ -27,6 +27,8 @@ RESULTS = "results.json"
 def instances_of(raw: bytes) -> list[Any]:
     try:
         value: Any = json.loads(raw)
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         try:
             return [raw.decode("utf-8")]
@@ -53,7 +55,7 @@ def _succeeded(predictions: Any) -> tuple[bool, bytes]:
 
 
 def _failed(exc: Exception) -> tuple[bool, bytes]:
-    return False, json.dumps({"error": str(exc)}).encode()
+    return False, json.dumps({"error": str(detach(exc))}).encode()
 
 
 def _shutdown_soon() -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from omibuild.runtime.adapters.payloads import csv_rows, json_instances, npy_array, to_csv
+from omibuild.runtime.codec import json_document
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -59,10 +59,7 @@ class SageMakerAdapter:
             elif ctype == "application/x-npy":
                 data = npy_array(body)
             elif ctype in ("application/json", "application/jsonlines", ""):
-                try:
-                    data = json_instances(json.loads(body))
-                except ValueError as exc:
-                    raise HTTPError(400, f"malformed JSON: {exc}") from None
+                data = json_instances(json_document(body))
             else:
                 raise HTTPError(
                     415,
