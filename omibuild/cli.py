@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -13,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from omibuild import __version__
-from omibuild.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, OmiError
+from omibuild.errors import (
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    OmiError,
+    Terminated,
+)
 
 VERBS = {
     "init": "write a commented omi.yaml for a model file or directory",
@@ -185,12 +193,17 @@ def _bug_report(exc: BaseException) -> str:
     return path
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return EXIT_USAGE
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         module = importlib.import_module(f"omibuild.commands.{args.verb}")
         code: int = module.run(args)
@@ -198,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OmiError as err:
         print(f"omibuild: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated:
+        print("omibuild: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("omibuild: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -205,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = _bug_report(exc)
         print(f"omibuild: internal error: {exc!r}; details in {path}", file=sys.stderr)
         return EXIT_BUG
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:

@@ -8,6 +8,7 @@ EXIT_INVALID = 1  # the input is wrong: invalid manifest, failed check, refused 
 EXIT_USAGE = 2  # bad arguments, unreadable file, unreachable service
 EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
 
 
 class OmiError(Exception):
@@ -36,3 +37,8 @@ class SourceError(OmiError):
 
 class BuildError(OmiError):
     exit_code = EXIT_INVALID
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, `timeout`, Kubernetes): every verb cleans up as on Ctrl-C,
+    cancelling a build, stopping containers it started, removing its temporary files."""

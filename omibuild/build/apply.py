@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from omibuild.build.context import staged_context
-from omibuild.build.request import BuildRequest, BuildResult, Executor
+from omibuild.build.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.build.secrets import build_secrets
-from omibuild.errors import BuildError, UsageError
+from omibuild.errors import BuildError, Terminated, UsageError
 from omibuild.pipeline import Prepared
 from omibuild.plan import Plan
 from omibuild.sources.cache import Cache
@@ -108,16 +108,20 @@ def cache_refs(
 
 @contextlib.contextmanager
 def _deferred_interrupts() -> Iterator[None]:
-    """Tagging is a few quick calls: finish them before honouring Ctrl-C, so the image has
-    all of its tags or none of them."""
+    """Tagging is a few quick calls: finish them before honouring Ctrl-C or SIGTERM, so the
+    image has all of its tags or none of them."""
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if received:
-            raise KeyboardInterrupt
+            raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt()
 
 
 @dataclass
@@ -144,7 +148,7 @@ def _job(prepared: Prepared, executor: Executor, options: ApplyOptions) -> _Job:
 
 
 def _request(
-    job: _Job, ctx: Path, secrets: tuple[tuple[str, Path], ...], cache: Cache, options: ApplyOptions
+    job: _Job, ctx: Path, secrets: tuple[BuildSecret, ...], cache: Cache, options: ApplyOptions
 ) -> BuildRequest:
     plan = job.plan
     cache_from, cache_to = cache_refs(plan, options, cache)
@@ -200,7 +204,7 @@ def apply_all(
                     offline=options.offline,
                 )
             )
-            secrets = stack.enter_context(build_secrets(m.build.secrets))
+            secrets = build_secrets(m.build.secrets)
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))
         for directory in sorted({d for r in requests for d in _local_cache_dirs(r)}):

@@ -19,7 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from omibuild.build.request import BuildRequest, BuildResult
+from omibuild.build.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import UsageError
 
 if TYPE_CHECKING:
@@ -145,8 +145,8 @@ class BuildxExecutor:
         else:
             cmd += [a for ref in req.cache_from for a in ("--cache-from", ref)]
             cmd += [a for ref in req.cache_to for a in ("--cache-to", ref)]
-        for sid, path in req.secrets:
-            cmd += ["--secret", f"id={sid},src={path}"]
+        for secret in req.secrets:
+            cmd += ["--secret", secret.spec]
         for key, value in req.annotations:
             cmd += [
                 "--annotation",
@@ -168,7 +168,7 @@ class BuildxExecutor:
                 "context": str(req.context),
                 "dockerfile": str(req.dockerfile),
                 "output": [_output(req)],
-                "secret": [f"id={sid},src={path}" for sid, path in req.secrets],
+                "secret": [secret.spec for secret in req.secrets],
                 "annotations": [
                     f"{kind}:{k}={v}" for k, v in req.annotations for kind in ("manifest", "index")
                 ],
@@ -203,7 +203,7 @@ class BuildxExecutor:
             builder = next((r.builder for r in requests if r.builder), None)
             if builder:
                 cmd += ["--builder", builder]
-            overall = self._run(cmd, requests[0])
+            overall = self._run(cmd, requests[0], [s for r in requests for s in r.secrets])
             meta: dict[str, Any] = json.loads(metadata.read_text()) if metadata.exists() else {}
         results = []
         for i, _req in enumerate(requests):
@@ -225,17 +225,18 @@ class BuildxExecutor:
     def build(self, req: BuildRequest) -> BuildResult:
         with tempfile.TemporaryDirectory(prefix="omibuild-meta-") as tmp:
             metadata = Path(tmp) / "metadata.json"
-            result = self._run(self.command(req, metadata), req)
+            result = self._run(self.command(req, metadata), req, list(req.secrets))
             if result.ok and metadata.exists():
                 meta: dict[str, Any] = json.loads(metadata.read_text())
                 result.digest = meta.get("containerimage.digest")
         return result
 
-    def _run(self, cmd: list[str], req: BuildRequest) -> BuildResult:
+    def _run(self, cmd: list[str], req: BuildRequest, secrets: list[BuildSecret]) -> BuildResult:
         tail: deque[str] = deque(maxlen=60)
         steps: set[str] = set()
         cached: set[str] = set()
         live = _Live(self.stream, req.progress)
+        env = dict(os.environ) | {s.env_name: s.value for s in secrets if s.value is not None}
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -243,6 +244,7 @@ class BuildxExecutor:
             text=True,
             errors="replace",
             start_new_session=True,
+            env=env,
         )
         try:
             assert proc.stdout is not None
@@ -269,6 +271,8 @@ class BuildxExecutor:
             raise
         finally:
             live.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
         lines = list(tail)
         error = next((ln for ln in reversed(lines) if ln.startswith("ERROR:")), None)
         return BuildResult(

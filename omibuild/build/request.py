@@ -8,6 +8,26 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class BuildSecret:
+    """One BuildKit secret: a file that already exists on the host (the CA bundle, a file the
+    manifest names), or a value held only in this process's memory. A value reaches buildx
+    through its environment (``--secret id=...,env=...``), so it is never written to disk:
+    nothing is left behind when omibuild is killed."""
+
+    id: str
+    file: Path | None = None
+    value: str | None = field(default=None, repr=False)
+
+    @property
+    def env_name(self) -> str:
+        return "OMIBUILD_SECRET_" + self.id.encode().hex().upper()  # distinct for every id
+
+    @property
+    def spec(self) -> str:
+        return f"id={self.id},src={self.file}" if self.file else f"id={self.id},env={self.env_name}"
+
+
+@dataclass(frozen=True)
 class BuildRequest:
     context: Path
     dockerfile: Path
@@ -18,7 +38,7 @@ class BuildRequest:
     cache_from: tuple[str, ...] = ()
     cache_to: tuple[str, ...] = ()
     no_cache: bool = False
-    secrets: tuple[tuple[str, Path], ...] = ()  # (id, file); never an env value
+    secrets: tuple[BuildSecret, ...] = ()
     builder: str | None = None
     compression: str = "zstd"
     sbom: bool = False

@@ -1,19 +1,20 @@
 """Secrets for a build: the host's CA bundle and pip configuration, plus the manifest's own.
 
-They reach BuildKit only as ``--secret id=...,src=FILE`` (never build args, ENV, labels or
-layers). Values from environment variables are written to 0600 files in a private temporary
-directory that is removed after the build, so they never appear on a command line."""
+They reach BuildKit only as ``--secret`` (never build args, ENV, labels or layers): files
+the host already keeps by their path, values (an environment variable the manifest names,
+the pip configuration omibuild derives, which may hold an index password) through the
+buildx process's environment. No value is written to disk, so a build killed with SIGKILL
+leaves none behind, and none appears on a command line."""
 
 from __future__ import annotations
 
 import configparser
 import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
+from omibuild.build.request import BuildSecret
 from omibuild.errors import UsageError
 from omibuild.manifest.model import Secret
 
@@ -93,41 +94,28 @@ def portable_pip_config(env: Mapping[str, str]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
 def build_secrets(
     declared: tuple[Secret, ...], env: Mapping[str, str] | None = None
-) -> Iterator[tuple[tuple[str, Path], ...]]:
+) -> tuple[BuildSecret, ...]:
     env = os.environ if env is None else env
-    tmp = Path(tempfile.mkdtemp(prefix="omibuild-secrets-"))
-    os.chmod(tmp, 0o700)
-    try:
-        found: list[tuple[str, Path]] = []
-        ca = find_ca_bundle(env)
-        if ca:
-            found.append(("ca", ca))
-        pipconf = portable_pip_config(env)
-        if pipconf:
-            found.append(("pipconf", _write(tmp / "pipconf", pipconf)))
-        for s in declared:
-            if s.env:
-                if s.env not in env:
-                    raise UsageError(
-                        f"build secret {s.id!r}: environment variable {s.env} is not set",
-                        hint=f"export {s.env} or remove the secret from build.secrets",
-                    )
-                found.append((s.id, _write(tmp / s.id, env[s.env])))
-            elif s.file:
-                path = Path(os.path.expanduser(s.file))
-                if not path.is_file():
-                    raise UsageError(f"build secret {s.id!r}: {path} is not a file")
-                found.append((s.id, path))
-        yield tuple(found)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
+    found: list[BuildSecret] = []
+    ca = find_ca_bundle(env)
+    if ca:
+        found.append(BuildSecret("ca", file=ca))
+    pipconf = portable_pip_config(env)
+    if pipconf:
+        found.append(BuildSecret("pipconf", value=pipconf))
+    for s in declared:
+        if s.env:
+            if s.env not in env:
+                raise UsageError(
+                    f"build secret {s.id!r}: environment variable {s.env} is not set",
+                    hint=f"export {s.env} or remove the secret from build.secrets",
+                )
+            found.append(BuildSecret(s.id, value=env[s.env]))
+        elif s.file:
+            path = Path(os.path.expanduser(s.file))
+            if not path.is_file():
+                raise UsageError(f"build secret {s.id!r}: {path} is not a file")
+            found.append(BuildSecret(s.id, file=path))
+    return tuple(found)

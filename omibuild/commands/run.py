@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -53,10 +52,6 @@ def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float)
     return BuildError(f"{image} stopped (exit code {code}) before it was ready: {reason}")
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     from omibuild.build.buildx import Containers
     from omibuild.images import free_port, interfaces_of
@@ -82,9 +77,6 @@ def run(args: argparse.Namespace) -> int:
     env, port = container_env(interface, protocol, info.model_name)
     host_port = args.port or free_port()
     target = Target(interface, protocol, info.model_name or "model", host_port)
-    # A supervisor's SIGTERM (CI timeouts, `timeout`, systemd) stops the container like
-    # Ctrl-C does, instead of leaving it running.
-    signal.signal(signal.SIGTERM, _terminated)
     try:
         cid = containers.start(image, env, {port: host_port})
         seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))

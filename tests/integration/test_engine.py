@@ -109,3 +109,39 @@ def test_push_and_pull_through_the_local_registry(
     assert docker("image", "inspect", ref, check=False).returncode != 0
     docker("pull", "-q", ref)
     assert docker("run", "--rm", ref, "cat", "/marker").stdout.strip() == unique
+
+
+def test_a_secret_held_in_memory_reaches_the_build_step_and_no_layer(
+    tmp_path: Path, unique: str, image_cleanup: list[str]
+) -> None:
+    """`--secret id=...,env=...`: the value goes from omibuild's memory to buildx's
+    environment to the step's mount, and nowhere else."""
+    import hashlib
+
+    from omibuild.build.buildx import BuildxExecutor
+    from omibuild.build.request import BuildRequest, BuildSecret
+
+    value = f"s3cret-{unique}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE}\n"
+        "RUN --mount=type=secret,id=token,required=true "
+        "sha256sum /run/secrets/token | cut -c1-64 > /token.sha256\n"
+    )
+    ref = f"omibuild.local/secret-test:{unique}"
+    image_cleanup.append(ref)
+    result = BuildxExecutor().build(
+        BuildRequest(
+            context=tmp_path,
+            dockerfile=tmp_path / "Dockerfile",
+            tags=(ref,),
+            secrets=(BuildSecret("token", value=value),),
+            no_cache=True,
+            progress="quiet",
+        )
+    )
+    assert result.ok, result.log_tail[-20:]
+    seen = docker("run", "--rm", ref, "cat", "/token.sha256").stdout.strip()
+    assert seen == hashlib.sha256(value.encode()).hexdigest()
+    saved = tmp_path / "image.tar"
+    docker("image", "save", "-o", str(saved), ref)
+    assert value.encode() not in saved.read_bytes()

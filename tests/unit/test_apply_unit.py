@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omibuild.build.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
-from omibuild.build.request import BuildRequest, BuildResult
+from omibuild.build.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
 from omibuild.pipeline import prepare
 from omibuild.sources.cache import Cache
@@ -99,7 +99,7 @@ def test_builds_tags_on_success_and_then_is_up_to_date(
         "model/0/model.joblib",
     } <= rec.contexts[0]
     assert not any(s.endswith(".tmp") for s in rec.contexts[0])
-    assert ("ca", ca) in req.secrets  # the host CA bundle, as a secret file
+    assert BuildSecret("ca", file=ca) in req.secrets  # the host CA bundle, as a secret file
     again = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
     assert again[0].status == "up to date" and len(rec.built) == 1
 
@@ -227,3 +227,22 @@ def test_directories_expand_to_their_manifests() -> None:
     assert len(found) >= 6 and all(p.name == "omi.yaml" for p in found)
     with pytest.raises(UsageError):
         expand_targets([str(EXAMPLES / "custom-hooks" / "src")])
+
+
+def test_secret_values_travel_in_memory_and_files_by_path(tmp_path: Path) -> None:
+    from omibuild.build.secrets import build_secrets
+    from omibuild.manifest.model import Secret
+
+    key = tmp_path / "key.pem"
+    key.write_text("k")
+    env = {"HF_TOKEN": "hf_secret", "PIP_INDEX_URL": "https://u:pw@pypi.example/simple"}
+    found = {
+        s.id: s
+        for s in build_secrets((Secret("hf", env="HF_TOKEN"), Secret("key", file=str(key))), env)
+    }
+    assert found["hf"].value == "hf_secret" and found["hf"].file is None
+    assert found["hf"].spec == f"id=hf,env={found['hf'].env_name}"
+    assert "pw@" in (found["pipconf"].value or "") and found["pipconf"].file is None
+    assert found["key"].spec == f"id=key,src={key}"
+    assert "hf_secret" not in repr(found["hf"])  # never printed by accident
+    assert BuildSecret("a-b").env_name != BuildSecret("a_b").env_name

@@ -1,0 +1,100 @@
+"""`omibuild apply` stopped mid-build, as CI cancellation (SIGTERM) or the OOM killer (SIGKILL)
+would: no secret is left on disk anywhere omibuild writes, no final tag exists, and a rerun
+builds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import docker
+from tests.integration.test_first_model import OMIBUILD, cli, new_repo, train_joblib
+
+pytestmark = pytest.mark.integration
+
+
+def _files_holding(roots: list[Path], needles: list[bytes]) -> list[str]:
+    found = []
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                try:
+                    data = path.read_bytes() if path.stat().st_size < 64 << 20 else b""
+                except OSError:
+                    continue
+                found += [f"{path}: {n.decode()}" for n in needles if n in data]
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_build_stopped_by_a_signal_leaves_no_secret_and_no_tag(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path, image_cleanup: list[str], sig: int
+) -> None:
+    repo = new_repo(tmp_path, f"signals-{sig}-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    token = f"hf_planted_{unique}"
+    index_password = f"pw-planted-{unique}"
+    manifest = (repo / "omi.yaml").read_text()
+    # a requirement no earlier build had makes the dependency step (secrets mounted) run
+    manifest = manifest.replace(
+        "    - numpy==", f"    - six!=0.0.{int(unique, 16) % 10**9}\n    - numpy==", 1
+    )
+    manifest += "build:\n  cache: {enabled: false}\n  secrets:\n    - {id: hf, env: HF_TOKEN}\n"
+    (repo / "omi.yaml").write_text(manifest)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {
+        **os.environ,
+        "HF_TOKEN": token,
+        "MLFLOW_TRACKING_TOKEN": f"mlflow-planted-{unique}",
+        # reaches the pip configuration secret; pip only trusts the host, never contacts it
+        "PIP_TRUSTED_HOST": f"{index_password}.invalid",
+        "TMPDIR": str(private_tmp),
+    }
+    proc = subprocess.Popen(
+        [OMIBUILD, "apply", "--progress", "plain"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # wait until the step that mounts the secrets is running
+        seen.append(line)
+        if "[deps" in line and "pip install" in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen[-30:])
+    else:
+        pytest.fail("apply ended before the dependency step: " + "".join(seen[-30:]))
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    rest = proc.stdout.read()
+    code = proc.wait(timeout=60)
+    proc.stdout.close()
+    repository = f"omibuild.local/signals-{sig}-{unique}"
+    image_cleanup.append(f"{repository}:latest")
+    if sig == signal.SIGTERM:
+        assert code == 143, rest[-2000:]
+        assert rest.strip().splitlines()[-1] == "omibuild: terminated"
+    else:
+        assert code == -signal.SIGKILL
+        # buildx runs in its own session and may finish the build it was given; give it the
+        # time to, so the checks below see what it leaves
+        time.sleep(20)
+    needles = [token.encode(), index_password.encode(), f"mlflow-planted-{unique}".encode()]
+    assert _files_holding([private_tmp, cache_dir, repo], needles) == []
+    tags = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
+    image_cleanup += tags
+    assert not [t for t in tags if not t.split(":")[-1].startswith("omibuild-tmp-")], tags
+
+    rerun = cli(repo, "apply", "--progress", "quiet", env={"HF_TOKEN": token})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
