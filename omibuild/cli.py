@@ -4,6 +4,7 @@ returns an exit code; imports are lazy so ``omibuild validate`` starts fast."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -217,12 +218,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("omibuild: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug: keep the traceback out of the user's face
-        path = _bug_report(exc)
-        print(f"omibuild: internal error: {exc!r}; details in {path}", file=sys.stderr)
-        return EXIT_BUG
+    except OSError as exc:
+        if exc.errno not in _IO_ERRNOS:
+            return _bug(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"omibuild: error: {where}{exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        return _bug(exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# The machine's trouble, not omibuild's: a full disk, a read-only or forbidden place.
+_IO_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EIO,
+}
+
+
+def _bug(exc: BaseException) -> int:
+    """A bug: keep the traceback out of the user's face, in a log they can send."""
+    path = _bug_report(exc)
+    print(f"omibuild: internal error: {exc!r}; details in {path}", file=sys.stderr)
+    return EXIT_BUG
 
 
 def entry() -> None:

@@ -78,17 +78,35 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, str | None]:
     return out, None
 
 
+# A manifest is a few hundred values a few levels deep. Aliases (*a) are expanded as they are
+# built, so a 1.5 KB file of nested aliases can stand for billions of values: building stops
+# at these bounds instead.
+MAX_VALUES = 20_000
+MAX_DEPTH = 32
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        self.node, self.message = node, message
+
+
 class _Builder:
     def __init__(self, raw: RawManifest, env: Mapping[str, str]) -> None:
         self.raw = raw
         self.env = env
         self.scalars = yaml.constructor.SafeConstructor()
+        self.built = 0
 
     def issue(self, node: yaml.Node, parts: PathKey, message: str, hint: str | None = None) -> None:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         self.raw.issues.append(Issue(self.raw.file, line, col, json_path(parts), message, hint))
 
     def build(self, node: yaml.Node, parts: PathKey) -> Any:
+        self.built += 1
+        if self.built > MAX_VALUES:
+            raise _TooLarge(node, f"expands to more than {MAX_VALUES} values")
+        if len(parts) > MAX_DEPTH:
+            raise _TooLarge(node, f"is nested more than {MAX_DEPTH} levels deep")
         self.raw.values[parts] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, parts)
@@ -170,6 +188,11 @@ def load_text(text: str, *, file: str, path: Path, env: Mapping[str, str]) -> Ra
     except yaml.YAMLError as err:
         raw.issues.append(_yaml_error_issue(file, err))
         return raw
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raw.issues.append(
+            Issue(file, 1, 1, "$", "invalid YAML: nested too deeply", "is this really omi.yaml?")
+        )
+        return raw
     if root is None:
         raw.issues.append(
             Issue(
@@ -196,7 +219,16 @@ def load_text(text: str, *, file: str, path: Path, env: Mapping[str, str]) -> Ra
             )
         )
         return raw
-    raw.data = _Builder(raw, env).build(root, ())
+    try:
+        raw.data = _Builder(raw, env).build(root, ())
+    except _TooLarge as err:
+        mark = err.node.start_mark
+        raw.issues.append(
+            Issue(file, mark.line + 1, mark.column + 1, "$", f"the manifest {err.message}",
+                  "is this really omi.yaml? an alias (*a) counts once for every use")
+        )  # fmt: skip
+        raw.data = None
+        return raw
     _interface_aliases(raw.data)
     return raw
 

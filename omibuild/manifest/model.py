@@ -248,7 +248,8 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         root=file.parent,
         name=data["name"],
         version=str(data.get("version", "0.0.0")),
-        description=data.get("description", ""),
+        # folded into one line: YAML block scalars (| and >) are natural for prose
+        description=" ".join(str(data.get("description", "")).split()),
         license=data.get("license"),
         authors=tuple(data.get("authors", ())),
         source=_source(model["source"]),

@@ -104,7 +104,11 @@ class _Checker:
             )
             return None
         target = self.root / pure
-        resolved = target.resolve()
+        try:
+            resolved = target.resolve()
+        except (RuntimeError, OSError):  # a symlink loop
+            self.add(parts, f"`{value}` is a symlink loop", "remove the link")
+            return None
         if not resolved.is_relative_to(self.root):
             self.add(
                 parts,
@@ -152,7 +156,19 @@ class _Checker:
         rel = file.relative_to(self.root) if file.is_relative_to(self.root) else file
         self.add(parts, f"{rel} defines no `{attr}`", hint)
 
+    def one_line(self, parts: PathKey, value: Any) -> None:
+        """Values that become image labels must not split a Dockerfile line."""
+        if isinstance(value, str) and _CONTROL.search(value):
+            self.add(
+                parts,
+                "control characters (such as newlines) are not allowed here",
+                "write the value on one line (a ${VAR} may have brought one in)",
+            )
+
     def run(self, data: dict[str, Any]) -> list[Issue]:
+        if isinstance(data.get("authors"), list):
+            for i, author in enumerate(data["authors"]):
+                self.one_line(("authors", i), author)
         model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
         self.source(model.get("source"))
         code: dict[str, Any] = data["code"] if isinstance(data.get("code"), dict) else {}
@@ -314,12 +330,7 @@ class _Checker:
             values = image.get(section)
             if isinstance(values, dict):
                 for key, value in values.items():
-                    if isinstance(value, str) and _CONTROL.search(value):
-                        self.add(
-                            ("image", section, key),
-                            "control characters (such as newlines) are not allowed here",
-                            "write the value on one line",
-                        )
+                    self.one_line(("image", section, key), value)
 
     def secrets(self, build: Any) -> None:
         if not isinstance(build, dict) or not isinstance(build.get("secrets"), list):

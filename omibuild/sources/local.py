@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from omibuild.errors import SourceError
@@ -87,13 +88,28 @@ def walk(
                 continue
             if full.is_symlink():
                 _check_inside(full, root)
-            if full.is_file():
-                found.append((rel, full))
+            try:
+                mode = full.stat().st_mode
+            except OSError as err:
+                raise SourceError(f"{full}: cannot read: {err.strerror}") from None
+            if not stat.S_ISREG(mode):  # a FIFO would block the build; a device never ends
+                raise SourceError(
+                    f"{full}: not a regular file (a FIFO, socket or device)",
+                    hint="remove it, or leave it out with model.source.local.ignore",
+                )
+            found.append((rel, full))
     return sorted(found)
 
 
 def _check_inside(path: Path, root: Path) -> None:
-    target = path.resolve()
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        raise SourceError(f"{path}: a symlink loop", hint="remove the link") from None
+    except OSError as err:
+        raise SourceError(
+            f"{path}: a symlink that leads nowhere ({err.strerror})", hint="remove the link"
+        ) from None
     if not target.is_relative_to(root):
         raise SourceError(
             f"{path}: symlink points outside the model repository (to {target})",
