@@ -45,9 +45,16 @@ def _element_count(shape: list[int]) -> int:
     return n
 
 
+MAX_DIMS = 32  # numpy's own limit is 64
+MAX_ELEMENTS = 1 << 40  # far above any body limit; only stops products that overflow int64
+
+
 def _check_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    # type() rather than isinstance(): JSON true is a bool, and bool is an int in Python
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"input {name!r}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS or _element_count(shape) > MAX_ELEMENTS:
+        raise InputError(f"input {name!r}: shape {shape[:MAX_DIMS]} is too large")
     return shape
 
 
@@ -104,8 +111,8 @@ def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
             array = np.array([_text(e) for e in flat], dtype=object)
         else:
             array = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # 300 for INT8, -1 for UINT64
+        raise InputError(f"input {name!r}: data does not fit {datatype}: {brief(exc)}") from None
     if array.size != count:
         raise InputError(f"input {name!r}: {array.size} elements do not fit shape {shape}")
     return array.reshape(shape)
@@ -190,7 +197,7 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
     for spec in request["inputs"]:
         if not isinstance(spec, dict):
             raise InputError("each input must be an object with name, shape, datatype and data")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = parameters(spec).get("binary_data_size")
         raw = None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -202,3 +209,13 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
             offset += size
         arrays[spec.get("name")] = decode_input(spec, raw)  # type: ignore[index]
     return arrays
+
+
+def parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """A request's or tensor's ``parameters``: an object, or absent."""
+    params = body.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InputError("`parameters` must be an object")
+    return params

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,10 @@ class RuntimeConfig:
     verify: bool = True
     predict_threads: int = 1
     coalesce_rows: int = 256
+    header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
+    body_timeout: float = 60.0  # seconds for its body, once the headers are in
+    max_connections: int = 1000  # beyond this, new requests get 503 at once
+    access_log: bool = False
 
     @property
     def flavor(self) -> str:
@@ -108,39 +113,108 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
     grpc_port = body.get("grpc_port")
     if grpc_port and env.get("GRPC_PORT"):
         grpc_port = _port(env["GRPC_PORT"], "GRPC_PORT")
-    return RuntimeConfig(
-        interface=interface,
-        protocol=protocol,
-        port=_chosen_port(interface, body["port"], env, defaults, is_default),
-        grpc_port=grpc_port,
-        model_name=env.get("MODEL_NAME") or raw["name"],
-        model_version=str(raw.get("version", "1")),
-        model_dir=Path(env.get("OMI_MODEL_DIR", str(path.parent / "model"))),
-        code_dir=Path(env.get("OMI_CODE_DIR", str(path.parent / "code"))),
-        raw=raw,
-        env=env,
-        protocols=protocols,
-        workers=_count(env, "OMI_WORKERS", runtime.get("workers", 1), minimum=1),
-        max_body_bytes=_count(
-            env, "OMI_MAX_BODY_BYTES", runtime.get("max_body_bytes", 64 << 20), minimum=1
-        ),
-        max_batch_size=_count(
-            env, "OMI_MAX_BATCH_SIZE", runtime.get("max_batch_size", 0), minimum=0
-        ),
-        max_latency_ms=_millis(env, "OMI_MAX_LATENCY_MS", runtime.get("max_latency_ms", 5.0)),
-        verify=env.get("OMI_VERIFY_MODEL", "1").lower() not in ("0", "false", "no", "off"),
-        predict_threads=_count(env, "OMI_PREDICT_THREADS", 1, minimum=1),
-        coalesce_rows=_count(env, "OMI_COALESCE_ROWS", 256, minimum=0),
+    return _checked(
+        RuntimeConfig(
+            interface=interface,
+            protocol=protocol,
+            port=_chosen_port(interface, body["port"], env, defaults, is_default),
+            grpc_port=grpc_port,
+            model_name=env.get("MODEL_NAME") or raw["name"],
+            model_version=str(raw.get("version", "1")),
+            model_dir=Path(env.get("OMI_MODEL_DIR", str(path.parent / "model"))),
+            code_dir=Path(env.get("OMI_CODE_DIR", str(path.parent / "code"))),
+            raw=raw,
+            env=env,
+            protocols=protocols,
+            # each worker holds its own model: more than a few per core only fills memory
+            workers=_count(
+                env,
+                "OMI_WORKERS",
+                runtime.get("workers", 1),
+                minimum=1,
+                maximum=4 * (os.cpu_count() or 1),
+            ),
+            max_body_bytes=_count(
+                env, "OMI_MAX_BODY_BYTES", runtime.get("max_body_bytes", 64 << 20), minimum=1
+            ),
+            max_batch_size=_count(
+                env, "OMI_MAX_BATCH_SIZE", runtime.get("max_batch_size", 0), minimum=0
+            ),
+            max_latency_ms=_millis(env, "OMI_MAX_LATENCY_MS", runtime.get("max_latency_ms", 5.0)),
+            verify=_flag(env, "OMI_VERIFY_MODEL", True),
+            predict_threads=_count(env, "OMI_PREDICT_THREADS", 1, minimum=1, maximum=256),
+            coalesce_rows=_count(env, "OMI_COALESCE_ROWS", 256, minimum=0),
+            header_timeout=_seconds(env, "OMI_HEADER_TIMEOUT_S", 10.0),
+            body_timeout=_seconds(env, "OMI_BODY_TIMEOUT_S", 60.0),
+            max_connections=_count(env, "OMI_MAX_CONNECTIONS", 1000, minimum=1, maximum=100_000),
+            access_log=_flag(env, "OMI_ACCESS_LOG", False),
+        )
     )
 
 
-def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _count(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
     value = env.get(name)
     if value is None or value == "":
         return int(default)
     if not value.isdigit() or int(value) < minimum:
         raise ConfigError(f"{name}={value!r} must be a whole number of at least {minimum}")
+    if maximum is not None and int(value) > maximum:
+        raise ConfigError(f"{name}={value} is more than {maximum}, the most this machine can use")
     return int(value)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} must be one of 1/true/yes/on or 0/false/no/off")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise ConfigError(f"{name}={value!r} must be seconds between 0 and 3600")
+    return seconds
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ROUTE = re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$")
+
+
+def _checked(config: RuntimeConfig) -> RuntimeConfig:
+    """What a route or a listener would trip over later, refused now in one line."""
+    if not MODEL_NAME.match(config.model_name):
+        raise ConfigError(
+            f"MODEL_NAME={config.model_name!r} cannot appear in a route: use letters, digits, "
+            "'.', '_' and '-' (at most 128)"
+        )
+    if (
+        config.grpc_port is not None
+        and config.grpc_port == config.port
+        and "v2" in config.protocols
+    ):
+        raise ConfigError(f"the gRPC port and the HTTP port are both {config.port}: set GRPC_PORT")
+    for name in ("AIP_HEALTH_ROUTE", "AIP_PREDICT_ROUTE"):
+        route = config.env.get(name)
+        if config.interface == "vertex" and route and not ROUTE.match(route):
+            raise ConfigError(f"{name}={route!r} must be a path that starts with /")
+    return config
 
 
 def _millis(env: Mapping[str, str], name: str, default: float) -> float:

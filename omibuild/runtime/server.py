@@ -17,6 +17,7 @@ from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
 from omibuild.runtime.model import ModelService, load_failure_line
+from omibuild.runtime.protocol import TimedHttpTools
 
 GRACE_SECONDS = 30
 WORKER_STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE
@@ -81,7 +82,9 @@ def worker_app() -> Any:
     """The uvicorn factory for OMI_WORKERS > 1: each worker process loads its own model and
     serves gRPC beside HTTP on the shared gRPC port (gRPC binds with SO_REUSEPORT, so the kernel
     spreads connections over the workers, as it does for HTTP)."""
-    return create_app(worker=True)
+    config = load_config()
+    TimedHttpTools.configure(config)
+    return create_app(config, worker=True)
 
 
 def _say(line: str) -> None:
@@ -116,15 +119,16 @@ def _grpc_port(config: RuntimeConfig) -> int:
     return config.grpc_port or config.port + 1
 
 
-def _check_port_free(port: int) -> None:
-    """Fail with one line before any worker starts if another process holds the gRPC port."""
+def _check_port_free(port: int, what: str) -> None:
+    """Fail with one line, before anything claims to listen, if another process holds it."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # IPv6 may be off
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             sock.bind(("0.0.0.0", port))
         except OSError as err:
-            raise ConfigError(f"cannot listen on gRPC port {port}: {err.strerror}") from None
+            raise ConfigError(f"cannot listen on {what} port {port}: {err.strerror}") from None
 
 
 def _grpc_server(servicers: list[tuple[str, Any]], port: int, service: ModelService) -> Any:
@@ -201,11 +205,13 @@ def serve(config: RuntimeConfig) -> int:
     servicers = app.state.adapter.grpc_servicers()
     if not app.state.adapter.http:
         return _serve_grpc_only(config, service, servicers)
+    _check_port_free(config.port, "HTTP")  # before anything says it listens
     grpc_server = None
     if servicers:
-        _check_port_free(_grpc_port(config))
+        _check_port_free(_grpc_port(config), "gRPC")
         if config.workers == 1:  # else each worker serves gRPC itself (worker_app)
             grpc_server = _grpc_server(servicers, _grpc_port(config), service)
+    TimedHttpTools.configure(config)
     log.info(
         "http listening",
         interface=config.interface,
@@ -218,12 +224,13 @@ def serve(config: RuntimeConfig) -> int:
     # handler it found installed. Make that handler a no-op, so the process exits 0 (as it
     # does as PID 1 in a container) instead of dying of the re-raised signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    access = os.environ.get("OMI_ACCESS_LOG", "0") == "1"
     common: dict[str, Any] = dict(
         host="0.0.0.0",
         port=config.port,
+        http="omibuild.runtime.protocol:TimedHttpTools",
+        limit_concurrency=config.max_connections,
         log_level="warning",
-        access_log=access,
+        access_log=config.access_log,
         timeout_graceful_shutdown=GRACE_SECONDS,
         server_header=False,
         date_header=False,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from omibuild import __version__
-from omibuild.runtime.codec import HEADER, decode_inputs, encode_output, split_request
+from omibuild.runtime.codec import HEADER, decode_inputs, encode_output, parameters, split_request
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -194,18 +194,17 @@ class KServeAdapter:
 
     def v2_response(self, req: dict[str, Any], outputs: dict[str, Any]) -> Payload:
         wanted = req.get("outputs")
-        params = req.get("parameters") or {}
-        all_binary = bool(params.get("binary_data_output"))
+        all_binary = bool(parameters(req).get("binary_data_output"))
         binary_for: dict[str, bool] = {}
-        if isinstance(wanted, list) and wanted:
+        if wanted is not None and not isinstance(wanted, list):
+            raise InputError("`outputs` must be a list of {name, parameters} objects")
+        if wanted:
             names = []
             for o in wanted:
-                if not isinstance(o, dict) or "name" not in o:
-                    raise InputError("each requested output needs a name")
+                if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                    raise InputError("each requested output needs a name (a string)")
                 names.append(o["name"])
-                binary_for[o["name"]] = bool(
-                    (o.get("parameters") or {}).get("binary_data", all_binary)
-                )
+                binary_for[o["name"]] = bool(parameters(o).get("binary_data", all_binary))
             missing = [n for n in names if n not in outputs]
             if missing:
                 raise InputError(f"unknown output(s) {missing}; the model gives {list(outputs)}")

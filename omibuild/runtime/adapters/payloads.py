@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 from omibuild.runtime.http import HTTPError
+from omibuild.runtime.model import brief
 
 
 def _number(text: str) -> Any:
@@ -25,7 +26,12 @@ def csv_rows(body: bytes) -> list[list[Any]]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "CSV body is not UTF-8") from None
-    rows = [[_number(cell.strip()) for cell in row] for row in csv.reader(io.StringIO(text)) if row]
+    try:
+        rows = [
+            [_number(cell.strip()) for cell in row] for row in csv.reader(io.StringIO(text)) if row
+        ]
+    except csv.Error as exc:  # a field over the csv module's 128 KiB limit, a stray NUL
+        raise HTTPError(400, f"malformed CSV: {exc}") from None
     if not rows:
         raise HTTPError(400, "empty CSV body")
     return rows
@@ -34,10 +40,23 @@ def csv_rows(body: bytes) -> list[list[Any]]:
 def npy_array(body: bytes) -> Any:
     import numpy as np
 
+    stream = io.BytesIO(body)
     try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise HTTPError(400, f"body is not a .npy array: {exc}") from None
+        # The header is read and checked first: it may claim 10^12 elements in a 100-byte body,
+        # and np.load would try to allocate them before noticing the data is short.
+        fmt = np.lib.format
+        version = fmt.read_magic(stream)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(stream, max_header_size=10_000)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if expected != len(body) - stream.tell():
+            raise ValueError(f"the header's shape {shape} does not match the data's size")
+        stream.seek(0)
+        return np.load(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise HTTPError(400, f"body is not a .npy array: {brief(exc)}") from None
 
 
 def json_instances(body: Any) -> list[Any]:

@@ -1,0 +1,310 @@
+"""The serving runtime against hostile input, slow clients and bad settings: a real runtime
+process on loopback, serving a model trained here. Every bad request gets its protocol's 4xx
+with a short message that does not echo the request, and the server stays up."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omibuild.images import free_port
+
+INTERFACES = {
+    "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
+    "sagemaker": {"protocols": ["v1"], "port": 8080},
+    "vertex": {"protocols": ["v1"], "port": 8080},
+    "mlflow": {"protocols": ["v1"], "port": 8080},
+    "modzy": {"protocols": ["v1", "v2"], "port": 45000},
+}
+READY = {
+    ("kfserving", "v2"): "/v2/health/ready",
+    ("kfserving", "v1"): "/v1/models/m",
+    ("sagemaker", "v1"): "/ping",
+    ("vertex", "v1"): "/health",
+    ("mlflow", "v1"): "/ping",
+    ("modzy", "v1"): "/status",
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    root = tmp_path_factory.mktemp("runtime")
+    (root / "model").mkdir()
+    joblib.dump(
+        LogisticRegression(max_iter=300).fit(*load_iris(return_X_y=True)),
+        root / "model" / "model.joblib",
+    )
+    config = {
+        "name": "m",
+        "version": "1",
+        "flavor": "sklearn",
+        "model_file": "model.joblib",
+        "default_interface": "kfserving",
+        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
+        "interfaces": INTERFACES,
+        "model": {"files": []},
+    }
+    (root / "omi.json").write_text(json.dumps(config))
+    return root
+
+
+def runtime_env(
+    bundle: Path, interface: str, protocol: str, **extra: str
+) -> tuple[dict[str, str], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "OMI_CONFIG": str(bundle / "omi.json"),
+        "OMI_VERIFY_MODEL": "0",
+        "INTERFACE": interface,
+        "PROTOCOL": protocol,
+        "HTTP_PORT": str(port),
+        "PSC_MODEL_PORT": str(port),
+        "AIP_HTTP_PORT": str(port),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "GRPC_PORT": str(free_port()),
+        **extra,
+    }
+    return env, port
+
+
+class Server:
+    def __init__(self, bundle: Path, interface: str, protocol: str, **extra: str) -> None:
+        env, self.port = runtime_env(bundle, interface, protocol, **extra)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "omibuild.runtime"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        ready = READY[(interface, protocol)]
+        deadline = time.monotonic() + 30
+        while self.get(ready)[0] != 200:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "runtime not ready in 30 s"
+            time.sleep(0.1)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return self.request("GET", path)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
+    ) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            self.base + path, data=body, method=method, headers={"Content-Type": ctype}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except OSError:
+            return 0, b""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def servers(bundle: Path) -> Iterator[dict[tuple[str, str], Server]]:
+    started = {key: Server(bundle, *key) for key in READY}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+PREDICT = {
+    ("kfserving", "v2"): "/v2/models/m/infer",
+    ("kfserving", "v1"): "/v1/models/m:predict",
+    ("sagemaker", "v1"): "/invocations",
+    ("vertex", "v1"): "/predict",
+    ("mlflow", "v1"): "/invocations",
+    ("modzy", "v1"): "/run",
+}
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def tensor(**fields: object) -> bytes:
+    spec = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4], **fields}
+    return json.dumps({"inputs": [spec]}).encode()
+
+
+def assert_refused(server: Server, path: str, body: bytes, ctype: str = "application/json") -> str:
+    status, reply = server.request("POST", path, body, ctype)
+    assert 400 <= status < 500, (status, reply[:300])
+    assert len(reply) < 1000, reply[:300]  # a short message, never the request echoed
+    assert server.proc.poll() is None
+    return reply.decode()
+
+
+@pytest.mark.parametrize("key", list(PREDICT), ids=lambda k: "-".join(k))
+def test_json_nested_too_deep_is_a_400_everywhere(servers: dict, key: tuple[str, str]) -> None:
+    reply = assert_refused(servers[key], PREDICT[key], DEEP)
+    assert "nested too deeply" in reply
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "words"),
+    [
+        ("shape product overflows", tensor(shape=[2**40, 2**40], data=[1]), "too large"),
+        ("INT8 out of range", tensor(datatype="INT8", data=[300, 1, 2, 3]), "does not fit INT8"),
+        ("UINT64 negative", tensor(datatype="UINT64", data=[-1, 1, 2, 3]), "does not fit UINT64"),
+        ("boolean dimension", tensor(shape=[True, 4]), "non-negative integers"),
+        ("parameters as a list", tensor(parameters=[1]), "`parameters` must be an object"),
+    ],
+)
+def test_malformed_v2_tensors_are_400s(servers: dict, case: str, body: bytes, words: str) -> None:
+    assert words in assert_refused(servers[("kfserving", "v2")], "/v2/models/m/infer", body)
+
+
+def test_odd_requested_outputs_are_400s(servers: dict) -> None:
+    server = servers[("kfserving", "v2")]
+    good = json.loads(tensor())
+    for outputs in ([{"name": ["x"]}], {"name": "x"}, [{"name": "output-0", "parameters": []}]):
+        body = json.dumps({**good, "outputs": outputs}).encode()
+        assert_refused(server, "/v2/models/m/infer", body)
+    body = json.dumps({**good, "parameters": "binary"}).encode()
+    assert "`parameters` must be an object" in assert_refused(server, "/v2/models/m/infer", body)
+
+
+def test_a_model_rejection_does_not_echo_the_input(servers: dict) -> None:
+    marker = "echo-me-" * 5000
+    body = json.dumps({"instances": [[marker, 1, 2, 3]]}).encode()
+    for key in (("kfserving", "v1"), ("sagemaker", "v1"), ("vertex", "v1")):
+        reply = assert_refused(servers[key], PREDICT[key], body)
+        assert marker[:300] not in reply
+
+
+def test_csv_and_npy_bodies_that_lie_are_400s(servers: dict) -> None:
+    huge_field = b"1," + b"9" * (200 * 1024) + b",3,4\n"
+    for key in (("sagemaker", "v1"), ("mlflow", "v1")):
+        assert "CSV" in assert_refused(servers[key], PREDICT[key], huge_field, "text/csv")
+    out = io.BytesIO()
+    np.save(out, np.ones((2, 4)))
+    lying = out.getvalue().replace(b"(2, 4)", b"(1000000, 1000000)")
+    reply = assert_refused(servers[("sagemaker", "v1")], "/invocations", lying, "application/x-npy")
+    assert "does not match" in reply
+
+
+def _partial(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.close()
+
+
+def test_slow_and_idle_clients_are_cut_off_and_others_still_served(bundle: Path) -> None:
+    server = Server(bundle, "kfserving", "v2", OMI_HEADER_TIMEOUT_S="1", OMI_BODY_TIMEOUT_S="2")
+    try:
+        idle = [_partial(server.port, b"") for _ in range(50)]
+        slow = [
+            _partial(server.port, b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(50)
+        ]
+        stalled = _partial(
+            server.port,
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        start = time.monotonic()
+        assert server.request("POST", "/v2/models/m/infer", tensor())[0] == 200  # served meanwhile
+        assert all(_closed_within(s, 4) for s in idle + slow), "header deadline not kept"
+        assert _closed_within(stalled, 4), "body deadline not kept"
+        assert time.monotonic() - start < 8
+        assert server.get("/v2/health/live")[0] == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        ({"OMI_WORKERS": "100000"}, "OMI_WORKERS=100000 is more than"),
+        ({"OMI_PREDICT_THREADS": "100000"}, "OMI_PREDICT_THREADS=100000 is more than 256"),
+        ({"OMI_ACCESS_LOG": "maybe"}, "OMI_ACCESS_LOG='maybe' must be one of"),
+        ({"OMI_VERIFY_MODEL": "perhaps"}, "OMI_VERIFY_MODEL='perhaps' must be one of"),
+        ({"OMI_HEADER_TIMEOUT_S": "0"}, "OMI_HEADER_TIMEOUT_S='0' must be seconds"),
+        ({"MODEL_NAME": "a/b"}, "MODEL_NAME='a/b' cannot appear in a route"),
+        (
+            {"INTERFACE": "vertex", "AIP_HEALTH_ROUTE": "health"},
+            "AIP_HEALTH_ROUTE='health' must be a path",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_2(
+    bundle: Path, extra: dict[str, str], line: str
+) -> None:
+    env, _ = runtime_env(bundle, extra.get("INTERFACE", "kfserving"), "v1", **extra)
+    proc = subprocess.run(
+        [sys.executable, "-m", "omibuild.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-1000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("omibuild runtime: ") and line in lines[0], lines
+
+
+def test_taken_and_clashing_ports_are_one_line_and_exit_2(bundle: Path) -> None:
+    env, port = runtime_env(bundle, "kfserving", "v2")
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        proc = subprocess.run(
+            [sys.executable, "-m", "omibuild.runtime"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"omibuild runtime: cannot listen on HTTP port {port}: Address already in use"
+    ]
+    env["GRPC_PORT"] = str(port)
+    proc = subprocess.run(
+        [sys.executable, "-m", "omibuild.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"omibuild runtime: the gRPC port and the HTTP port are both {port}: set GRPC_PORT"
+    ]
