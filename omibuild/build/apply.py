@@ -173,6 +173,45 @@ def _request(
     )
 
 
+def registry_address(repository: str) -> tuple[str, int]:
+    """(host, port) of the registry an image repository names, as Docker reads the name."""
+    first = repository.split("/", 1)[0]
+    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
+        return "registry-1.docker.io", 443  # Docker Hub: `user/repo` or `repo`
+    host, _, port = first.rpartition(":") if ":" in first else (first, "", "")
+    if not port.isdigit():
+        return first, 443
+    return host, int(port)
+
+
+def check_registry(repository: str, timeout: float = 5.0) -> None:
+    """Before any build: a push target that does not answer is one line (exit 2), not a whole
+    build and then a push error."""
+    import socket
+
+    host, port = registry_address(repository)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"cannot reach the registry {host}:{port} for {repository}: {reason}",
+            hint="check image.repository, and that the registry is up and reachable from here",
+        ) from None
+
+
+def _restore_tags(executor: Executor, before: dict[str, str | None]) -> None:
+    """A push that failed leaves the local tags as they were (BuildKit's image exporter names
+    the image in the local store before it pushes)."""
+    for ref, old in before.items():
+        if executor.image_digest(ref) == old:
+            continue
+        if old is None:
+            executor.remove_tag(ref)
+        else:
+            executor.tag(old, ref)
+
+
 def apply_all(
     prepared: list[Prepared],
     executor: Executor,
@@ -188,6 +227,14 @@ def apply_all(
     pending = [j for j in jobs if j.result.status == "pending"]
     if not pending:
         return [j.result for j in jobs]
+    for repository in sorted({j.plan.repository for j in pending if j.output == "push"}):
+        check_registry(repository)
+    pushed_before = {
+        ref: executor.image_digest(ref)
+        for j in pending
+        if j.output == "push"
+        for ref in j.plan.image_refs
+    }
     with contextlib.ExitStack() as stack:
         requests = []
         for job in pending:
@@ -219,6 +266,13 @@ def apply_all(
                     if result.ok and job.output == "load":
                         for ref in job.plan.image_refs:
                             executor.tag(job.temp, ref)
+            failed_pushes = [
+                ref
+                for job, result in zip(pending, results, strict=True)
+                if job.output == "push" and not result.ok
+                for ref in job.plan.image_refs
+            ]
+            _restore_tags(executor, {ref: pushed_before[ref] for ref in failed_pushes})
         finally:
             for job in pending:
                 if job.output == "load":

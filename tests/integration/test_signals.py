@@ -98,3 +98,79 @@ def test_a_build_stopped_by_a_signal_leaves_no_secret_and_no_tag(
 
     rerun = cli(repo, "apply", "--progress", "quiet", env={"HF_TOKEN": token})
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+
+def test_an_unreachable_push_target_is_found_before_any_build(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path
+) -> None:
+    import socket
+
+    repo = new_repo(tmp_path, f"push-down-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repository = f"127.0.0.1:{port}/models/push-down-{unique}"
+    text = (
+        (repo / "omi.yaml")
+        .read_text()
+        .replace("  # repository: ", f"  repository: {repository}\n  # was: ", 1)
+    )
+    (repo / "omi.yaml").write_text(text)
+    start = time.monotonic()
+    pushed = cli(repo, "apply", "--push", "--progress", "plain")
+    assert pushed.returncode == 2, pushed.stderr[-2000:]
+    assert pushed.stderr.strip().splitlines() == [
+        f"omibuild: error: cannot reach the registry 127.0.0.1:{port} for {repository}: "
+        "Connection refused (hint: check image.repository, and that the registry is up and "
+        "reachable from here)"
+    ]
+    assert "#1 " not in pushed.stdout + pushed.stderr  # buildx never ran
+    assert time.monotonic() - start < 10
+    assert docker("image", "ls", "-q", repository).stdout.strip() == ""
+
+
+def test_a_push_that_fails_leaves_no_new_tag(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path, image_cleanup: list[str]
+) -> None:
+    """A registry that takes the connection and then fails: the build runs, the push fails
+    (exit 1), and the local store has no tag it did not have before."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def refuse() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    try:
+        repo = new_repo(tmp_path, f"push-fails-{unique}", train_joblib)
+        assert cli(repo, "init").returncode == 0
+        repository = f"127.0.0.1:{port}/models/push-fails-{unique}"
+        text = (repo / "omi.yaml").read_text()
+        (repo / "omi.yaml").write_text(
+            text.replace("  # repository: ", f"  repository: {repository}\n  # was: ", 1)
+        )
+        pushed = cli(repo, "apply", "--push", "--progress", "quiet")
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    listed = docker(
+        "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository
+    ).stdout.split()
+    image_cleanup += listed
+    assert pushed.returncode == 1, pushed.stderr[-2000:]
+    assert listed == [], listed
