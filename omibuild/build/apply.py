@@ -9,6 +9,7 @@ import re
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from omibuild.build.secrets import build_secrets
 from omibuild.errors import BuildError, Terminated, UsageError
 from omibuild.pipeline import Prepared
 from omibuild.plan import Plan
+from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.sources.cache import Cache
+from omibuild.sources.hashing import sha256_file
 from omibuild.sources.progress import Progress
 
 DIGEST_LABEL = "io.omibuild.plan.digest"
@@ -173,6 +176,22 @@ def _request(
     )
 
 
+def verify_staged(ctx: Path, plan: Plan) -> str | None:
+    """Hash every model file staged for the build against the plan. What vouched for them
+    (the cache's stat memo, omi.lock offline) is a hint, taken to skip reads before planning;
+    this read runs beside the build, and a mismatch means nothing is tagged."""
+    for index, layer in enumerate(plan.model_layers):
+        for f in layer.files:
+            actual = sha256_file(ctx / CTX_MODEL / str(index) / f.path)
+            if actual != f.sha256:
+                return (
+                    f"model file {f.path} has sha256 {actual[:12]}…, not {f.sha256[:12]}… as "
+                    "the plan says (omi.lock or omibuild's cache was wrong, or the file changed); "
+                    "nothing was tagged (hint: run again: the file is hashed anew)"
+                )
+    return None
+
+
 def registry_address(repository: str) -> tuple[str, int]:
     """(host, port) of the registry an image repository names, as Docker reads the name."""
     first = repository.split("/", 1)[0]
@@ -256,11 +275,22 @@ def apply_all(
             requests.append(_request(job, ctx, secrets, cache, options))
         for directory in sorted({d for r in requests for d in _local_cache_dirs(r)}):
             stack.enter_context(_cache_dir_lock(directory, progress))
+        hashing = stack.enter_context(futures.ThreadPoolExecutor(max_workers=1))
+        checks = [
+            hashing.submit(verify_staged, r.context, j.plan)
+            for j, r in zip(pending, requests, strict=True)
+        ]
+        if any(j.output != "load" for j in pending):  # a pushed image cannot be taken back
+            futures.wait(checks)
         try:
             results = (
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
             results = _retry_transient_failures(executor, requests, results, progress)
+            for result, check in zip(results, checks, strict=True):
+                if result.ok and (mismatch := check.result()):
+                    cache.forget_hashes()  # the memo vouched for bytes it had not seen
+                    result.ok, result.error = False, mismatch
             with _deferred_interrupts():
                 for job, result in zip(pending, results, strict=True):
                     if result.ok and job.output == "load":

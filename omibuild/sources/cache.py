@@ -158,6 +158,12 @@ class Cache:
         self._stat_dirty = True
         return digest
 
+    def forget_hashes(self) -> None:
+        """Drop the stat memo: every local file is hashed anew on its next use."""
+        self._stat_memo, self._stat_dirty = {}, False
+        with self.lock("stat.json"), contextlib.suppress(FileNotFoundError):
+            (self.root / "stat.json").unlink()
+
     def _memo(self) -> dict[str, list[Any]]:
         if self._stat_memo is None:
             try:

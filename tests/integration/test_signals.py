@@ -174,3 +174,48 @@ def test_a_push_that_fails_leaves_no_new_tag(
     image_cleanup += listed
     assert pushed.returncode == 1, pushed.stderr[-2000:]
     assert listed == [], listed
+
+
+def test_a_tampered_hash_memo_or_lock_is_caught_before_anything_is_tagged(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path, image_cleanup: list[str]
+) -> None:
+    """The cache's stat memo and omi.lock only let omibuild skip reads; a wrong digest in
+    either fails the build before tagging, and the next run hashes anew. (A tampered blob of a
+    remote source: test_sources.py.)"""
+    import json
+
+    repo = new_repo(tmp_path, f"tamper-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    assert cli(repo, "plan").returncode == 0  # the memo now vouches for model.joblib
+    memo_path = cache_dir / "stat.json"
+    memo = json.loads(memo_path.read_text())
+    [key] = [k for k in memo if k.endswith("model/model.joblib")]
+    memo[key][4] = "0" * 64
+    memo_path.write_text(json.dumps(memo))
+    repository = f"omibuild.local/tamper-{unique}"
+
+    applied = cli(repo, "apply", "--progress", "quiet")
+    listed = docker(
+        "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository
+    ).stdout.split()
+    image_cleanup += listed
+    assert applied.returncode == 1
+    assert (
+        "model file model.joblib has sha256 " in applied.stderr
+        and ", not 000000000000" in applied.stderr
+    )
+    assert listed == []
+    assert (
+        not memo_path.exists()
+        or key not in json.loads(memo_path.read_text())
+        or (json.loads(memo_path.read_text())[key][4] != "0" * 64)
+    )
+
+    lock = json.loads((repo / "omi.lock").read_text())  # as the tampered plan wrote it
+    assert lock["resolved"]["files"][0]["sha256"] == "0" * 64
+    offline = cli(repo, "apply", "--offline", "--progress", "quiet")
+    assert offline.returncode == 2 and "changed since it was resolved" in offline.stderr
+
+    again = cli(repo, "apply", "--progress", "quiet")  # hashed anew: the right digest
+    image_cleanup += [f"{repository}:latest"]
+    assert again.returncode == 0, again.stderr[-2000:]
