@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,6 +45,17 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+_NETWORK_URL = re.compile(r"^(?:(?:https?|ssh|git)://[^/\s]+/|[\w.-]+@[\w.-]+:)\S+$")
+
+
+def public_source(url: str | None) -> str | None:
+    """The git remote as the image's source label, if it names a place others can reach: a
+    clone from a local path would put this machine's paths into the image."""
+    if not url or not _NETWORK_URL.match(url):
+        return None
+    return redact(url)
+
+
 def gather(
     m: Manifest,
     source: ResolvedSource,
@@ -65,7 +77,7 @@ def gather(
         source=source,
         code=code_files(m, cache),
         requirement_lines=tuple(lines),
-        git_url=redact(url) if url else None,
+        git_url=public_source(url),
         git_revision=revision,
         base_digest=base_digest(m.image.base) if base_digest else None,
         source_date_epoch=int(epoch) if epoch and epoch.isdigit() else None,

@@ -238,3 +238,13 @@ def test_slim_is_a_deps_stage_step_that_can_be_turned_off(cache: Cache, tmp_path
     deps, final = render(slim).split("\nFROM deps AS code")[0], render(slim).split("\n\n")[-1]
     assert "omi-slim.py /opt/omi/venv" in deps and "omi-slim" not in final
     assert "omi-slim" not in render(full)
+
+
+def test_the_source_label_names_only_a_remote_others_can_reach() -> None:
+    from omibuild.inputs import public_source
+
+    assert public_source("https://github.com/org/model.git") == "https://github.com/org/model.git"
+    assert public_source("git@github.com:org/model.git") == "git@github.com:org/model.git"
+    assert public_source("https://user:token@host/org/model") == "https://***@host/org/model"
+    for local in ("/home/me/model", "file:///home/me/model", "../model", None):
+        assert public_source(local) is None
