@@ -308,3 +308,49 @@ def test_taken_and_clashing_ports_are_one_line_and_exit_2(bundle: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"omibuild runtime: the gRPC port and the HTTP port are both {port}: set GRPC_PORT"
     ]
+
+
+def test_modzy_file_jobs_stay_under_their_root_and_go_file_by_file(
+    bundle: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    (root / "in").mkdir(parents=True)
+    (root / "out").mkdir()
+    (root / "in" / "a.json").write_text(json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}))
+    (root / "in" / "b.json").write_text(json.dumps({"instances": [[6.7, 3.0, 5.2, 2.3]]}))
+    (root / "in" / "big.json").write_text("[" + "1," * 600 + "1]")  # over the body limit
+    (root / "escape").symlink_to("/etc")
+    (root / "out" / "planted.results.json").symlink_to(tmp_path / "victim")
+    (root / "in" / "planted.json").write_text("{}")
+    server = Server(bundle, "modzy", "v1", OMI_FILE_JOB_ROOT=str(root), OMI_MAX_BODY_BYTES="1000")
+    try:
+
+        def job(inp: object, out: object = "out") -> tuple[int, bytes]:
+            body = json.dumps({"type": "file", "input": inp, "output": out}).encode()
+            return server.request("POST", "/run", body)
+
+        for inp, out in [
+            ("/etc", "out"),
+            ("../", "out"),
+            ("escape", "out"),
+            ("in", "/tmp"),
+            ("in", "../.."),
+        ]:
+            status, reply = job(inp, out)
+            assert status == 403, (inp, out, status, reply)
+            assert b"must be an existing directory under" in reply
+        assert job("missing")[0] == 400 and job(None)[0] == 400
+
+        status, reply = job("in")
+        assert status == 200, reply
+        assert json.loads(reply)["message"] == "4 input(s) processed, 2 failed"
+        assert json.loads((root / "out" / "a.results.json").read_text())["predictions"] == [0]
+        assert json.loads((root / "out" / "b.results.json").read_text())["predictions"] == [2]
+        assert (
+            "larger than the limit"
+            in json.loads((root / "out" / "big.results.json").read_text())["error"]
+        )
+        assert not (tmp_path / "victim").exists()  # the planted symlink was not followed
+        assert server.proc.poll() is None
+    finally:
+        server.stop()

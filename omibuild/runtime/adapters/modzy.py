@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -56,6 +57,55 @@ def _succeeded(predictions: Any) -> tuple[bool, bytes]:
 
 def _failed(exc: Exception) -> tuple[bool, bytes]:
     return False, json.dumps({"error": str(detach(exc))}).encode()
+
+
+FILE_JOB_ROOT = "/data"
+MAX_JOB_FILES = 10_000
+
+
+def _confined(root: Path, value: Any, field: str) -> Path:
+    """A job directory that resolves (symlinks followed) to a directory under ``root``."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise HTTPError(400, f"file jobs need `{field}`: a directory under {root}")
+    try:
+        base = root.resolve(strict=True)
+        path = (root / value).resolve(strict=True)  # an absolute value replaces root here
+    except (OSError, RuntimeError):
+        raise HTTPError(400, f"`{field}` must be an existing directory under {root}") from None
+    if not path.is_relative_to(base) or not path.is_dir():
+        raise HTTPError(403, f"`{field}` must be an existing directory under {root}")
+    return path
+
+
+def _job_files(directory: Path) -> list[str]:
+    names = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                names.append(entry.name)
+                if len(names) > MAX_JOB_FILES:
+                    raise HTTPError(400, f"more than {MAX_JOB_FILES} files in one job")
+    return sorted(names)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than the limit of {limit} bytes")
+    return data
+
+
+def _write_result(path: Path, blob: bytes) -> None:
+    """Never through a symlink someone left in the output directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(blob)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _shutdown_soon() -> None:
@@ -144,23 +194,38 @@ class ModzyAdapter:
         ]
 
     async def _run_files(self, body: dict[str, Any]) -> Response:
+        """The Modzy file-job form: ``{"type": "file", "input": DIR, "output": DIR}``. Both
+        directories must lie under OMI_FILE_JOB_ROOT (default /data, where the job's volumes
+        are mounted); each regular file in ``input`` is one item, read, predicted and written
+        as ``<stem>.results.json`` in ``output`` before the next is read."""
         import asyncio
-        from pathlib import Path
 
-        src, dst = Path(str(body.get("input", ""))), Path(str(body.get("output", "")))
-        if not src.is_dir() or not dst.is_dir():
-            raise HTTPError(400, "file jobs need existing `input` and `output` directories")
-        paths = sorted(p for p in src.iterdir() if p.is_file())
-        items = await asyncio.to_thread(lambda: [{"input": p.read_bytes()} for p in paths])
-        results = await self.arun_items(items)
-
-        def write() -> None:
-            for (_ok, blob), path in zip(results, paths, strict=True):
-                (dst / f"{path.stem}.{RESULTS}").write_bytes(blob)
-
-        await asyncio.to_thread(write)
+        root = Path(self.config.env.get("OMI_FILE_JOB_ROOT") or FILE_JOB_ROOT)
+        src = _confined(root, body.get("input"), "input")
+        dst = _confined(root, body.get("output"), "output")
+        names = await asyncio.to_thread(_job_files, src)
+        failed = 0
+        for name in names:
+            try:
+                data = await asyncio.to_thread(
+                    _read_bounded, src / name, self.config.max_body_bytes
+                )
+            except (OSError, ValueError) as exc:
+                ok, blob = _failed(InputError(f"cannot read {name}: {_reason(exc)}"))
+            else:
+                ok, blob = (await self.arun_items([{"input": data}]))[0]
+                del data
+            try:
+                await asyncio.to_thread(_write_result, dst / f"{Path(name).stem}.{RESULTS}", blob)
+            except OSError:  # a symlink or a directory in its place: this item failed
+                ok = False
+            failed += not ok
         return json_response(
-            {"statusCode": 200, "status": "OK", "message": f"{len(results)} input(s) processed"}
+            {
+                "statusCode": 200,
+                "status": "OK",
+                "message": f"{len(names)} input(s) processed, {failed} failed",
+            }
         )
 
     # -- v2: gRPC ----------------------------------------------------------------------------
