@@ -2,7 +2,8 @@
 measured in the same run. Writes bench/results/latest.json and bench/results/latest.md.
 
 Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic model), image
-size (against `mlflow models build-docker`), serving and cold start (against MLServer)."""
+size (against `mlflow models build-docker`), serving and cold start (against MLServer), and a
+soak (c=32 with invalid requests mixed in: errors, p99 drift, memory growth)."""
 
 from __future__ import annotations
 
@@ -780,6 +781,47 @@ def _start(image: str, env: dict[str, str], extra: tuple[str, ...]) -> Iterator[
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 
 
+def bench_soak(work: Path, seconds: float) -> None:
+    """c=32 for `seconds` (10 minutes by default), 10% invalid requests, one core."""
+    from soak import soak
+
+    image = ensure_iris(work)
+    with _start(image, {"INTERFACE": "kfserving", "PROTOCOL": "v2"}, ("--memory=1g",)) as addr:
+        cid = run(["docker", "ps", "-q", "--filter", f"ancestor={image}"]).stdout.split()[0]
+        wait_http(f"http://{addr[8080]}/v2/health/ready")
+        log(f"soak: {seconds:.0f} s at c=32, 10% invalid requests")
+        r = soak(addr[8080], cid, "/v2/models/iris-classifier/infer", seconds)
+    minutes = f"{r['seconds'] / 60:.0f} min"
+    record(
+        "soak",
+        f"requests answered wrongly ({int(r['requests'])} in {minutes})",
+        [r["wrong"]],
+        "requests",
+        target="0",
+        check=lambda v, _: v == 0,
+    )
+    record(
+        "soak",
+        "p99 of the last minute vs the first",
+        [r["p99_last_ms"]],
+        "ms",
+        baseline=[r["p99_first_ms"]],
+        baseline_name="first minute's p99",
+        target="<= 1.10x",
+        check=lambda _, ratio: ratio is not None and ratio <= 1.10,
+    )
+    record(
+        "soak",
+        "memory at the end vs after the first minute",
+        [r["memory_last_mb"]],
+        "MB",
+        baseline=[r["memory_first_mb"]],
+        baseline_name="after the first minute",
+        target="< 1.05x",
+        check=lambda _, ratio: ratio is not None and ratio < 1.05,
+    )
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -887,11 +929,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
-        "--only", choices=["cli", "hashing", "build", "size", "serving"], action="append"
+        "--only", choices=["cli", "hashing", "build", "size", "serving", "soak"], action="append"
     )
     args = parser.parse_args()
-    only = set(args.only or ["cli", "hashing", "build", "size", "serving"])
+    only = set(args.only or ["cli", "hashing", "build", "size", "serving", "soak"])
     start = time.perf_counter()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="omibuild-bench-", dir="/var/tmp") as tmp:
@@ -906,6 +949,7 @@ def main() -> int:
             ("build", lambda: bench_builds(work, weights, args.reps)),
             ("size", lambda: bench_size(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
+            ("soak", lambda: bench_soak(work, args.soak_seconds)),
         ]
         for name, fn in groups:
             if name not in only:

@@ -1,0 +1,173 @@
+"""A built image under hostile load, in containers with a memory limit: large requests the
+model rejects, a liveness probe timed during a large upload, and slow clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import docker
+from tests.integration.test_first_model import cli, new_repo, train_joblib
+
+pytestmark = pytest.mark.integration
+
+MEMORY_LIMIT = "1g"
+SETTLED_GROWTH_MB = 100  # what three rejected 42 MB requests may leave behind, allocator included
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, engine: None) -> Iterator[str]:
+    import uuid
+
+    unique = uuid.uuid4().hex[:10]
+    repo = new_repo(tmp_path_factory.mktemp("hostile"), f"hostile-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    built = cli(repo, "apply", "--progress", "quiet")
+    assert built.returncode == 0, built.stderr[-2000:]
+    ref = f"omibuild.local/hostile-{unique}:latest"
+    yield ref
+    docker("image", "rm", "-f", ref, check=False)
+
+
+class Container:
+    def __init__(self, image: str, *env: str) -> None:
+        args = [a for e in env for a in ("-e", e)]
+        self.id = docker(
+            "run", "-d", "--memory", MEMORY_LIMIT, "-p", "127.0.0.1::8080", *args, image
+        ).stdout.strip()
+        port = docker("port", self.id, "8080").stdout.split(":")[-1].strip()
+        self.port = int(port)
+        self.base = f"http://127.0.0.1:{port}"
+
+    def wait(self, path: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.base + path, timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(docker("logs", self.id, check=False).stderr[-2000:])
+
+    def memory_mb(self) -> int:
+        for path in (
+            "/sys/fs/cgroup/memory.current",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ):
+            out = docker("exec", self.id, "cat", path, check=False).stdout.strip()
+            if out.isdigit():
+                return int(out) >> 20
+        raise AssertionError("no cgroup memory counter in the container")
+
+    def state(self) -> str:
+        return docker(
+            "inspect", "-f", "{{.State.Running}} {{.State.OOMKilled}}", self.id
+        ).stdout.strip()
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            self.base + path, data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def remove(self) -> None:
+        docker("rm", "-f", self.id, check=False)
+
+
+@pytest.mark.parametrize(
+    ("interface", "ready", "path", "key"),
+    [
+        ("kfserving", "/v1/models/{name}", "/v1/models/{name}:predict", "instances"),
+        ("sagemaker", "/ping", "/invocations", "instances"),
+        ("mlflow", "/ping", "/invocations", "inputs"),
+    ],
+)
+def test_requests_the_model_rejects_leave_no_memory_behind(
+    image: str, interface: str, ready: str, path: str, key: str
+) -> None:
+    name = image.split("/")[-1].split(":")[0]
+    box = Container(image, f"INTERFACE={interface}", "PROTOCOL=v1")
+    try:
+        box.wait(ready.format(name=name))
+        before = box.memory_mb()
+        body = json.dumps({key: [[1.5, 2.5, 3.5]] * 2_600_000}).encode()  # 3 features, not 4
+        for _ in range(3):
+            status, reply = box.post(path.format(name=name), body)
+            assert status == 400 and len(reply) < 1000, (status, reply[:300])
+        time.sleep(0.5)
+        after = box.memory_mb()
+        assert box.state() == "true false"  # running, never OOM-killed
+        assert after - before < SETTLED_GROWTH_MB, (before, after)
+    finally:
+        box.remove()
+
+
+def test_liveness_answers_while_a_large_body_uploads_and_parses(image: str) -> None:
+    name = image.split("/")[-1].split(":")[0]
+    box = Container(image, "INTERFACE=kfserving", "PROTOCOL=v2")
+    try:
+        box.wait("/v2/health/ready")
+        n = 4_000_000
+        body = json.dumps(
+            {"inputs": [{"name": "x", "shape": [n // 4, 4], "datatype": "FP64", "data": [5.1] * n}]}
+        ).encode()
+        worst, stop = [0.0], threading.Event()
+
+        def probe() -> None:
+            while not stop.is_set():
+                start = time.perf_counter()
+                urllib.request.urlopen(box.base + "/v2/health/live", timeout=10).read()
+                worst[0] = max(worst[0], time.perf_counter() - start)
+                time.sleep(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            status, _ = box.post(f"/v2/models/{name}/infer", body)
+        finally:
+            stop.set()
+            prober.join()
+        assert status == 200
+        # Kubernetes fails a pod after 3 probes in a row over their 1 s timeout
+        assert worst[0] < 1.0, f"{len(body) >> 20} MB body: liveness took {worst[0]:.2f} s"
+    finally:
+        box.remove()
+
+
+def test_slow_and_idle_clients_are_cut_off_and_the_image_keeps_serving(image: str) -> None:
+    box = Container(image, "INTERFACE=kfserving", "PROTOCOL=v2", "OMI_HEADER_TIMEOUT_S=2")
+    try:
+        box.wait("/v2/health/ready")
+        socks = []
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", box.port), timeout=10)
+            if i % 2:
+                sock.sendall(b"POST /v2/models/x/infer HTTP/1.1\r\nHost: a\r\n")
+            socks.append(sock)
+        start = time.monotonic()
+        with urllib.request.urlopen(box.base + "/v2/health/live", timeout=5) as resp:
+            assert resp.status == 200  # served while they hang
+        closed = 0
+        for sock in socks:
+            sock.settimeout(max(0.1, 8 - (time.monotonic() - start)))
+            try:
+                closed += sock.recv(64) == b""
+            except (TimeoutError, ConnectionResetError):
+                pass
+            finally:
+                sock.close()
+        assert closed == len(socks), f"{closed} of {len(socks)} slow connections were closed"
+        assert box.state() == "true false"
+    finally:
+        box.remove()
