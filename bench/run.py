@@ -869,6 +869,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
         "build": "build:",
         "size": "image size",
         "serving": ("serving", "cold start"),
+        "soak": "soak",
     }
     rerun = tuple(
         p

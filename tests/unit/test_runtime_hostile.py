@@ -87,6 +87,7 @@ def runtime_env(
 class Server:
     def __init__(self, bundle: Path, interface: str, protocol: str, **extra: str) -> None:
         env, self.port = runtime_env(bundle, interface, protocol, **extra)
+        self.grpc_port = int(env["GRPC_PORT"])
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "omibuild.runtime"],
@@ -354,3 +355,49 @@ def test_modzy_file_jobs_stay_under_their_root_and_go_file_by_file(
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+def _grpc_infer(port: int, payload: bytes) -> tuple[str, str]:
+    """(status code name, details) of one raw ModelInfer call."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        try:
+            call(payload, timeout=10)
+        except grpc.RpcError as err:
+            return err.code().name, err.details() or ""
+    return "OK", ""
+
+
+def test_malformed_grpc_requests_are_invalid_argument(servers: dict) -> None:
+    from omibuild.runtime.protos import INFERENCE
+
+    server = servers[("kfserving", "v2")]
+
+    def request(datatype: str = "FP64", shape: list[int] | None = None, **contents: list) -> bytes:
+        req = INFERENCE["ModelInferRequest"](model_name="m")
+        tensor = req.inputs.add(name="x", datatype=datatype, shape=shape or [1, 4])
+        for field, values in contents.items():
+            getattr(tensor.contents, field).extend(values)
+        return bytes(req.SerializeToString())
+
+    cases = {
+        "undecodable bytes": b"\xff\xff\xff\xff not a protobuf",
+        "shape overflows": request(shape=[2**40, 2**40], fp64_contents=[1.0]),
+        "negative dimension": request(shape=[-1, 4], fp64_contents=[1.0] * 4),
+        "INT8 out of range": request("INT8", int_contents=[300, 1, 2, 3]),
+        "unknown datatype": request("FLOAT", fp64_contents=[1.0] * 4),
+        "too few values": request(fp64_contents=[1.0]),
+        "model rejects it": request(shape=[1, 3], fp64_contents=[1.0, 2.0, 3.0]),
+    }
+    for case, payload in cases.items():
+        code, details = _grpc_infer(server.grpc_port, payload)
+        assert code == "INVALID_ARGUMENT", (case, code, details)
+        assert len(details) < 400, (case, details)
+    assert _grpc_infer(server.grpc_port, request(fp64_contents=[5.1, 3.5, 1.4, 0.2]))[0] == "OK"
+    assert server.proc.poll() is None

@@ -123,10 +123,28 @@ class InferenceServicer:
             context.abort(grpc.StatusCode.INTERNAL, str(detach(exc)))
 
 
+_UNDECODABLE = object()
+
+
 def handler(name: str, impl: Any, service: str, table: dict[str, Any]) -> grpc.RpcMethodHandler:
+    """A unary method. A request that is not the message it should be is the client's error
+    (INVALID_ARGUMENT): grpcio itself answers INTERNAL when a deserializer raises."""
+    message = table[f"{name}Request"]
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return message.FromString(raw)
+        except Exception:  # protobuf's DecodeError, or anything a malformed buffer raises
+            return _UNDECODABLE
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        if request is _UNDECODABLE:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {name}Request")
+        return impl(request, context)
+
     return grpc.unary_unary_rpc_method_handler(
-        impl,
-        request_deserializer=table[f"{name}Request"].FromString,
+        guarded,
+        request_deserializer=decode,
         response_serializer=table[f"{name}Response"].SerializeToString,
     )
 
