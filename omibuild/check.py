@@ -9,15 +9,10 @@ from concurrent import futures
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from omibuild import contract
+from omibuild.contract import OMI_LABELS as OMI_KEYS
+from omibuild.contract import SPEC_INTERFACES
 from omibuild.images import ImageInterfaces, interfaces_of, label_json
-
-SPEC_INTERFACES = {"kfserving": {"v1", "v2"}, "modzy": {"v1", "v2"}}
-OMI_KEYS = (
-    "ml.openmodel.interfaces",
-    "ml.openmodel.protocols",
-    "ml.openmodel.port",
-    "ml.openml.model_name",
-)
 
 
 @dataclass
@@ -37,7 +32,7 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
         out.append(
             Finding(f"label {key}", key in labels, "present" if key in labels else "missing")
         )
-    raw_i, raw_p = labels.get("ml.openmodel.interfaces"), labels.get("ml.openmodel.protocols")
+    raw_i, raw_p = labels.get(contract.INTERFACES_LABEL), labels.get(contract.PROTOCOLS_LABEL)
     if raw_i is not None:
         try:
             interfaces = json.loads(raw_i)
@@ -51,7 +46,7 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
                 f"{raw_i}"
                 if ok
                 else (
-                    f"not spec interfaces: {bad} (extensions belong in io.omibuild.extensions)"
+                    f"not spec interfaces: {bad} (extensions belong in {contract.EXTENSIONS_LABEL})"
                     if bad
                     else "not a JSON list"
                 )
@@ -69,7 +64,7 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
                     and all(isinstance(p, list) and p for p in protocols)
                 )
                 valid = aligned and all(
-                    set(p) <= SPEC_INTERFACES.get(i, set())
+                    set(p) <= set(SPEC_INTERFACES.get(i, ()))
                     for i, p in zip(interfaces, protocols, strict=True)
                 )
                 detail = (
@@ -96,18 +91,18 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
                         f"malformed JSON {raw_p!r}: {err}",
                     )
                 )
-    if "ml.openmodel.port" in labels:
-        port = label_json(labels, "ml.openmodel.port")
+    if contract.PORT_LABEL in labels:
+        port = label_json(labels, contract.PORT_LABEL)
         ok = isinstance(port, int) or (isinstance(port, str) and port.isdigit())
         out.append(
-            Finding("ml.openmodel.port is an integer", ok, repr(labels["ml.openmodel.port"]))
+            Finding(f"{contract.PORT_LABEL} is an integer", ok, repr(labels[contract.PORT_LABEL]))
         )
-    if "ml.openml.model_name" in labels:
-        name = label_json(labels, "ml.openml.model_name")
-        out.append(Finding("ml.openml.model_name is set", bool(name), repr(name)))
-    origin = labels.get("io.omibuild.origin.id")
+    if contract.MODEL_NAME_LABEL in labels:
+        name = label_json(labels, contract.MODEL_NAME_LABEL)
+        out.append(Finding(f"{contract.MODEL_NAME_LABEL} is set", bool(name), repr(name)))
+    origin = labels.get(contract.ORIGIN_ID_LABEL)
     if origin:
-        want = origin.replace(":", "-")[:128]
+        want = contract.origin_tag(origin)
         has = any(t.rsplit(":", 1)[-1] == want for t in tags)
         out.append(
             Finding(

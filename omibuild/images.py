@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from omibuild import contract
 from omibuild.errors import UsageError
 
 
@@ -38,19 +39,19 @@ class ImageInterfaces:
 
 
 def interfaces_of(labels: dict[str, str]) -> ImageInterfaces:
-    spec = label_json(labels, "ml.openmodel.interfaces")
-    protocols = label_json(labels, "ml.openmodel.protocols")
+    spec = label_json(labels, contract.INTERFACES_LABEL)
+    protocols = label_json(labels, contract.PROTOCOLS_LABEL)
     interfaces: dict[str, list[str]] = {}
     if isinstance(spec, list) and isinstance(protocols, list):
         for name, protos in zip(spec, protocols, strict=False):
             interfaces[str(name)] = [str(p) for p in protos] if isinstance(protos, list) else []
-    extensions = label_json(labels, "io.omibuild.extensions")
+    extensions = label_json(labels, contract.EXTENSIONS_LABEL)
     for name in extensions if isinstance(extensions, list) else []:
         interfaces[str(name)] = ["v1"]
-    default = labels.get("io.omibuild.default-interface") or next(iter(interfaces), "")
-    name = label_json(labels, "ml.openml.model_name")
+    default = labels.get(contract.DEFAULT_INTERFACE_LABEL) or next(iter(interfaces), "")
+    name = label_json(labels, contract.MODEL_NAME_LABEL)
     return ImageInterfaces(
-        interfaces, default, str(name) if name else None, labels.get("ml.openmodel.port")
+        interfaces, default, str(name) if name else None, labels.get(contract.PORT_LABEL)
     )
 
 

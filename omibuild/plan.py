@@ -14,8 +14,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from omibuild import __version__
-from omibuild.manifest.model import SPEC_INTERFACES, Manifest
+from omibuild import __version__, contract
+from omibuild.manifest.model import Manifest
 from omibuild.runtime.requirements import runtime_requirements
 from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
 
@@ -152,7 +152,7 @@ def compute_digest(plan: Plan) -> str:
     body = plan.to_dict()
     body.pop("digest")
     body.pop("options")
-    body["labels"] = [kv for kv in body["labels"] if kv[0] != "io.omibuild.plan.digest"]
+    body["labels"] = [kv for kv in body["labels"] if kv[0] != contract.PLAN_DIGEST_LABEL]
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -173,12 +173,6 @@ def split_layers(files: tuple[ModelFile, ...], threshold: int) -> tuple[Layer, .
         layers[-1].append(f)
         size += f.size
     return tuple(Layer(tuple(group)) for group in layers if group)
-
-
-def origin_tag(source: ResolvedSource) -> str:
-    """A valid OCI tag for the upstream model id (at most 128 characters)."""
-    tag = source.origin_id.replace(":", "-")
-    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in tag)[:128]
 
 
 def _dedupe(items: list[str]) -> tuple[str, ...]:
@@ -271,21 +265,21 @@ def _labels(
     inputs: BuildInputs, plan_interfaces: dict[str, dict[str, Any]], default_port: int
 ) -> dict[str, str]:
     m, src = inputs.manifest, inputs.source
-    spec = [name for name in plan_interfaces if name in SPEC_INTERFACES]
-    ext = [name for name in plan_interfaces if name not in SPEC_INTERFACES]
+    spec = [name for name in plan_interfaces if name in contract.SPEC_INTERFACES]
+    ext = [name for name in plan_interfaces if name not in contract.SPEC_INTERFACES]
     labels = {
-        "ml.openmodel.interfaces": json.dumps(spec, separators=(",", ":")),
-        "ml.openmodel.protocols": json.dumps(
+        contract.INTERFACES_LABEL: json.dumps(spec, separators=(",", ":")),
+        contract.PROTOCOLS_LABEL: json.dumps(
             [plan_interfaces[n]["protocols"] for n in spec], separators=(",", ":")
         ),
-        "ml.openmodel.port": str(default_port),
-        "ml.openml.model_name": json.dumps(m.name),
-        "io.omibuild.extensions": json.dumps(ext, separators=(",", ":")),
-        "io.omibuild.origin.source": src.kind,
-        "io.omibuild.origin.uri": src.uri,
-        "io.omibuild.origin.id": src.origin_id,
-        "io.omibuild.model.digest": src.digest,
-        "io.omibuild.default-interface": m.runtimes.default,
+        contract.PORT_LABEL: str(default_port),
+        contract.MODEL_NAME_LABEL: json.dumps(m.name),
+        contract.EXTENSIONS_LABEL: json.dumps(ext, separators=(",", ":")),
+        contract.ORIGIN_SOURCE_LABEL: src.kind,
+        contract.ORIGIN_URI_LABEL: src.uri,
+        contract.ORIGIN_ID_LABEL: src.origin_id,
+        contract.MODEL_DIGEST_LABEL: src.digest,
+        contract.DEFAULT_INTERFACE_LABEL: m.runtimes.default,
         "org.opencontainers.image.title": m.name,
         "org.opencontainers.image.version": m.version,
         "org.opencontainers.image.base.name": m.image.base,
@@ -337,7 +331,7 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
     repository = m.image.repository or f"omibuild.local/{m.name}"
     tags = []
     if m.origin_tag == "id":
-        tags.append(origin_tag(inputs.source))
+        tags.append(contract.origin_tag(inputs.source.origin_id))
     tags += [t for t in m.tags if t not in tags]
     if not tags:
         tags.append(m.version)
@@ -391,5 +385,5 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         ),
     )
     digest = compute_digest(plan)
-    labels = (*plan.labels, ("io.omibuild.plan.digest", digest))
+    labels = (*plan.labels, (contract.PLAN_DIGEST_LABEL, digest))
     return replace(plan, digest=digest, labels=tuple(sorted(labels)))

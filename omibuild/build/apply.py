@@ -17,6 +17,7 @@ from typing import Any
 from omibuild.build.context import staged_context
 from omibuild.build.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.build.secrets import build_secrets
+from omibuild.contract import PLAN_DIGEST_LABEL
 from omibuild.errors import BuildError, Terminated, UsageError
 from omibuild.pipeline import Prepared
 from omibuild.plan import Plan
@@ -24,8 +25,6 @@ from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.sources.cache import Cache
 from omibuild.sources.hashing import sha256_file
 from omibuild.sources.progress import Progress
-
-DIGEST_LABEL = "io.omibuild.plan.digest"
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,12 @@ def up_to_date(plan: Plan, executor: Executor, output: str) -> bool:
     if output == "push":
         for ref in plan.image_refs:
             annotations = executor.remote_annotations(ref)
-            if not annotations or annotations.get(DIGEST_LABEL) != plan.digest:
+            if not annotations or annotations.get(PLAN_DIGEST_LABEL) != plan.digest:
                 return False
         return True
     for ref in plan.image_refs:
         labels = executor.image_labels(ref)
-        if not labels or labels.get(DIGEST_LABEL) != plan.digest:
+        if not labels or labels.get(PLAN_DIGEST_LABEL) != plan.digest:
             return False
     return True
 
@@ -441,7 +440,7 @@ def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
     changes = []
     old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
     for key in sorted(set(old_labels) | set(new_labels)):
-        if key != DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
+        if key != PLAN_DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
             changes.append(
                 f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
             )

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omibuild.contract import EXTENSION_INTERFACES
 from omibuild.settings import PUBLIC_BASE_IMAGE
 
 DEFAULT_LAYER_SPLIT = 512 * 1024 * 1024
 
 # interface -> (protocols, port, grpc port). Order is the canonical order everywhere.
-SPEC_INTERFACES = ("kfserving", "modzy")
-EXTENSION_INTERFACES = ("sagemaker", "vertex", "mlflow")
 INTERFACE_DEFAULTS: dict[str, tuple[tuple[str, ...], int, int | None]] = {
     "kfserving": (("v1", "v2"), 8080, 8081),
     "modzy": (("v2",), 45000, None),

@@ -1,0 +1,30 @@
+"""The image label contract, written down once: the Open Model Interface's keys (spelled as
+spec 1.1 spells them) and omibuild's own. The planner writes them, and the checker, the image
+reader and apply read them, all from here."""
+
+from __future__ import annotations
+
+# OMI spec interfaces and the protocols each may declare; extensions are omibuild's own.
+SPEC_INTERFACES: dict[str, tuple[str, ...]] = {"kfserving": ("v1", "v2"), "modzy": ("v1", "v2")}
+EXTENSION_INTERFACES = ("sagemaker", "vertex", "mlflow")
+
+INTERFACES_LABEL = "ml.openmodel.interfaces"  # JSON list of spec interface names
+PROTOCOLS_LABEL = "ml.openmodel.protocols"  # JSON list of lists, index-aligned with interfaces
+PORT_LABEL = "ml.openmodel.port"  # the default interface's port
+MODEL_NAME_LABEL = "ml.openml.model_name"  # sic: the spec's key
+OMI_LABELS = (INTERFACES_LABEL, PROTOCOLS_LABEL, PORT_LABEL, MODEL_NAME_LABEL)
+
+EXTENSIONS_LABEL = "io.omibuild.extensions"
+DEFAULT_INTERFACE_LABEL = "io.omibuild.default-interface"
+ORIGIN_SOURCE_LABEL = "io.omibuild.origin.source"
+ORIGIN_URI_LABEL = "io.omibuild.origin.uri"
+ORIGIN_ID_LABEL = "io.omibuild.origin.id"
+MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
+PLAN_DIGEST_LABEL = "io.omibuild.plan.digest"  # what makes `apply` a no-op when it matches
+
+
+def origin_tag(origin_id: str) -> str:
+    """A valid OCI tag for an upstream model id (MLflow run id, Hugging Face commit sha, or
+    ``sha256:<model digest>``): characters outside [A-Za-z0-9_.-] become '-', at most 128."""
+    tag = origin_id.replace(":", "-")
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in tag)[:128]
