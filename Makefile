@@ -25,6 +25,8 @@ test-integration: setup
 lint:
 	$(VENV)/bin/ruff check omibuild tests bench
 	$(VENV)/bin/ruff format --check omibuild tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture omibuild tests/vulture_whitelist.py --min-confidence 60
 
 fmt:
 	$(VENV)/bin/ruff format omibuild tests bench

@@ -194,7 +194,7 @@ def _bug_report(exc: BaseException) -> str:
     return path
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def _terminate(_signum: int, _frame: Any) -> None:
     raise Terminated()
 
 

@@ -4,9 +4,8 @@ reader and apply read them, all from here."""
 
 from __future__ import annotations
 
-# OMI spec interfaces and the protocols each may declare; extensions are omibuild's own.
+# OMI spec interfaces and the protocols each may declare; any other interface is an extension.
 SPEC_INTERFACES: dict[str, tuple[str, ...]] = {"kfserving": ("v1", "v2"), "modzy": ("v1", "v2")}
-EXTENSION_INTERFACES = ("sagemaker", "vertex", "mlflow")
 
 INTERFACES_LABEL = "ml.openmodel.interfaces"  # JSON list of spec interface names
 PROTOCOLS_LABEL = "ml.openmodel.protocols"  # JSON list of lists, index-aligned with interfaces

@@ -23,10 +23,6 @@ class Prepared:
     plan: Plan
 
 
-def local_cache_dir(cache: Cache, name: str) -> Path:
-    return cache.root / "buildkit" / name
-
-
 def prepare(
     path: Path,
     cache: Cache,

@@ -94,10 +94,6 @@ class Plan:
     def image_refs(self) -> tuple[str, ...]:
         return tuple(f"{self.repository}:{t}" for t in self.tags)
 
-    @property
-    def model_files(self) -> tuple[ModelFile, ...]:
-        return tuple(f for layer in self.model_layers for f in layer.files)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

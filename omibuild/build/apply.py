@@ -114,7 +114,7 @@ def _deferred_interrupts() -> Iterator[None]:
     image has all of its tags or none of them."""
     received: list[int] = []
     previous = {
-        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:

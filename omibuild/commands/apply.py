@@ -43,6 +43,7 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
         "pushed": list(r.refs) if output == "push" and r.status != "failed" else [],
         "output": output,
         "seconds": round(r.seconds, 3),
+        "downloaded_bytes": r.downloaded_bytes,
         "cached_steps": r.cached_steps,
         "total_steps": r.total_steps,
         "error": r.error,

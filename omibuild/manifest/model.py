@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.contract import EXTENSION_INTERFACES
 from omibuild.settings import PUBLIC_BASE_IMAGE
 
 DEFAULT_LAYER_SPLIT = 512 * 1024 * 1024
@@ -56,10 +55,6 @@ class Interface:
     protocols: tuple[str, ...]
     port: int
     grpc_port: int | None = None
-
-    @property
-    def is_extension(self) -> bool:
-        return self.name in EXTENSION_INTERFACES
 
 
 @dataclass(frozen=True)
@@ -133,10 +128,6 @@ class Manifest:
     origin_tag: str
     tags: tuple[str, ...]
     build: Build
-
-    @property
-    def has_code(self) -> bool:
-        return self.code_path is not None
 
 
 def _source(spec: dict[str, Any]) -> SourceSpec:

@@ -149,7 +149,7 @@ class CustomFlavor:
         return self.instance.predict(inputs)
 
 
-FLAVORS: dict[str, type] = {
+FLAVORS: dict[str, type[Flavor]] = {
     "sklearn": SklearnFlavor,
     "pyfunc": PyfuncFlavor,
     "onnx": OnnxFlavor,

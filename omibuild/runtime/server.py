@@ -223,7 +223,7 @@ def serve(config: RuntimeConfig) -> int:
     # uvicorn finishes in-flight requests on SIGTERM, then re-raises the signal with the
     # handler it found installed. Make that handler a no-op, so the process exits 0 (as it
     # does as PID 1 in a container) instead of dying of the re-raised signal.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     common: dict[str, Any] = dict(
         host="0.0.0.0",
         port=config.port,

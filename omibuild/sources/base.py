@@ -42,10 +42,6 @@ class ResolvedSource:
     def digest(self) -> str:
         return model_digest(self.files)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -74,12 +70,6 @@ class ResolvedSource:
             flavor_hint=d.get("flavor_hint"),
             location=location,
         )
-
-
-class Fetcher(Protocol):
-    """Puts the bytes of a resolved source where ``dest`` says; returns bytes downloaded."""
-
-    def __call__(self, resolved: ResolvedSource, dest: Path) -> int: ...
 
 
 class Source(Protocol):

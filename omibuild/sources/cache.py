@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omibuild.sources.hashing import copy_and_hash, sha256_file
+from omibuild.sources.hashing import sha256_file
 
 STALE_TMP_SECONDS = 3600
 
@@ -81,22 +81,6 @@ class Cache:
         tmp_file.chmod(0o444)
         os.replace(tmp_file, self.blob_path(actual))
         return actual
-
-    def ingest_file(self, src: Path, expected: str | None = None) -> str:
-        """Copy a file into the blob store, hashing on the way."""
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp")
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            actual = copy_and_hash(src, tmp)
-            if expected is not None and actual != expected:
-                raise CorruptBlob(f"{src}: expected sha256 {expected}, got {actual}")
-            tmp.chmod(0o444)
-            os.replace(tmp, self.blob_path(actual))
-            return actual
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
     def link_blob(self, sha256: str, dest: Path) -> None:
         link_or_copy(self.blob_path(sha256), dest)
