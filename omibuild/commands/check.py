@@ -5,31 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from xml.sax.saxutils import escape, quoteattr
+import xml.etree.ElementTree as ET
 
 from omibuild.check import Finding, check_image
 from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
 
 
 def junit(image: str, findings: list[Finding]) -> str:
-    failures = sum(not f.ok for f in findings)
-    cases = []
-    for f in findings:
-        body = (
-            "" if f.ok else f"<failure message={quoteattr(f.detail)}>{escape(f.detail)}</failure>"
-        )
-        cases.append(
-            f'  <testcase classname="omibuild.check" name={quoteattr(f.requirement)} '
-            f'time="{f.seconds:.3f}">{body}</testcase>'
-        )
-    return (
-        f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(image)} '
-        f'tests="{len(findings)}" failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+    suite = ET.Element(
+        "testsuite",
+        name=image,
+        tests=str(len(findings)),
+        failures=str(sum(not f.ok for f in findings)),
     )
+    for f in findings:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname="omibuild.check",
+            name=f.requirement,
+            time=f"{f.seconds:.3f}",
+        )
+        if not f.ok:
+            ET.SubElement(case, "failure", message=f.detail).text = f.detail
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def table(image: str, findings: list[Finding]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"omibuild check {image}")
@@ -37,7 +42,11 @@ def table(image: str, findings: list[Finding]) -> None:
     t.add_column("requirement")
     t.add_column("seen", overflow="fold")
     for f in findings:
-        t.add_row("[green]pass[/green]" if f.ok else "[red]FAIL[/red]", f.requirement, f.detail)
+        t.add_row(
+            "[green]pass[/green]" if f.ok else "[red]FAIL[/red]",
+            escape(f.requirement),
+            escape(f.detail),
+        )
     Console(width=160).print(t)
 
 

@@ -194,7 +194,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ROUTE = re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$")
+# A URL path: Vertex's own predict route is /v1/endpoints/{endpoint}/deployedModels/{id}:predict
+ROUTE = re.compile(r"^/[^\s?#]{0,1023}$")
 
 
 def _checked(config: RuntimeConfig) -> RuntimeConfig:

@@ -80,8 +80,17 @@ async def read_json(request: Request, limit: int) -> Any:
     return json_document(body)
 
 
+def label_value(text: str) -> str:
+    """A label value in the Prometheus text exposition format: backslash, double quote and
+    newline escaped, so a value can never close its quotes or start a new sample."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Metrics:
-    """A tiny Prometheus registry: request counts and latency, by route and status."""
+    """A tiny Prometheus registry: request counts and latency, by route and status. Kept by
+    hand rather than prometheus_client, whose several-worker mode needs a shared directory
+    the read-only image does not have; the output is checked against prometheus_client's own
+    parser in the tests."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, int], int] = defaultdict(int)
@@ -100,9 +109,10 @@ class Metrics:
     def render(self, service: ModelService) -> str:
         lines = ["# TYPE omi_requests_total counter"]
         for (route, status), n in sorted(self.counts.items()):
-            lines.append(f'omi_requests_total{{route="{route}",code="{status}"}} {n}')
+            lines.append(f'omi_requests_total{{route="{label_value(route)}",code="{status}"}} {n}')
         lines.append("# TYPE omi_request_duration_seconds histogram")
-        for route, buckets in sorted(self.buckets.items()):
+        for name, buckets in sorted(self.buckets.items()):
+            route = label_value(name)
             for bound, n in zip(_BUCKETS, buckets, strict=False):
                 lines.append(
                     f'omi_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {n}'
@@ -111,13 +121,14 @@ class Metrics:
                 f'omi_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {buckets[-1]}'
             )
             lines.append(
-                f'omi_request_duration_seconds_sum{{route="{route}"}} {self.sums[route]:.6f}'
+                f'omi_request_duration_seconds_sum{{route="{route}"}} {self.sums[name]:.6f}'
             )
             lines.append(f'omi_request_duration_seconds_count{{route="{route}"}} {buckets[-1]}')
         lines.append("# TYPE omi_predict_coalesced_total counter")
         lines.append(f"omi_predict_coalesced_total {service.lane.coalesced}")
         lines.append("# TYPE omi_model_ready gauge")
-        lines.append(f'omi_model_ready{{model="{service.name}"}} {1 if service.ready else 0}')
+        model = label_value(service.name)
+        lines.append(f'omi_model_ready{{model="{model}"}} {1 if service.ready else 0}')
         return "\n".join(lines) + "\n"
 
 

@@ -570,3 +570,26 @@ def test_a_rejected_request_keeps_nothing_of_its_data(tmp_path: Path, via: str) 
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_metrics_are_valid_prometheus_text_whatever_the_labels_hold() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from omibuild.runtime.http import Metrics
+
+    metrics = Metrics()
+    odd = 'v2"infer\\\n} evil 1'
+    metrics.observe(odd, 200, 0.004)
+    metrics.observe("v1_predict", 400, 0.2)
+    service = SimpleNamespace(name='m"odel', ready=True, lane=SimpleNamespace(coalesced=3))
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(service))}  # type: ignore[arg-type]
+    routes = {s.labels["route"] for s in families["omi_requests"].samples}
+    assert routes == {odd, "v1_predict"}  # read back exactly, nothing injected
+    [ready] = families["omi_model_ready"].samples
+    assert ready.labels == {"model": 'm"odel'} and ready.value == 1
+    counts = [
+        s for s in families["omi_request_duration_seconds"].samples if s.name.endswith("_count")
+    ]
+    assert sorted(s.value for s in counts) == [1, 1]
