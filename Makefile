@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-unit test-integration lint fmt typecheck bench demo clean
+.PHONY: setup test test-unit test-integration lint fmt typecheck bench demo clean protos
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +41,13 @@ bench: setup
 
 demo: setup
 	@bash scripts/demo.sh
+
+# The gRPC interfaces' descriptor set, compiled from the .proto files (grpcio-tools is a
+# development dependency only; omi.desc is committed and loaded by omibuild/runtime/protos.py).
+PROTO_DIR := omibuild/runtime/proto
+protos:
+	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) --descriptor_set_out=$(PROTO_DIR)/omi.desc \
+	  $(PROTO_DIR)/grpc_predict_v2.proto $(PROTO_DIR)/modzy_model.proto
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,11 @@ def runtime_files() -> list[tuple[str, Path]]:
     pkg = Path(str(resources.files("omibuild")))
     files = [("omibuild/__init__.py", pkg / "__init__.py")]
     for path in sorted((pkg / "runtime").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".proto"):
+        if (
+            path.is_file()
+            and "__pycache__" not in path.parts
+            and path.suffix in (".py", ".proto", ".desc")
+        ):
             files.append((f"omibuild/{path.relative_to(pkg).as_posix()}", path))
     return files
 
