@@ -13,7 +13,7 @@ from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 
 if TYPE_CHECKING:
-    from omibuild.build.apply import ApplyResult
+    from omibuild.engine.apply import ApplyResult
 
 
 def _summary(results: list[ApplyResult], stream: TextIO) -> None:
@@ -51,10 +51,10 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.build.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
-    from omibuild.build.buildx import BuildxExecutor
-    from omibuild.pipeline import prepare
-    from omibuild.plan import Plan
+    from omibuild.engine.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
+    from omibuild.engine.buildx import BuildxExecutor
+    from omibuild.planning.pipeline import prepare
+    from omibuild.planning.plan import Plan
 
     if args.output and not args.output.startswith("oci:"):
         raise UsageError(f"--output {args.output!r}: use oci:PATH (the default loads the image)")

@@ -7,7 +7,7 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 
-from omibuild.check import Finding, check_image
+from omibuild.conformance.check import Finding, check_image
 from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
 
 

@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 from omibuild.errors import EXIT_OK
-from omibuild.pipeline import prepare
+from omibuild.planning.pipeline import prepare
 from omibuild.render.dockerfile import render
-from omibuild.report import print_human, to_json, to_markdown
+from omibuild.reports.plans import print_human, to_json, to_markdown
 from omibuild.sources.cache import Cache, atomic_write
 from omibuild.sources.progress import Progress
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.build.buildx import BuildxExecutor
+    from omibuild.engine.buildx import BuildxExecutor
 
     executor = BuildxExecutor()
     prepared = prepare(

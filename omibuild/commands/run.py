@@ -16,7 +16,7 @@ from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageEr
 def _image_and_example(target: str) -> tuple[str, Any]:
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):  # a manifest (a missing one is its own error)
-        from omibuild.pipeline import prepare
+        from omibuild.planning.pipeline import prepare
         from omibuild.sources.cache import Cache
         from omibuild.sources.progress import Progress
 
@@ -39,7 +39,7 @@ def _instances(path: str) -> list[Any]:
 
 def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float) -> OmiError:
     """One line: why the container stopped (the runtime says), or that it never got ready."""
-    from omibuild.probe import exit_reason
+    from omibuild.conformance.probe import exit_reason
 
     logs = containers.logs(cid, tail=50)
     if containers.running(cid):
@@ -53,9 +53,9 @@ def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float)
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.build.buildx import Containers
-    from omibuild.images import free_port, interfaces_of
-    from omibuild.probe import Target, container_env, curl_example, predict, wait_ready
+    from omibuild.conformance.images import free_port, interfaces_of
+    from omibuild.conformance.probe import Target, container_env, curl_example, predict, wait_ready
+    from omibuild.engine.buildx import Containers
 
     request = _instances(args.predict) if args.predict else None  # before anything starts
     image, example = _image_and_example(args.target)

@@ -7,10 +7,10 @@ byte-compiles the runtime and the user's code, and the final image assembles /op
 
 from __future__ import annotations
 
-from omibuild.plan import OMI, Plan
+from omibuild.planning.plan import OMI, Plan
 from omibuild.render.quoting import dq, json_args, sh
 
-# The build context laid out by the stager (build/context.py) for this Dockerfile.
+# The build context laid out by the stager (engine/context.py) for this Dockerfile.
 CTX_MODEL = "model"
 CTX_RUNTIME = "runtime"
 CTX_CODE = "code"

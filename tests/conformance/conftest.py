@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.images import free_port
+from omibuild.conformance.images import free_port
+from omibuild.conformance.probe import Target, wait_ready
 from omibuild.manifest.validate import load_manifest
-from omibuild.pipeline import prepare
-from omibuild.probe import Target, wait_ready
+from omibuild.planning.pipeline import prepare
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import QUIET
 from tests.conftest import EXAMPLES, ROOT

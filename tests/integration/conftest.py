@@ -96,7 +96,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow")
-    from omibuild.images import free_port
+    from omibuild.conformance.images import free_port
 
     port = free_port()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))

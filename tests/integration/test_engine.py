@@ -118,8 +118,8 @@ def test_a_secret_held_in_memory_reaches_the_build_step_and_no_layer(
     environment to the step's mount, and nowhere else."""
     import hashlib
 
-    from omibuild.build.buildx import BuildxExecutor
-    from omibuild.build.request import BuildRequest, BuildSecret
+    from omibuild.engine.buildx import BuildxExecutor
+    from omibuild.engine.request import BuildRequest, BuildSecret
 
     value = f"s3cret-{unique}"
     (tmp_path / "Dockerfile").write_text(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.build.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
-from omibuild.build.request import BuildRequest, BuildResult, BuildSecret
+from omibuild.engine.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
+from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
-from omibuild.pipeline import prepare
+from omibuild.planning.pipeline import prepare
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import QUIET
 from tests.conftest import EXAMPLES
@@ -230,7 +230,7 @@ def test_directories_expand_to_their_manifests() -> None:
 
 
 def test_secret_values_travel_in_memory_and_files_by_path(tmp_path: Path) -> None:
-    from omibuild.build.secrets import build_secrets
+    from omibuild.engine.secrets import build_secrets
     from omibuild.manifest.model import Secret
 
     key = tmp_path / "key.pem"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.inputs import gather
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.validate import load_manifest, validate_file
-from omibuild.plan import BuildInputs, Plan, make_plan
+from omibuild.planning.inputs import gather
+from omibuild.planning.plan import BuildInputs, Plan, make_plan
 from omibuild.render.dockerfile import render
 from omibuild.render.quoting import UnsafeValue
 from omibuild.sources.base import ModelFile, ResolvedSource
@@ -241,7 +241,7 @@ def test_slim_is_a_deps_stage_step_that_can_be_turned_off(cache: Cache, tmp_path
 
 
 def test_the_source_label_names_only_a_remote_others_can_reach() -> None:
-    from omibuild.inputs import public_source
+    from omibuild.planning.inputs import public_source
 
     assert public_source("https://github.com/org/model.git") == "https://github.com/org/model.git"
     assert public_source("git@github.com:org/model.git") == "git@github.com:org/model.git"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omibuild.images import free_port
+from omibuild.conformance.images import free_port
 
 INTERFACES = {
     "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},

@@ -459,7 +459,7 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(
     import sys
     import time
 
-    from omibuild.images import free_port
+    from omibuild.conformance.images import free_port
 
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "predictor.py").write_text(

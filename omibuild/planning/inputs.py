@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from omibuild.build.context import runtime_digest
+from omibuild.engine.context import runtime_digest
 from omibuild.manifest.model import LocalSource, Manifest
-from omibuild.plan import BuildInputs
+from omibuild.planning.plan import BuildInputs
 from omibuild.sources.base import ModelFile, ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.local import walk

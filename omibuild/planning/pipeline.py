@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.validate import load_manifest
-from omibuild.plan import BuildInputs, Plan, make_plan
+from omibuild.planning.plan import BuildInputs, Plan, make_plan
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
@@ -32,7 +32,7 @@ def prepare(
     offline: bool = False,
     base_digest: Callable[[str], str | None] | None = None,
 ) -> Prepared:
-    from omibuild.inputs import gather
+    from omibuild.planning.inputs import gather
     from omibuild.sources.lock import write_lock
     from omibuild.sources.resolve import resolve
 

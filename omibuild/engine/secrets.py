@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from omibuild.build.request import BuildSecret
+from omibuild.engine.request import BuildSecret
 from omibuild.errors import UsageError
 from omibuild.manifest.model import Secret
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from omibuild.plan import Plan
+from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import render
 
 

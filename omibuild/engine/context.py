@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from omibuild.plan import Plan
+from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_CODE, CTX_MODEL, CTX_REQUIREMENTS, CTX_RUNTIME, render
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache, link_or_copy

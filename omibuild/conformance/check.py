@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from omibuild import contract
+from omibuild.conformance.images import ImageInterfaces, interfaces_of, label_json
 from omibuild.contract import OMI_LABELS as OMI_KEYS
 from omibuild.contract import SPEC_INTERFACES
-from omibuild.images import ImageInterfaces, interfaces_of, label_json
 
 
 @dataclass
@@ -117,7 +117,7 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
 def check_runtime(
     image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
 ) -> list[Finding]:
-    from omibuild.build.buildx import Containers
+    from omibuild.engine.buildx import Containers
 
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -158,8 +158,8 @@ def _probe(
     timeout: float,
 ) -> tuple[list[Finding], str | None]:
     """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
-    from omibuild.images import free_port
-    from omibuild.probe import Target, container_env, exit_reason, predict, wait_ready
+    from omibuild.conformance.images import free_port
+    from omibuild.conformance.probe import Target, container_env, exit_reason, predict, wait_ready
 
     name = f"{interface} {protocol}"
     protocols = info.interfaces[interface] or ["v1"]
@@ -261,7 +261,7 @@ def _reflection_finding(target: Any) -> Finding:
 
 def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists)."""
-    from omibuild.build.buildx import Containers
+    from omibuild.engine.buildx import Containers
 
     config = Containers().image_config(image)
     if config is None:

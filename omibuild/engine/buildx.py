@@ -19,7 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from omibuild.build.request import BuildRequest, BuildResult, BuildSecret
+from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import UsageError
 
 if TYPE_CHECKING:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from omibuild.build.context import staged_context
-from omibuild.build.request import BuildRequest, BuildResult, BuildSecret, Executor
-from omibuild.build.secrets import build_secrets
 from omibuild.contract import PLAN_DIGEST_LABEL
+from omibuild.engine.context import staged_context
+from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
+from omibuild.engine.secrets import build_secrets
 from omibuild.errors import BuildError, Terminated, UsageError
-from omibuild.pipeline import Prepared
-from omibuild.plan import Plan
+from omibuild.planning.pipeline import Prepared
+from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.sources.cache import Cache
 from omibuild.sources.hashing import sha256_file

@@ -1,1 +1,0 @@
-"""Executing plans: BuildRequest → Executor. Only build/buildx.py talks to the engine."""

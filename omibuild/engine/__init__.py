@@ -1,0 +1,1 @@
+"""Executing plans: BuildRequest → Executor. Only engine/buildx.py talks to the engine."""
