@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
+from omibuild.contract import PLAN_DIGEST_LABEL
+from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
+from omibuild.planning.plan import Plan
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 
@@ -51,10 +54,9 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.engine.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
+    from omibuild.engine.apply import ApplyOptions, apply_all
     from omibuild.engine.buildx import BuildxExecutor
     from omibuild.planning.pipeline import prepare
-    from omibuild.planning.plan import Plan
 
     if args.output and not args.output.startswith("oci:"):
         raise UsageError(f"--output {args.output!r}: use oci:PATH (the default loads the image)")
@@ -114,3 +116,85 @@ def run(args: argparse.Namespace) -> int:
     else:
         _summary(results, sys.stdout)
     return EXIT_INVALID if failed else EXIT_OK
+
+
+def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
+    """apply --plan: refuse when anything that shapes the image changed since the review."""
+    if reviewed.digest == current.digest:
+        return
+    reasons = []
+    if reviewed.model_digest != current.model_digest:
+        reasons.append(
+            f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})"
+        )
+    if dict(reviewed.origin) != dict(current.origin):
+        reasons.append(
+            f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
+            f"{dict(current.origin).get('id', '')[:16]})"
+        )
+    if reviewed.code_files != current.code_files:
+        reasons.append("the code changed")
+    if reviewed.requirements != current.requirements:
+        reasons.append("the requirements changed")
+    if (
+        reviewed.omibuild_version != current.omibuild_version
+        or reviewed.runtime_digest != current.runtime_digest
+    ):
+        reasons.append("omibuild itself changed")
+    reasons += _other_changes(reviewed, current)
+    if not reasons:
+        reasons.append(
+            "the runtime config (omi.json) changed"
+            if reviewed.omi_json != current.omi_json
+            else "the plan format changed"
+        )
+    raise BuildError(
+        f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
+        hint="run `omibuild plan --out plan.json` again and have it reviewed",
+    )
+
+
+_COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
+_IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
+
+
+def _short(value: Any) -> str:
+    text = "(none)" if value in (None, "", [], ()) else str(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
+    """What else moved, by name: each label by its key, every other field by its own."""
+    old, new = reviewed.to_dict(), current.to_dict()
+    changes = []
+    old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
+    for key in sorted(set(old_labels) | set(new_labels)):
+        if key != PLAN_DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
+            changes.append(
+                f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
+            )
+    for key in sorted(set(old) - _COVERED - _IGNORED - {"labels"}):
+        if old[key] != new.get(key):
+            changes.append(f"{key.replace('_', ' ')}: {_short(old[key])} → {_short(new.get(key))}")
+    return changes
+
+
+def expand_targets(paths: list[str]) -> list[Path]:
+    """Files as given; a directory means every omi.yaml below it."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("**/omi.yaml"))
+            if not found:
+                raise UsageError(f"{p}: no omi.yaml below this directory")
+            out += found
+        else:
+            out.append(p)
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

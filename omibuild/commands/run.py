@@ -55,7 +55,7 @@ def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float)
 def run(args: argparse.Namespace) -> int:
     from omibuild.conformance.images import free_port, interfaces_of
     from omibuild.conformance.probe import Target, container_env, curl_example, predict, wait_ready
-    from omibuild.engine.buildx import Containers
+    from omibuild.engine.containers import Containers
 
     request = _instances(args.predict) if args.predict else None  # before anything starts
     image, example = _image_and_example(args.target)

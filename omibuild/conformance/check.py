@@ -117,7 +117,7 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
 def check_runtime(
     image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
 ) -> list[Finding]:
-    from omibuild.engine.buildx import Containers
+    from omibuild.engine.containers import Containers
 
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -261,7 +261,7 @@ def _reflection_finding(target: Any) -> Finding:
 
 def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists)."""
-    from omibuild.engine.buildx import Containers
+    from omibuild.engine.containers import Containers
 
     config = Containers().image_config(image)
     if config is None:

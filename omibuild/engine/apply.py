@@ -4,7 +4,6 @@ executor, and tag only on success (no partial tags, no staging left behind)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import uuid
@@ -12,13 +11,12 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from omibuild.contract import PLAN_DIGEST_LABEL
 from omibuild.engine.context import staged_context
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
-from omibuild.errors import BuildError, Terminated, UsageError
+from omibuild.errors import Terminated, UsageError
 from omibuild.planning.pipeline import Prepared
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_MODEL
@@ -387,85 +385,3 @@ def _cache_dir_lock(directory: Path, progress: Progress) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
-    """apply --plan: refuse when anything that shapes the image changed since the review."""
-    if reviewed.digest == current.digest:
-        return
-    reasons = []
-    if reviewed.model_digest != current.model_digest:
-        reasons.append(
-            f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})"
-        )
-    if dict(reviewed.origin) != dict(current.origin):
-        reasons.append(
-            f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
-            f"{dict(current.origin).get('id', '')[:16]})"
-        )
-    if reviewed.code_files != current.code_files:
-        reasons.append("the code changed")
-    if reviewed.requirements != current.requirements:
-        reasons.append("the requirements changed")
-    if (
-        reviewed.omibuild_version != current.omibuild_version
-        or reviewed.runtime_digest != current.runtime_digest
-    ):
-        reasons.append("omibuild itself changed")
-    reasons += _other_changes(reviewed, current)
-    if not reasons:
-        reasons.append(
-            "the runtime config (omi.json) changed"
-            if reviewed.omi_json != current.omi_json
-            else "the plan format changed"
-        )
-    raise BuildError(
-        f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
-        hint="run `omibuild plan --out plan.json` again and have it reviewed",
-    )
-
-
-_COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
-_IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
-
-
-def _short(value: Any) -> str:
-    text = "(none)" if value in (None, "", [], ()) else str(value)
-    return text if len(text) <= 40 else text[:37] + "…"
-
-
-def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
-    """What else moved, by name: each label by its key, every other field by its own."""
-    old, new = reviewed.to_dict(), current.to_dict()
-    changes = []
-    old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
-    for key in sorted(set(old_labels) | set(new_labels)):
-        if key != PLAN_DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
-            changes.append(
-                f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
-            )
-    for key in sorted(set(old) - _COVERED - _IGNORED - {"labels"}):
-        if old[key] != new.get(key):
-            changes.append(f"{key.replace('_', ' ')}: {_short(old[key])} → {_short(new.get(key))}")
-    return changes
-
-
-def expand_targets(paths: list[str]) -> list[Path]:
-    """Files as given; a directory means every omi.yaml below it."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("**/omi.yaml"))
-            if not found:
-                raise UsageError(f"{p}: no omi.yaml below this directory")
-            out += found
-        else:
-            out.append(p)
-    seen: set[str] = set()
-    unique = []
-    for p in out:
-        key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique

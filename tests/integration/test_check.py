@@ -84,20 +84,32 @@ def _failed(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return {f["requirement"]: f["detail"] for f in report["findings"] if not f["ok"]}
 
 
-def _containers_left() -> list[str]:
-    out = docker("ps", "-aq", "--filter", "label=io.omibuild.started-by=omibuild").stdout
+def _containers_left(image: str) -> list[str]:
+    """Containers omibuild started from this image and left behind. (Filtered by image: other
+    test files start containers of their own images on other workers at the same time.)"""
+    out = docker(
+        "ps",
+        "-aq",
+        "--filter",
+        "label=io.omibuild.started-by=omibuild",
+        "--filter",
+        f"ancestor={image}",
+    ).stdout
     return out.split()
 
 
 @pytest.fixture
 def fakes(engine: None, tmp_path: Path, unique: str, image_cleanup: list[str]):  # type: ignore[no-untyped-def]
+    made: list[str] = []
+
     def make(name: str, **kw):  # type: ignore[no-untyped-def]
         tag = f"omibuild-test/fake-{name}:{unique}"
         image_cleanup.append(tag)
+        made.append(tag)
         return _fake_image(tmp_path, tag, **kw)
 
     yield make
-    assert _containers_left() == []
+    assert [c for tag in made for c in _containers_left(tag)] == []
 
 
 def test_a_well_formed_fake_passes(fakes) -> None:  # type: ignore[no-untyped-def]
@@ -182,7 +194,7 @@ def test_check_passes_on_the_example_for_every_interface(example_image: str) -> 
     ):
         assert f"{interface}: answers the example input" in names
     assert "modzy v2: reflection lists ModzyModel with Run, Status, Shutdown" in names
-    assert _containers_left() == []
+    assert _containers_left(example_image) == []
 
 
 def test_check_junit_output(example_image: str) -> None:
@@ -202,7 +214,7 @@ def test_run_predict_prints_the_response_and_cleans_up(example_image: str, tmp_p
         assert proc.returncode == 0, proc.stderr
         body = json.loads(proc.stdout)
         assert body.get("predictions", body.get("outputs")) is not None
-    assert _containers_left() == []
+    assert _containers_left(example_image) == []
 
 
 def _interactive() -> None:
@@ -225,7 +237,7 @@ def test_run_interrupted_leaves_no_container(example_image: str, signum: int, co
         for line in proc.stderr:
             if "press Ctrl-C" in line or time.monotonic() > deadline:
                 break
-        assert _containers_left(), "the container should be running now"
+        assert _containers_left(example_image), "the container should be running now"
         proc.send_signal(signum)
         assert proc.wait(timeout=30) == code
     finally:
@@ -233,4 +245,4 @@ def test_run_interrupted_leaves_no_container(example_image: str, signum: int, co
             proc.kill()
             proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
-    assert _containers_left() == []
+    assert _containers_left(example_image) == []

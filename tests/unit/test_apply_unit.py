@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.engine.apply import ApplyOptions, apply_all, check_reviewed_plan, expand_targets
+from omibuild.commands.apply import check_reviewed_plan, expand_targets
+from omibuild.engine.apply import ApplyOptions, apply_all
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
 from omibuild.planning.pipeline import prepare

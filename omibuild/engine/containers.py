@@ -1,0 +1,96 @@
+"""Containers for `run` and `check`: start an image with the OMI variables, read its state
+and logs, stop it. Like the executor, it reaches the engine through python-on-whales."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from omibuild.engine.buildx import engine_error
+
+
+class Containers:
+    """Starting and stopping containers for `run` and `check` (also python-on-whales)."""
+
+    def __init__(self) -> None:
+        from python_on_whales import DockerClient
+
+        self.docker = DockerClient()
+        self.started: list[str] = []
+
+    def image_config(self, ref: str) -> dict[str, Any] | None:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            image = self.docker.image.inspect(ref)
+        except DockerException as err:
+            if "No such image" in str(err) or "not found" in str(err).lower():
+                return None
+            raise engine_error(err) from None
+        cfg = image.config
+        return {
+            "id": str(image.id),
+            "labels": dict(cfg.labels or {}),
+            "user": cfg.user or "",
+            "env": list(cfg.env or []),
+            "entrypoint": list(cfg.entrypoint or []),
+            "cmd": list(cfg.cmd or []),
+            "repo_tags": list(image.repo_tags or []),
+        }
+
+    def start(
+        self, image: str, env: dict[str, str], ports: dict[int, int], *, read_only: bool = False
+    ) -> str:
+        container = self.docker.run(
+            image,
+            detach=True,
+            envs=env,
+            publish=[(host, cont) for cont, host in ports.items()],
+            read_only=read_only,
+            tmpfs=["/tmp"] if read_only else [],
+            labels={"io.omibuild.started-by": "omibuild"},
+        )
+        cid = str(container.id)
+        self.started.append(cid)
+        return cid
+
+    def running(self, cid: str) -> bool:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            return bool(self.docker.container.inspect(cid).state.running)
+        except DockerException:
+            return False
+
+    def exit_code(self, cid: str) -> int | None:
+        state = self.docker.container.inspect(cid).state
+        return None if state.running else int(state.exit_code or 0)
+
+    def logs(self, cid: str, tail: int = 20) -> str:
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            return str(self.docker.container.logs(cid, tail=tail))
+        except DockerException:
+            return ""
+
+    def exec(self, cid: str, command: list[str]) -> str:
+        return str(self.docker.container.execute(cid, command))
+
+    def stop(self, cid: str, timeout: int = 20) -> int | None:
+        """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            self.docker.container.stop(cid, time=timeout)
+            return self.exit_code(cid)
+        except DockerException:
+            return None
+
+    def remove_all(self) -> None:
+        from python_on_whales.exceptions import DockerException
+
+        for cid in self.started:
+            with contextlib.suppress(DockerException):
+                self.docker.container.remove(cid, force=True)
+        self.started.clear()
