@@ -15,9 +15,9 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
+from omibuild.planning.inputs import runtime_files
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_CODE, CTX_MODEL, CTX_REQUIREMENTS, CTX_RUNTIME, render
 from omibuild.sources.base import ResolvedSource
@@ -26,27 +26,6 @@ from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import stage
 
 STALE_SECONDS = 3600
-
-
-def runtime_files() -> list[tuple[str, Path]]:
-    """(relative path, file) of the runtime package as shipped in the image."""
-    pkg = Path(str(resources.files("omibuild")))
-    files = [("omibuild/__init__.py", pkg / "__init__.py")]
-    for path in sorted((pkg / "runtime").rglob("*")):
-        if (
-            path.is_file()
-            and "__pycache__" not in path.parts
-            and path.suffix in (".py", ".proto", ".desc")
-        ):
-            files.append((f"omibuild/{path.relative_to(pkg).as_posix()}", path))
-    return files
-
-
-def runtime_digest() -> str:
-    h = hashlib.sha256()
-    for rel, path in runtime_files():
-        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + h.hexdigest()
 
 
 def context_dir(cache: Cache, manifest_file: Path) -> Path:

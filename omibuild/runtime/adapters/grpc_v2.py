@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from omibuild import __version__
-from omibuild.runtime.adapters.kfserving import EXTENSIONS, outputs_of
+from omibuild.runtime.adapters.kserve import EXTENSIONS, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
 from omibuild.runtime.model import InputError, PredictError, detach
 from omibuild.runtime.protos import INFERENCE

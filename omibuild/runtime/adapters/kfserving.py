@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from omibuild import __version__
+from omibuild.runtime.adapters.kserve import EXTENSIONS, HEADER_KEY, outputs_of
 from omibuild.runtime.codec import HEADER, decode_inputs, encode_output, parameters, split_request
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
@@ -25,26 +26,6 @@ from omibuild.runtime.http import (
     require_ready,
 )
 from omibuild.runtime.model import InputError, ModelService, to_jsonable
-
-EXTENSIONS = ["binary_tensor_data"]
-HEADER_KEY = HEADER.lower().encode()
-
-
-def outputs_of(result: Any) -> dict[str, Any]:
-    """Named output tensors from whatever the model (or postprocess hook) returned."""
-    if isinstance(result, dict) and not isinstance(result.get("output-0", 0), dict):
-        return result
-    if isinstance(result, list) and any(isinstance(r, dict | list | str | bytes) for r in result):
-        try:
-            array = np.asarray(result)
-            if array.dtype != object and array.dtype.kind not in "USO":
-                return {"output-0": array}
-        except ValueError:
-            pass
-        out = np.empty(len(result), dtype=object)
-        out[:] = result
-        return {"output-0": out}
-    return {"output-0": result}
 
 
 class KServeAdapter:
