@@ -84,6 +84,18 @@ def runtime_env(
     return env, port
 
 
+def start_failing(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a runtime that is expected to stop at start-up, and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "omibuild.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class Server:
     def __init__(self, bundle: Path, interface: str, protocol: str, **extra: str) -> None:
         env, self.port = runtime_env(bundle, interface, protocol, **extra)
@@ -266,14 +278,7 @@ def test_a_bad_setting_is_one_line_and_exit_2(
     bundle: Path, extra: dict[str, str], line: str
 ) -> None:
     env, _ = runtime_env(bundle, extra.get("INTERFACE", "kfserving"), "v1", **extra)
-    proc = subprocess.run(
-        [sys.executable, "-m", "omibuild.runtime"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = start_failing(env)
     assert proc.returncode == 2, proc.stderr[-1000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("omibuild runtime: ") and line in lines[0], lines
@@ -284,27 +289,13 @@ def test_taken_and_clashing_ports_are_one_line_and_exit_2(bundle: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", port))
         holder.listen()
-        proc = subprocess.run(
-            [sys.executable, "-m", "omibuild.runtime"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = start_failing(env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"omibuild runtime: cannot listen on HTTP port {port}: Address already in use"
     ]
     env["GRPC_PORT"] = str(port)
-    proc = subprocess.run(
-        [sys.executable, "-m", "omibuild.runtime"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = start_failing(env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"omibuild runtime: the gRPC port and the HTTP port are both {port}: set GRPC_PORT"
