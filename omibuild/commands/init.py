@@ -211,5 +211,5 @@ def run(args: argparse.Namespace) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, "utf-8")
     tmp.replace(out)
-    print(f"wrote {out}: model {found.path} (flavor {found.flavor}: {found.reason})")
+    print(f"wrote {out} for the model at {found.path} (flavor {found.flavor}: {found.reason})")
     return EXIT_OK
