@@ -248,3 +248,17 @@ def test_the_source_label_names_only_a_remote_others_can_reach() -> None:
     assert public_source("https://user:token@host/org/model") == "https://***@host/org/model"
     for local in ("/home/me/model", "file:///home/me/model", "../model", None):
         assert public_source(local) is None
+
+
+def test_files_omibuild_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from omibuild.sources.cache import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "omi.lock", "{}\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "omi.lock").stat().st_mode) == 0o644
