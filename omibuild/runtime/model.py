@@ -68,8 +68,7 @@ _DISTRIBUTIONS = {
 
 def load_failure_line(exc: BaseException) -> str:
     """``model failed to load: <reason>`` with a hint where the fix is known."""
-    line = f"model failed to load: {exc}" if str(exc) else f"model failed to load: {exc!r}"
-    line = line.splitlines()[0][:500] if line else line
+    line = f"model failed to load: {brief(exc) or repr(exc)}"
     missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
     if missing:
         dist = _DISTRIBUTIONS.get(missing.split(".")[0], missing.split(".")[0])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from omibuild.conformance.images import free_port
+from tests.unit.runtime_config import omi_json
 
 INTERFACES = {
     "kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081},
@@ -50,17 +51,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         LogisticRegression(max_iter=300).fit(*load_iris(return_X_y=True)),
         root / "model" / "model.joblib",
     )
-    config = {
-        "name": "m",
-        "version": "1",
-        "flavor": "sklearn",
-        "model_file": "model.joblib",
-        "default_interface": "kfserving",
-        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
-        "interfaces": INTERFACES,
-        "model": {"files": []},
-    }
-    (root / "omi.json").write_text(json.dumps(config))
+    omi_json(root, INTERFACES, model_file="model.joblib")
     return root
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import warnings
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from omibuild.runtime.config import ConfigError, load_config
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor
 from omibuild.runtime.model import InputError, PredictLane
 from tests.conftest import EXAMPLES, ROOT
+from tests.unit.runtime_config import omi_json as _omi_json
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
@@ -93,23 +93,6 @@ def test_codec_rejects_bad_shapes_and_types() -> None:
         decode_input({"name": "x", "datatype": "FP32", "shape": [2]}, b"\x00" * 3)
     with pytest.raises(InputError, match="outside the body"):
         split_request(b'{"inputs": []}', "999")
-
-
-def _omi_json(tmp_path: Path, interfaces: dict[str, object], **extra: object) -> Path:
-    """A minimal omi.json for a sklearn model whose default interface is kfserving."""
-    config = {
-        "name": "m",
-        "version": "1",
-        "flavor": "sklearn",
-        "default_interface": "kfserving",
-        "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
-        "interfaces": interfaces,
-        "model": {"files": []},
-        **extra,
-    }
-    path = tmp_path / "omi.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def test_config_port_precedence(tmp_path: Path) -> None:
