@@ -211,6 +211,19 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
     return arrays
 
 
+def decode_v2_body(
+    body: bytes, header_length: str | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A V2 request body: the request without its tensors' data, and the tensors as arrays.
+    A decoder for ``Offload`` (the data is dropped so that only arrays travel back)."""
+    request, binary = split_request(body, header_length)
+    arrays = decode_inputs(request, binary)
+    request["inputs"] = [
+        {k: v for k, v in spec.items() if k != "data"} for spec in request["inputs"]
+    ]
+    return request, arrays
+
+
 def parameters(body: dict[str, Any]) -> dict[str, Any]:
     """A request's or tensor's ``parameters``: an object, or absent."""
     params = body.get("parameters")

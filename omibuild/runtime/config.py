@@ -44,6 +44,7 @@ class RuntimeConfig:
     header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
     body_timeout: float = 60.0  # seconds for its body, once the headers are in
     max_connections: int = 1000  # beyond this, new requests get 503 at once
+    decode_process_bytes: int = 2 << 20  # bodies this large are decoded in a helper process
     access_log: bool = False
 
     @property
@@ -148,6 +149,7 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
             body_timeout=_seconds(env, "OMI_BODY_TIMEOUT_S", 60.0),
             max_connections=_count(env, "OMI_MAX_CONNECTIONS", 1000, minimum=1, maximum=100_000),
             access_log=_flag(env, "OMI_ACCESS_LOG", False),
+            decode_process_bytes=_count(env, "OMI_DECODE_PROCESS_BYTES", 2 << 20, minimum=0),
         )
     )
 

@@ -27,6 +27,9 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
 
+    def __reduce__(self) -> tuple[type[HTTPError], tuple[int, str]]:
+        return HTTPError, (self.status, self.message)  # raised in the decoder process too
+
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(

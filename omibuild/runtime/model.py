@@ -88,6 +88,10 @@ class ModelService:
             flavor_cls(config.code_dir) if flavor_cls is CustomFlavor else flavor_cls()
         )
         self.stats: dict[str, Any] = {}
+        # a list of rows reaches the model as one array (see predict): decoders may make it so
+        self.takes_arrays = bool(
+            self.flavor.vectorised and not config.raw.get("hooks", {}).get("preprocess")
+        )
         mergeable = (
             self.flavor.vectorised
             and not config.raw.get("hooks", {}).get("preprocess")
@@ -177,7 +181,7 @@ class ModelService:
             except Exception as exc:
                 raise fault(PredictError, "preprocess hook failed", exc) from None
         elif self.flavor.vectorised and isinstance(inputs, list):
-            inputs = _as_array(inputs)
+            inputs = as_array(inputs)
         try:
             outputs = self.flavor.predict(inputs)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -207,7 +211,8 @@ class ModelService:
             return self.predict(inputs)
 
 
-def _as_array(rows: list[Any]) -> Any:
+def as_array(rows: list[Any]) -> Any:
+    """Rows as one array, as vectorised flavors take them; rows that are not numbers stay rows."""
     import numpy as np
 
     try:

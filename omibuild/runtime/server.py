@@ -63,6 +63,9 @@ def create_app(
         elif load and not service.ready:
             service.load_in_background(on_load_failure)
         yield
+        offload = getattr(adapter, "offload", None)
+        if offload is not None:
+            offload.close()
         if grpc_server is not None:
             await asyncio.to_thread(lambda: grpc_server.stop(GRACE_SECONDS).wait())
 

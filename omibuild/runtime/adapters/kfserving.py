@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from omibuild import __version__
 from omibuild.runtime.adapters.kserve import EXTENSIONS, HEADER_KEY, outputs_of
-from omibuild.runtime.codec import HEADER, decode_inputs, encode_output, parameters, split_request
+from omibuild.runtime.codec import HEADER, decode_v2_body, encode_output, json_document, parameters
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -22,10 +22,10 @@ from omibuild.runtime.http import (
     endpoint,
     json_response,
     read_body,
-    read_json,
     require_ready,
 )
-from omibuild.runtime.model import InputError, ModelService, to_jsonable
+from omibuild.runtime.model import InputError, ModelService, as_array, to_jsonable
+from omibuild.runtime.offload import Offload
 
 
 class KServeAdapter:
@@ -35,6 +35,7 @@ class KServeAdapter:
         self.service = service
         self.config = config
         self.metrics = metrics
+        self.offload = Offload(config.decode_process_bytes)
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": message}
@@ -69,12 +70,8 @@ class KServeAdapter:
             if verb != "predict":
                 raise HTTPError(404, f"unknown verb {verb!r}: use :predict or :explain")
             require_ready(self.service)
-            body = await read_json(request, self.config.max_body_bytes)
-            if not isinstance(body, dict) or not ({"instances", "inputs"} & body.keys()):
-                raise HTTPError(400, 'expected {"instances": [...]} or {"inputs": ...}')
-            instances = body.get("instances", body.get("inputs"))
-            if not isinstance(instances, list):
-                raise HTTPError(400, "`instances` must be a list")
+            body = await read_body(request, self.config.max_body_bytes)
+            instances = await self.offload.decode(v1_instances, body, self.service.takes_arrays)
             predictions = await self.service.apredict(instances)
             return json_response({"predictions": to_jsonable(predictions)})
 
@@ -158,8 +155,7 @@ class KServeAdapter:
     async def v2_infer(self, name: str, body: bytes, header_length: str | None) -> Payload:
         self._model(name)
         require_ready(self.service)
-        req, binary = split_request(body, header_length)
-        arrays = decode_inputs(req, binary)
+        req, arrays = await self.offload.decode(decode_v2_body, body, header_length)
         outputs = await self.infer_arrays(arrays)
         return self.v2_response(req, outputs)
 
@@ -231,3 +227,15 @@ class KServeAdapter:
         from omibuild.runtime.adapters.grpc_v2 import servicer
 
         return [servicer(self)]
+
+
+def v1_instances(body: bytes, arrays: bool) -> Any:
+    """A V1 predict body's instances, as one array when the model takes them so (a decoder for
+    ``Offload``)."""
+    document = json_document(body)
+    if not isinstance(document, dict) or not ({"instances", "inputs"} & document.keys()):
+        raise HTTPError(400, 'expected {"instances": [...]} or {"inputs": ...}')
+    instances = document.get("instances", document.get("inputs"))
+    if not isinstance(instances, list):
+        raise HTTPError(400, "`instances` must be a list")
+    return as_array(instances) if arrays else instances

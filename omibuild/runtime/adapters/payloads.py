@@ -7,8 +7,9 @@ import csv
 import io
 from typing import Any
 
+from omibuild.runtime.codec import json_document
 from omibuild.runtime.http import HTTPError
-from omibuild.runtime.model import brief
+from omibuild.runtime.model import as_array, brief
 
 
 def _number(text: str) -> Any:
@@ -71,6 +72,16 @@ def json_instances(body: Any) -> list[Any]:
                     raise HTTPError(400, f"`{key}` must be a list")
                 return value
     raise HTTPError(400, 'expected a JSON list or {"instances": [...]}')
+
+
+def instances_body(body: bytes, arrays: bool, vertex: bool = False) -> Any:
+    """A JSON body's instances (``json_instances``; Vertex wants them under ``instances``),
+    as one array when ``arrays`` says the model takes them so. A decoder for ``Offload``."""
+    document = json_document(body)
+    if vertex and (not isinstance(document, dict) or "instances" not in document):
+        raise HTTPError(400, 'expected {"instances": [...], "parameters": {...}}')
+    rows = json_instances(document)
+    return as_array(rows) if arrays else rows
 
 
 def to_csv(predictions: Any) -> str:

@@ -10,8 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from omibuild.runtime.adapters.payloads import csv_rows, json_instances, npy_array, to_csv
-from omibuild.runtime.codec import json_document
+from omibuild.runtime.adapters.payloads import csv_rows, instances_body, npy_array, to_csv
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -22,6 +21,7 @@ from omibuild.runtime.http import (
     require_ready,
 )
 from omibuild.runtime.model import ModelService, to_jsonable
+from omibuild.runtime.offload import Offload
 
 
 class SageMakerAdapter:
@@ -31,6 +31,7 @@ class SageMakerAdapter:
         self.service = service
         self.config = config
         self.metrics = metrics
+        self.offload = Offload(config.decode_process_bytes)
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": message, "code": status}
@@ -59,7 +60,7 @@ class SageMakerAdapter:
             elif ctype == "application/x-npy":
                 data = npy_array(body)
             elif ctype in ("application/json", "application/jsonlines", ""):
-                data = json_instances(json_document(body))
+                data = await self.offload.decode(instances_body, body, self.service.takes_arrays)
             else:
                 raise HTTPError(
                     415,

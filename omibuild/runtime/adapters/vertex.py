@@ -9,17 +9,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from omibuild.runtime.adapters.payloads import json_instances
+from omibuild.runtime.adapters.payloads import instances_body
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
-    HTTPError,
     Metrics,
     endpoint,
     json_response,
-    read_json,
+    read_body,
     require_ready,
 )
 from omibuild.runtime.model import ModelService, to_jsonable
+from omibuild.runtime.offload import Offload
 
 
 class VertexAdapter:
@@ -29,6 +29,7 @@ class VertexAdapter:
         self.service = service
         self.config = config
         self.metrics = metrics
+        self.offload = Offload(config.decode_process_bytes)
         self.health_route = config.env.get("AIP_HEALTH_ROUTE") or "/health"
         self.predict_route = config.env.get("AIP_PREDICT_ROUTE") or "/predict"
 
@@ -43,10 +44,11 @@ class VertexAdapter:
 
         async def predict(request: Request) -> Response:
             require_ready(self.service)
-            body = await read_json(request, self.config.max_body_bytes)
-            if not isinstance(body, dict) or "instances" not in body:
-                raise HTTPError(400, 'expected {"instances": [...], "parameters": {...}}')
-            predictions = await self.service.apredict(json_instances(body))
+            body = await read_body(request, self.config.max_body_bytes)
+            instances = await self.offload.decode(
+                instances_body, body, self.service.takes_arrays, True
+            )
+            predictions = await self.service.apredict(instances)
             out: dict[str, Any] = {"predictions": to_jsonable(predictions)}
             if self.config.env.get("AIP_DEPLOYED_MODEL_ID"):
                 out["deployedModelId"] = self.config.env["AIP_DEPLOYED_MODEL_ID"]
