@@ -1,5 +1,6 @@
 """A built image under hostile load, in containers with a memory limit: large requests the
-model rejects, a liveness probe timed during a large upload, and slow clients."""
+model rejects, a liveness probe timed during a large upload, slow clients, and the runtime's
+hostile-request cases on every interface the image serves, over HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.integration.conftest import docker
 from tests.integration.test_first_model import cli, new_repo, train_joblib
+from tests.unit import test_runtime_hostile as hostile
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +194,77 @@ def test_slow_and_idle_clients_are_cut_off_and_the_image_keeps_serving(image: st
         assert box.state() == "true false"
     finally:
         box.remove()
+
+
+class _Running:
+    """What the hostile checks ask of a server's process, for a container."""
+
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+
+    def poll(self) -> int | None:
+        state = docker("inspect", "-f", "{{.State.Running}}", self.cid, check=False).stdout
+        return None if state.strip() == "true" else 1
+
+
+class ImageServer(hostile.Server):
+    """The built image serving one interface, as the runtime hostile checks see a server."""
+
+    def __init__(self, image: str, interface: str, protocol: str) -> None:
+        ports = ("HTTP_PORT", "PSC_MODEL_PORT", "AIP_HTTP_PORT", "SAGEMAKER_BIND_TO_PORT")
+        env = {
+            "INTERFACE": interface,
+            "PROTOCOL": protocol,
+            "MODEL_NAME": "m",
+            "GRPC_PORT": "8081",
+            **dict.fromkeys(ports, "8080"),
+        }
+        cid = docker(
+            "run", "-d", "--memory", MEMORY_LIMIT, "-p", "127.0.0.1::8080", "-p", "127.0.0.1::8081",
+            *[a for k, v in env.items() for a in ("-e", f"{k}={v}")], image,
+        ).stdout.strip()  # fmt: skip
+        self.proc = _Running(cid)  # type: ignore[assignment]
+        self.port = int(docker("port", cid, "8080").stdout.split(":")[-1])
+        self.grpc_port = int(docker("port", cid, "8081").stdout.split(":")[-1])
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while self.get(hostile.READY[(interface, protocol)])[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(docker("logs", cid, check=False).stderr[-2000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        docker("rm", "-f", self.proc.cid, check=False)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def boxes(image: str) -> Iterator[dict[tuple[str, str], ImageServer]]:
+    started: dict[tuple[str, str], ImageServer] = {}
+    try:
+        for key in SERVED:
+            started[key] = ImageServer(image, *key)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+# what `omibuild init` builds: every interface, Modzy as gRPC (v2) only
+SERVED = [key for key in hostile.READY if key != ("modzy", "v1")]
+
+
+@pytest.mark.parametrize("key", SERVED, ids=lambda k: "-".join(k))
+def test_deep_json_is_a_400_on_every_interface_of_the_image(boxes: dict, key: tuple) -> None:
+    hostile.test_json_nested_too_deep_is_a_400_everywhere(boxes, key)
+
+
+def test_the_image_gives_each_hostile_request_its_4xx_and_stays_up(boxes: dict) -> None:
+    """The runtime's hostile cases (tests/unit/test_runtime_hostile.py), against the image."""
+    for case, body, words in hostile.MALFORMED_TENSORS:
+        hostile.test_malformed_v2_tensors_are_400s(boxes, case, body, words)
+    hostile.test_odd_requested_outputs_are_400s(boxes)
+    hostile.test_a_model_rejection_does_not_echo_the_input(boxes)
+    hostile.test_csv_and_npy_bodies_that_lie_are_400s(boxes)
+    hostile.test_malformed_grpc_requests_are_invalid_argument(boxes)
+    for server in boxes.values():
+        assert server.proc.poll() is None

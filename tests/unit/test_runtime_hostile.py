@@ -167,16 +167,16 @@ def test_json_nested_too_deep_is_a_400_everywhere(servers: dict, key: tuple[str,
     assert "nested too deeply" in reply
 
 
-@pytest.mark.parametrize(
-    ("case", "body", "words"),
-    [
-        ("shape product overflows", tensor(shape=[2**40, 2**40], data=[1]), "too large"),
-        ("INT8 out of range", tensor(datatype="INT8", data=[300, 1, 2, 3]), "does not fit INT8"),
-        ("UINT64 negative", tensor(datatype="UINT64", data=[-1, 1, 2, 3]), "does not fit UINT64"),
-        ("boolean dimension", tensor(shape=[True, 4]), "non-negative integers"),
-        ("parameters as a list", tensor(parameters=[1]), "`parameters` must be an object"),
-    ],
-)
+MALFORMED_TENSORS = [
+    ("shape product overflows", tensor(shape=[2**40, 2**40], data=[1]), "too large"),
+    ("INT8 out of range", tensor(datatype="INT8", data=[300, 1, 2, 3]), "does not fit INT8"),
+    ("UINT64 negative", tensor(datatype="UINT64", data=[-1, 1, 2, 3]), "does not fit UINT64"),
+    ("boolean dimension", tensor(shape=[True, 4]), "non-negative integers"),
+    ("parameters as a list", tensor(parameters=[1]), "`parameters` must be an object"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "words"), MALFORMED_TENSORS)
 def test_malformed_v2_tensors_are_400s(servers: dict, case: str, body: bytes, words: str) -> None:
     assert words in assert_refused(servers[("kfserving", "v2")], "/v2/models/m/infer", body)
 
