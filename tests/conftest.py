@@ -41,7 +41,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     listing = images_to_remove()
     if not listing.exists():
         return
-    refs = sorted(set(listing.read_text().split()))
+    listed = set(listing.read_text().split())
+    # every tag of a listed repository: the origin tag `apply` adds beside the one a test knows
+    repositories = {_repository(ref) for ref in listed}
+    present = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    refs = sorted(listed | {ref for ref in present if _repository(ref) in repositories})
     for start in range(0, len(refs), 50):
         subprocess.run(
             ["docker", "image", "rm", "-f", *refs[start : start + 50]],
@@ -49,3 +58,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             check=False,
         )
     listing.unlink()
+
+
+def _repository(ref: str) -> str:
+    """``host:5000/a/b:tag`` → ``host:5000/a/b`` (a ref without a tag is its repository)."""
+    name, _, tag = ref.rpartition(":")
+    return name if name and "/" not in tag else ref

@@ -83,6 +83,12 @@ def train_mlflow(repo: Path) -> None:
 
 
 def new_repo(tmp_path: Path, name: str, train: Callable[[Path], None]) -> Path:
+    """A git repository holding a freshly trained model. Every image of the repository
+    ``omibuild.local/<name>`` that `omibuild init` names goes when the test run ends."""
+    from tests.conftest import images_to_remove
+
+    with images_to_remove().open("a") as fh:
+        fh.write(f"omibuild.local/{name}\n")
     repo = tmp_path / name
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)

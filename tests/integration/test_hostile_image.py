@@ -22,6 +22,9 @@ pytestmark = pytest.mark.integration
 
 MEMORY_LIMIT = "1g"
 SETTLED_GROWTH_MB = 100  # what three rejected 42 MB requests may leave behind, allocator included
+# the decoder helper and multiprocessing's resource tracker, started by the first large body,
+# with the page cache their start-up reads (measured: 195 MB in all, in cgroup v1's count)
+HELPER_MB = 260
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,7 @@ def image(tmp_path_factory: pytest.TempPathFactory, engine: None) -> Iterator[st
     assert cli(repo, "init").returncode == 0
     built = cli(repo, "apply", "--progress", "quiet")
     assert built.returncode == 0, built.stderr[-2000:]
-    ref = f"omibuild.local/hostile-{unique}:latest"
-    yield ref
-    docker("image", "rm", "-f", ref, check=False)
+    yield f"omibuild.local/hostile-{unique}:latest"  # removed at the end of the run (new_repo)
 
 
 class Container:
@@ -102,8 +103,15 @@ def test_requests_the_model_rejects_leave_no_memory_behind(
     box = Container(image, f"INTERFACE={interface}", "PROTOCOL=v1")
     try:
         box.wait(ready.format(name=name))
-        before = box.memory_mb()
         body = json.dumps({key: [[1.5, 2.5, 3.5]] * 2_600_000}).encode()  # 3 features, not 4
+        idle = box.memory_mb()
+        # The first large body starts the decoder helper (runtime/offload.py): a fixed cost,
+        # once per server process, not a leak. The rejections after it must add nothing.
+        status, reply = box.post(path.format(name=name), body)
+        assert status == 400 and len(reply) < 1000, (status, reply[:300])
+        time.sleep(0.5)
+        before = box.memory_mb()
+        assert before - idle < HELPER_MB, (idle, before)
         for _ in range(3):
             status, reply = box.post(path.format(name=name), body)
             assert status == 400 and len(reply) < 1000, (status, reply[:300])
