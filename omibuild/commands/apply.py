@@ -16,7 +16,8 @@ from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 
 if TYPE_CHECKING:
-    from omibuild.engine.apply import ApplyResult
+    from omibuild.engine.apply import ApplyResult, Target
+    from omibuild.planning.pipeline import Prepared
 
 
 def _summary(results: list[ApplyResult], stream: TextIO) -> None:
@@ -51,6 +52,14 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
         "total_steps": r.total_steps,
         "error": r.error,
     }
+
+
+def target_of(prepared: Prepared) -> Target:
+    """What the engine needs of a prepared manifest: its plan and what staging reads."""
+    from omibuild.engine.apply import Target
+
+    m = prepared.manifest
+    return Target(prepared.plan, prepared.resolved, m.file, m.root, m.code_path, m.build.secrets)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         sbom=args.sbom,
     )
-    results = apply_all(prepared, executor, cache, progress, options)
+    results = apply_all([target_of(p) for p in prepared], executor, cache, progress, options)
     failed = [r for r in results if r.status == "failed"]
     if args.format == "json":
         plans = {p.plan.name: p.plan for p in prepared}

@@ -17,9 +17,10 @@ from omibuild.engine.context import staged_context
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
-from omibuild.planning.pipeline import Prepared
-from omibuild.planning.plan import Plan
+from omibuild.manifest.model import Secret
+from omibuild.planning.plan import CacheSpec, Plan
 from omibuild.render.dockerfile import CTX_MODEL
+from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.hashing import sha256_file
 from omibuild.sources.progress import Progress
@@ -35,6 +36,19 @@ class ApplyOptions:
     offline: bool = False
     progress: str = "auto"
     sbom: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """A plan to apply, with what staging its build context reads besides the plan: the
+    resolved model files, the manifest's directory and code, and the build's secrets."""
+
+    plan: Plan
+    resolved: ResolvedSource
+    manifest_file: Path
+    manifest_root: Path
+    code_path: str | None = None
+    secrets: tuple[Secret, ...] = ()
 
 
 @dataclass
@@ -67,42 +81,26 @@ def up_to_date(plan: Plan, executor: Executor, output: str) -> bool:
     return True
 
 
-def _resolve_cache(ref: str, cache: Cache, *, importing: bool) -> str | None:
-    """Turn the plan's ``local:<name>`` placeholders into this machine's cache directory."""
-    if "=local:" not in ref:
-        return ref
-    name = ref.split("=local:", 1)[1].split(",", 1)[0]
-    path = cache.root / "buildkit" / name
-    if importing and not (path / "index.json").is_file():
-        return None  # nothing exported yet: importing it would only warn
-    return ref.replace(f"local:{name}", str(path))
+def _on_this_machine(spec: CacheSpec, cache: Cache) -> CacheSpec:
+    """The plan's ``local:<name>`` placeholder as this machine's cache directory."""
+    if spec.type != "local" or not spec.ref.startswith("local:"):
+        return spec
+    return replace(spec, ref=str(cache.root / "buildkit" / spec.ref.removeprefix("local:")))
 
 
 def cache_refs(
     plan: Plan, options: ApplyOptions, cache: Cache
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[CacheSpec, ...], tuple[CacheSpec, ...]]:
+    """(caches to import, caches to export) for one build."""
     if options.no_cache or not plan.options.cache_enabled:
         return (), ()
-    cache_from = list(plan.options.cache_from)
-    cache_to = list(plan.options.cache_to)
-    if options.cache_to:
-        spec = options.cache_to
-        if "=" not in spec:  # a bare ref or directory
-            spec = (
-                f"type=local,dest={spec}"
-                if spec.startswith(("/", "."))
-                else f"type=registry,ref={spec}"
-            )
-        cache_to = [spec + ("" if "mode=" in spec else ",mode=max")]
-        cache_from = [spec.replace("dest=", "src=").replace(",mode=max", "")]
-    imports = tuple(r for r in (_resolve_cache(c, cache, importing=True) for c in cache_from) if r)
-    exports = tuple(r for r in (_resolve_cache(c, cache, importing=False) for c in cache_to) if r)
+    caches = (CacheSpec.parse(options.cache_to),) if options.cache_to else plan.options.caches
+    here = [_on_this_machine(c, cache) for c in caches]
+    # a local directory nothing was exported to yet: importing it would only warn
+    imports = tuple(c for c in here if c.type != "local" or (Path(c.ref) / "index.json").is_file())
     # Model weights do not compress: an uncompressed cache (like the locally loaded image's
     # layers) costs 10.7 s per GiB to export, against 13.4 s for zstd and more for gzip.
-    exports = tuple(
-        e + ("" if "compression=" in e else ",compression=uncompressed") + ",ignore-error=true"
-        for e in exports
-    )
+    exports = tuple(c.with_extra(compression="uncompressed", ignore_error="true") for c in here)
     return imports, exports
 
 
@@ -126,15 +124,15 @@ def _deferred_interrupts() -> Iterator[None]:
 
 @dataclass
 class _Job:
-    prepared: Prepared
+    target: Target
     plan: Plan
     output: str
     temp: str
     result: ApplyResult
 
 
-def _job(prepared: Prepared, executor: Executor, options: ApplyOptions) -> _Job:
-    plan = prepared.plan
+def _job(target: Target, executor: Executor, options: ApplyOptions) -> _Job:
+    plan = target.plan
     if options.platforms:
         plan = replace(plan, platforms=options.platforms)
     output = "push" if options.output == "load" and plan.options.push else options.output
@@ -144,7 +142,7 @@ def _job(prepared: Prepared, executor: Executor, options: ApplyOptions) -> _Job:
         "up to date" if not options.no_cache and up_to_date(plan, executor, output) else "pending"
     )
     temp = f"{plan.repository}:omibuild-tmp-{uuid.uuid4().hex[:12]}"
-    return _Job(prepared, plan, output, temp, ApplyResult(plan.name, plan.image_refs, status))
+    return _Job(target, plan, output, temp, ApplyResult(plan.name, plan.image_refs, status))
 
 
 def _request(
@@ -229,7 +227,7 @@ def _restore_tags(executor: Executor, before: dict[str, str | None]) -> None:
 
 
 def apply_all(
-    prepared: list[Prepared],
+    targets: list[Target],
     executor: Executor,
     cache: Cache,
     progress: Progress,
@@ -239,7 +237,7 @@ def apply_all(
     import time
 
     start = time.perf_counter()
-    jobs = [_job(p, executor, options) for p in prepared]
+    jobs = [_job(t, executor, options) for t in targets]
     pending = [j for j in jobs if j.result.status == "pending"]
     if not pending:
         return [j.result for j in jobs]
@@ -254,20 +252,20 @@ def apply_all(
     with contextlib.ExitStack() as stack:
         requests = []
         for job in pending:
-            m = job.prepared.manifest
+            t = job.target
             ctx, downloaded = stack.enter_context(
                 staged_context(
                     job.plan,
-                    job.prepared.resolved,
-                    m.root,
-                    m.code_path,
+                    t.resolved,
+                    t.manifest_root,
+                    t.code_path,
                     cache,
                     progress,
-                    m.file,
+                    t.manifest_file,
                     offline=options.offline,
                 )
             )
-            secrets = build_secrets(m.build.secrets)
+            secrets = build_secrets(t.secrets)
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))
         for directory in sorted({d for r in requests for d in _local_cache_dirs(r)}):
@@ -359,13 +357,9 @@ def _retry_transient_failures(
 
 
 def _local_cache_dirs(request: BuildRequest) -> set[Path]:
-    """The local cache directories a build reads or writes (``type=local,src=|dest=``)."""
-    dirs = set()
-    for spec in (*request.cache_from, *request.cache_to):
-        fields = dict(f.split("=", 1) for f in spec.split(",") if "=" in f)
-        if fields.get("type") == "local" and (fields.get("src") or fields.get("dest")):
-            dirs.add(Path(fields.get("dest") or fields["src"]).resolve())
-    return dirs
+    """The local cache directories a build reads or writes."""
+    caches = (*request.cache_from, *request.cache_to)
+    return {Path(c.ref).resolve() for c in caches if c.type == "local" and c.ref}
 
 
 @contextlib.contextmanager

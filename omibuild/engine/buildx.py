@@ -143,8 +143,8 @@ class BuildxExecutor:
         if req.no_cache:
             cmd.append("--no-cache")
         else:
-            cmd += [a for ref in req.cache_from for a in ("--cache-from", ref)]
-            cmd += [a for ref in req.cache_to for a in ("--cache-to", ref)]
+            cmd += [a for c in req.cache_from for a in ("--cache-from", c.importing())]
+            cmd += [a for c in req.cache_to for a in ("--cache-to", c.exporting())]
         for secret in req.secrets:
             cmd += ["--secret", secret.spec]
         for key, value in req.annotations:
@@ -178,8 +178,8 @@ class BuildxExecutor:
             if req.no_cache:
                 target["no-cache"] = True
             else:
-                target["cache-from"] = list(req.cache_from)
-                target["cache-to"] = list(req.cache_to)
+                target["cache-from"] = [c.importing() for c in req.cache_from]
+                target["cache-to"] = [c.exporting() for c in req.cache_to]
             if req.source_date_epoch is not None:
                 target["args"] = {"SOURCE_DATE_EPOCH": str(req.source_date_epoch)}
             targets[f"model{i}"] = target

@@ -17,13 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from omibuild.planning.inputs import runtime_files
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_CODE, CTX_MODEL, CTX_REQUIREMENTS, CTX_RUNTIME, render
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache, link_or_copy
 from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import stage
+from omibuild.sources.runtime import runtime_files
 
 STALE_SECONDS = 3600
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from omibuild.planning.plan import CacheSpec
+
 
 @dataclass(frozen=True)
 class BuildSecret:
@@ -35,12 +37,12 @@ class BuildRequest:
     annotations: tuple[tuple[str, str], ...] = ()
     output: str = "load"  # load | push | oci:PATH
     platforms: tuple[str, ...] = ()
-    cache_from: tuple[str, ...] = ()
-    cache_to: tuple[str, ...] = ()
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
     no_cache: bool = False
     secrets: tuple[BuildSecret, ...] = ()
     builder: str | None = None
-    compression: str = "zstd"
+    compression: str = "uncompressed"  # of the image's layers; pushes ask for gzip
     sbom: bool = False
     source_date_epoch: int | None = None
     progress: str = "auto"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 
 from omibuild.manifest.model import LocalSource, Manifest
@@ -17,27 +15,7 @@ from omibuild.sources.cache import Cache
 from omibuild.sources.local import walk
 from omibuild.sources.remote import redact
 from omibuild.sources.requirements import read_requirements
-
-
-def runtime_files() -> list[tuple[str, Path]]:
-    """(relative path, file) of the runtime package as shipped in the image."""
-    pkg = Path(str(resources.files("omibuild")))
-    files = [("omibuild/__init__.py", pkg / "__init__.py")]
-    for path in sorted((pkg / "runtime").rglob("*")):
-        if (
-            path.is_file()
-            and "__pycache__" not in path.parts
-            and path.suffix in (".py", ".proto", ".desc")
-        ):
-            files.append((f"omibuild/{path.relative_to(pkg).as_posix()}", path))
-    return files
-
-
-def runtime_digest() -> str:
-    h = hashlib.sha256()
-    for rel, path in runtime_files():
-        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + h.hexdigest()
+from omibuild.sources.runtime import runtime_digest
 
 
 def code_files(m: Manifest, cache: Cache) -> tuple[ModelFile, ...]:

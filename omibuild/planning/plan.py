@@ -48,12 +48,66 @@ class Layer:
         return sum(f.size for f in self.files)
 
 
+# attributes that only a cache export takes (buildx's --cache-to), dropped from its import
+_EXPORT_ONLY = ("mode", "compression", "compression-level", "force-compression", "ignore-error")
+_REF_KEY = {"registry": ("ref", "ref"), "local": ("src", "dest")}  # (importing, exporting)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One BuildKit layer cache, read (``--cache-from``) and written (``--cache-to``).
+
+    ``ref`` is the registry ref or the directory; the plan writes ``local:<name>`` for omibuild's
+    cache directory <name> on whichever machine applies it. ``extra`` keeps any other attribute
+    of a cache given in buildx's own syntax (``type=gha,scope=x``). The buildx strings are made
+    only by ``importing`` and ``exporting``."""
+
+    type: str
+    ref: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> CacheSpec:
+        """buildx's syntax (``type=local,dest=DIR``), or a bare directory or registry ref."""
+        if "=" not in spec:
+            return cls("local" if spec.startswith(("/", ".")) else "registry", spec)
+        fields = dict(f.split("=", 1) for f in spec.split(",") if "=" in f)
+        kind = fields.pop("type", "local")
+        if fields.get("mode") == "max":
+            del fields["mode"]  # what exporting writes anyway
+        ref = ""
+        for key in ("ref", "dest", "src"):
+            ref = fields.pop(key, "") or ref
+        return cls(kind, ref, tuple(fields.items()))
+
+    def importing(self) -> str:
+        keep = [(k, v) for k, v in self.extra if k not in _EXPORT_ONLY]
+        return self._render(0, keep)
+
+    def exporting(self) -> str:
+        mode = [] if any(k == "mode" for k, _ in self.extra) else [("mode", "max")]
+        return self._render(1, [*mode, *self.extra])
+
+    def with_extra(self, **more: str) -> CacheSpec:
+        """These attributes added where the spec does not set them already."""
+        have = {k for k, _ in self.extra}
+        added = [
+            (k.replace("_", "-"), v) for k, v in more.items() if k.replace("_", "-") not in have
+        ]
+        return CacheSpec(self.type, self.ref, (*self.extra, *added))
+
+    def _render(self, direction: int, extra: list[tuple[str, str]]) -> str:
+        fields = [("type", self.type)]
+        if self.ref:
+            fields.append((_REF_KEY.get(self.type, ("ref", "ref"))[direction], self.ref))
+        return ",".join(f"{k}={v}" for k, v in [*fields, *extra])
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build; not part of the plan digest."""
 
-    cache_from: tuple[str, ...] = ()
-    cache_to: tuple[str, ...] = ()
+    caches: tuple[CacheSpec, ...] = ()
     cache_enabled: bool = True
     builder: str | None = None
     push: bool = False
@@ -95,7 +149,14 @@ class Plan:
         return tuple(f"{self.repository}:{t}" for t in self.tags)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        caches = self.options.caches
+        d["options"] = {
+            "cache_from": [c.importing() for c in caches],
+            "cache_to": [c.exporting() for c in caches],
+            **{k: v for k, v in d["options"].items() if k != "caches"},
+        }
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
@@ -131,8 +192,7 @@ class Plan:
             runtime_digest=d.get("runtime_digest", ""),
             slim=bool(d.get("slim", True)),
             options=BuildOptions(
-                cache_from=tuple(opts.get("cache_from", ())),
-                cache_to=tuple(opts.get("cache_to", ())),
+                caches=tuple(CacheSpec.parse(s) for s in opts.get("cache_to", ())),
                 cache_enabled=bool(opts.get("cache_enabled", True)),
                 builder=opts.get("builder"),
                 push=bool(opts.get("push", False)),
@@ -337,16 +397,13 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
     if not tags:
         tags.append(m.version)
     protocols = {name: body["protocols"] for name, body in interfaces.items()}
-    cache_from: list[str] = []
-    cache_to: list[str] = []
+    caches: list[CacheSpec] = []
     if m.build.cache_enabled:
         if m.build.cache_registry:
-            cache_from.append(f"type=registry,ref={m.build.cache_registry}")
-            cache_to.append(f"type=registry,ref={m.build.cache_registry},mode=max")
+            caches.append(CacheSpec("registry", m.build.cache_registry))
         else:
             where = m.build.cache_local or local_cache or f"local:{m.name}"
-            cache_from.append(f"type=local,src={where}")
-            cache_to.append(f"type=local,dest={where},mode=max")
+            caches.append(CacheSpec("local", where))
     plan = Plan(
         name=m.name,
         version=m.version,
@@ -377,8 +434,7 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         runtime_digest=inputs.runtime_digest,
         slim=m.image.slim,
         options=BuildOptions(
-            cache_from=tuple(cache_from),
-            cache_to=tuple(cache_to),
+            caches=tuple(caches),
             cache_enabled=m.build.cache_enabled,
             builder=m.build.builder,
             push=m.build.push,

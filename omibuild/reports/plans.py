@@ -75,7 +75,7 @@ def to_markdown(plan: Plan) -> str:
         *(f"| {a} | `{b}` | {c} |" for a, b, c in stages(plan)),
         "",
         f"Secrets (names only): {', '.join(plan.options.secrets)}. "
-        f"Cache: {', '.join(plan.options.cache_to) or 'off'}.",
+        f"Cache: {', '.join(c.exporting() for c in plan.options.caches) or 'off'}.",
         "",
         "<details><summary>Dockerfile</summary>",
         "",
@@ -126,6 +126,8 @@ def print_human(plan: Plan, stream: TextIO) -> None:
     for key, value in plan.labels:
         table.add_row(key, value)
     console.print(table)
-    console.print(f"[bold]cache[/bold]: {', '.join(plan.options.cache_to) or 'off'}")
+    console.print(
+        f"[bold]cache[/bold]: {', '.join(c.exporting() for c in plan.options.caches) or 'off'}"
+    )
     console.print(f"[bold]secrets[/bold] (names only): {', '.join(plan.options.secrets)}")
     console.print(Syntax(render(plan), "dockerfile", theme="ansi_dark", word_wrap=True))

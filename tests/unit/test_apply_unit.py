@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.commands.apply import check_reviewed_plan, expand_targets
-from omibuild.engine.apply import ApplyOptions, apply_all
+from omibuild.commands.apply import check_reviewed_plan, expand_targets, target_of
+from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
 from omibuild.planning.pipeline import prepare
@@ -74,8 +74,8 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path / "r" / "omi.yaml"
 
 
-def _prepare(manifest: Path, cache: Cache):  # type: ignore[no-untyped-def]
-    return prepare(manifest, cache, QUIET)
+def _prepare(manifest: Path, cache: Cache) -> Target:
+    return target_of(prepare(manifest, cache, QUIET))
 
 
 def test_builds_tags_on_success_and_then_is_up_to_date(
@@ -207,7 +207,7 @@ def test_local_cache_placeholder_becomes_this_machines_directory(
 ) -> None:
     cache, rec = Cache(tmp_path / "c"), Recorder()
     apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
-    [export] = rec.built[0].cache_to
+    [export] = [c.exporting() for c in rec.built[0].cache_to]
     assert f"dest={tmp_path / 'c' / 'buildkit' / 'iris-custom'}" in export and "mode=max" in export
     assert rec.built[0].cache_from == ()  # nothing exported yet to import
 
