@@ -1,7 +1,9 @@
 """Slim the image's venv, at build time, inside the image build (``python slim.py VENV REQS``).
 
-Standard library only: it runs with the venv's own interpreter in the ``deps`` stage, where the
-base image has no binutils. It removes what no code reads when a model serves:
+It runs with the venv's own interpreter in the ``deps`` stage, where the base image has no
+binutils, on the standard library and ``packaging`` (the venv's own, or else the copy pip
+vendors: pip is in the venv until this script removes it). It removes what no code reads when
+a model serves:
 
 - Debug sections (``.debug_*`` and their relocations) leave every ELF shared object, as
   ``strip --strip-debug`` would. Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
@@ -24,13 +26,23 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import re
 import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+
+try:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # the model did not install packaging: pip's copy (pip leaves last)
+    from pip._vendor.packaging.requirements import (  # type: ignore[assignment]
+        InvalidRequirement,
+        Requirement,
+    )
+    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[assignment]
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr: name type flags addr offset size link info
@@ -171,43 +183,50 @@ def strip_tree(root: Path) -> tuple[int, int]:
     return changed, saved
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _requirement(text: str) -> Requirement | None:
+    """A requirement line pip would install by name; None for options (``-r``, ``--index-url``),
+    comments, paths and URLs, which name no tool this script could remove."""
+    text = text.split(" #", 1)[0].strip()
+    if not text or text.startswith(("#", "-")):
+        return None
+    try:
+        return Requirement(text)
+    except InvalidRequirement:
+        return None
 
 
-_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
-
-
-def removable_tools(requirements: list[Path]) -> list[str]:
+def removable_tools(
+    requirements: list[Path], installed: Iterable[metadata.Distribution] | None = None
+) -> list[str]:
     """pip, plus setuptools and wheel when nothing installed and no requirement asks for them.
 
-    A distribution's requirement behind an extra counts only if a requirements file asked for
-    that extra (``name[extra]``)."""
+    A distribution's requirement counts only where its marker holds here; one behind an extra
+    counts only if a requirements file asked for that extra (``name[extra]``, compared as PEP
+    685 normalises extra names)."""
+    dists = list(metadata.distributions() if installed is None else installed)
     wanted: set[str] = set()
     extras: dict[str, set[str]] = {}
     for file in requirements:
         for line in file.read_text("utf-8").splitlines():
-            match = _NAME.match(line)
-            if match:
-                name = _canonical(match.group(1))
+            req = _requirement(line)
+            if req is not None:
+                name = canonicalize_name(req.name)
                 wanted.add(name)
-                extras.setdefault(name, set()).update(
-                    e.strip().lower() for e in (match.group(2) or "").split(",") if e.strip()
-                )
-    for dist in metadata.distributions():
-        chosen = extras.get(_canonical(dist.metadata["Name"] or ""), set())
-        for req in dist.requires or ():
-            requirement, _, marker = req.partition(";")
-            if "extra" in marker and not any(
-                re.search(rf"extra\s*==\s*['\"]{re.escape(e)}['\"]", marker) for e in chosen
-            ):
+                extras.setdefault(name, set()).update(canonicalize_name(e) for e in req.extras)
+    for dist in dists:
+        chosen = extras.get(canonicalize_name(dist.metadata["Name"] or ""), set())
+        for text in dist.requires or ():
+            req = _requirement(text)
+            if req is None:
                 continue
-            match = _NAME.match(requirement)
-            if match:
-                wanted.add(_canonical(match.group(1)))
-    installed = {_canonical(d.metadata["Name"] or "") for d in metadata.distributions()}
-    tools: list[str] = [t for t in ("setuptools", "wheel") if t in installed and t not in wanted]
-    return [*tools, "pip"] if "pip" in installed and "pip" not in wanted else tools
+            if req.marker is not None:
+                asked = chosen or {""}  # "": the distribution installed with no extra
+                if not any(req.marker.evaluate({"extra": e}) for e in asked):
+                    continue
+            wanted.add(canonicalize_name(req.name))
+    present = {canonicalize_name(d.metadata["Name"] or "") for d in dists}
+    tools: list[str] = [t for t in ("setuptools", "wheel") if t in present and t not in wanted]
+    return [*tools, "pip"] if "pip" in present and "pip" not in wanted else tools
 
 
 def main(argv: list[str]) -> int:
