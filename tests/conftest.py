@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "manifests"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def example_models() -> None:
-    """The example models are generated, never committed: make sure they exist."""
+    """The example models are generated, never committed: make sure they exist. Only the tests
+    that read examples/ ask for this (``pytestmark``); the others train their own models."""
     subprocess.run(
         [sys.executable, str(ROOT / "examples" / "generate.py")], check=True, capture_output=True
     )

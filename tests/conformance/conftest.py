@@ -42,6 +42,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _examples(example_models: None) -> None:
+    """Every conformance test serves an example model."""
+
+
 def stage_omi_tree(example: str, dest: Path) -> Path:
     """An /opt/omi layout (omi.json, model/, code/) for an example, from its real plan."""
     repo = dest / "repo"

@@ -15,7 +15,7 @@ import pytest
 from .conftest import docker
 from .helpers import copy_example, image_json, omibuild
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("example_models")]
 
 
 @pytest.fixture

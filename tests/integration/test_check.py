@@ -16,7 +16,11 @@ from .conftest import BASE_IMAGE, docker
 from .helpers import copy_example, omibuild
 
 # one worker runs these together: they count the containers `omibuild run` leaves
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("check")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("check"),
+    pytest.mark.usefixtures("example_models"),  # builds examples/
+]
 
 # A minimal OMI-looking server (KServe v1 routes) for the broken images.
 FAKE_SERVER = r"""

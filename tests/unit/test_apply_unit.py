@@ -16,6 +16,8 @@ from omibuild.sources.cache import Cache
 from omibuild.sources.progress import QUIET
 from tests.conftest import EXAMPLES
 
+pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/
+
 
 class Recorder:
     def __init__(self, ok: bool = True) -> None:

@@ -17,6 +17,8 @@ from tests.conftest import example_manifests
 
 from .test_manifest_malformed import GOOD_HEAD
 
+pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/
+
 
 @pytest.mark.parametrize("path", example_manifests(), ids=lambda p: p.parent.name)
 def test_every_example_validates(path: Path) -> None:

@@ -23,6 +23,8 @@ from omibuild.sources.progress import QUIET
 from omibuild.sources.resolve import resolve
 from tests.conftest import ROOT, example_manifests
 
+pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/
+
 GOLDEN = ROOT / "tests" / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 

@@ -19,6 +19,8 @@ from omibuild.runtime.model import InputError, PredictLane
 from tests.conftest import EXAMPLES, ROOT
 from tests.unit.runtime_config import omi_json as _omi_json
 
+pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/
+
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
@@ -353,10 +355,16 @@ def test_slim_removes_the_test_suites_packages_ship_inside_themselves(tmp_path: 
 
 
 def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Path) -> None:
+    """In an interpreter that sees only a fabricated site-packages holding pip, as the image's
+    venv is when slim runs: no packaging of its own, so it reads with pip's vendored copy."""
+    import shutil
     import subprocess
     import sys
 
+    import pip
+
     site = tmp_path / "site"
+    shutil.copytree(Path(str(pip.__file__)).parent, site / "pip")
     dists = {
         "pip": [],
         "setuptools": [],
@@ -378,6 +386,7 @@ def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Pat
             f"import sys; sys.path[:0] = [{str(site)!r}, {str(ROOT)!r}]\n"
             "from pathlib import Path\n"
             "from omibuild.runtime.slim import removable_tools\n"
+            "assert 'packaging' not in sys.modules and 'pip._vendor.packaging' in sys.modules\n"
             f"print(','.join(removable_tools([Path({str(reqs)!r})])))\n"
         )
         out = subprocess.run(
