@@ -9,7 +9,7 @@ from pathlib import Path
 from omibuild.errors import EXIT_OK
 from omibuild.planning.pipeline import prepare
 from omibuild.render.dockerfile import render
-from omibuild.reports.plans import print_human, to_json, to_markdown
+from omibuild.reports.plans import FORMATS, to_json
 from omibuild.sources.cache import Cache, atomic_write
 from omibuild.sources.progress import Progress
 
@@ -31,10 +31,6 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(Path(args.out), to_json(plan))
     if args.dockerfile:
         sys.stdout.write(render(plan))
-    elif args.format == "json":
-        sys.stdout.write(to_json(plan))
-    elif args.format == "markdown":
-        sys.stdout.write(to_markdown(plan))
     else:
-        print_human(plan, sys.stdout)
+        FORMATS[args.format](plan, sys.stdout)
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TextIO
 
 from omibuild.planning.plan import Plan
@@ -131,3 +132,11 @@ def print_human(plan: Plan, stream: TextIO) -> None:
     )
     console.print(f"[bold]secrets[/bold] (names only): {', '.join(plan.options.secrets)}")
     console.print(Syntax(render(plan), "dockerfile", theme="ansi_dark", word_wrap=True))
+
+
+# `omibuild plan --format NAME`: each writes one plan to a stream
+FORMATS: dict[str, Callable[[Plan, TextIO], object]] = {
+    "text": print_human,
+    "json": lambda plan, stream: stream.write(to_json(plan)),
+    "markdown": lambda plan, stream: stream.write(to_markdown(plan)),
+}

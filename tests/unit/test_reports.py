@@ -1,0 +1,132 @@
+"""The reporters (omibuild/reports/) and the label checks they report: every --format the CLI
+offers has a reporter, and each output is what its reader parses."""
+
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from omibuild import contract
+from omibuild.cli import build_parser
+from omibuild.conformance.check import Finding, check_labels
+from omibuild.manifest.issues import Issue
+from omibuild.manifest.validate import Result
+from omibuild.reports import checks, plans, validation
+
+
+@pytest.mark.parametrize(
+    ("verb", "formats", "args"),
+    [
+        ("plan", plans.FORMATS, []),
+        ("validate", validation.FORMATS, []),
+        ("check", checks.FORMATS, ["some/image"]),
+    ],
+)
+def test_every_format_the_cli_offers_has_a_reporter(verb: str, formats: dict, args: list) -> None:
+    parser = build_parser()
+    offered = set()
+    for name in ("text", "json", "markdown", "junit", "table", "xml"):
+        try:
+            parser.parse_args([verb, *args, "--format", name])
+            offered.add(name)
+        except SystemExit:
+            pass
+    assert offered == set(formats)
+
+
+FINDINGS = [
+    Finding("label ml.openmodel.port", True, "present", 0.001),
+    Finding('serves <v2> & "live"', False, "GET /v2/health/live: [red]503[/red] <html>", 1.5),
+]
+
+
+def test_junit_is_xml_a_ci_test_view_reads() -> None:
+    out = io.StringIO()
+    checks.FORMATS["junit"]("img:1", FINDINGS, out)
+    suite = ET.fromstring(out.getvalue().split("?>", 1)[1])
+    assert (suite.tag, suite.get("tests"), suite.get("failures")) == ("testsuite", "2", "1")
+    passed, failed = suite.findall("testcase")
+    assert passed.find("failure") is None and passed.get("time") == "0.001"
+    assert failed.get("name") == 'serves <v2> & "live"'
+    failure = failed.find("failure")
+    assert failure is not None and failure.get("message") == FINDINGS[1].detail
+
+
+def test_the_table_shows_details_as_text_not_markup() -> None:
+    out = io.StringIO()
+    checks.FORMATS["text"]("img:1", FINDINGS, out)
+    assert "[red]503[/red]" in out.getvalue() and "FAIL" in out.getvalue()
+
+
+def test_check_json_says_whether_all_passed() -> None:
+    out = io.StringIO()
+    checks.FORMATS["json"]("img:1", FINDINGS, out)
+    body = json.loads(out.getvalue())
+    assert body["ok"] is False and [f["ok"] for f in body["findings"]] == [True, False]
+
+
+def issue(file: str, line: int, severity: str = "error") -> Issue:
+    return Issue(file, line, 3, "$.model", "is bad", hint="fix it", severity=severity)
+
+
+def test_validation_text_and_json() -> None:
+    results = [
+        Result("a/omi.yaml", [issue("a/omi.yaml", 4), issue("a/omi.yaml", 9, "warning")]),
+        Result("b/omi.yaml", [issue("b/omi.yaml", 2, "warning")]),
+    ]
+    out = io.StringIO()
+    validation.FORMATS["text"](results, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "a/omi.yaml:4:3: $.model: is bad (hint: fix it)"
+    assert lines[1] == "a/omi.yaml:9:3: $.model: warning: is bad (hint: fix it)"
+    assert "b/omi.yaml: valid" in lines and lines[-1] == "1 problem in 1 of 2 file(s)"
+    out = io.StringIO()
+    validation.FORMATS["json"](results, out)
+    assert [r["valid"] for r in json.loads(out.getvalue())] == [False, True]
+
+
+def labels(**over: str) -> dict[str, str]:
+    good = {
+        contract.INTERFACES_LABEL: '["kfserving", "modzy"]',
+        contract.PROTOCOLS_LABEL: '[["v1", "v2"], ["v2"]]',
+        contract.PORT_LABEL: "8080",
+        contract.MODEL_NAME_LABEL: '"iris"',
+        contract.ORIGIN_ID_LABEL: "sha256:ab12",
+    }
+    return {**good, **over}
+
+
+def failing(found: list[Finding]) -> list[str]:
+    return [f.requirement for f in found if not f.ok]
+
+
+def test_check_labels_passes_a_good_image() -> None:
+    assert failing(check_labels(labels(), ["r/iris:sha256-ab12", "r/iris:latest"])) == []
+
+
+@pytest.mark.parametrize(
+    ("over", "fails"),
+    [
+        ({contract.INTERFACES_LABEL: '["kfserving", "sagemaker"]'}, "spec interfaces"),
+        ({contract.INTERFACES_LABEL: "kfserving"}, "spec interfaces"),
+        ({contract.PROTOCOLS_LABEL: '[["v1", "v2"]]'}, "index-aligned"),
+        ({contract.PROTOCOLS_LABEL: '[["v1", "v3"], ["v2"]]'}, "index-aligned"),
+        ({contract.PORT_LABEL: '"http"'}, "is an integer"),
+        ({contract.MODEL_NAME_LABEL: '""'}, "is set"),
+    ],
+)
+def test_check_labels_names_what_is_wrong(over: dict[str, str], fails: str) -> None:
+    wrong = failing(check_labels(labels(**over), ["r/iris:sha256-ab12"]))
+    assert wrong and fails in wrong[0]  # (bad interfaces fail the protocols' alignment too)
+
+
+def test_check_labels_wants_the_origin_tag_and_every_spec_label() -> None:
+    assert failing(check_labels(labels(), ["r/iris:latest"])) == ["an origin tag is present"]
+    missing = labels()
+    del missing[contract.PORT_LABEL]
+    assert failing(check_labels(missing, ["r/iris:sha256-ab12"])) == [
+        f"label {contract.PORT_LABEL}"
+    ]
