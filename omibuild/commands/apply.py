@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.contract import PLAN_DIGEST_LABEL
+from omibuild.engine.apply import ApplyOptions, Target, apply_all
+from omibuild.engine.buildx import BuildxExecutor
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
+from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
@@ -56,17 +59,11 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
 
 def target_of(prepared: Prepared) -> Target:
     """What the engine needs of a prepared manifest: its plan and what staging reads."""
-    from omibuild.engine.apply import Target
-
     m = prepared.manifest
     return Target(prepared.plan, prepared.resolved, m.file, m.root, m.code_path, m.build.secrets)
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.engine.apply import ApplyOptions, apply_all
-    from omibuild.engine.buildx import BuildxExecutor
-    from omibuild.planning.pipeline import prepare
-
     if args.output and not args.output.startswith("oci:"):
         raise UsageError(f"--output {args.output!r}: use oci:PATH (the default loads the image)")
     if args.push and args.output:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from omibuild.cli import build_parser
 from omibuild.errors import EXIT_OK
 
 
@@ -74,8 +75,6 @@ compdef _omibuild omibuild
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.cli import build_parser
-
     options = verb_options(build_parser())
     sys.stdout.write(bash_script(options) if args.shell == "bash" else zsh_script(options))
     return EXIT_OK

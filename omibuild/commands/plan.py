@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from omibuild.engine.buildx import BuildxExecutor
 from omibuild.errors import EXIT_OK
 from omibuild.planning.pipeline import prepare
 from omibuild.render.dockerfile import render
@@ -15,8 +16,6 @@ from omibuild.sources.progress import Progress
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.engine.buildx import BuildxExecutor
-
     executor = BuildxExecutor()
     prepared = prepare(
         Path(args.file),

@@ -10,16 +10,25 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from omibuild.conformance.images import free_port, interfaces_of
+from omibuild.conformance.probe import (
+    Target,
+    container_env,
+    curl_example,
+    exit_reason,
+    predict,
+    wait_ready,
+)
+from omibuild.engine.containers import Containers
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
+from omibuild.planning.pipeline import prepare
+from omibuild.sources.cache import Cache
+from omibuild.sources.progress import Progress
 
 
 def _image_and_example(target: str) -> tuple[str, Any]:
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):  # a manifest (a missing one is its own error)
-        from omibuild.planning.pipeline import prepare
-        from omibuild.sources.cache import Cache
-        from omibuild.sources.progress import Progress
-
         prepared = prepare(path, Cache(), Progress(), offline=(path.with_name("omi.lock")).exists())
         return prepared.plan.image_refs[0], prepared.manifest.example
     return target, None
@@ -39,8 +48,6 @@ def _instances(path: str) -> list[Any]:
 
 def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float) -> OmiError:
     """One line: why the container stopped (the runtime says), or that it never got ready."""
-    from omibuild.conformance.probe import exit_reason
-
     logs = containers.logs(cid, tail=50)
     if containers.running(cid):
         return BuildError(
@@ -53,10 +60,6 @@ def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float)
 
 
 def run(args: argparse.Namespace) -> int:
-    from omibuild.conformance.images import free_port, interfaces_of
-    from omibuild.conformance.probe import Target, container_env, curl_example, predict, wait_ready
-    from omibuild.engine.containers import Containers
-
     request = _instances(args.predict) if args.predict else None  # before anything starts
     image, example = _image_and_example(args.target)
     containers = Containers()

@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from omibuild import contract
-from omibuild.conformance.images import ImageInterfaces, interfaces_of, label_json
+from omibuild.conformance.images import ImageInterfaces, free_port, interfaces_of, label_json
+from omibuild.conformance.probe import Target, container_env, exit_reason, predict, wait_ready
 from omibuild.contract import OMI_LABELS as OMI_KEYS
 from omibuild.contract import SPEC_INTERFACES
+from omibuild.engine.containers import Containers
 
 
 @dataclass
@@ -117,8 +119,6 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
 def check_runtime(
     image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
 ) -> list[Finding]:
-    from omibuild.engine.containers import Containers
-
     findings: list[Finding] = []
     user = config.get("user", "")
     findings.append(
@@ -158,9 +158,6 @@ def _probe(
     timeout: float,
 ) -> tuple[list[Finding], str | None]:
     """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
-    from omibuild.conformance.images import free_port
-    from omibuild.conformance.probe import Target, container_env, exit_reason, predict, wait_ready
-
     name = f"{interface} {protocol}"
     protocols = info.interfaces[interface] or ["v1"]
     is_default = interface == info.default and protocol == protocols[-1]
@@ -261,8 +258,6 @@ def _reflection_finding(target: Any) -> Finding:
 
 def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists)."""
-    from omibuild.engine.containers import Containers
-
     config = Containers().image_config(image)
     if config is None:
         return [], False

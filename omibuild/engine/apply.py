@@ -4,8 +4,11 @@ executor, and tag only on success (no partial tags, no staging left behind)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -201,8 +204,6 @@ def registry_address(repository: str) -> tuple[str, int]:
 def check_registry(repository: str, timeout: float = 5.0) -> None:
     """Before any build: a push target that does not answer is one line (exit 2), not a whole
     build and then a push error."""
-    import socket
-
     host, port = registry_address(repository)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -234,8 +235,6 @@ def apply_all(
     options: ApplyOptions,
 ) -> list[ApplyResult]:
     """Build every plan that is not up to date: one build, or one bake for several."""
-    import time
-
     start = time.perf_counter()
     jobs = [_job(t, executor, options) for t in targets]
     pending = [j for j in jobs if j.result.status == "pending"]
@@ -366,8 +365,6 @@ def _local_cache_dirs(request: BuildRequest) -> set[Path]:
 def _cache_dir_lock(directory: Path, progress: Progress) -> Iterator[None]:
     """One build at a time per local cache directory: BuildKit's exporter fails ("not
     found") when two builds write the same directory at once."""
-    import fcntl
-
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.with_name(directory.name + ".lock"), "w") as fh:
         try:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.validate import load_manifest
+from omibuild.planning.inputs import gather
 from omibuild.planning.plan import BuildInputs, Plan, make_plan
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
+from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest, write_lock
 from omibuild.sources.progress import Progress
+from omibuild.sources.resolve import resolve
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,6 @@ def prepare(
     offline: bool = False,
     base_digest: Callable[[str], str | None] | None = None,
 ) -> Prepared:
-    from omibuild.planning.inputs import gather
-    from omibuild.sources.lock import write_lock
-    from omibuild.sources.resolve import resolve
-
     manifest = load_manifest(path)
     resolved = resolve(manifest, cache, progress, locked=locked, offline=offline, update_lock=False)
     base = pin_base(manifest, None if offline else base_digest, locked=locked)
@@ -52,8 +51,6 @@ def pin_base(
     """The base image's digest: the engine's when it answers, else the one omi.lock pins, so
     a plan made without an engine (a reviewer's laptop, a lint-only CI job) is the same plan.
     Says on stderr when neither knows it."""
-    from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest
-
     pinned = read_base_digest(manifest)
     found = engine(manifest.image.base) if engine else None
     if locked and pinned and found and found != pinned:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -356,8 +357,6 @@ def _labels(
 def _rfc3339(epoch: int | None) -> str | None:
     if epoch is None:
         return None
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 

@@ -6,6 +6,7 @@ A flavor is a small class behind the Flavor protocol; FLAVORS maps the manifest'
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,8 +45,6 @@ class SklearnFlavor:
 
             self.model = joblib.load(path)
         else:
-            import pickle
-
             with open(path, "rb") as fh:
                 self.model = pickle.load(fh)
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -124,8 +125,6 @@ def _grpc_port(config: RuntimeConfig) -> int:
 
 def _check_port_free(port: int, what: str) -> None:
     """Fail with one line, before anything claims to listen, if another process holds it."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # IPv6 may be off
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:

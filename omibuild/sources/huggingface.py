@@ -8,6 +8,7 @@ is read by huggingface_hub itself and stays on the host.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,6 @@ class HuggingFaceModelSource:
                 ),
             )
         # huggingface_hub keeps bookkeeping under .cache/ in local_dir: not model files
-        import shutil
-
         shutil.rmtree(tmp / ".cache", ignore_errors=True)
 
     def _download(

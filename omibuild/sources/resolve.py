@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from omibuild.errors import UsageError
-from omibuild.manifest.model import Manifest
+from omibuild.manifest.model import LocalSource, Manifest
 from omibuild.sources import get_source
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
@@ -53,10 +54,6 @@ def resolve(
 
 def _with_location(lock: ResolvedSource, manifest: Manifest) -> ResolvedSource:
     """A lock read back has no location; only a local source needs one offline."""
-    from dataclasses import replace
-
-    from omibuild.manifest.model import LocalSource
-
     if isinstance(manifest.source, LocalSource):
         return replace(lock, location=str(manifest.root / manifest.source.path))
     return lock

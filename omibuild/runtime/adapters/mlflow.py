@@ -3,6 +3,7 @@ and /invocations with dataframe_split, dataframe_records, instances, inputs or t
 
 from __future__ import annotations
 
+from importlib.metadata import version as dist_version
 from typing import Any
 
 from starlette.requests import Request
@@ -86,8 +87,6 @@ class MlflowAdapter:
 
         async def version(request: Request) -> Response:
             try:
-                from importlib.metadata import version as dist_version
-
                 text = dist_version("mlflow-skinny")
             except Exception:
                 text = __version__

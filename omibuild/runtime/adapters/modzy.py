@@ -6,6 +6,7 @@ instances, or {"instances": [...]}; the answer is ``results.json`` with the pred
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -198,8 +199,6 @@ class ModzyAdapter:
         directories must lie under OMI_FILE_JOB_ROOT (default /data, where the job's volumes
         are mounted); each regular file in ``input`` is one item, read, predicted and written
         as ``<stem>.results.json`` in ``output`` before the next is read."""
-        import asyncio
-
         root = Path(self.config.env.get("OMI_FILE_JOB_ROOT") or FILE_JOB_ROOT)
         src = _confined(root, body.get("input"), "input")
         dst = _confined(root, body.get("output"), "output")
