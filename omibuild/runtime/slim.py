@@ -33,16 +33,7 @@ import sys
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-
-try:
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-except ImportError:  # the model did not install packaging: pip's copy (pip leaves last)
-    from pip._vendor.packaging.requirements import (  # type: ignore[assignment]
-        InvalidRequirement,
-        Requirement,
-    )
-    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[assignment]
+from typing import Any
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr: name type flags addr offset size link info
@@ -183,15 +174,27 @@ def strip_tree(root: Path) -> tuple[int, int]:
     return changed, saved
 
 
-def _requirement(text: str) -> Requirement | None:
+def _packaging() -> Any:
+    """packaging's requirements module and canonicalize_name: the venv's own, or the copy pip
+    vendors (pip stays in the venv until removable_tools has decided). Imported here, not at
+    the top: the image's final venv has neither, and strip_debug still runs there."""
+    try:
+        from packaging import requirements, utils
+    except ImportError:  # the model did not install packaging
+        from pip._vendor.packaging import requirements, utils  # type: ignore[no-redef]
+    return requirements, utils.canonicalize_name
+
+
+def _requirement(text: str) -> Any:
     """A requirement line pip would install by name; None for options (``-r``, ``--index-url``),
     comments, paths and URLs, which name no tool this script could remove."""
     text = text.split(" #", 1)[0].strip()
     if not text or text.startswith(("#", "-")):
         return None
+    requirements, _ = _packaging()
     try:
-        return Requirement(text)
-    except InvalidRequirement:
+        return requirements.Requirement(text)
+    except requirements.InvalidRequirement:
         return None
 
 
@@ -203,6 +206,7 @@ def removable_tools(
     A distribution's requirement counts only where its marker holds here; one behind an extra
     counts only if a requirements file asked for that extra (``name[extra]``, compared as PEP
     685 normalises extra names)."""
+    _, canonicalize_name = _packaging()
     dists = list(metadata.distributions() if installed is None else installed)
     wanted: set[str] = set()
     extras: dict[str, set[str]] = {}

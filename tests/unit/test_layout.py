@@ -27,6 +27,9 @@ HEAVY = {
     "transformers",
     "uvicorn",
 }
+# runtime/slim.py runs in the image build with whichever the venv has, and is imported where
+# it has neither (the final image)
+HEAVY |= {"packaging", "pip"}
 # omibuild modules that import one of those at their top
 BUILT_ON_HEAVY = {
     "omibuild.runtime.protos": "google",

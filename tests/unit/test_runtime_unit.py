@@ -386,8 +386,8 @@ def test_slim_keeps_setuptools_and_wheel_when_something_needs_them(tmp_path: Pat
             f"import sys; sys.path[:0] = [{str(site)!r}, {str(ROOT)!r}]\n"
             "from pathlib import Path\n"
             "from omibuild.runtime.slim import removable_tools\n"
-            "assert 'packaging' not in sys.modules and 'pip._vendor.packaging' in sys.modules\n"
             f"print(','.join(removable_tools([Path({str(reqs)!r})])))\n"
+            "assert 'packaging' not in sys.modules and 'pip._vendor.packaging' in sys.modules\n"
         )
         out = subprocess.run(
             [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, check=True
