@@ -133,14 +133,15 @@ def _v1_body(n: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("protocol", "live", "infer", "make"),
+    ("protocol", "ready", "live", "infer", "make"),
     [
-        ("v2", "/v2/health/live", "/v2/models/{name}/infer", _v2_body),
-        ("v1", "/", "/v1/models/{name}:predict", _v1_body),  # 55 MB: 1.9 s of json.loads
+        ("v2", "/v2/health/ready", "/v2/health/live", "/v2/models/{name}/infer", _v2_body),
+        # 55 MB: 1.9 s of json.loads
+        ("v1", "/v1/models/{name}", "/", "/v1/models/{name}:predict", _v1_body),
     ],
 )
 def test_liveness_answers_while_a_large_body_uploads_and_parses(
-    image: str, protocol: str, live: str, infer: str, make: Callable[[int], bytes]
+    image: str, protocol: str, ready: str, live: str, infer: str, make: Callable[[int], bytes]
 ) -> None:
     name = image.split("/")[-1].split(":")[0]
     # locked down as a cautious platform runs it: the decoder helper must start all the same
@@ -152,7 +153,7 @@ def test_liveness_answers_while_a_large_body_uploads_and_parses(
     )
     body = make(10_400_000)  # made before the prober starts, which shares this process's GIL
     try:
-        box.wait(live)
+        box.wait(ready.format(name=name))  # liveness answers before the model is loaded
         worst, stop = [0.0], threading.Event()
 
         def probe() -> None:
