@@ -27,7 +27,8 @@ from omibuild.errors import (
 VERBS = {
     "init": "write a commented omi.yaml for a model file or directory",
     "validate": "check omi.yaml files against the schema and the repository",
-    "plan": "show exactly what apply will build",
+    "plan": "show what apply would change, against what the target holds",
+    "lock": "write omi.lock: the resolved model source and the base image's digest",
     "apply": "build (and push) the OMI image",
     "run": "start an image locally and try it",
     "check": "check an image against the Open Model Interface spec",
@@ -51,13 +52,23 @@ DETAILS = {
         ["omibuild validate", "omibuild validate models/*/omi.yaml --format json"],
     ),
     "plan": (
-        "Resolves the model source (writing omi.lock), pins the base image's digest and\n"
-        "prints the plan: layers, requirements, labels and tags. Nothing is built.",
+        "Resolves the model source, pins the base image's digest and compares the plan with\n"
+        "what the target already holds: the image at its first tag (in the local engine,\n"
+        "else in its registry, read without pulling layers) or --against a saved plan or\n"
+        'image. Says per stage what is rebuilt and why, or "No changes.". A dry run: it\n'
+        "builds nothing and writes nothing into the repository.",
         [
             "omibuild plan",
-            "omibuild plan --format markdown > plan.md",
+            "omibuild plan --format markdown > plan.md   # a pull-request comment",
+            "omibuild plan --detailed-exitcode            # 0 no changes, 2 changes, 1 error",
             "omibuild plan --out reviewed.plan.json && omibuild apply --plan reviewed.plan.json",
         ],
+    ),
+    "lock": (
+        "Resolves each manifest's model source (files and digests) and the base image's\n"
+        "digest, and writes them to omi.lock beside it. apply writes it too; plan never\n"
+        "does. --check writes nothing and exits 1 naming what moved if a lock is stale.",
+        ["omibuild lock", "omibuild lock --check models/"],
     ),
     "apply": (
         "Builds every manifest given (a directory means every omi.yaml below it) through\n"
@@ -143,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(p, ["text", "json", "markdown"], "text")
     p.add_argument("--out", help="save the plan as JSON for apply --plan")
     p.add_argument("--dockerfile", action="store_true", help="print only the Dockerfile")
+    p.add_argument(
+        "--against",
+        metavar="PLAN.json|IMAGE",
+        help="compare with this saved plan or image (default: the image at the first tag)",
+    )
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 when nothing changes, 2 when changes are pending, 1 on any error",
+    )
     _add_source_flags(p)
+
+    p = _verb(sub, "lock")
+    p.add_argument("files", nargs="*", default=["omi.yaml"], metavar="FILE|DIR", help=MANIFEST_HELP)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a lock is stale")
 
     p = _verb(sub, "apply")
     p.add_argument("files", nargs="*", default=["omi.yaml"], metavar="FILE|DIR", help=MANIFEST_HELP)
@@ -204,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return EXIT_USAGE
+    code = _dispatch(args)
+    if getattr(args, "detailed_exitcode", False) and code not in (0, 2):
+        return 1  # terraform's convention: 2 means changes pending, so every error is 1
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         module = importlib.import_module(f"omibuild.commands.{args.verb}")

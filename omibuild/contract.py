@@ -20,6 +20,9 @@ ORIGIN_URI_LABEL = "io.omibuild.origin.uri"
 ORIGIN_ID_LABEL = "io.omibuild.origin.id"
 MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
 PLAN_DIGEST_LABEL = "io.omibuild.plan.digest"  # what makes `apply` a no-op when it matches
+# the plan the image was built from, without its labels (the image has those): JSON, gzip,
+# base64. `omibuild plan` diffs a new plan against it, from the engine or the registry.
+PLAN_STATE_LABEL = "io.omibuild.plan.state"
 
 
 def origin_tag(origin_id: str) -> str:

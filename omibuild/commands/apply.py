@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from omibuild.contract import PLAN_DIGEST_LABEL
+from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             locked=args.locked,
             offline=args.offline,
             base_digest=executor.image_digest,
+            save_lock=True,
         )
         for t in targets
     ]
@@ -160,6 +161,7 @@ def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
     )
 
 
+_DERIVED = {PLAN_DIGEST_LABEL, PLAN_STATE_LABEL}  # labels made from the plan itself
 _COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
 _IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
 
@@ -175,7 +177,7 @@ def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
     changes = []
     old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
     for key in sorted(set(old_labels) | set(new_labels)):
-        if key != PLAN_DIGEST_LABEL and old_labels.get(key) != new_labels.get(key):
+        if key not in _DERIVED and old_labels.get(key) != new_labels.get(key):
             changes.append(
                 f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
             )

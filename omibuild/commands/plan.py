@@ -1,18 +1,50 @@
-"""omibuild plan FILE — exactly what apply will build, for review."""
+"""omibuild plan FILE — what apply would change, stage by stage, against what the target holds.
+A dry run: it writes nothing into the repository (omibuild lock and apply write omi.lock)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from omibuild import contract
 from omibuild.engine.buildx import BuildxExecutor
-from omibuild.errors import EXIT_OK
+from omibuild.errors import EXIT_OK, UsageError
+from omibuild.planning.diff import PlanDiff, diff_plans, target_tag, unrecorded
 from omibuild.planning.pipeline import prepare
+from omibuild.planning.plan import Plan, plan_from_labels
 from omibuild.render.dockerfile import render
 from omibuild.reports.plans import FORMATS, to_json
 from omibuild.sources.cache import Cache, atomic_write
 from omibuild.sources.progress import Progress
+
+EXIT_CHANGES = 2  # --detailed-exitcode: changes are pending (terraform plan's convention)
+
+
+def against(plan: Plan, given: str | None, executor: BuildxExecutor) -> PlanDiff:
+    """The change from what ``given`` names (a saved plan file or an image; by default the
+    plan's first tag other than the origin tag) to ``plan``. An image is read from the local
+    engine, else from its registry (the config only: no layer is pulled)."""
+    if given and Path(given).is_file():
+        try:
+            saved = Plan.from_dict(json.loads(Path(given).read_text("utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(
+                f"--against {given}: not a plan saved by `omibuild plan --out` ({err})"
+            ) from None
+        return diff_plans(saved, plan, f"the saved plan {given}")
+    ref = given or f"{plan.repository}:{target_tag(plan)}"
+    labels, where = executor.image_labels(ref), "in the local engine"
+    if labels is None and not ref.startswith("omibuild.local/"):
+        labels, where = executor.remote_labels(ref), "in its registry"
+    if labels is None:
+        return diff_plans(None, plan, f"nothing: there is no image {ref} yet")
+    described = f"the image {ref} {where}"
+    old = plan_from_labels(labels)
+    if old is None:
+        return unrecorded(described, labels.get(contract.PLAN_DIGEST_LABEL, ""), plan)
+    return diff_plans(old, plan, described)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(Path(args.out), to_json(plan))
     if args.dockerfile:
         sys.stdout.write(render(plan))
-    else:
-        FORMATS[args.format](plan, sys.stdout)
+        return EXIT_OK
+    diff = against(plan, args.against, executor)
+    FORMATS[args.format](plan, diff, sys.stdout)
+    if args.detailed_exitcode and diff.changed:
+        return EXIT_CHANGES
     return EXIT_OK

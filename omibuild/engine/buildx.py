@@ -111,6 +111,21 @@ class BuildxExecutor:
             return None
         return annotations
 
+    def remote_labels(self, ref: str) -> dict[str, str] | None:
+        fmt = "{{json .Image}}"
+        cmd = [*self._docker_cmd(), "buildx", "imagetools", "inspect", ref, "--format", fmt]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+            image = json.loads(proc.stdout) if proc.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        if isinstance(image, dict) and "config" not in image and image:
+            image = next(iter(image.values()))  # an index: one config per platform, same labels
+        if not isinstance(image, dict):
+            return None
+        labels = (image.get("config") or {}).get("Labels") or {}
+        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
+
     def tag(self, source: str, target: str) -> None:
         self.docker.image.tag(source, target)
 

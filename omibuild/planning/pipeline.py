@@ -34,11 +34,14 @@ def prepare(
     locked: bool = False,
     offline: bool = False,
     base_digest: Callable[[str], str | None] | None = None,
+    save_lock: bool = False,
 ) -> Prepared:
+    """The plan for one manifest. Only ``save_lock`` (apply, lock) writes omi.lock: a plan is
+    a dry run and leaves the repository as it found it."""
     manifest = load_manifest(path)
     resolved = resolve(manifest, cache, progress, locked=locked, offline=offline, update_lock=False)
     base = pin_base(manifest, None if offline else base_digest, locked=locked)
-    if not (locked or offline):
+    if save_lock and not (locked or offline):
         write_lock(manifest, resolved, base)
     inputs = gather(manifest, resolved, cache, base_digest=lambda _: base)
     plan = make_plan(inputs)
@@ -56,7 +59,7 @@ def pin_base(
     if locked and pinned and found and found != pinned:
         raise LockMismatch(
             f"--locked: base image {manifest.image.base} moved: {pinned[:19]} → {found[:19]}",
-            hint="review the change, then run without --locked to update omi.lock",
+            hint="review the change, then run `omibuild lock` to update omi.lock",
         )
     if found or pinned:
         return found or pinned

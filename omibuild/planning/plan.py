@@ -6,9 +6,13 @@ plans give equal digests on any machine."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import hashlib
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -205,11 +209,43 @@ class Plan:
         )
 
 
+_NOT_IN_STATE = ("labels", "options", "digest")
+MAX_STATE_BYTES = 32 << 20  # a plan state label is decompressed no further than this
+
+
+def state_label(plan: Plan) -> str:
+    """The plan, without what the image carries elsewhere, for the state label."""
+    body = {k: v for k, v in plan.to_dict().items() if k not in _NOT_IN_STATE}
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+
+
+def plan_from_labels(labels: dict[str, str]) -> Plan | None:
+    """The plan an image was built from, read back from its labels; None when the image has
+    no readable state label (built by an older omibuild, or not by omibuild). The label may
+    come from any registry: it is decompressed to at most MAX_STATE_BYTES."""
+    blob = labels.get(contract.PLAN_STATE_LABEL)
+    if not blob:
+        return None
+    try:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+        raw = inflate.decompress(base64.b64decode(blob, validate=True), MAX_STATE_BYTES)
+        if inflate.unconsumed_tail:
+            return None
+        body = json.loads(raw)
+        body["labels"] = sorted([k, v] for k, v in labels.items())
+        body["digest"] = labels.get(contract.PLAN_DIGEST_LABEL, "")
+        return Plan.from_dict(body)
+    except (binascii.Error, zlib.error, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def compute_digest(plan: Plan) -> str:
     body = plan.to_dict()
     body.pop("digest")
     body.pop("options")
-    body["labels"] = [kv for kv in body["labels"] if kv[0] != contract.PLAN_DIGEST_LABEL]
+    computed = (contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL)
+    body["labels"] = [kv for kv in body["labels"] if kv[0] not in computed]
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -441,5 +477,9 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         ),
     )
     digest = compute_digest(plan)
-    labels = (*plan.labels, (contract.PLAN_DIGEST_LABEL, digest))
+    labels = (
+        *plan.labels,
+        (contract.PLAN_DIGEST_LABEL, digest),
+        (contract.PLAN_STATE_LABEL, state_label(plan)),
+    )
     return replace(plan, digest=digest, labels=tuple(sorted(labels)))

@@ -6,23 +6,23 @@ import json
 from collections.abc import Callable
 from typing import TextIO
 
+from omibuild import contract
+from omibuild.planning.diff import Change, PlanDiff, human_size, target_tag
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import render
 
 
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+def _label(key: str, value: str) -> str:
+    """A label's value as a reviewer reads it (the plan state is a blob for machines)."""
+    if key == contract.PLAN_STATE_LABEL:
+        return f"(the plan, for later diffs: {len(value)} bytes of gzip+base64)"
+    return value
 
 
 def stages(plan: Plan) -> list[tuple[str, str, str]]:
     """(stage, from, what it holds) rows for the stage table."""
     model = ", ".join(
-        f"layer {i}: {len(layer.files)} file(s), {_human_size(layer.size)}"
+        f"layer {i}: {len(layer.files)} file(s), {human_size(layer.size)}"
         for i, layer in enumerate(plan.model_layers)
     )
     return [
@@ -54,11 +54,10 @@ def to_json(plan: Plan) -> str:
     return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
 
-def to_markdown(plan: Plan) -> str:
+def state_markdown(plan: Plan) -> str:
+    """The whole plan, for the folded part of a pull-request comment."""
     origin = dict(plan.origin)
     lines = [
-        f"### omibuild plan: `{plan.name}` {plan.version}",
-        "",
         "| | |",
         "|---|---|",
         f"| origin | {origin['source']} `{origin['uri']}` → `{origin['id']}` |",
@@ -91,7 +90,6 @@ def to_markdown(plan: Plan) -> str:
 
 def print_human(plan: Plan, stream: TextIO) -> None:
     from rich.console import Console
-    from rich.syntax import Syntax
     from rich.table import Table
 
     console = Console(file=stream, highlight=False)
@@ -125,18 +123,137 @@ def print_human(plan: Plan, stream: TextIO) -> None:
     table.add_column("key")
     table.add_column("value", overflow="fold")
     for key, value in plan.labels:
-        table.add_row(key, value)
+        table.add_row(key, _label(key, value))
     console.print(table)
     console.print(
         f"[bold]cache[/bold]: {', '.join(c.exporting() for c in plan.options.caches) or 'off'}"
     )
     console.print(f"[bold]secrets[/bold] (names only): {', '.join(plan.options.secrets)}")
-    console.print(Syntax(render(plan), "dockerfile", theme="ansi_dark", word_wrap=True))
+    console.print("[dim]the Dockerfile: omibuild plan --dockerfile[/dim]")
 
 
-# `omibuild plan --format NAME`: each writes one plan to a stream
-FORMATS: dict[str, Callable[[Plan, TextIO], object]] = {
-    "text": print_human,
-    "json": lambda plan, stream: stream.write(to_json(plan)),
-    "markdown": lambda plan, stream: stream.write(to_markdown(plan)),
+# -- the change a plan makes -------------------------------------------------------------------
+_MARK = {"+": "+", "-": "-", "~": "~"}
+
+
+def _summary(diff: PlanDiff) -> str:
+    if diff.created:
+        return "a new image: every stage is built"
+    if not diff.changed:
+        return "No changes."
+    moved = [s.stage for s in diff.stages if s.rebuilt]
+    return f"{len(moved)} of {len(diff.stages)} stages change ({', '.join(moved)})"
+
+
+def _change_line(c: Change) -> str:
+    if c.op != "~":
+        return f"{c.op} {_named(c.name, c.new if c.op == '+' else c.old)}"
+    if c.old and c.new and c.old[0] in "=<>!~(" and c.new[0] in "=<>!~(":  # requirements
+        return f"~ {_named(c.name, c.old)} → {_named(c.name, c.new)}"
+    return f"~ {c.name}: {c.old} → {c.new}"
+
+
+def print_diff(plan: Plan, diff: PlanDiff, stream: TextIO) -> None:
+    """What a terminal or a CI log shows: the change, stage by stage, as terraform plan does."""
+    from rich.console import Console  # rich: colour on a terminal, plain text in a log
+    from rich.markup import escape
+
+    console = Console(file=stream, highlight=False, soft_wrap=True)
+    target = f"{plan.repository}:{target_tag(plan)}"
+    console.print(
+        f"[bold]omibuild plan[/bold]: {escape(plan.name)} {escape(plan.version)} → {target}"
+    )
+    console.print(f"compared with: {escape(diff.against)}")
+    console.print()
+    if diff.created:
+        console.print(f"[green]+[/green] {target} will be created")
+        console.print()
+        print_human(plan, stream)
+        return
+    if not diff.changed:
+        console.print(
+            f"[bold]No changes.[/bold] The image was built from this plan ({plan.digest})."
+        )
+        return
+    colour = {"+": "green", "-": "red", "~": "yellow"}
+    for stage in diff.stages:
+        if not stage.rebuilt:
+            console.print(f"  {stage.stage:<8} unchanged")
+            continue
+        console.print(
+            f"[yellow]~[/yellow] [bold]{stage.stage:<8}[/bold]"
+            f" {'rebuilt' if stage.stage != 'image' else 'changed'}: "
+            + escape("; ".join(stage.reasons))
+        )
+        for c in stage.changes:
+            console.print(f"    [{colour[c.op]}]{escape(_change_line(c))}[/{colour[c.op]}]")
+    console.print()
+    console.print(f"[bold]Plan:[/bold] {_summary(diff)}. New plan {diff.new_digest}.")
+
+
+def _named(name: str, value: str | None) -> str:
+    """``scikit-learn==1.9.1`` for a requirement, ``name  value`` for anything else."""
+    if value == "(any)":
+        return name
+    if value and value[0] in "=<>!~":
+        return f"{name}{value}"
+    return f"{name}  {value}"
+
+
+def _diff_block(title: str, changes: list[Change]) -> list[str]:
+    if not changes:
+        return []
+    lines = [f"**{title}**", "", "```diff"]
+    for c in changes:
+        if c.op in "-~":
+            lines.append(f"- {_named(c.name, c.old)}")
+        if c.op in "+~":
+            lines.append(f"+ {_named(c.name, c.new)}")
+    return [*lines, "```", ""]
+
+
+def _stage_changes(diff: PlanDiff, *names: str) -> list[Change]:
+    return [c for s in diff.stages if s.stage.split(" ")[0] in names for c in s.changes]
+
+
+def to_markdown(plan: Plan, diff: PlanDiff) -> str:
+    """A pull-request comment: one line that says it all, what changes and why, the named
+    requirement and file changes, and the whole plan and Dockerfile folded underneath."""
+    target = f"{plan.repository}:{target_tag(plan)}"
+    head = f"**omibuild plan** `{plan.name}` {plan.version} → `{target}`: "
+    lines = [head + f"**{_summary(diff)}**", "", f"Compared with {diff.against}.", ""]
+    if diff.changed and not diff.created:
+        lines += ["| stage | | why |", "|---|---|---|"]
+        for stage in diff.stages:
+            verdict = ("changed" if stage.stage == "image" else "rebuilt") if stage.rebuilt else ""
+            mark = f"~ {verdict}" if stage.rebuilt else "unchanged"
+            lines.append(f"| {stage.stage} | {mark} | {'; '.join(stage.reasons)} |")
+        lines.append("")
+        deps = _stage_changes(diff, "deps")
+        lines += _diff_block("Requirements and base", deps)
+        lines += _diff_block("Model files", _stage_changes(diff, "model"))
+        lines += _diff_block("Code", _stage_changes(diff, "code"))
+        lines += _diff_block("Image config", _stage_changes(diff, "image"))
+    lines += [
+        "<details><summary>Full plan</summary>",
+        "",
+        state_markdown(plan).rstrip(),
+        "",
+        "</details>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(plan: Plan, diff: PlanDiff, stream: TextIO) -> None:
+    body = json.loads(to_json(plan))
+    body["changes"] = diff.to_dict()
+    stream.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+# `omibuild plan --format NAME`: each writes a plan and the change it makes to a stream
+FORMATS: dict[str, Callable[[Plan, PlanDiff, TextIO], object]] = {
+    "text": print_diff,
+    "json": write_json,
+    "markdown": lambda plan, diff, stream: stream.write(to_markdown(plan, diff)),
 }

@@ -39,7 +39,7 @@ def _read(manifest: Manifest) -> dict[str, Any] | None:
     except (OSError, ValueError) as err:
         raise UsageError(
             f"{path}: unreadable lock file ({err})",
-            hint="delete it and run `omibuild plan` to write it again",
+            hint="delete it and run `omibuild lock` to write it again",
         ) from None
     if not isinstance(data, dict) or data.get("lockVersion") != LOCK_VERSION:
         return None
@@ -84,6 +84,21 @@ def write_lock(
         pass
     atomic_write(path, text)
     return True
+
+
+def lock_drift(manifest: Manifest, resolved: ResolvedSource, base_digest: str | None) -> str | None:
+    """What writing the lock now would change, in a few words; None when it is current."""
+    if _read(manifest) is None:
+        return f"there is no {lock_path(manifest).name} yet"
+    old = read_lock(manifest)
+    if old is None:
+        return "it was made for another model source"
+    moved = [] if old == resolved else [describe_drift(old, resolved)]
+    pinned = read_base_digest(manifest)
+    if base_digest and pinned != base_digest:
+        was = pinned[:19] if pinned else "unpinned"
+        moved.append(f"base image {manifest.image.base} {was} → {base_digest[:19]}")
+    return "; ".join(moved) or None
 
 
 def describe_drift(old: ResolvedSource, new: ResolvedSource) -> str:

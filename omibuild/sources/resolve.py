@@ -29,7 +29,7 @@ def resolve(
         if lock is None:
             raise UsageError(
                 f"--offline needs an up-to-date {lock_path(manifest)}",
-                hint="run `omibuild plan` once with access to the model source",
+                hint="run `omibuild lock` once with access to the model source",
             )
         return _with_location(lock, manifest)
     fresh = get_source(manifest.source.kind, cache, progress).resolve(
@@ -39,13 +39,13 @@ def resolve(
         if lock is None:
             raise LockMismatch(
                 f"--locked: {lock_path(manifest)} is missing or was made for another source",
-                hint="run without --locked to write it",
+                hint="run `omibuild lock` to write it",
             )
         if lock != fresh:
             raise LockMismatch(
                 f"--locked: {manifest.source.kind} source {fresh.uri} no longer "
                 f"matches omi.lock: {describe_drift(lock, fresh)}",
-                hint="review the change, then run without --locked to update omi.lock",
+                hint="review the change, then run `omibuild lock` to update omi.lock",
             )
     elif update_lock:
         write_lock(manifest, fresh)

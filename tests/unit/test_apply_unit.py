@@ -54,6 +54,9 @@ class Recorder:
     def image_labels(self, ref: str) -> dict[str, str] | None:
         return self.tags.get(ref)
 
+    def remote_labels(self, ref: str) -> dict[str, str] | None:
+        return None
+
     def remote_annotations(self, ref: str) -> dict[str, str] | None:
         return self.tags.get(ref)
 

@@ -128,7 +128,11 @@ def test_model_change_touches_only_the_model_stage(cache: Cache) -> None:
     assert p1.model_layers != p2.model_layers and p1.code_files == p2.code_files
     assert p1.digest != p2.digest
     changed_labels = {k for k, v in set(p1.labels) ^ set(p2.labels)}
-    assert changed_labels == {"io.omibuild.model.digest", "io.omibuild.plan.digest"}
+    assert changed_labels == {
+        "io.omibuild.model.digest",
+        "io.omibuild.plan.digest",
+        "io.omibuild.plan.state",
+    }
 
 
 def test_code_change_leaves_the_model_stage_untouched(cache: Cache) -> None:

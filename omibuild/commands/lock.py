@@ -1,0 +1,38 @@
+"""omibuild lock [FILE|DIR...] — resolve each manifest's model source and base image and write
+omi.lock; --check only says whether each lock is current (for pre-commit and CI)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omibuild.commands.apply import expand_targets
+from omibuild.engine.buildx import BuildxExecutor
+from omibuild.errors import EXIT_INVALID, EXIT_OK
+from omibuild.manifest.validate import load_manifest
+from omibuild.planning.pipeline import pin_base
+from omibuild.sources.cache import Cache
+from omibuild.sources.lock import lock_drift, lock_path, write_lock
+from omibuild.sources.progress import Progress
+from omibuild.sources.resolve import resolve
+
+
+def run(args: argparse.Namespace) -> int:
+    executor, cache, progress = BuildxExecutor(), Cache(), Progress()
+    stale = 0
+    for file in expand_targets(args.files):
+        manifest = load_manifest(Path(file))
+        resolved = resolve(manifest, cache, progress, update_lock=False)
+        base = pin_base(manifest, executor.image_digest)
+        path = lock_path(manifest)
+        drift = lock_drift(manifest, resolved, base)
+        if drift is None:
+            print(f"{path}: up to date")
+        elif args.check:
+            print(f"{path}: out of date: {drift} (hint: run `omibuild lock`)", file=sys.stderr)
+            stale += 1
+        else:
+            write_lock(manifest, resolved, base)
+            print(f"{path}: written ({drift})")
+    return EXIT_INVALID if stale else EXIT_OK

@@ -1,0 +1,227 @@
+"""Plan against plan: what a new plan changes in the image an older one built, stage by stage.
+Pure, like the planner. The stages are the Dockerfile's: ``deps`` (the base image and the
+venv), ``model`` (one layer per model layer), ``code`` (the runtime and the hooks) and
+``image`` (what only the image's config holds: labels, environment, ports, omi.json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from omibuild import contract
+from omibuild.planning.plan import Plan
+from omibuild.sources.base import ModelFile
+
+# labels every new plan changes; the diff says what moved underneath them instead
+_DERIVED_LABELS = {contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL}
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One named thing that moved: ``+`` added, ``-`` removed, ``~`` changed."""
+
+    op: str
+    name: str
+    old: str | None = None
+    new: str | None = None
+
+
+@dataclass(frozen=True)
+class StageDiff:
+    stage: str
+    rebuilt: bool
+    reasons: tuple[str, ...] = ()  # why, in a few words each
+    changes: tuple[Change, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    against: str  # what the plan was compared with, for people
+    stages: tuple[StageDiff, ...]
+    created: bool = False  # there was nothing to compare with: everything is new
+    old_digest: str = ""
+    new_digest: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.created or any(s.rebuilt for s in self.stages)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "changed": self.changed}
+
+
+def target_tag(plan: Plan) -> str:
+    """The tag a plan is compared at: its first tag that moves from build to build (latest,
+    a version), not the origin tag, which names one model and so never holds an older one."""
+    origin = dict(plan.origin).get("id")
+    moving = [t for t in plan.tags if not origin or t != contract.origin_tag(origin)]
+    return (moving or list(plan.tags))[0]
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _keyed(old: dict[str, str], new: dict[str, str]) -> list[Change]:
+    out = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        out.append(Change("+" if a is None else "-" if b is None else "~", key, a, b))
+    return out
+
+
+def _requirement_key(line: str) -> tuple[str, str]:
+    """(key, what to show) of a requirement line: the canonical name and its specifier, or
+    the whole line when packaging cannot read it (a path or URL pip installs)."""
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return line, line
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f"; {req.marker}" if req.marker else ""
+    return canonicalize_name(req.name) + extras + marker, str(req.specifier) or "(any)"
+
+
+def requirement_changes(old: Iterable[str], new: Iterable[str]) -> list[Change]:
+    return _keyed(dict(map(_requirement_key, old)), dict(map(_requirement_key, new)))
+
+
+def _files(old: Iterable[ModelFile], new: Iterable[ModelFile]) -> list[Change]:
+    def show(f: ModelFile) -> str:
+        return f"{human_size(f.size)}, sha256 {f.sha256[:12]}"
+
+    return _keyed({f.path: show(f) for f in old}, {f.path: show(f) for f in new})
+
+
+def _bytes_moved(old: Iterable[ModelFile], new: Iterable[ModelFile]) -> tuple[int, int]:
+    """(files that differ, bytes the new ones hold) between two file sets."""
+    before = {f.path: f.sha256 for f in old}
+    moved = [f for f in new if before.get(f.path) != f.sha256]
+    gone = len(before.keys() - {f.path for f in new})
+    return len(moved) + gone, sum(f.size for f in moved)
+
+
+def unrecorded(against: str, old_digest: str, new: Plan) -> PlanDiff:
+    """Against an image that does not record its plan (an older omibuild built it): only its
+    plan digest can be compared."""
+    if old_digest == new.digest:
+        return PlanDiff(against, (), old_digest=old_digest, new_digest=new.digest)
+    why = "the image was built from another plan and does not record it (an older omibuild)"
+    stage = StageDiff("image", True, (why,))
+    return PlanDiff(against, (stage,), old_digest=old_digest, new_digest=new.digest)
+
+
+def diff_plans(old: Plan | None, new: Plan, against: str) -> PlanDiff:
+    if old is None:
+        return PlanDiff(against, (), created=True, new_digest=new.digest)
+    stages = [_deps(old, new)]
+    for i in range(max(len(old.model_layers), len(new.model_layers))):
+        a = old.model_layers[i].files if i < len(old.model_layers) else ()
+        b = new.model_layers[i].files if i < len(new.model_layers) else ()
+        count, size = _bytes_moved(a, b)
+        reasons = (f"{count} model file(s) changed, {human_size(size)} to send",) if count else ()
+        name = "model" if max(len(old.model_layers), len(new.model_layers)) == 1 else f"model {i}"
+        stages.append(StageDiff(name, bool(count), reasons, tuple(_files(a, b))))
+    stages += [_code(old, new), _image(old, new)]
+    if old.digest != new.digest and not any(s.rebuilt for s in stages):
+        # something the digest covers and no stage names (the tags, the platforms): say so
+        stages[-1] = StageDiff("image", True, ("the plan changed (its digest moved)",))
+    return PlanDiff(against, tuple(stages), old_digest=old.digest, new_digest=new.digest)
+
+
+def _deps(old: Plan, new: Plan) -> StageDiff:
+    reasons, changes = [], []
+    if old.base_image != new.base_image:
+        reasons.append("base image changed")
+        changes.append(Change("~", "base image", old.base_image, new.base_image))
+    a, b = dict(old.labels).get(BASE_DIGEST_LABEL), dict(new.labels).get(BASE_DIGEST_LABEL)
+    if a != b and old.base_image == new.base_image:
+        reasons.append("base digest moved")
+        changes.append(Change("~", "base digest", a, b))
+    moved = requirement_changes(old.requirements, new.requirements)
+    if moved:
+        reasons.append("model requirements changed")
+        changes += moved
+    runtime = requirement_changes(old.runtime_requirements, new.runtime_requirements)
+    if runtime:
+        reasons.append("runtime requirements changed")
+        changes += runtime
+    packages = _keyed({p: p for p in old.system_packages}, {p: p for p in new.system_packages})
+    if packages:
+        reasons.append("system packages changed")
+        changes += packages
+    for field in ("python", "slim"):
+        a, b = str(getattr(old, field)), str(getattr(new, field))
+        if a != b:
+            reasons.append(f"{field} changed")
+            changes.append(Change("~", field, a, b))
+    return StageDiff("deps", bool(reasons), tuple(reasons), tuple(changes))
+
+
+def _code(old: Plan, new: Plan) -> StageDiff:
+    reasons = []
+    changes = _files(old.code_files, new.code_files)
+    if changes:
+        reasons.append(f"{len(changes)} code file(s) changed")
+    if old.runtime_digest != new.runtime_digest:
+        reasons.append(
+            f"omibuild's runtime changed ({old.omibuild_version} → {new.omibuild_version})"
+        )
+    return StageDiff("code", bool(reasons), tuple(reasons), tuple(changes))
+
+
+def _image(old: Plan, new: Plan) -> StageDiff:
+    reasons, changes = [], []
+    labels = _keyed(
+        {k: v for k, v in old.labels if k not in _DERIVED_LABELS},
+        {k: v for k, v in new.labels if k not in _DERIVED_LABELS},
+    )
+    if labels:
+        reasons.append(f"{len(labels)} label(s) changed")
+        changes += [Change(c.op, f"label {c.name}", c.old, c.new) for c in labels]
+    env = _keyed(dict(old.env), dict(new.env))
+    if env:
+        reasons.append("environment changed")
+        changes += [Change(c.op, f"env {c.name}", c.old, c.new) for c in env]
+    if old.ports != new.ports:
+        reasons.append("ports changed")
+        changes.append(Change("~", "ports", _ports(old), _ports(new)))
+    if old.user != new.user or old.uid != new.uid:
+        reasons.append("user changed")
+        changes.append(Change("~", "user", f"{old.user} ({old.uid})", f"{new.user} ({new.uid})"))
+    if _settings(old) != _settings(new):
+        reasons.append("omi.json changed")
+        changes += [Change(c.op, f"omi.json {c.name}", c.old, c.new) for c in _omi_json(old, new)]
+    return StageDiff("image", bool(reasons), tuple(reasons), tuple(changes))
+
+
+def _ports(plan: Plan) -> str:
+    return " ".join(str(p) for p in plan.ports)
+
+
+def _settings(plan: Plan) -> dict[str, str]:
+    """omi.json's top-level fields, each as compact JSON, but the model's files and origin:
+    the model stage and the labels say those."""
+    try:
+        body = json.loads(plan.omi_json) if plan.omi_json else {}
+    except ValueError:
+        return {"omi.json": plan.omi_json}
+    return {
+        k: json.dumps(v, sort_keys=True) for k, v in body.items() if k not in ("model", "origin")
+    }
+
+
+def _omi_json(old: Plan, new: Plan) -> list[Change]:
+    return _keyed(_settings(old), _settings(new))
