@@ -209,13 +209,16 @@ class Plan:
         )
 
 
-_NOT_IN_STATE = ("labels", "options", "digest")
+_DERIVED_LABELS = (contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL)
 MAX_STATE_BYTES = 32 << 20  # a plan state label is decompressed no further than this
 
 
 def state_label(plan: Plan) -> str:
-    """The plan, without what the image carries elsewhere, for the state label."""
-    body = {k: v for k, v in plan.to_dict().items() if k not in _NOT_IN_STATE}
+    """The plan for the state label: all of it but how it is built, its digest and the labels
+    made from it. Its own labels are in it, because an image's config also holds the labels
+    of its base image."""
+    body = {k: v for k, v in plan.to_dict().items() if k not in ("options", "digest")}
+    body["labels"] = [kv for kv in body["labels"] if kv[0] not in _DERIVED_LABELS]
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
@@ -233,7 +236,8 @@ def plan_from_labels(labels: dict[str, str]) -> Plan | None:
         if inflate.unconsumed_tail:
             return None
         body = json.loads(raw)
-        body["labels"] = sorted([k, v] for k, v in labels.items())
+        derived = [[k, labels[k]] for k in _DERIVED_LABELS if k in labels]
+        body["labels"] = sorted([*body["labels"], *derived])
         body["digest"] = labels.get(contract.PLAN_DIGEST_LABEL, "")
         return Plan.from_dict(body)
     except (binascii.Error, zlib.error, ValueError, KeyError, TypeError, AttributeError):
@@ -244,8 +248,7 @@ def compute_digest(plan: Plan) -> str:
     body = plan.to_dict()
     body.pop("digest")
     body.pop("options")
-    computed = (contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL)
-    body["labels"] = [kv for kv in body["labels"] if kv[0] not in computed]
+    body["labels"] = [kv for kv in body["labels"] if kv[0] not in _DERIVED_LABELS]
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
