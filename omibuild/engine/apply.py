@@ -15,7 +15,7 @@ from concurrent import futures
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omibuild.contract import PLAN_DIGEST_LABEL
+from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.context import staged_context
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
@@ -157,7 +157,8 @@ def _request(
         context=ctx,
         dockerfile=ctx / "Dockerfile",
         tags=(job.temp,) if job.output == "load" else plan.image_refs,
-        annotations=plan.labels,
+        # every label but the plan state, which the config holds: manifests stay small
+        annotations=tuple(kv for kv in plan.labels if kv[0] != PLAN_STATE_LABEL),
         output=job.output,
         platforms=plan.platforms,
         cache_from=cache_from,
