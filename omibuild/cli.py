@@ -49,7 +49,11 @@ DETAILS = {
     "validate": (
         "Every problem in every file at once, as FILE:LINE:COL, with a hint. Warnings (for\n"
         "example a flavor whose package no requirement names) do not fail validation.",
-        ["omibuild validate", "omibuild validate models/*/omi.yaml --format json"],
+        [
+            "omibuild validate",
+            "omibuild validate models/*/omi.yaml --format json",
+            "omibuild validate --format github   # annotations in a GitHub Actions run",
+        ],
     ),
     "plan": (
         "Resolves the model source, pins the base image's digest and compares the plan with\n"
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(sub, "validate")
     p.add_argument("files", nargs="*", default=["omi.yaml"], metavar="FILE", help=MANIFEST_HELP)
-    _add_format(p, ["text", "json"], "text")
+    _add_format(p, ["text", "json", "github", "gitlab"], "text")
 
     p = _verb(sub, "plan")
     p.add_argument("file", nargs="?", default="omi.yaml", metavar="FILE", help=MANIFEST_HELP)

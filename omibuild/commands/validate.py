@@ -14,6 +14,6 @@ from omibuild.reports.validation import FORMATS
 def run(args: argparse.Namespace) -> int:
     results = [validate_file(Path(f)) for f in args.files]
     ok = all(r.ok for r in results)
-    # problems as text go to stderr, where a person looks; JSON is the output itself
-    FORMATS[args.format](results, sys.stdout if args.format == "json" or ok else sys.stderr)
+    # problems as text go to stderr, where a person looks; the other formats are the output
+    FORMATS[args.format](results, sys.stdout if args.format != "text" or ok else sys.stderr)
     return EXIT_OK if ok else EXIT_INVALID

@@ -3,6 +3,7 @@ machines (JSON)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import TextIO
@@ -32,8 +33,47 @@ def write_json(results: list[Result], stream: TextIO) -> None:
     print(json.dumps(body, indent=2), file=stream)
 
 
+def _escape(text: str, *, prop: bool = False) -> str:
+    """A workflow command's data (or a property's value) as GitHub Actions reads it."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def write_github(results: list[Result], stream: TextIO) -> None:
+    """GitHub Actions workflow commands: each problem is an annotation on its line."""
+    for r in results:
+        for i in r.issues:
+            level = "warning" if i.severity == "warning" else "error"
+            where = f"file={_escape(i.file, prop=True)},line={i.line},col={i.col}"
+            title = _escape(f"omibuild validate: {i.path}", prop=True)
+            message = i.message + (f" (hint: {i.hint})" if i.hint else "")
+            print(f"::{level} {where},title={title}::{_escape(message)}", file=stream)
+    write_text(results, stream)  # the log says it in words too
+
+
+def write_gitlab(results: list[Result], stream: TextIO) -> None:
+    """A GitLab code-quality report: merge requests show each problem on its line."""
+    body = []
+    for r in results:
+        for i in r.issues:
+            key = f"{i.file}:{i.line}:{i.path}:{i.message}"
+            fingerprint = hashlib.sha256(key.encode()).hexdigest()
+            body.append(
+                {
+                    "description": i.message + (f" (hint: {i.hint})" if i.hint else ""),
+                    "check_name": "omibuild-validate",
+                    "fingerprint": fingerprint,
+                    "severity": "minor" if i.severity == "warning" else "major",
+                    "location": {"path": i.file, "lines": {"begin": i.line}},
+                }
+            )
+    print(json.dumps(body, indent=2), file=stream)
+
+
 # `omibuild validate --format NAME`
 FORMATS: dict[str, Callable[[list[Result], TextIO], None]] = {
     "text": write_text,
     "json": write_json,
+    "github": write_github,
+    "gitlab": write_gitlab,
 }

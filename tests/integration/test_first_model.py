@@ -204,6 +204,7 @@ def test_plans_of_an_init_manifest_are_stable_and_the_same_without_an_engine(
 ) -> None:
     repo = new_repo(tmp_path, f"stranger-plan-{unique}", train_joblib)
     assert cli(repo, "init").returncode == 0
+    assert cli(repo, "lock").returncode == 0  # pins the base image's digest, for engine-less plans
     first = cli(repo, "plan", "--format", "json")
     second = cli(repo, "plan", "--format", "json")
     assert first.returncode == 0, first.stderr

@@ -28,7 +28,7 @@ from omibuild.reports import checks, plans, validation
 def test_every_format_the_cli_offers_has_a_reporter(verb: str, formats: dict, args: list) -> None:
     parser = build_parser()
     offered = set()
-    for name in ("text", "json", "markdown", "junit", "table", "xml"):
+    for name in ("text", "json", "markdown", "junit", "table", "xml", "github", "gitlab", "csv"):
         try:
             parser.parse_args([verb, *args, "--format", name])
             offered.add(name)
@@ -130,3 +130,28 @@ def test_check_labels_wants_the_origin_tag_and_every_spec_label() -> None:
     assert failing(check_labels(missing, ["r/iris:sha256-ab12"])) == [
         f"label {contract.PORT_LABEL}"
     ]
+
+
+def test_github_annotations_point_at_the_line_and_escape_what_github_reads() -> None:
+    problem = Issue("m/omi.yaml", 7, 5, "$.image", "bad: 100%\nreally", hint="use a, b")
+    out = io.StringIO()
+    validation.FORMATS["github"]([Result("m/omi.yaml", [problem])], out)
+    first = out.getvalue().splitlines()[0]
+    assert first == (
+        "::error file=m/omi.yaml,line=7,col=5,title=omibuild validate%3A $.image"
+        "::bad: 100%25%0Areally (hint: use a, b)"
+    )
+
+
+def test_gitlab_code_quality_report() -> None:
+    results = [Result("m/omi.yaml", [issue("m/omi.yaml", 4), issue("m/omi.yaml", 9, "warning")])]
+    out = io.StringIO()
+    validation.FORMATS["gitlab"](results, out)
+    report = json.loads(out.getvalue())
+    assert [
+        (r["location"]["path"], r["location"]["lines"]["begin"], r["severity"]) for r in report
+    ] == [
+        ("m/omi.yaml", 4, "major"),
+        ("m/omi.yaml", 9, "minor"),
+    ]
+    assert len({r["fingerprint"] for r in report}) == 2  # one per problem
