@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
-from omibuild.engine.buildx import BuildxExecutor
+from omibuild.engine.buildx import BuildxExecutor, docker_context
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     targets = expand_targets(args.files)
     if args.plan_file and len(targets) != 1:
         raise UsageError("--plan applies one reviewed plan: pass exactly one manifest")
-    executor = BuildxExecutor()
+    # a builder that is a docker context is another engine: build there, and keep the image
+    # (tags, the up-to-date check) there too
+    context = docker_context(args.builder) if args.builder else None
+    executor = BuildxExecutor(context=context)
     cache = Cache()
     progress = Progress()
     prepared = [
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     options = ApplyOptions(
         output="push" if args.push else (args.output or "load"),
         platforms=tuple(p for spec in args.platform or [] for p in spec.split(",") if p),
-        builder=args.builder,
+        builder=None if context else args.builder,
         cache_to=args.cache_to,
         no_cache=args.no_cache,
         offline=args.offline,

@@ -29,6 +29,12 @@ _STEP = re.compile(r"^#(\d+) \[(.+?)\] (.*)$")
 _CACHED = re.compile(r"^#(\d+) CACHED$")
 
 
+def _cacheable(where: str, what: str) -> bool:
+    """A Dockerfile step BuildKit can take from a cache (a RUN, COPY, ...): not its own
+    bookkeeping (``[internal] load ...``) and not a stage's FROM, which it only resolves."""
+    return not where.startswith("internal") and not what.startswith("FROM ")
+
+
 def _csv_field(text: str) -> str:
     """One field of buildx's CSV-style --output value."""
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"') else text
@@ -58,12 +64,27 @@ def engine_error(err: Exception) -> UsageError:
     return UsageError(f"the Docker engine refused: {(last or ['no message'])[-1][:300]}")
 
 
+def docker_context(name: str) -> str | None:
+    """``name`` if it is a docker context (another engine), else None. buildx builds on
+    another engine's own BuildKit only from that context: ``--builder`` alone refuses."""
+    exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+    try:
+        proc = subprocess.run(
+            [exe, "context", "inspect", name], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return name if proc.returncode == 0 else None
+
+
 class BuildxExecutor:
     """python-on-whales is imported on first use: it costs ~0.3 s, and `plan` needs only
-    one quick query of the engine."""
+    one quick query of the engine. With ``context``, everything (the build, the image
+    store, tags) happens on that docker context's engine."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, context: str | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.context = context
         self._docker: DockerClient | None = None
 
     @property
@@ -71,7 +92,7 @@ class BuildxExecutor:
         if self._docker is None:
             from python_on_whales import DockerClient
 
-            self._docker = DockerClient()
+            self._docker = DockerClient(context=self.context)
         return self._docker
 
     # -- queries ---------------------------------------------------------------------------
@@ -80,7 +101,7 @@ class BuildxExecutor:
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
             proc = subprocess.run(
-                [exe, "image", "inspect", "--format", fmt, ref],
+                [exe, *self._context_args(), "image", "inspect", "--format", fmt, ref],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -136,6 +157,9 @@ class BuildxExecutor:
             self.docker.image.remove(ref, force=False, prune=False)
 
     # -- building --------------------------------------------------------------------------
+    def _context_args(self) -> list[str]:
+        return ["--context", self.context] if self.context else []
+
     def _docker_cmd(self) -> list[str]:
         return [str(part) for part in self.docker.client_config.docker_cmd]
 
@@ -267,7 +291,8 @@ class BuildxExecutor:
                 line = raw.rstrip("\n")
                 tail.append(line)
                 if m := _STEP.match(line):
-                    steps.add(m.group(1))
+                    if _cacheable(m.group(2), m.group(3)):
+                        steps.add(m.group(1))
                     live.step(m.group(2), m.group(3))
                 elif m := _CACHED.match(line):
                     cached.add(m.group(1))

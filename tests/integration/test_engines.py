@@ -1,0 +1,144 @@
+"""Builds beyond one machine, on a second Docker engine started here (scripts/start-engine2.sh:
+its own data root, containerd, image store and build cache; the docker context
+omibuild-engine2). A CI runner starts empty: a registry cache written by one engine lets
+another rebuild the same plan without running a step. A shared remote builder: `apply
+--builder` builds there, several manifests in one bake, and pushes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import docker
+from tests.integration.test_first_model import cli, new_repo, train_joblib
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("engine2")]
+
+CONTEXT = "omibuild-engine2"
+SOCKET = "/run/omibuild-engine2/docker.sock"
+CONTAINERD = {  # each engine's own containerd, to read an image's index from its store
+    "engine1": "/var/run/docker/containerd/containerd.sock",
+    "engine2": "/run/omibuild-engine2/exec/containerd/containerd.sock",
+}
+
+
+def on_engine2(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "-H", f"unix://{SOCKET}", *args], capture_output=True, text=True, check=check
+    )
+
+
+@pytest.fixture(scope="module")
+def engine2(engine: None) -> Iterator[None]:
+    started = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "start-engine2.sh")], capture_output=True, text=True
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield
+
+
+def empty_build_cache() -> None:
+    """The second engine as a fresh CI runner finds it: no build cache, no images but the base."""
+    on_engine2("builder", "prune", "-af")
+    images = on_engine2("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for ref in images:
+        if not ref.startswith("omibuild.local/python:"):
+            on_engine2("image", "rm", "-f", ref, check=False)
+
+
+def platform_manifest(engine: str, index: str) -> str:
+    """The digest of the image's own manifest, inside its index (which also holds BuildKit's
+    provenance attestation: that records build times, so it differs from build to build)."""
+    out = subprocess.run(
+        ["ctr", "-a", CONTAINERD[engine], "-n", "moby", "content", "get", index],
+        capture_output=True,
+        check=True,
+    ).stdout
+    [image] = [
+        m
+        for m in json.loads(out)["manifests"]
+        if (m.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest"
+    ]
+    return str(image["digest"])
+
+
+def stranger(tmp_path: Path, name: str) -> Path:
+    repo = new_repo(tmp_path, name, train_joblib)
+    assert cli(repo, "init").returncode == 0
+    assert cli(repo, "lock").returncode == 0
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "model"], cwd=repo, check=True)
+    return repo
+
+
+def apply_json(repo: Path, *args: str, env: dict[str, str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+    done = cli(repo, "apply", "--format", "json", "--progress", "plain", *args, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return list(json.loads(done.stdout))
+
+
+def test_a_registry_cache_lets_an_empty_engine_rebuild_without_running_a_step(
+    tmp_path: Path, unique: str, registry: str, engine2: None, image_cleanup: list[str]
+) -> None:
+    repo = stranger(tmp_path, f"xengine-{unique}")
+    cache = f"{registry}/omibuild-test/xcache-{unique}:main"
+    [first] = apply_json(repo, "--cache-to", cache)
+    image_cleanup += first["tags"]
+    assert first["status"] == "built"
+
+    empty_build_cache()
+    [second] = apply_json(repo, "--cache-to", cache, env={"DOCKER_HOST": f"unix://{SOCKET}"})
+    assert second["status"] == "built" and second["plan_digest"] == first["plan_digest"]
+    assert second["total_steps"] >= 10
+    assert second["cached_steps"] == second["total_steps"], second  # not one step ran
+    assert platform_manifest("engine2", second["image_digest"]) == platform_manifest(
+        "engine1", first["image_digest"]
+    )
+
+
+def test_apply_builder_bakes_several_manifests_on_another_engine_and_pushes(
+    tmp_path: Path, unique: str, registry: str, engine2: None
+) -> None:
+    # the dependencies come from a registry cache this engine writes first: the second
+    # engine's builds reach no network beyond its bridge
+    seed = stranger(tmp_path, f"seed-{unique}")
+    cache = f"{registry}/omibuild-test/bakecache-{unique}:main"
+    apply_json(seed, "--cache-to", cache)
+
+    root = tmp_path / f"models-{unique}"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    repositories = []
+    for name in ("a", "b"):
+        model = new_repo(root, name, train_joblib)
+        assert cli(model, "init").returncode == 0
+        repository = f"{registry}/omibuild-test/bake-{unique}-{name}"
+        text = (model / "omi.yaml").read_text()
+        (model / "omi.yaml").write_text(
+            text.replace("image:\n", f"image:\n  repository: {repository}\n")
+        )
+        repositories.append(repository)
+    empty_build_cache()
+    done = cli(
+        root, "apply", ".", "--builder", CONTEXT, "--push", "--cache-to", cache, "--format", "json"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert [r["status"] for r in results] == ["built", "built"]
+    for repository, result in zip(repositories, results, strict=True):
+        ref = f"{repository}:latest"
+        assert any(p.startswith(ref) for p in result["pushed"]), result
+        # built on the second engine: in the registry, and in neither engine's image store
+        raw = docker("buildx", "imagetools", "inspect", "--raw", ref).stdout
+        assert json.loads(raw)["annotations"]["io.omibuild.plan.digest"] == result["plan_digest"]
+        assert docker("image", "inspect", ref, check=False).returncode != 0
+    used = on_engine2("buildx", "du").stdout  # the second engine did the work: its cache grew
+    assert "Total:" in used and not re.search(r"Total:\s+0B", used), used
+    again = cli(root, "apply", ".", "--builder", CONTEXT, "--push", "--format", "json")
+    assert [r["status"] for r in json.loads(again.stdout)] == ["up to date", "up to date"]
