@@ -22,7 +22,8 @@ if ! engine2_ok; then
   rm -f "$run/docker.pid"
   say "$step: starting a second dockerd on $sock (log: $log)"
   # A bridge of its own (docker0 is the first engine's), without NAT rules: the two engines
-  # must not both rewrite iptables. Its build steps run, but reach no network beyond the
+  # must not both rewrite iptables. Not --bridge=none: a dockerd started so deletes docker0,
+  # and the first engine's containers and build steps then fail ("Device does not exist"). Its build steps run, but reach no network beyond the
   # bridge: what they need from PyPI comes from a shared registry cache.
   if ! ip link show omibr2 >/dev/null 2>&1; then
     ip link add omibr2 type bridge && ip addr add 172.31.250.1/24 dev omibr2 ||
