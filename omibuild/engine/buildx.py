@@ -60,6 +60,15 @@ def engine_error(err: Exception) -> UsageError:
             f"cannot reach the Docker engine at {where}",
             hint="start Docker (or `make setup` on this repository's machines), or set DOCKER_HOST",
         )
+    said = re.search(r"Error response from daemon: ([^\n']+)", text)
+    if said and "address already in use" in said.group(1):
+        port = re.search(r":(\d+): bind: address already in use", said.group(1))
+        return UsageError(
+            f"port {port.group(1) if port else '(one of them)'} is already in use on this machine",
+            hint="pick another --port, or stop what listens there",
+        )
+    if said:
+        return UsageError(f"the Docker engine refused: {said.group(1).strip()[:300]}")
     last = [ln for ln in text.splitlines() if ln.strip()]
     return UsageError(f"the Docker engine refused: {(last or ['no message'])[-1][:300]}")
 

@@ -4,6 +4,7 @@ and logs, stop it. Like the executor, it reaches the engine through python-on-wh
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 from omibuild.engine.buildx import engine_error
@@ -41,15 +42,26 @@ class Containers:
     def start(
         self, image: str, env: dict[str, str], ports: dict[int, int], *, read_only: bool = False
     ) -> str:
-        container = self.docker.run(
-            image,
-            detach=True,
-            envs=env,
-            publish=[(host, cont) for cont, host in ports.items()],
-            read_only=read_only,
-            tmpfs=["/tmp"] if read_only else [],
-            labels={"io.omibuild.started-by": "omibuild"},
-        )
+        from python_on_whales.exceptions import DockerException
+
+        # named, so that a container the engine created but could not start (a network
+        # error, a port taken) is removed too, not left behind in "Created"
+        name = f"omibuild-{uuid.uuid4().hex[:12]}"
+        try:
+            container = self.docker.run(
+                image,
+                detach=True,
+                name=name,
+                envs=env,
+                publish=[(host, cont) for cont, host in ports.items()],
+                read_only=read_only,
+                tmpfs=["/tmp"] if read_only else [],
+                labels={"io.omibuild.started-by": "omibuild"},
+            )
+        except DockerException as err:
+            with contextlib.suppress(DockerException):
+                self.docker.container.remove(name, force=True)
+            raise engine_error(err) from None
         cid = str(container.id)
         self.started.append(cid)
         return cid

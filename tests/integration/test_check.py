@@ -250,3 +250,19 @@ def test_run_interrupted_leaves_no_container(example_image: str, signum: int, co
             proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
     assert _containers_left(example_image) == []
+
+
+def test_run_on_a_taken_port_leaves_no_container(example_image: str) -> None:
+    """The engine creates the container, then cannot publish its port: omibuild says so in
+    one line and removes what the engine created."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = omibuild("run", example_image, "--port", str(port), "--timeout", "30")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"omibuild: error: port {port} is already in use"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert _containers_left(example_image) == []
