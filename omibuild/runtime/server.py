@@ -38,7 +38,7 @@ def create_app(
     so the workers that are ready take all the traffic, then serves gRPC beside HTTP."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     from omibuild.runtime.http import HotRoute, Metrics
@@ -70,8 +70,24 @@ def create_app(
         if grpc_server is not None:
             await asyncio.to_thread(lambda: grpc_server.stop(GRACE_SECONDS).wait())
 
+    async def routing_error(request: Request, exc: Exception) -> Response:
+        """No route, or not this method: the protocol's own JSON error, not Starlette's text."""
+        status = int(getattr(exc, "status_code", 404))
+        message = (
+            f"no route {request.method} {request.url.path}"
+            if status == 404
+            else f"{request.method} is not allowed on {request.url.path}"
+        )
+        return JSONResponse(
+            adapter.error_body(status, message), status, headers=getattr(exc, "headers", None)
+        )
+
     routes = [*adapter.routes(), Route("/metrics", metrics_route)]
-    app: Any = Starlette(routes=routes, lifespan=lifespan)
+    app: Any = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: routing_error, 405: routing_error},
+    )
     app.state.service = service
     app.state.adapter = adapter
     for prefix, suffix, route, handler in getattr(adapter, "hot_routes", list)():

@@ -38,9 +38,20 @@ class InferenceServicer:
         self.adapter = adapter
         self.service = adapter.service
 
-    def _check_model(self, name: str, context: grpc.ServicerContext) -> None:
-        if name and name != self.service.name:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
+    def _check_model(self, name: str, version: str, context: grpc.ServicerContext) -> None:
+        """An empty or other name, or a version other than the one served: NOT_FOUND, as the
+        reference servers answer (an empty version means the served one)."""
+        if name != self.service.name:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {name!r} not found; this server has {self.service.name!r}",
+            )
+        served = self.adapter.config.model_version
+        if version and version != served:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {name!r} has no version {version!r}; it serves version {served!r}",
+            )
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return INFERENCE["ServerLiveResponse"](live=True)
@@ -49,7 +60,7 @@ class InferenceServicer:
         return INFERENCE["ServerReadyResponse"](ready=self.service.ready)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._check_model(request.name, context)
+        self._check_model(request.name, request.version, context)
         return INFERENCE["ModelReadyResponse"](ready=self.service.ready)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -58,7 +69,7 @@ class InferenceServicer:
         )
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._check_model(request.name, context)
+        self._check_model(request.name, request.version, context)
         meta = self.adapter.metadata()
         response = INFERENCE["ModelMetadataResponse"](
             name=meta["name"], versions=meta["versions"], platform=meta["platform"]
@@ -96,7 +107,7 @@ class InferenceServicer:
         return arrays
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._check_model(request.model_name, context)
+        self._check_model(request.model_name, request.model_version, context)
         if not self.service.ready:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.service.name} is not ready")
         try:

@@ -43,9 +43,14 @@ class KServeAdapter:
     def _ep(self, route: str) -> Any:
         return endpoint(route, self.metrics, self.error_body)
 
-    def _model(self, name: str) -> None:
+    def _model(self, name: str, version: str | None = None) -> None:
         if name != self.service.name:
             raise HTTPError(404, f"model {name!r} not found; this server has {self.service.name!r}")
+        served = self.config.model_version
+        if version is not None and version != served:
+            raise HTTPError(
+                404, f"model {name!r} has no version {version!r}; it serves version {served!r}"
+            )
 
     # -- V1 --------------------------------------------------------------------------------
     def v1_routes(self) -> list[BaseRoute]:
@@ -116,17 +121,18 @@ class KServeAdapter:
             )
 
         async def model_meta(request: Request) -> Response:
-            self._model(request.path_params["name"])
+            self._model(request.path_params["name"], request.path_params.get("version"))
             return json_response(self.metadata())
 
         async def model_ready(request: Request) -> Response:
-            self._model(request.path_params["name"])
+            self._model(request.path_params["name"], request.path_params.get("version"))
             return json_response(
                 {"name": self.service.name, "ready": self.service.ready},
                 200 if self.service.ready else 503,
             )
 
         async def infer(request: Request) -> Response:
+            self._model(request.path_params["name"], request.path_params.get("version"))
             body = await read_body(request, self.config.max_body_bytes)
             status, payload, media_type, extra = await self.v2_infer(
                 request.path_params["name"], body, request.headers.get(HEADER)

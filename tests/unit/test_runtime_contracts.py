@@ -1,0 +1,78 @@
+"""Each platform's contract where a client meets its edges, on a real runtime on loopback:
+unknown routes and methods answer in the protocol's JSON error shape, and a V2 model version
+other than the served one is not found, over REST and gRPC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.unit.test_runtime_hostile import _grpc_infer, bundle, servers  # noqa: F401
+
+# (interface, protocol) → (a path no route serves, a route with a method it does not take)
+EDGES = {
+    ("kfserving", "v2"): ("/v2/nothing", ("GET", "/v2/models/m/infer")),
+    ("kfserving", "v1"): ("/v1/nothing", ("GET", "/v1/models/m:predict")),
+    ("sagemaker", "v1"): ("/nothing", ("GET", "/invocations")),
+    ("vertex", "v1"): ("/nothing", ("GET", "/predict")),
+    ("mlflow", "v1"): ("/nothing", ("GET", "/invocations")),
+    ("modzy", "v1"): ("/nothing", ("DELETE", "/status")),
+}
+SHAPE = {  # the key every error of the interface carries its message in
+    "kfserving": "error",
+    "sagemaker": "error",
+    "vertex": "error",
+    "mlflow": "message",
+    "modzy": "message",
+}
+
+
+@pytest.mark.parametrize("key", list(EDGES), ids=lambda k: "-".join(k))
+def test_unknown_routes_and_methods_answer_in_the_protocols_json_shape(
+    servers: dict,  # noqa: F811
+    key: tuple[str, str],
+) -> None:
+    server = servers[key]
+    missing, (method, path) = EDGES[key]
+    for verb, where, status in (("GET", missing, 404), (method, path, 405)):
+        got, body = server.request(verb, where)
+        assert got == status, (verb, where, got, body[:200])
+        message = json.loads(body)[SHAPE[key[0]]]  # JSON, not Starlette's text/plain
+        assert where in message or (status == 405 and "POST" in message), message
+
+
+def test_v2_versions_other_than_the_served_one_are_not_found(servers: dict) -> None:  # noqa: F811
+    server = servers[("kfserving", "v2")]
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
+            ]
+        }
+    ).encode()
+    assert server.get("/v2/models/m/versions/1")[0] == 200
+    assert server.get("/v2/models/m/versions/1/ready")[0] == 200
+    assert server.request("POST", "/v2/models/m/versions/1/infer", body)[0] == 200
+    for path in ("/v2/models/m/versions/99", "/v2/models/m/versions/99/ready"):
+        status, reply = server.get(path)
+        assert status == 404 and "no version '99'" in json.loads(reply)["error"], reply
+    status, reply = server.request("POST", "/v2/models/m/versions/99/infer", body)
+    assert status == 404, reply
+
+
+def test_grpc_empty_or_unknown_names_and_versions_are_not_found(servers: dict) -> None:  # noqa: F811
+    from omibuild.runtime.protos import INFERENCE
+
+    port = servers[("kfserving", "v2")].grpc_port
+
+    def infer(name: str, version: str = "") -> str:
+        req = INFERENCE["ModelInferRequest"](model_name=name, model_version=version)
+        tensor = req.inputs.add(name="x", datatype="FP64", shape=[1, 4])
+        tensor.contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+        return _grpc_infer(port, bytes(req.SerializeToString()))[0]
+
+    assert infer("m") == "OK" and infer("m", "1") == "OK"
+    assert infer("") == "NOT_FOUND"
+    assert infer("other") == "NOT_FOUND"
+    assert infer("m", "99") == "NOT_FOUND"
