@@ -209,11 +209,14 @@ def _predict_finding(name: str, target: Any, example: Any, predict: Any) -> Find
         status, response = predict(target, example)
     except Exception as exc:
         return Finding(f"{name}: answers the example input", False, f"{type(exc).__name__}: {exc}")
-    shape_ok = isinstance(response, dict) and (
-        "outputs" in response
-        if target.interface == "kfserving" and target.protocol == "v2"
-        else "predictions" in response
-    )
+    if target.interface == "sagemaker":  # the inference toolkit's JSON: the predictions
+        shape_ok = isinstance(response, list)
+    else:
+        shape_ok = isinstance(response, dict) and (
+            "outputs" in response
+            if target.interface == "kfserving" and target.protocol == "v2"
+            else "predictions" in response
+        )
     return Finding(
         f"{name}: answers the example input",
         status == 200 and shape_ok,

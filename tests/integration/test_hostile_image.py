@@ -277,3 +277,24 @@ def test_the_image_gives_each_hostile_request_its_4xx_and_stays_up(boxes: dict) 
     hostile.test_malformed_grpc_requests_are_invalid_argument(boxes)
     for server in boxes.values():
         assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("user", ["0", "4242:4242"])
+def test_sagemaker_serves_as_root_and_as_any_uid(image: str, user: str) -> None:
+    """SageMaker runs a container as root unless told otherwise; other platforms pick a uid
+    the image never heard of. The image serves either way."""
+    box = Container(image, "INTERFACE=sagemaker", flags=("--user", user, "--read-only"))
+    try:
+        box.wait("/ping")
+        whoami = docker("exec", box.id, "id", "-u").stdout.strip()
+        assert whoami == user.split(":")[0]
+        rows = b"[5.1, 3.5, 1.4, 0.2]\n[6.7, 3.0, 5.2, 2.3]\n"
+        req = urllib.request.Request(
+            box.base + "/invocations",
+            data=rows,
+            headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200 and resp.read().count(b"\n") == 2
+    finally:
+        box.remove()

@@ -5,9 +5,13 @@ other than the served one is not found, over REST and gRPC."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import pytest
 
+from omibuild.runtime.adapters.payloads import negotiate
+from omibuild.runtime.adapters.sagemaker import ANSWERS
 from tests.unit.test_runtime_hostile import _grpc_infer, bundle, servers  # noqa: F401
 
 # (interface, protocol) → (a path no route serves, a route with a method it does not take)
@@ -76,3 +80,66 @@ def test_grpc_empty_or_unknown_names_and_versions_are_not_found(servers: dict) -
     assert infer("") == "NOT_FOUND"
     assert infer("other") == "NOT_FOUND"
     assert infer("m", "99") == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("accept", "answer"),
+    [
+        (None, "application/json"),
+        ("", "application/json"),
+        ("text/csv", "text/csv"),
+        ("application/json; charset=utf-8", "application/json"),
+        ("text/csv;q=0.5, application/json", "application/json"),
+        ("application/jsonlines, application/json;q=0.9", "application/jsonlines"),
+        ("text/*", "text/csv"),
+        ("application/*", "application/json"),
+        ("*/*;q=0.1, text/csv;q=0.2", "text/csv"),
+        ("text/csv;q=0, */*", "application/json"),  # the specific range refuses csv alone
+        ("nonsense, text/csv", "text/csv"),  # what does not parse is skipped
+        ("application/x-npy;q=1.0", "application/x-npy"),
+        ("image/png", None),
+        ("*/*;q=0", None),
+        ("text/csv;q=2", None),  # q out of range: the range is dropped
+    ],
+)
+def test_accept_is_negotiated_as_rfc_9110_says(accept: str | None, answer: str | None) -> None:
+    assert negotiate(accept, ANSWERS) == answer
+
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def test_sagemaker_mini_batches_in_json_lines_and_csv_come_back_line_for_line(
+    servers: dict,  # noqa: F811
+) -> None:
+    server = servers[("sagemaker", "v1")]
+
+    def invoke(body: bytes, ctype: str, accept: str) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            server.base + "/invocations",
+            data=body,
+            headers={"Content-Type": ctype, "Accept": accept},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in ROWS)
+    assert invoke(lines, "application/jsonlines", "application/jsonlines") == (200, b"0\n2\n1\n")
+    csv = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n"
+    assert invoke(csv, "text/csv", "text/csv") == (200, b"0\n2\n1\n")  # "\n", never "\r\n"
+    assert invoke(lines, "application/jsonlines", "text/csv;q=0.8, application/json") == (
+        200,
+        b"[0,2,1]",
+    )  # JSON as the inference toolkit encodes it: the predictions themselves
+    status, reply = server.request("POST", "/invocations", lines, "application/jsonlines")
+    assert status == 200 and json.loads(reply) == [0, 2, 1]
+    req = urllib.request.Request(
+        server.base + "/invocations",
+        data=csv,
+        headers={"Content-Type": "text/csv", "Accept": "image/png"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 406
+    message = json.loads(refused.value.read())["error"]
+    assert "image/png" in message and "text/csv" in message

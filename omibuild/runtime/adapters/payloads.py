@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 from omibuild.runtime.codec import json_document
@@ -84,9 +85,77 @@ def instances_body(body: bytes, arrays: bool, vertex: bool = False) -> Any:
     return as_array(rows) if arrays else rows
 
 
+def jsonlines_rows(body: bytes) -> list[Any]:
+    """JSON Lines: one record per line, as SageMaker batch transform sends a multi-record
+    mini-batch (SplitType Line); blank lines are no records."""
+    rows = [json_document(line) for line in body.split(b"\n") if line.strip()]
+    if not rows:
+        raise HTTPError(400, "empty JSON Lines body")
+    return rows
+
+
+def to_jsonlines(predictions: Any) -> str:
+    """One prediction per line, each line ended, so that batch transform's line assembly
+    puts each record's answer on its own line."""
+    return "".join(json.dumps(p, separators=(",", ":")) + "\n" for p in predictions)
+
+
+def _media_ranges(header: str) -> list[tuple[str, str, int, float]]:
+    """(type, subtype, specificity, q) of each media range of an Accept header (RFC 9110
+    §12.5.1). Entries that do not parse are skipped, as the RFC lets a server do."""
+    ranges = []
+    for item in header.split(","):
+        kind, *params = (part.strip() for part in item.split(";"))
+        main, _, sub = kind.lower().partition("/")
+        if not main or not sub:
+            continue
+        q, extra = 1.0, 0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = -1.0
+            elif key.strip():
+                extra = 1  # a parameter (charset=utf-8) makes the range more specific
+        if not 0.0 <= q <= 1.0:
+            continue
+        specificity = 0 if main == "*" else 1 if sub == "*" else 2 + extra
+        if main == "*" and sub != "*":
+            continue  # "*/json" is not a media range
+        ranges.append((main, sub, specificity, q))
+    return ranges
+
+
+def negotiate(header: str | None, offered: tuple[str, ...]) -> str | None:
+    """The offered media type an Accept header prefers (RFC 9110 §12.5.1): each type takes
+    the q of the most specific range that matches it; the highest q wins, ties go to the
+    order of ``offered``; q=0 refuses. No header (or an empty one) accepts anything."""
+    if not header or not header.strip():
+        return offered[0]
+    ranges = _media_ranges(header)
+    best, best_q = None, 0.0
+    for media in offered:
+        main, _, sub = media.partition("/")
+        matching = [
+            (spec, q)
+            for m, s, spec, q in ranges
+            if (m == "*" or m == main) and (s == "*" or s == sub)
+        ]
+        if not matching:
+            continue
+        q = max(matching)[1]  # the most specific range decides
+        if q > best_q:
+            best, best_q = media, q
+    return best
+
+
 def to_csv(predictions: Any) -> str:
+    """CSV as the SageMaker inference toolkit writes it: one row per line, ended by "\n"
+    (not the csv module's "\r\n", which corrupts line-assembled batch output)."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, lineterminator="\n")
     for row in predictions:
         writer.writerow(row if isinstance(row, list | tuple) else [row])
     return out.getvalue()

@@ -1,5 +1,6 @@
 """Amazon SageMaker's container contract: GET /ping, POST /invocations on port 8080
-(or SAGEMAKER_BIND_TO_PORT); JSON, CSV and .npy in; JSON, CSV or .npy out by Accept."""
+(or SAGEMAKER_BIND_TO_PORT); JSON, JSON Lines, CSV and .npy in and out, the answer's type
+negotiated from Accept (RFC 9110), and encoded as the SageMaker inference toolkit does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from omibuild.runtime.adapters.payloads import csv_rows, instances_body, npy_array, to_csv
+from omibuild.runtime.adapters.payloads import (
+    csv_rows,
+    instances_body,
+    jsonlines_rows,
+    negotiate,
+    npy_array,
+    to_csv,
+    to_jsonlines,
+)
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import (
     HTTPError,
@@ -22,6 +31,10 @@ from omibuild.runtime.http import (
 )
 from omibuild.runtime.model import ModelService, to_jsonable
 from omibuild.runtime.offload import Offload
+
+# what /invocations answers in, in the order a tie in Accept is settled
+ANSWERS = ("application/json", "application/jsonlines", "text/csv", "application/x-npy")
+JSONLINES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
 
 
 class SageMakerAdapter:
@@ -53,31 +66,44 @@ class SageMakerAdapter:
 
         async def invocations(request: Request) -> Response:
             require_ready(self.service)
+            # the answer's type is settled before any work: an Accept nothing meets is 406
+            accept = negotiate(request.headers.get("accept"), ANSWERS)
+            if accept is None:
+                raise HTTPError(
+                    406,
+                    f"cannot answer in {request.headers.get('accept', '')[:200]!r}: "
+                    f"this endpoint answers {', '.join(ANSWERS)}",
+                )
             body = await read_body(request, self.config.max_body_bytes)
             ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+            ctype = ctype.lower()
             if ctype == "text/csv":
                 data: Any = csv_rows(body)
             elif ctype == "application/x-npy":
                 data = npy_array(body)
-            elif ctype in ("application/json", "application/jsonlines", ""):
+            elif ctype in JSONLINES:
+                data = jsonlines_rows(body)
+            elif ctype in ("application/json", ""):
                 data = await self.offload.decode(instances_body, body, self.service.takes_arrays)
             else:
                 raise HTTPError(
                     415,
-                    f"unsupported content type {ctype!r}: use application/json, "
-                    "text/csv or application/x-npy",
+                    f"unsupported content type {ctype[:100]!r}: use application/json, "
+                    "application/jsonlines, text/csv or application/x-npy",
                 )
-            predictions = await self.service.apredict(data)
-            accept = request.headers.get("accept", "application/json").split(",")[0].strip()
+            predictions = to_jsonable(await self.service.apredict(data))
             if accept == "text/csv":
-                return Response(to_csv(to_jsonable(predictions)), media_type="text/csv")
+                return Response(to_csv(predictions), media_type="text/csv")
+            if accept == "application/jsonlines":
+                return Response(to_jsonlines(predictions), media_type="application/jsonlines")
             if accept == "application/x-npy":
                 import numpy as np
 
                 buf = io.BytesIO()
                 np.save(buf, np.asarray(predictions), allow_pickle=False)
                 return Response(buf.getvalue(), media_type="application/x-npy")
-            return json_response({"predictions": to_jsonable(predictions)})
+            # the inference toolkit's JSON encoder: the predictions themselves
+            return json_response(predictions)
 
         return [
             Route("/ping", ep("ping")(ping)),
