@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from omibuild.runtime.adapters.payloads import negotiate
 from omibuild.runtime.adapters.sagemaker import ANSWERS
-from tests.unit.test_runtime_hostile import _grpc_infer, bundle, servers  # noqa: F401
+from tests.unit.test_runtime_hostile import Server, _grpc_infer, bundle, servers  # noqa: F401
 
 # (interface, protocol) → (a path no route serves, a route with a method it does not take)
 EDGES = {
@@ -143,3 +144,54 @@ def test_sagemaker_mini_batches_in_json_lines_and_csv_come_back_line_for_line(
     assert refused.value.code == 406
     message = json.loads(refused.value.read())["error"]
     assert "image/png" in message and "text/csv" in message
+
+
+def test_v2_metadata_states_the_outputs_every_infer_returns(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from omibuild.runtime.protos import INFERENCE
+    from tests.unit.runtime_config import omi_json
+
+    (tmp_path / "model").mkdir()
+    joblib.dump(
+        LogisticRegression(max_iter=300).fit(*load_iris(return_X_y=True)),
+        tmp_path / "model" / "model.joblib",
+    )
+    interfaces = {"kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081}}
+    omi_json(tmp_path, interfaces, model_file="model.joblib", example=ROWS[:1])
+    server = Server(tmp_path, "kfserving", "v2")
+    try:
+        meta = json.loads(server.get("/v2/models/m")[1])
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [3, 4],
+                        "datatype": "FP64",
+                        "data": [x for row in ROWS for x in row],
+                    }
+                ]
+            }
+        ).encode()
+        [output] = json.loads(server.request("POST", "/v2/models/m/infer", body)[1])["outputs"]
+        [declared] = meta["outputs"]
+        assert declared == {"name": output["name"], "datatype": output["datatype"], "shape": [-1]}
+        assert output["datatype"] == "INT64" and output["shape"] == [3]
+        assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+
+        import grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelMetadata",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=INFERENCE["ModelMetadataResponse"].FromString,
+            )
+            reply = call(INFERENCE["ModelMetadataRequest"](name="m"), timeout=10)
+        [grpc_output] = reply.outputs
+        assert (grpc_output.datatype, list(grpc_output.shape)) == ("INT64", [-1])
+    finally:
+        server.stop()
