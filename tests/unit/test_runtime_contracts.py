@@ -195,3 +195,37 @@ def test_v2_metadata_states_the_outputs_every_infer_returns(tmp_path: Path) -> N
         assert (grpc_output.datatype, list(grpc_output.shape)) == ("INT64", [-1])
     finally:
         server.stop()
+
+
+def test_grpc_answers_typed_requests_with_typed_outputs_and_raw_with_raw(
+    servers: dict,  # noqa: F811
+) -> None:
+    import grpc
+    import numpy as np
+
+    from omibuild.runtime.protos import INFERENCE
+
+    port = servers[("kfserving", "v2")].grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=INFERENCE["ModelInferResponse"].FromString,
+        )
+        typed = INFERENCE["ModelInferRequest"](model_name="m")
+        tensor = typed.inputs.add(name="x", datatype="FP64", shape=[3, 4])
+        tensor.contents.fp64_contents.extend([x for row in ROWS for x in row])
+        reply = call(typed, timeout=10)
+        assert not reply.raw_output_contents
+        [out] = reply.outputs
+        assert (out.datatype, list(out.shape), list(out.contents.int64_contents)) == (
+            "INT64",
+            [3],
+            [0, 2, 1],
+        )
+        raw = INFERENCE["ModelInferRequest"](model_name="m")
+        raw.inputs.add(name="x", datatype="FP64", shape=[3, 4])
+        raw.raw_input_contents.append(np.asarray(ROWS, dtype="<f8").tobytes())
+        reply = call(raw, timeout=10)
+        assert np.frombuffer(reply.raw_output_contents[0], dtype="<i8").tolist() == [0, 2, 1]
+        assert not reply.outputs[0].contents.int64_contents

@@ -123,7 +123,25 @@ class InferenceServicer:
                 model_version=self.adapter.config.model_version,
                 id=request.id,
             )
-            for name in wanted or list(outputs):
+            names = wanted or list(outputs)
+            # typed in, typed out (as KServe answers), when every output has a typed field: the
+            # spec lets raw contents stand for all outputs or none, never some
+            typed = (
+                []
+                if request.raw_input_contents
+                else [encode_output(n, outputs[n], False)[0] for n in names]
+            )
+            if typed and all(t["datatype"] in _CONTENTS for t in typed):
+                for spec in typed:
+                    out = response.outputs.add(
+                        name=spec["name"], datatype=spec["datatype"], shape=spec["shape"]
+                    )
+                    data = spec["data"]
+                    if spec["datatype"] == "BYTES":
+                        data = [d if isinstance(d, bytes) else str(d).encode() for d in data]
+                    getattr(out.contents, _CONTENTS[spec["datatype"]]).extend(data)
+                return response
+            for name in names:
                 spec, blob = encode_output(name, outputs[name], binary=True)
                 response.outputs.add(name=name, datatype=spec["datatype"], shape=spec["shape"])
                 response.raw_output_contents.append(blob or b"")
