@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,8 @@ def images_to_remove() -> Path:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller removes everything once all have finished
+    # the strangers' omibuild cache (tests/integration/test_first_model.py): ~700 MB a model
+    shutil.rmtree(ROOT / ".cache" / "test-strangers", ignore_errors=True)
     listing = images_to_remove()
     if not listing.exists():
         return

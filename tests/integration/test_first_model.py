@@ -19,6 +19,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 OMIBUILD = str(Path(sys.executable).with_name("omibuild"))
+STRANGERS_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "test-strangers"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
@@ -30,7 +31,9 @@ def cli(
         cwd=repo,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        # one omibuild cache for every stranger's build in a run, removed when the run ends:
+        # each model name gets its own BuildKit cache directory there (about 700 MB)
+        env={"OMIBUILD_CACHE_DIR": str(STRANGERS_CACHE), **os.environ, **(env or {})},
         timeout=900,
         check=False,
     )

@@ -229,3 +229,27 @@ def test_grpc_answers_typed_requests_with_typed_outputs_and_raw_with_raw(
         reply = call(raw, timeout=10)
         assert np.frombuffer(reply.raw_output_contents[0], dtype="<i8").tolist() == [0, 2, 1]
         assert not reply.outputs[0].contents.int64_contents
+
+
+def test_mlflow_scoring_reads_csv_and_refuses_content_types_as_mlflow_serve_does(
+    servers: dict,  # noqa: F811
+) -> None:
+    import importlib.metadata
+
+    server = servers[("mlflow", "v1")]
+    with_header = b"a,b,c,d\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+    status, reply = server.request("POST", "/invocations", with_header, "text/csv")
+    assert status == 200 and json.loads(reply) == {"predictions": [0, 2]}
+    # pandas.read_csv, as `mlflow models serve` reads CSV: the first row is the header, always
+    headerless = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n"
+    status, reply = server.request("POST", "/invocations", headerless, "text/csv")
+    assert status == 200 and json.loads(reply) == {"predictions": [2, 1]}
+    for ctype, words in (
+        ("text/plain", "only supports the following content types"),
+        ("text/csv; charset=latin-1", "only supports UTF-8"),
+        ("application/json; format=pandas-split", "Unrecognized content type parameters"),
+    ):
+        status, reply = server.request("POST", "/invocations", with_header, ctype)
+        assert status == 415 and words in reply.decode(), (ctype, reply)
+    status, reply = server.get("/version")
+    assert (status, reply.decode()) == (200, importlib.metadata.version("mlflow"))

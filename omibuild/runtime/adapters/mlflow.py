@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from omibuild import __version__
 from omibuild.runtime.adapters.payloads import csv_rows
 from omibuild.runtime.codec import json_document
 from omibuild.runtime.config import RuntimeConfig
@@ -25,6 +24,26 @@ from omibuild.runtime.http import (
 from omibuild.runtime.model import ModelService, to_jsonable
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+# the MLflow release whose scoring server the conformance suite compares this with
+SCORING_VERSION = "3.17.2"
+
+
+def _refused_content_type(ctype: str, params: list[str], given: str) -> str | None:
+    """Why MLflow's scoring server would answer 415, in its words; None when it takes it."""
+    if ctype not in ("application/json", "text/csv"):
+        return (
+            "This predictor only supports the following content types: "
+            f"Types: ['text/csv', 'application/json']. Got '{given[:100]}'."
+        )
+    values = dict(p.partition("=")[::2] for p in params if p)
+    if values.get("charset", "utf-8").strip().lower() != "utf-8":
+        return "The scoring server only supports UTF-8"
+    unknown = sorted(k for k in values if k.strip().lower() != "charset")
+    if unknown:
+        return f"Unrecognized content type parameters: {', '.join(unknown)}."
+    return None
 
 
 class MlflowAdapter:
@@ -86,28 +105,35 @@ class MlflowAdapter:
             return PlainTextResponse("\n", status_code=200 if self.service.ready else 503)
 
         async def version(request: Request) -> Response:
-            try:
-                text = dist_version("mlflow-skinny")
-            except Exception:
-                text = __version__
-            return PlainTextResponse(text)
+            # MLflow's own version, as `mlflow models serve` answers (with its media type);
+            # without MLflow in the image, the version whose scoring protocol this speaks
+            text = SCORING_VERSION
+            for dist in ("mlflow", "mlflow-skinny"):
+                try:
+                    text = dist_version(dist)
+                    break
+                except Exception:
+                    continue
+            return Response(text, media_type="application/json")
 
         async def invocations(request: Request) -> Response:
             require_ready(self.service)
             raw = await read_body(request, self.config.max_body_bytes)
-            ctype = request.headers.get("content-type", "").split(";")[0].strip()
-            if ctype == "text/csv":
+            given = request.headers.get("content-type", "")
+            ctype, *params = (p.strip() for p in given.split(";"))
+            refused = _refused_content_type(ctype.lower(), params, given)
+            if refused:  # MLflow's scoring server answers these in plain text
+                return PlainTextResponse(refused, status_code=415)
+            if ctype.lower() == "text/csv":
+                # as pandas.read_csv reads it for `mlflow models serve`: the first row is
+                # always the header, whatever it holds
                 rows = csv_rows(raw)
-                header = rows[0] if all(isinstance(c, str) for c in rows[0]) else None
-                data = self._frame(header, rows[1:] if header else rows)
-            elif ctype == "application/json":
-                data = self.parse(json_document(raw))
+                header = [str(c) for c in rows[0]]
+                if len(rows) < 2:
+                    raise HTTPError(400, "the CSV has a header row and no data rows")
+                data = self._frame(header, rows[1:])
             else:
-                raise HTTPError(
-                    415,
-                    f"content type {ctype or 'none'!r} is not supported: use "
-                    "application/json or text/csv",
-                )
+                data = self.parse(json_document(raw))
             predictions = await self.service.apredict(data)
             return json_response({"predictions": to_jsonable(predictions)})
 
