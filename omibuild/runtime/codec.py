@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from omibuild.runtime.model import InputError, brief
+from omibuild.runtime.model import InputError, brief, shown
 
 DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -52,9 +52,9 @@ MAX_ELEMENTS = 1 << 40  # far above any body limit; only stops products that ove
 def _check_shape(name: str, shape: Any) -> list[int]:
     # type() rather than isinstance(): JSON true is a bool, and bool is an int in Python
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InputError(f"input {name!r}: shape must be a list of non-negative integers")
+        raise InputError(f"input {shown(name)}: shape must be a list of non-negative integers")
     if len(shape) > MAX_DIMS or _element_count(shape) > MAX_ELEMENTS:
-        raise InputError(f"input {name!r}: shape {shape[:MAX_DIMS]} is too large")
+        raise InputError(f"input {shown(name)}: shape {shape[:MAX_DIMS]} is too large")
     return shape
 
 
@@ -62,13 +62,13 @@ def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     out, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise InputError(f"input {name!r}: truncated BYTES element length")
+            raise InputError(f"input {shown(name)}: truncated BYTES element length")
         (n,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         out.append(raw[offset : offset + n])
         offset += n
     if len(out) != count:
-        raise InputError(f"input {name!r}: {len(out)} BYTES elements for shape of {count}")
+        raise InputError(f"input {shown(name)}: {len(out)} BYTES elements for shape of {count}")
     return out
 
 
@@ -84,9 +84,12 @@ def _text(value: Any) -> Any:
 def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
     name = spec.get("name")
     datatype = spec.get("datatype")
-    if not isinstance(name, str) or datatype not in DTYPES:
+    if not isinstance(name, str) or not name:
+        raise InputError(f"each input needs a name (a non-empty string), got {shown(name)}")
+    if datatype not in DTYPES:
         raise InputError(
-            f"input {name!r}: datatype must be one of {', '.join(DTYPES)}, got {datatype!r}"
+            f"input {shown(name)}: datatype must be one of {', '.join(DTYPES)}, "
+            f"got {shown(datatype)}"
         )
     shape = _check_shape(name, spec.get("shape"))
     count = _element_count(shape)
@@ -98,12 +101,12 @@ def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
         itemsize = np.dtype(DTYPES[datatype]).itemsize
         if len(raw) != count * itemsize:
             raise InputError(
-                f"input {name!r}: {len(raw)} bytes of binary data for shape {shape} "
+                f"input {shown(name)}: {len(raw)} bytes of binary data for shape {shape} "
                 f"of {datatype} ({count * itemsize} expected)"
             )
         return np.frombuffer(raw, dtype=DTYPES[datatype]).reshape(shape)
     if "data" not in spec:
-        raise InputError(f"input {name!r} has no data")
+        raise InputError(f"input {shown(name)} has no data")
     data = spec["data"]
     try:
         if datatype == "BYTES":
@@ -112,9 +115,11 @@ def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
         else:
             array = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
     except (ValueError, TypeError, OverflowError) as exc:  # 300 for INT8, -1 for UINT64
-        raise InputError(f"input {name!r}: data does not fit {datatype}: {brief(exc)}") from None
+        raise InputError(
+            f"input {shown(name)}: data does not fit {datatype}: {brief(exc)}"
+        ) from None
     if array.size != count:
-        raise InputError(f"input {name!r}: {array.size} elements do not fit shape {shape}")
+        raise InputError(f"input {shown(name)}: {array.size} elements do not fit shape {shape}")
     return array.reshape(shape)
 
 
@@ -177,7 +182,7 @@ def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         try:
             n = int(header_length)
         except ValueError:
-            raise InputError(f"{HEADER} must be an integer, got {header_length!r}") from None
+            raise InputError(f"{HEADER} must be an integer, got {shown(header_length)}") from None
         if not 0 <= n <= len(body):
             raise InputError(f"{HEADER}={n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
@@ -202,7 +207,7 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InputError(
-                    f"input {spec.get('name')!r}: binary_data_size {size} is outside "
+                    f"input {shown(spec.get('name'))}: binary_data_size {size} is outside "
                     "the binary part of the body"
                 )
             raw = binary[offset : offset + size]

@@ -26,6 +26,14 @@ def brief(exc: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value the client sent (a tensor name, a datatype, a version), as an error message
+    quotes it: its repr, cut to ``limit`` characters. A reply carries a glimpse of the request
+    at most, however long what it was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def detach(exc: BaseException) -> BaseException:
     """The error without its traceback or chained errors. Their frames hold the request's data,
     and a traceback that reaches the frame holding the error is a cycle: freed only by a full

@@ -253,3 +253,22 @@ def test_mlflow_scoring_reads_csv_and_refuses_content_types_as_mlflow_serve_does
         assert status == 415 and words in reply.decode(), (ctype, reply)
     status, reply = server.get("/version")
     assert (status, reply.decode()) == (200, importlib.metadata.version("mlflow"))
+
+
+def test_errors_name_the_real_fault_and_quote_a_glimpse_at_most(servers: dict) -> None:  # noqa: F811
+    server = servers[("kfserving", "v2")]
+    long = "n" * 100_000
+
+    def refused(**spec: object) -> str:
+        tensor = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4], **spec}
+        status, reply = server.request(
+            "POST", "/v2/models/m/infer", json.dumps({"inputs": [tensor]}).encode()
+        )
+        assert status == 400 and len(reply) < 400, (status, len(reply))
+        return str(json.loads(reply)["error"])
+
+    assert "needs a name" in refused(name=7)  # the name is at fault, not the datatype
+    assert "datatype must be one of" in refused(datatype=long)
+    assert refused(name=long, datatype="FP99").count("n") < 100
+    status, reply = server.get(f"/v2/models/{long[:5000]}")
+    assert status == 404 and len(reply) < 400

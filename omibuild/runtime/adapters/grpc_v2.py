@@ -10,7 +10,7 @@ import grpc
 from omibuild import __version__
 from omibuild.runtime.adapters.kserve import EXTENSIONS, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
-from omibuild.runtime.model import InputError, PredictError, detach
+from omibuild.runtime.model import InputError, PredictError, detach, shown
 from omibuild.runtime.protos import INFERENCE
 
 if TYPE_CHECKING:
@@ -44,13 +44,13 @@ class InferenceServicer:
         if name != self.service.name:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {name!r} not found; this server has {self.service.name!r}",
+                f"model {shown(name)} not found; this server has {self.service.name!r}",
             )
         served = self.adapter.config.model_version
         if version and version != served:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {name!r} has no version {version!r}; it serves version {served!r}",
+                f"model {shown(name)} has no version {shown(version)}; it serves {served!r}",
             )
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -98,7 +98,7 @@ class InferenceServicer:
             field = _CONTENTS.get(tensor.datatype)
             if field is None:
                 raise InputError(
-                    f"input {tensor.name!r}: {tensor.datatype} needs raw_input_contents"
+                    f"input {shown(tensor.name)}: {shown(tensor.datatype)} needs raw_input_contents"
                 )
             spec["data"] = list(getattr(tensor.contents, field))
             arrays[tensor.name] = decode_input(spec)
@@ -117,7 +117,9 @@ class InferenceServicer:
             wanted = [o.name for o in request.outputs]
             missing = [n for n in wanted if n not in outputs]
             if missing:
-                raise InputError(f"unknown output(s) {missing}; the model gives {list(outputs)}")
+                raise InputError(
+                    f"unknown output(s) {shown(missing)}; the model gives {list(outputs)}"
+                )
             response = INFERENCE["ModelInferResponse"](
                 model_name=self.service.name,
                 model_version=self.adapter.config.model_version,

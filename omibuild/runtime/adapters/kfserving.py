@@ -24,7 +24,7 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import InputError, ModelService, as_array, to_jsonable
+from omibuild.runtime.model import InputError, ModelService, as_array, shown, to_jsonable
 from omibuild.runtime.offload import Offload
 
 
@@ -46,11 +46,13 @@ class KServeAdapter:
 
     def _model(self, name: str, version: str | None = None) -> None:
         if name != self.service.name:
-            raise HTTPError(404, f"model {name!r} not found; this server has {self.service.name!r}")
+            raise HTTPError(
+                404, f"model {shown(name)} not found; this server has {self.service.name!r}"
+            )
         served = self.config.model_version
         if version is not None and version != served:
             raise HTTPError(
-                404, f"model {name!r} has no version {version!r}; it serves version {served!r}"
+                404, f"model {shown(name)} has no version {shown(version)}; it serves {served!r}"
             )
 
     # -- V1 --------------------------------------------------------------------------------
@@ -72,9 +74,9 @@ class KServeAdapter:
                     {"name": name, "ready": self.service.ready}, 200 if self.service.ready else 503
                 )
             if verb == "explain":
-                raise HTTPError(501, f"model {name!r} has no explainer")
+                raise HTTPError(501, f"model {shown(name)} has no explainer")
             if verb != "predict":
-                raise HTTPError(404, f"unknown verb {verb!r}: use :predict or :explain")
+                raise HTTPError(404, f"unknown verb {shown(verb)}: use :predict or :explain")
             require_ready(self.service)
             body = await read_body(request, self.config.max_body_bytes)
             instances = await self.offload.decode(v1_instances, body, self.service.takes_arrays)
@@ -233,7 +235,9 @@ class KServeAdapter:
                 binary_for[o["name"]] = bool(parameters(o).get("binary_data", all_binary))
             missing = [n for n in names if n not in outputs]
             if missing:
-                raise InputError(f"unknown output(s) {missing}; the model gives {list(outputs)}")
+                raise InputError(
+                    f"unknown output(s) {shown(missing)}; the model gives {list(outputs)}"
+                )
             outputs = {n: outputs[n] for n in names}
         encoded, blobs = [], []
         for name, value in outputs.items():
