@@ -77,15 +77,14 @@ def state_markdown(plan: Plan) -> str:
         f"Secrets (names only): {', '.join(plan.options.secrets)}. "
         f"Cache: {', '.join(c.exporting() for c in plan.options.caches) or 'off'}.",
         "",
-        "<details><summary>Dockerfile</summary>",
-        "",
-        "```dockerfile",
-        render(plan).rstrip(),
-        "```",
-        "</details>",
-        "",
+        *_folded("Dockerfile", f"```dockerfile\n{render(plan).rstrip()}\n```"),
     ]
     return "\n".join(lines)
+
+
+def _folded(summary: str, body: str) -> list[str]:
+    """A section a pull-request comment shows folded, under its summary."""
+    return [f"<details><summary>{summary}</summary>", "", body, "</details>", ""]
 
 
 def print_human(plan: Plan, stream: TextIO) -> None:
@@ -234,14 +233,7 @@ def to_markdown(plan: Plan, diff: PlanDiff) -> str:
         lines += _diff_block("Model files", _stage_changes(diff, "model"))
         lines += _diff_block("Code", _stage_changes(diff, "code"))
         lines += _diff_block("Image config", _stage_changes(diff, "image"))
-    lines += [
-        "<details><summary>Full plan</summary>",
-        "",
-        state_markdown(plan).rstrip(),
-        "",
-        "</details>",
-        "",
-    ]
+    lines += _folded("Full plan", state_markdown(plan).rstrip() + "\n")
     return "\n".join(lines)
 
 

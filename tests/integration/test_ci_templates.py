@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.integration.test_first_model import cli, new_repo, train_joblib
+from tests.integration.test_first_model import committed_repo
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +42,6 @@ def test_the_templates_validate_against_their_platform_schemas(template: str, sc
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def stranger(tmp_path: Path, name: str) -> Path:
-    repo = new_repo(tmp_path, name, train_joblib)
-    assert cli(repo, "init").returncode == 0
-    assert cli(repo, "lock").returncode == 0
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "model"], cwd=repo, check=True)
-    return repo
-
-
 def omibuild_steps() -> list[tuple[str, str]]:
     """(name, script) of the pull-request job's steps that run omibuild, as the file says."""
     jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
@@ -75,7 +66,7 @@ def run_step(repo: Path, script: str, outputs: Path) -> subprocess.CompletedProc
 def test_the_github_workflow_steps_run_as_written(tmp_path: Path, unique: str) -> None:
     steps = omibuild_steps()
     assert [name for name, _ in steps] == ["Validate", "omi.lock is current", "Plan"]
-    repo = stranger(tmp_path, f"ci-{unique}")
+    repo = committed_repo(tmp_path, f"ci-{unique}")
     outputs = tmp_path / "gh"
     outputs.mkdir()
     for name, script in steps:
@@ -110,7 +101,7 @@ def pre_commit_home() -> Path:
 def test_pre_commit_try_repo_runs_the_shipped_hooks(
     tmp_path: Path, unique: str, pre_commit_home: Path
 ) -> None:
-    repo = stranger(tmp_path, f"hooks-{unique}")
+    repo = committed_repo(tmp_path, f"hooks-{unique}")
     # this checkout, hooks and all, as pre-commit would clone it (its uncommitted work too)
     source = tmp_path / "omibuild-src"
     shutil.copytree(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import docker
-from tests.integration.test_first_model import cli, new_repo, train_joblib
+from tests.integration.test_first_model import cli, committed_repo, new_repo, train_joblib
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("engine2")]
 
@@ -68,15 +68,6 @@ def platform_manifest(engine: str, index: str) -> str:
     return str(image["digest"])
 
 
-def stranger(tmp_path: Path, name: str) -> Path:
-    repo = new_repo(tmp_path, name, train_joblib)
-    assert cli(repo, "init").returncode == 0
-    assert cli(repo, "lock").returncode == 0
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "model"], cwd=repo, check=True)
-    return repo
-
-
 def apply_json(repo: Path, *args: str, env: dict[str, str] | None = None) -> list[dict]:  # type: ignore[type-arg]
     done = cli(repo, "apply", "--format", "json", "--progress", "plain", *args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -86,7 +77,7 @@ def apply_json(repo: Path, *args: str, env: dict[str, str] | None = None) -> lis
 def test_a_registry_cache_lets_an_empty_engine_rebuild_without_running_a_step(
     tmp_path: Path, unique: str, registry: str, engine2: None, image_cleanup: list[str]
 ) -> None:
-    repo = stranger(tmp_path, f"xengine-{unique}")
+    repo = committed_repo(tmp_path, f"xengine-{unique}")
     cache = f"{registry}/omibuild-test/xcache-{unique}:main"
     [first] = apply_json(repo, "--cache-to", cache)
     image_cleanup += first["tags"]
@@ -107,7 +98,7 @@ def test_apply_builder_bakes_several_manifests_on_another_engine_and_pushes(
 ) -> None:
     # the dependencies come from a registry cache this engine writes first: the second
     # engine's builds reach no network beyond its bridge
-    seed = stranger(tmp_path, f"seed-{unique}")
+    seed = committed_repo(tmp_path, f"seed-{unique}")
     cache = f"{registry}/omibuild-test/bakecache-{unique}:main"
     apply_json(seed, "--cache-to", cache)
 

@@ -101,6 +101,16 @@ def new_repo(tmp_path: Path, name: str, train: Callable[[Path], None]) -> Path:
     return repo
 
 
+def committed_repo(tmp_path: Path, name: str) -> Path:
+    """new_repo after `init` and `lock`, all committed: a model repository as a team keeps it."""
+    repo = new_repo(tmp_path, name, train_joblib)
+    assert cli(repo, "init").returncode == 0
+    assert cli(repo, "lock").returncode == 0
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "model"], cwd=repo, check=True)
+    return repo
+
+
 def apply_json(repo: Path, image_cleanup: list[str]) -> dict[str, object]:
     built = cli(repo, "apply", "--format", "json", "--progress", "quiet")
     assert built.returncode == 0, built.stderr[-3000:]
