@@ -35,11 +35,15 @@ def against(plan: Plan, given: str | None, executor: BuildxExecutor) -> PlanDiff
             ) from None
         return diff_plans(saved, plan, f"the saved plan {given}")
     ref = given or f"{plan.repository}:{target_tag(plan)}"
-    labels, where = executor.image_labels(ref), "in the local engine"
+    labels, where, looked = executor.image_labels(ref), "in the local engine", "the local engine"
     if labels is None and not ref.startswith("omibuild.local/"):
-        labels, where = executor.remote_labels(ref), "in its registry"
-    if labels is None:
-        return diff_plans(None, plan, f"nothing: there is no image {ref} yet")
+        labels, where, looked = (
+            executor.remote_labels(ref),
+            "in its registry",
+            f"{looked} or its registry",
+        )
+    if labels is None:  # none built yet (or the engine or registry did not answer)
+        return diff_plans(None, plan, f"nothing: {looked} has no image {ref}")
     described = f"the image {ref} {where}"
     old = plan_from_labels(labels)
     if old is None:
