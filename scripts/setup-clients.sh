@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Third-party conformance clients, each in its own virtualenv: the kserve SDK and
-# tritonclient both register the `inference.*` protobuf messages, and chassisml needs
-# protobuf < 5. Reinstalled only when this script changes.
+# Third-party conformance clients and reference servers, each in its own virtualenv: the
+# kserve SDK (and KServe's model server) and tritonclient both register the `inference.*`
+# protobuf messages, and chassisml needs protobuf < 5. Reinstalled only when this script (or
+# the project's scikit-learn) changes.
 . "$(dirname "$0")/lib.sh"
 step=setup-clients
 cd "$(dirname "$0")/.."
-want=$(sha256sum scripts/setup-clients.sh | cut -c1-64)
+# The differential suite's KServe model server loads models the project's venv pickles: the
+# same scikit-learn, or the file may not load.
+sklearn=$(.venv/bin/python -c 'import sklearn; print(sklearn.__version__)' 2>/dev/null) ||
+  fail "$step" "the project venv has no scikit-learn (run setup-venv first)" ""
+want=$({ cat scripts/setup-clients.sh; echo "$sklearn"; } | sha256sum | cut -c1-64)
 
 install() {  # install NAME PACKAGES...
   local name=$1; shift
@@ -21,7 +26,7 @@ install() {  # install NAME PACKAGES...
   say "$step: $name client installed"
 }
 
-install kserve "kserve==0.21.*" pandas &
+install kserve "kserve==0.21.*" pandas "scikit-learn==$sklearn" joblib &
 k=$!
 install chassis "chassisml==1.5.*" "protobuf<5" &
 c=$!
