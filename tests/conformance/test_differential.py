@@ -3,7 +3,7 @@ each in its own virtual environment; status codes and body shapes compared. Wher
 differs on purpose, DIFFERENT says so case by case, with the reason.
 
 Reference here: KServe's own model server (kserve.ModelServer, in the kserve client venv), for
-KServe V1 and the V2 Open Inference Protocol over REST."""
+KServe V1 over REST and the V2 Open Inference Protocol over REST and gRPC."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from omibuild.conformance.images import free_port
@@ -62,6 +63,7 @@ CASES: dict[str, tuple[str, str, bytes | None]] = {
 }
 
 VERSION_FIELDS = ("versions", "model_version")
+FAULTS = (500, 502, 503, "INTERNAL", "UNKNOWN")
 REJECTED = "a request the model cannot take is the client's error (400), not the server's (500)"
 # name → why omibuild answers otherwise than the reference
 DIFFERENT = {
@@ -73,6 +75,9 @@ DIFFERENT = {
     "v2 not JSON": "the Open Inference Protocol's error is 400 with {error}; KServe's 422 "
     "carries FastAPI's validation detail",
     "v1 no instances": REJECTED,
+    "grpc the model rejects it": REJECTED.replace("(400)", "(INVALID_ARGUMENT)").replace(
+        "(500)", "(INTERNAL)"
+    ),
     "unknown route": "every error in the protocol's {error} shape; KServe's router answers "
     "FastAPI's {detail}",
     "v2 GET on infer": "every error in the protocol's {error} shape; KServe's router answers "
@@ -113,8 +118,9 @@ def call(base: str, method: str, path: str, body: bytes | None) -> tuple[int, by
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(reference URL, omibuild URL), both serving one model file named m."""
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The reference and omibuild, both serving one model file named m: their HTTP base URLs
+    and gRPC ports, by side."""
     import joblib
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
@@ -126,11 +132,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     interfaces = {"kfserving": {"protocols": ["v1", "v2"], "port": 8080, "grpc_port": 8081}}
     omi_json(root, interfaces, model_file="model.joblib", example=[[5.1, 3.5, 1.4, 0.2]])
     ours = Server(root, "kfserving", "v2")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log = root / "kserve.log"
     with open(log, "w") as out:
         reference = subprocess.Popen(
-            [client_python("kserve"), str(REFERENCE), str(model), "m", str(port), str(free_port())],
+            [client_python("kserve"), str(REFERENCE), str(model), "m", str(port), str(grpc_port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
@@ -142,7 +148,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.3)
     try:
-        yield base, ours.base
+        yield {
+            "http": (base, ours.base),
+            "grpc": (grpc_port, ours.grpc_port),
+        }
     finally:
         reference.terminate()
         reference.wait(30)
@@ -152,10 +161,98 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_omibuild_answers_as_kserves_model_server(pair: tuple[str, str], name: str) -> None:
     method, path, body = CASES[name]
-    theirs = shape_of(*call(pair[0], method, path, body))
-    ours = shape_of(*call(pair[1], method, path, body))
+    theirs = shape_of(*call(pair["http"][0], method, path, body))
+    ours = shape_of(*call(pair["http"][1], method, path, body))
+    compare(name, theirs, ours)
+
+
+def compare(name: str, theirs: Any, ours: Any) -> None:
     if name in DIFFERENT:
         assert ours != theirs, f"{name}: now the same as KServe; drop it from DIFFERENT"
-        assert ours[0] < 500 and ours[1] != "not JSON", ours  # and never a 5xx or text
+        assert ours[0] not in FAULTS and ours[1] != "not JSON", ours  # never the server's fault
     else:
         assert ours == theirs, f"{name}: KServe {theirs}, omibuild {ours}"
+
+
+def tensor_request(name: str = "m", raw: bool = False, rows: int = 1, width: int = 4) -> Any:
+    from omibuild.runtime.protos import INFERENCE
+
+    values = [5.1, 3.5, 1.4, 0.2][:width] * rows
+    req = INFERENCE["ModelInferRequest"](model_name=name)
+    tensor = req.inputs.add(name="x", datatype="FP64", shape=[rows, width])
+    if raw:
+        req.raw_input_contents.append(np.asarray(values, dtype="<f8").tobytes())
+    else:
+        tensor.contents.fp64_contents.extend(values)
+    return req
+
+
+def grpc_cases() -> dict[str, tuple[str, Any]]:
+    from omibuild.runtime.protos import INFERENCE
+
+    return {
+        "grpc live": ("ServerLive", INFERENCE["ServerLiveRequest"]()),
+        "grpc model ready": ("ModelReady", INFERENCE["ModelReadyRequest"](name="m")),
+        "grpc unknown model ready": ("ModelReady", INFERENCE["ModelReadyRequest"](name="nope")),
+        "grpc metadata": ("ModelMetadata", INFERENCE["ModelMetadataRequest"](name="m")),
+        "grpc infer, typed": ("ModelInfer", tensor_request(rows=2)),
+        "grpc infer, raw": ("ModelInfer", tensor_request(raw=True, rows=2)),
+        "grpc unknown model": ("ModelInfer", tensor_request("nope")),
+        "grpc empty model name": ("ModelInfer", tensor_request("")),
+        "grpc the model rejects it": ("ModelInfer", tensor_request(width=3)),
+    }
+
+
+GRPC_CASES = [
+    "grpc live",
+    "grpc model ready",
+    "grpc unknown model ready",
+    "grpc metadata",
+    "grpc infer, typed",
+    "grpc infer, raw",
+    "grpc unknown model",
+    "grpc empty model name",
+    "grpc the model rejects it",
+]
+
+
+def grpc_shape(port: int, method: str, request: Any) -> tuple[str, Any]:
+    """The status code, and what a client reads: readiness, the model's name, or the output
+    tensors' names, datatypes, shapes and values (typed or raw, as the server chose: the
+    protocol lets it answer either way)."""
+    import grpc
+
+    from omibuild.runtime.protos import INFERENCE
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        rpc = channel.unary_unary(
+            f"/inference.GRPCInferenceService/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=INFERENCE[f"{method}Response"].FromString,
+        )
+        try:
+            reply = rpc(request, timeout=10)
+        except grpc.RpcError as err:
+            return err.code().name, None
+    if method == "ModelInfer":
+        tensors = []
+        for i, out in enumerate(reply.outputs):
+            if reply.raw_output_contents:
+                values = np.frombuffer(reply.raw_output_contents[i], dtype="<i8").tolist()
+            else:
+                values = list(out.contents.int64_contents)
+            tensors.append((out.name, out.datatype, list(out.shape), values))
+        return "OK", tensors
+    if method == "ModelMetadata":
+        return "OK", reply.name
+    return "OK", str(reply)
+
+
+@pytest.mark.parametrize("name", GRPC_CASES)
+def test_omibuild_answers_as_kserves_model_server_over_grpc(
+    pair: dict[str, Any], name: str
+) -> None:
+    method, request = grpc_cases()[name]
+    theirs = grpc_shape(pair["grpc"][0], method, request)
+    ours = grpc_shape(pair["grpc"][1], method, request)
+    compare(name, theirs, ours)
