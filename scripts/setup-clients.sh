@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Third-party conformance clients and reference servers, each in its own virtualenv: the
-# kserve SDK (and KServe's model server) and tritonclient both register the `inference.*`
+# Third-party conformance clients and reference servers (KServe's model server, MLServer,
+# `mlflow models serve`), each in its own virtualenv: the kserve SDK and tritonclient both register the `inference.*`
 # protobuf messages, and chassisml needs protobuf < 5. Reinstalled only when this script (or
 # the project's scikit-learn) changes.
 . "$(dirname "$0")/lib.sh"
@@ -30,4 +30,10 @@ install kserve "kserve==0.21.*" pandas "scikit-learn==$sklearn" joblib &
 k=$!
 install chassis "chassisml==1.5.*" "protobuf<5" &
 c=$!
-wait $k && wait $c
+# the differential suite's other references: MLServer (the version bench/ compares against)
+# and `mlflow models serve` at the project's MLflow version
+install mlserver "mlserver==1.7.1" "mlserver-sklearn==1.7.1" "scikit-learn==$sklearn" &
+s=$!
+install mlflow "mlflow==3.17.2" "scikit-learn==$sklearn" &
+m=$!
+wait $k && wait $c && wait $s && wait $m

@@ -57,7 +57,9 @@ class PyfuncFlavor:
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
         import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
 
+        self.rejected = MlflowException
         root = model_dir
         if not (root / "MLmodel").exists():
             candidates = sorted(p.parent for p in model_dir.rglob("MLmodel"))
@@ -65,7 +67,20 @@ class PyfuncFlavor:
         self.model = mlflow.pyfunc.load_model(str(root))
 
     def predict(self, inputs: Any) -> Any:
-        return self.model.predict(inputs)
+        try:
+            return self.model.predict(inputs)
+        except self.rejected as exc:
+            if exc.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            # MLflow's message quotes the request's data: say what the model takes instead
+            schema = self.model.metadata.get_input_schema()
+            names = [str(n) for n in schema.input_names()] if schema else []
+            takes = ", ".join(names[:8]) or "what its signature says"
+            if len(names) > 8:
+                takes += f", … ({len(names)} in all)"
+            raise ValueError(
+                f"the input does not fit the model's signature (inputs: {takes})"
+            ) from None
 
 
 class OnnxFlavor:

@@ -119,6 +119,10 @@ class ModelService:
         )
         self._ready_lock = threading.Lock()
         self._on_ready: list[Callable[[], None]] = []
+        # run after the model loads, before it is reported ready (outputs.learn is one)
+        self.load_steps: list[Callable[[ModelService], None]] = []
+        # each output's name, datatype and shape (V2 metadata), once known
+        self.outputs: list[dict[str, Any]] | None = None
 
     def when_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the model is loaded: now if it is, else from the load thread."""
@@ -147,6 +151,8 @@ class ModelService:
             if hooks.get("postprocess"):
                 self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
             self.flavor.load(self.config.model_dir, self.config.raw)
+            for step in self.load_steps:
+                step(self)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn

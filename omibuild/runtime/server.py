@@ -12,12 +12,14 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
 from omibuild.runtime.model import ModelService, load_failure_line
+from omibuild.runtime.outputs import describe, learn
 from omibuild.runtime.protocol import TimedHttpTools
 
 GRACE_SECONDS = 30
@@ -45,6 +47,8 @@ def create_app(
 
     config = config or load_config()
     service = service or ModelService(config)
+    if learn not in service.load_steps:
+        service.load_steps.append(learn)
     metrics = Metrics()
     adapter = get_adapter(config.interface)(service, config, metrics)
 
@@ -284,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "serve":  # SageMaker starts containers with `serve`
         args = args[1:]
+    elif len(args) == 2 and args[0] == "describe":  # the build's dry prediction
+        return describe(Path(args[1]))
     if args:
-        print(f"omibuild runtime: unknown arguments {args}; usage: [serve]", file=sys.stderr)
+        print(
+            f"omibuild runtime: unknown arguments {args}; usage: [serve] | describe OUT",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = load_config()

@@ -111,9 +111,8 @@ class Server:
     def request(
         self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
     ) -> tuple[int, bytes]:
-        req = urllib.request.Request(
-            self.base + path, data=body, method=method, headers={"Content-Type": ctype}
-        )
+        headers = {"Content-Type": ctype} if ctype else {}
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, resp.read()

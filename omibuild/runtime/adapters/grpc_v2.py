@@ -70,7 +70,7 @@ class InferenceServicer:
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._check_model(request.name, request.version, context)
-        meta = self.adapter.metadata_blocking()
+        meta = self.adapter.metadata()
         response = INFERENCE["ModelMetadataResponse"](
             name=meta["name"], versions=meta["versions"], platform=meta["platform"]
         )

@@ -36,7 +36,6 @@ class KServeAdapter:
         self.config = config
         self.metrics = metrics
         self.offload = Offload(config.decode_process_bytes)
-        self._outputs: list[dict[str, Any]] | None = None
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": message}
@@ -90,48 +89,6 @@ class KServeAdapter:
         ]
 
     # -- V2 (Open Inference Protocol) ------------------------------------------------------
-    def _example(self) -> Any:
-        """omi.yaml's example input, as the model takes it (rows of numbers as one array)."""
-        example = self.config.raw.get("example")
-        if isinstance(example, list) and example and isinstance(example[0], list):
-            try:
-                array = np.asarray(example)
-            except ValueError:
-                return example
-            if array.dtype.kind in "fiub":
-                return array
-        return example
-
-    def _outputs_from(self, result: Any) -> list[dict[str, Any]]:
-        specs = []
-        for name, value in outputs_of(result).items():
-            spec, _ = encode_output(name, value, False)
-            shape = [-1, *spec["shape"][1:]] if spec["shape"] else []
-            specs.append({"name": name, "datatype": spec["datatype"], "shape": shape})
-        return specs
-
-    def _learnable(self) -> bool:
-        return self._outputs is None and self.service.ready and bool(self.config.raw.get("example"))
-
-    async def ametadata(self) -> dict[str, Any]:
-        """The metadata, its outputs learnt once from what the model answers to the example
-        input: the datatype and shape every infer returns, not a guess."""
-        if self._learnable():
-            try:
-                self._outputs = self._outputs_from(await self.service.apredict(self._example()))
-            except Exception:  # the example does not fit the model: outputs stay unknown
-                self._outputs = []
-        return self.metadata()
-
-    def metadata_blocking(self) -> dict[str, Any]:
-        """ametadata, from a gRPC worker thread."""
-        if self._learnable():
-            try:
-                self._outputs = self._outputs_from(self.service.predict_blocking(self._example()))
-            except Exception:
-                self._outputs = []
-        return self.metadata()
-
     def metadata(self) -> dict[str, Any]:
         example = self.config.raw.get("example")
         inputs = []
@@ -146,7 +103,8 @@ class KServeAdapter:
             "versions": [self.config.model_version],
             "platform": f"omibuild-{self.config.flavor}",
             "inputs": inputs,
-            "outputs": self._outputs or [],  # unknown until learnt from the example
+            # learnt from the example input by the build, checked at start-up (outputs.py)
+            "outputs": self.service.outputs or [],
         }
 
     async def infer_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -167,7 +125,7 @@ class KServeAdapter:
 
         async def model_meta(request: Request) -> Response:
             self._model(request.path_params["name"], request.path_params.get("version"))
-            return json_response(await self.ametadata())
+            return json_response(self.metadata())
 
         async def model_ready(request: Request) -> Response:
             self._model(request.path_params["name"], request.path_params.get("version"))

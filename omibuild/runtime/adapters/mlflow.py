@@ -21,7 +21,7 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import ModelService, to_jsonable
+from omibuild.runtime.model import InputError, ModelService, to_jsonable
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -46,6 +46,27 @@ def _refused_content_type(ctype: str, params: list[str], given: str) -> str | No
     return None
 
 
+# MLflow 3's error classification (mlflow/error_classification.py): the error class and
+# SQLSTATE its scoring server adds to each error_code
+ERROR_CLASSES = {
+    "BAD_REQUEST": ("INVALID_PARAMETER_VALUE", "KAM00"),
+    "INVALID_PARAMETER_VALUE": ("INVALID_PARAMETER_VALUE", "KAM00"),
+    "RESOURCE_DOES_NOT_EXIST": ("RESOURCE_NOT_FOUND", "KAM00"),
+    "TEMPORARILY_UNAVAILABLE": ("CLIENT_INTERNAL_ERROR", "XXM00"),
+    "INTERNAL_ERROR": ("CLIENT_INTERNAL_ERROR", "XXM00"),
+}
+
+
+def mlflow_error(code: str, message: str) -> dict[str, Any]:
+    error_class, sqlstate = ERROR_CLASSES[code]
+    return {
+        "error_code": code,
+        "message": message,
+        "sqlstate": sqlstate,
+        "error_class": error_class,
+    }
+
+
 class MlflowAdapter:
     http = True
 
@@ -58,10 +79,11 @@ class MlflowAdapter:
         code = {
             400: "BAD_REQUEST",
             404: "RESOURCE_DOES_NOT_EXIST",
+            405: "BAD_REQUEST",
             413: "BAD_REQUEST",
             503: "TEMPORARILY_UNAVAILABLE",
         }.get(status, "INTERNAL_ERROR")
-        return {"error_code": code, "message": message}
+        return mlflow_error(code, message)
 
     def _frame(self, columns: list[str] | None, rows: list[Any]) -> Any:
         """pyfunc models take a DataFrame; the others take rows."""
@@ -134,7 +156,10 @@ class MlflowAdapter:
                 data = self._frame(header, rows[1:])
             else:
                 data = self.parse(json_document(raw))
-            predictions = await self.service.apredict(data)
+            try:
+                predictions = await self.service.apredict(data)
+            except InputError as err:  # as MLflow: the input breaks the model's signature
+                return json_response(mlflow_error("INVALID_PARAMETER_VALUE", str(err)), 400)
             return json_response({"predictions": to_jsonable(predictions)})
 
         return [

@@ -1,0 +1,137 @@
+"""What the model answers: each output's name, V2 datatype and shape, learnt from a dry
+prediction on omi.yaml's example input.
+
+The build makes that prediction once (`python -m omibuild.runtime describe`, a step of the
+image build) and bakes the result into the image as outputs.json, beside omi.json, after
+checking it against the outputs the model's signature declares, if it has one. At start-up the
+runtime makes the same prediction before it reports ready (which also warms the model) and
+refuses to start if the answer has changed: V2 metadata then always states what every infer
+returns."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omibuild.runtime.adapters.kserve import outputs_of
+from omibuild.runtime.codec import encode_output
+from omibuild.runtime.config import DEFAULT_CONFIG, ConfigError, RuntimeConfig, load_config
+from omibuild.runtime.model import ModelService, brief
+
+OUTPUTS_FILE = "outputs.json"
+
+
+class OutputsChanged(Exception):
+    """The model's answer to the example differs from what the image was built with."""
+
+
+def example_input(config: RuntimeConfig) -> Any:
+    """omi.yaml's example input, as the model takes it (rows of numbers as one array)."""
+    example = config.raw.get("example")
+    if isinstance(example, list) and example and isinstance(example[0], list):
+        try:
+            array = np.asarray(example)
+        except ValueError:
+            return example
+        if array.dtype.kind in "fiub":
+            return array
+    return example
+
+
+def specs_of(result: Any) -> list[dict[str, Any]]:
+    """Each output's name, datatype and shape, the batch dimension left open (-1)."""
+    specs = []
+    for name, value in outputs_of(result).items():
+        spec, _ = encode_output(name, value, False)
+        shape = [-1, *spec["shape"][1:]] if spec["shape"] else []
+        specs.append({"name": name, "datatype": spec["datatype"], "shape": shape})
+    return specs
+
+
+def shown_specs(specs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['name']} {s['datatype']} {s['shape']}" for s in specs) or "nothing"
+
+
+def conflict(declared: list[dict[str, Any]], learnt: list[dict[str, Any]]) -> str | None:
+    """Where the learnt outputs break the declared ones: the datatypes must match, and each
+    declared dimension that is not -1 must be the learnt one."""
+    if len(declared) != len(learnt):
+        return f"{len(learnt)} outputs, where {len(declared)} are declared"
+    for want, got in zip(declared, learnt, strict=True):
+        dims_ok = len(want["shape"]) == len(got["shape"]) and all(
+            w in (-1, g) for w, g in zip(want["shape"], got["shape"], strict=True)
+        )
+        if want["datatype"] != got["datatype"] or not dims_ok:
+            return f"{shown_specs([got])}, where {shown_specs([want])} is declared"
+    return None
+
+
+def built_outputs(config: RuntimeConfig) -> list[dict[str, Any]] | None:
+    """The outputs the build learnt, or None when it learnt none (no example input)."""
+    path = Path(config.env.get("OMI_CONFIG", DEFAULT_CONFIG)).parent / OUTPUTS_FILE
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    return list(doc["outputs"])
+
+
+def learn(service: ModelService) -> None:
+    """A load step: predict the example before the model is reported ready, and keep what it
+    answers as the service's outputs. If the image was built knowing other outputs, stop."""
+    built = built_outputs(service.config)
+    if not service.config.raw.get("example"):
+        service.outputs = built
+        return
+    try:
+        learnt = specs_of(service.predict(example_input(service.config)))
+    except Exception as exc:
+        if built is None:  # an image built without a dry prediction: outputs stay unknown
+            return
+        raise OutputsChanged(f"the model no longer takes its example input: {brief(exc)}") from None
+    if built is not None and learnt != built:
+        raise OutputsChanged(
+            f"the model answers its example with {shown_specs(learnt)}; the image was built "
+            f"when it answered {shown_specs(built)}"
+        )
+    service.outputs = learnt
+
+
+def describe(out: Path) -> int:
+    """The build's dry prediction: load the model, predict the example, check the answer
+    against the declared outputs (the model's signature), and write outputs.json to ``out``.
+    Exit 0, or 3 with one line saying why the model and the manifest disagree."""
+    try:
+        config = load_config()
+    except ConfigError as err:
+        print(f"omibuild: {err}", file=sys.stderr)
+        return 2
+    service = ModelService(config)
+    try:
+        service.load()
+        learnt = specs_of(service.predict(example_input(config)))
+    except Exception as exc:
+        print(
+            f"omibuild: omi.yaml example: the model cannot predict it ({brief(exc)}); fix the "
+            "example input, or the model",
+            file=sys.stderr,
+        )
+        return 3
+    declared = config.raw.get("outputs")
+    problem = conflict(declared, learnt) if declared else None
+    if problem:
+        print(
+            f"omibuild: the model answers its example input with {problem} by its signature; "
+            "fix the signature or the model",
+            file=sys.stderr,
+        )
+        return 3
+    out.write_text(json.dumps({"outputs": learnt}, sort_keys=True) + "\n", "utf-8")
+    print(f"omibuild: the model answers its example with {shown_specs(learnt)}")
+    return 0
