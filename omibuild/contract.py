@@ -30,3 +30,8 @@ def origin_tag(origin_id: str) -> str:
     ``sha256:<model digest>``): characters outside [A-Za-z0-9_.-] become '-', at most 128."""
     tag = origin_id.replace(":", "-")
     return "".join(c if c.isalnum() or c in "_.-" else "-" for c in tag)[:128]
+
+
+# Beside omi.json in the image: each output's name, datatype and shape, as the build's dry
+# prediction on the example input learnt them (omibuild.runtime.outputs keeps the same name).
+OUTPUTS_FILE = "outputs.json"

@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
 from omibuild.runtime.requirements import runtime_requirements
-from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
+from omibuild.sources.base import OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
@@ -148,6 +148,11 @@ class Plan:
     digest: str = ""
     format: int = PLAN_FORMAT
     omibuild_version: str = __version__
+
+    @property
+    def dry_run(self) -> bool:
+        """The build predicts omi.yaml's example once (render: the describe stage)."""
+        return bool(json.loads(self.omi_json).get("example")) if self.omi_json else False
 
     @property
     def image_refs(self) -> tuple[str, ...]:
@@ -319,6 +324,8 @@ def _interfaces(m: Manifest) -> dict[str, dict[str, Any]]:
 
 def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str]) -> str:
     m, src = inputs.manifest, inputs.source
+    metadata = dict(src.metadata)
+    declared = metadata.pop(OUTPUTS_KEY, None)  # the model's signature: checked by the build
     config = {
         "format": 1,
         "name": m.name,
@@ -342,7 +349,7 @@ def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str
             "uri": src.uri,
             "id": src.origin_id,
             "version": src.version,
-            "metadata": dict(src.metadata),
+            "metadata": metadata,
         },
         "model": {
             "digest": model_digest(tuple(f for layer in layers for f in layer.files)),
@@ -354,6 +361,8 @@ def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str
         },
         "example": m.example,
     }
+    if declared:
+        config["outputs"] = json.loads(declared)
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 

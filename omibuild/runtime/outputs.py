@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from omibuild.runtime import log
 from omibuild.runtime.adapters.kserve import outputs_of
 from omibuild.runtime.codec import encode_output
 from omibuild.runtime.config import DEFAULT_CONFIG, ConfigError, RuntimeConfig, load_config
@@ -112,6 +113,7 @@ def describe(out: Path) -> int:
     except ConfigError as err:
         print(f"omibuild: {err}", file=sys.stderr)
         return 2
+    log.silence()  # the build log gets this command's one line, not the server's records
     service = ModelService(config)
     try:
         service.load()

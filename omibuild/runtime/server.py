@@ -19,7 +19,7 @@ from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
 from omibuild.runtime.model import ModelService, load_failure_line
-from omibuild.runtime.outputs import describe, learn
+from omibuild.runtime.outputs import built_outputs, describe, learn
 from omibuild.runtime.protocol import TimedHttpTools
 
 GRACE_SECONDS = 30
@@ -49,6 +49,7 @@ def create_app(
     service = service or ModelService(config)
     if learn not in service.load_steps:
         service.load_steps.append(learn)
+        service.outputs = built_outputs(config)  # metadata states them before the model loads
     metrics = Metrics()
     adapter = get_adapter(config.interface)(service, config, metrics)
 

@@ -9,6 +9,10 @@ from typing import Any, Protocol
 
 from omibuild.manifest.model import SourceSpec
 
+# In a source's metadata: the outputs the model's own metadata declares (its MLflow
+# signature), as V2 tensor specs in JSON. The plan moves them to omi.json's "outputs".
+OUTPUTS_KEY = "signature.outputs"
+
 
 @dataclass(frozen=True, order=True)
 class ModelFile:

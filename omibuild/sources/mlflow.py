@@ -16,7 +16,7 @@ from typing import Any
 
 from omibuild.errors import SourceError
 from omibuild.manifest.model import MlflowSource, SourceSpec
-from omibuild.sources.base import ResolvedSource
+from omibuild.sources.base import OUTPUTS_KEY, ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
@@ -159,6 +159,7 @@ class MlflowModelSource:
             if record is None:
                 record = self._download(tracking, download_uri, key)
         resolved = ResolvedSource.from_dict(record)
+        meta |= dict(resolved.metadata)
         return ResolvedSource(
             kind="mlflow",
             uri=spec.uri,
@@ -175,7 +176,7 @@ class MlflowModelSource:
         with self.cache.tmp_dir() as tmp:
             self.progress.line(f"downloading {uri} from {host_of(tracking)}")
             root = self._download_to(tracking, uri, tmp)
-            requirements, flavor, _ = model_metadata(root)
+            requirements, flavor, found = model_metadata(root)
             files = publish_tree(self.cache, root)
         record = ResolvedSource(
             kind="mlflow",
@@ -183,6 +184,8 @@ class MlflowModelSource:
             origin_id="",
             version="",
             files=tuple(sorted(files)),
+            # what the model's own MLmodel declares (its signature's outputs)
+            metadata=tuple(sorted((k, v) for k, v in found.items() if k == OUTPUTS_KEY)),
             requirements=requirements,
             flavor_hint=flavor,
         ).to_dict()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
+
+from omibuild.sources.base import OUTPUTS_KEY
 
 _MLFLOW_FLAVORS = {
     "sklearn": "sklearn",
@@ -47,6 +50,68 @@ def without_local_label(line: str) -> str:
     return f"{req.name}{extras}{','.join(sorted(specs))}{marker}"
 
 
+# MLflow signature types (mlflow.types.DataType) and tensor dtypes → V2 datatypes
+_V2_TYPES = {
+    "boolean": "BOOL",
+    "integer": "INT32",
+    "long": "INT64",
+    "float": "FP32",
+    "double": "FP64",
+    "string": "BYTES",
+    "binary": "BYTES",
+    "bool": "BOOL",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "object": "BYTES",
+    "str": "BYTES",
+}
+
+
+def signature_outputs(signature: object) -> list[dict[str, object]] | None:
+    """The V2 outputs an MLflow signature declares: one unnamed column (what a predict returning
+    one value per row declares), or tensors. None for anything else (several columns, types
+    without a V2 datatype): the build's dry prediction alone then says what the model answers."""
+    if not isinstance(signature, dict) or not isinstance(signature.get("outputs"), str):
+        return None
+    try:
+        specs = json.loads(signature["outputs"])
+    except ValueError:
+        return None
+    if not isinstance(specs, list) or not specs:
+        return None
+    out: list[dict[str, object]] = []
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            return None
+        if spec.get("type") == "tensor":
+            tensor = spec.get("tensor-spec") or {}
+            datatype = _V2_TYPES.get(str(tensor.get("dtype")))
+            shape = tensor.get("shape")
+            if not datatype or not isinstance(shape, list) or not shape:
+                return None
+            out.append(
+                {
+                    "name": str(spec.get("name") or f"output-{index}"),
+                    "datatype": datatype,
+                    "shape": [-1, *shape[1:]],
+                }
+            )
+        elif len(specs) == 1 and spec.get("type") in _V2_TYPES:
+            out.append({"name": "output-0", "datatype": _V2_TYPES[spec["type"]], "shape": [-1]})
+        else:
+            return None
+    return out
+
+
 def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[str, str]]:
     """(requirements, flavor hint, metadata) from MLmodel / requirements.txt / config.json."""
     meta: dict[str, str] = {}
@@ -68,6 +133,9 @@ def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[s
                 meta["mlflow_flavor"] = name
         if spec.get("mlflow_version"):
             meta["mlflow_version"] = str(spec["mlflow_version"])
+        outputs = signature_outputs(spec.get("signature"))
+        if outputs:
+            meta[OUTPUTS_KEY] = json.dumps(outputs, separators=(",", ":"))
     elif (model_dir / "config.json").is_file():
         flavor = "transformers"
     return requirements, flavor, meta

@@ -235,3 +235,56 @@ def test_plans_of_an_init_manifest_are_stable_and_the_same_without_an_engine(
     unpinned = cli(repo, "plan", "--format", "json", env=nowhere)
     assert "the digest of base image" in unpinned.stderr and "does not pin it" in unpinned.stderr
     assert json.loads(unpinned.stdout)["digest"] != plan["digest"]
+
+
+def test_the_build_learns_the_outputs_from_the_example_and_a_bad_example_fails_it(
+    tmp_path: Path, unique: str, engine: None, cache_dir: Path, image_cleanup: list[str]
+) -> None:
+    """A stranger adds an example input to what init wrote: the build predicts it once, and
+    V2 metadata states the outputs before any request. An example the model cannot take
+    fails the build, with the reason in one line."""
+    from omibuild.conformance.images import free_port
+
+    repo = new_repo(tmp_path, f"stranger-outputs-{unique}", train_joblib)
+    assert cli(repo, "init").returncode == 0
+    manifest = repo / "omi.yaml"
+    written = manifest.read_text()
+    manifest.write_text(
+        written.replace("model:\n", "model:\n  example: {instances: [[5.1, 3.5, 1.4, 0.2]]}\n", 1)
+    )
+    assert cli(repo, "validate").returncode == 0
+    record = apply_json(repo, image_cleanup)
+    image = next(t for t in record["tags"] if t.endswith(":latest"))  # type: ignore[attr-defined]
+    port = free_port()
+    cid = subprocess.run(
+        ["docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        import urllib.request
+
+        name = f"stranger-outputs-{unique}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v2/models/{name}", timeout=5
+                ) as resp:
+                    meta = json.load(resp)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the image never answered"
+                time.sleep(0.3)
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+    assert meta["outputs"] == [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+
+    manifest.write_text(
+        written.replace("model:\n", "model:\n  example: {instances: [[1.0, 2.0]]}\n", 1)
+    )
+    failed = cli(repo, "apply", "--progress", "quiet")
+    assert failed.returncode == 1, failed.stderr
+    assert "omibuild: omi.yaml example: the model cannot predict it" in failed.stderr
+    assert "X has 2 features" in failed.stderr and "Traceback" not in failed.stderr
