@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -319,14 +320,73 @@ def sklearn_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def ours(sklearn_root: Path) -> Iterator[Server]:
-    server = Server(sklearn_root, "kfserving", "v2")
+class Built:
+    """The image omibuild builds from the same model file, run as a container: the same
+    request interface as the runtime-as-a-process Server."""
+
+    def __init__(self, image: str) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        ports = ["-p", f"127.0.0.1:{self.port}:8080", "-p", f"127.0.0.1:{self.grpc_port}:8081"]
+        self.cid = subprocess.run(
+            ["docker", "run", "-d", "--rm", "--read-only", "--tmpfs", "/tmp", *ports, image],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while self.request("GET", "/v2/health/ready")[0] != 200:
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.3)
+
+    def logs(self) -> str:
+        done = subprocess.run(["docker", "logs", self.cid], capture_output=True, text=True)
+        return done.stderr[-3000:]
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
+    ) -> tuple[int, bytes]:
+        return call(self.base, method, path, body, ctype)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        subprocess.run(["docker", "rm", "-f", self.cid], capture_output=True, check=False)
+
+
+Ours = Server | Built
+
+
+def build_image(sklearn_root: Path, tmp: Path) -> str:
+    """A stranger's repository named m holding the model file, `omibuild init` and `apply`
+    as the README says, with the example input added."""
+    from tests.conftest import images_to_remove
+    from tests.integration.test_first_model import cli
+
+    repo = tmp / "m"
+    shutil.copytree(sklearn_root / "model", repo / "model")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert cli(repo, "init").returncode == 0
+    manifest = repo / "omi.yaml"
+    example = "model:\n  example: {instances: [[5.1, 3.5, 1.4, 0.2]]}\n"
+    manifest.write_text(manifest.read_text().replace("model:\n", example, 1))
+    with images_to_remove().open("a") as fh:
+        fh.write("omibuild.local/m\n")
+    built = cli(repo, "apply", "--format", "json", "--progress", "quiet")
+    assert built.returncode == 0, built.stderr[-3000:]
+    [record] = json.loads(built.stdout)
+    return next(t for t in record["tags"] if t.endswith(":latest"))
+
+
+@pytest.fixture(scope="module", params=["process", "image"])
+def ours(
+    request: pytest.FixtureRequest, sklearn_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Ours]:
+    """omibuild's runtime on the model file: as a process, and as the image built from it."""
+    if request.param == "process":
+        server: Ours = Server(sklearn_root, "kfserving", "v2")
+    else:
+        server = Built(build_image(sklearn_root, tmp_path_factory.mktemp("built")))
     yield server
     server.stop()
-
-
-REFERENCE = {"kserve": KSERVE, "mlserver": MLSERVER}
 
 
 def started(ref: Reference, sklearn_root: Path, root: Path) -> Iterator[tuple[str, int]]:
@@ -354,19 +414,19 @@ def mlserver(sklearn_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     yield from started(MLSERVER, sklearn_root, tmp_path_factory.mktemp("mlserver"))
 
 
-def same_over_rest(ref: Reference, base: str, ours: Server, name: str) -> None:
+def same_over_rest(ref: Reference, base: str, ours: Ours, name: str) -> None:
     method, path, body = ref.rest[name][:3]
     theirs = shape_of(*call(base, method, path, body))
     compare(ref, name, theirs, shape_of(*ours.request(method, path, body)))
 
 
 @pytest.mark.parametrize("name", list(KSERVE.rest))
-def test_rest_answers_as_kserve(kserve: tuple[str, int], ours: Server, name: str) -> None:
+def test_rest_answers_as_kserve(kserve: tuple[str, int], ours: Ours, name: str) -> None:
     same_over_rest(KSERVE, kserve[0], ours, name)
 
 
 @pytest.mark.parametrize("name", list(MLSERVER.rest))
-def test_rest_answers_as_mlserver(mlserver: tuple[str, int], ours: Server, name: str) -> None:
+def test_rest_answers_as_mlserver(mlserver: tuple[str, int], ours: Ours, name: str) -> None:
     same_over_rest(MLSERVER, mlserver[0], ours, name)
 
 
@@ -431,19 +491,19 @@ def grpc_shape(port: int, method: str, request: Any) -> tuple[str, Any]:
     return "OK", str(reply)
 
 
-def same_over_grpc(ref: Reference, port: int, ours: Server, name: str) -> None:
+def same_over_grpc(ref: Reference, port: int, ours: Ours, name: str) -> None:
     method, request = grpc_cases()[name]
     theirs = grpc_shape(port, method, request)
     compare(ref, name, theirs, grpc_shape(ours.grpc_port, method, request))
 
 
 @pytest.mark.parametrize("name", KSERVE.grpc)
-def test_grpc_answers_as_kserve(kserve: tuple[str, int], ours: Server, name: str) -> None:
+def test_grpc_answers_as_kserve(kserve: tuple[str, int], ours: Ours, name: str) -> None:
     same_over_grpc(KSERVE, kserve[1], ours, name)
 
 
 @pytest.mark.parametrize("name", MLSERVER.grpc)
-def test_grpc_answers_as_mlserver(mlserver: tuple[str, int], ours: Server, name: str) -> None:
+def test_grpc_answers_as_mlserver(mlserver: tuple[str, int], ours: Ours, name: str) -> None:
     same_over_grpc(MLSERVER, mlserver[1], ours, name)
 
 
