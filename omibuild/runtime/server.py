@@ -47,8 +47,8 @@ def create_app(
 
     config = config or load_config()
     service = service or ModelService(config)
-    if learn not in service.load_steps:
-        service.load_steps.append(learn)
+    if learn not in service.after_ready:
+        service.after_ready.append(learn)
         service.outputs = built_outputs(config)  # metadata states them before the model loads
     metrics = Metrics()
     adapter = get_adapter(config.interface)(service, config, metrics)
