@@ -32,6 +32,7 @@ VERBS = {
     "apply": "build (and push) the OMI image",
     "run": "start an image locally and try it",
     "check": "check an image against the Open Model Interface spec",
+    "cache": "list what omibuild keeps on disk, or prune it to a size",
     "schema": "print the omi.yaml JSON Schema",
     "completion": "print a shell completion script (bash or zsh)",
 }
@@ -96,6 +97,13 @@ DETAILS = {
         "Starts every interface the image declares, each in its own container, and checks\n"
         "labels, readiness, the example prediction and a clean stop.",
         ["omibuild check omibuild.local/iris:latest", "omibuild check IMAGE --format junit"],
+    ),
+    "cache": (
+        "Source files (models fetched from MLflow or the Hugging Face Hub), BuildKit cache\n"
+        "directories (one per model), build contexts and scratch, with sizes and last use.\n"
+        "prune keeps the most recently used within --keep and removes the rest; it is safe\n"
+        "while builds run (what a running build uses is kept, and said so).",
+        ["omibuild cache", "omibuild cache prune --keep 20GB", "omibuild cache --format json"],
     ),
     "schema": ("The JSON Schema that editors use to validate and complete omi.yaml.", []),
     "completion": (
@@ -208,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     _add_format(p, ["text", "json", "junit"], "text")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+
+    p = _verb(sub, "cache")
+    p.add_argument("action", nargs="?", choices=["list", "prune"], default="list")
+    p.add_argument("--keep", metavar="SIZE", help="prune: keep this much (20GB, 500MiB, 0)")
+    _add_format(p, ["text", "json"], "text")
 
     _verb(sub, "schema")
 

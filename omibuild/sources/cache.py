@@ -44,13 +44,27 @@ class CorruptBlob(Exception):
 
 
 class Cache:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, hold: bool = True) -> None:
         self.root = root or default_cache_dir()
         for sub in ("blobs/sha256", "index", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Held shared for this object's life: `omibuild cache prune` removes source files,
+        # contexts and scratch only when it can take this lock alone (sources/usage.py).
+        self._in_use = None
+        if hold:
+            self._in_use = open(self.in_use_lock, "a")  # noqa: SIM115 (held, not scoped)
+            fcntl.flock(self._in_use, fcntl.LOCK_SH)
         self._stat_memo: dict[str, list[Any]] | None = None
         self._stat_dirty = False
         self._sweep_tmp()
+
+    def __del__(self) -> None:
+        if getattr(self, "_in_use", None) is not None:
+            self._in_use.close()  # type: ignore[union-attr]
+
+    @property
+    def in_use_lock(self) -> Path:
+        return self.root / "locks" / "in-use.lock"
 
     # -- blobs ---------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:

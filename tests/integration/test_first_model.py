@@ -288,3 +288,70 @@ def test_the_build_learns_the_outputs_from_the_example_and_a_bad_example_fails_i
     assert failed.returncode == 1, failed.stderr
     assert "omibuild: omi.yaml example: the model cannot predict it" in failed.stderr
     assert "X has 2 features" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_cache_prune_while_a_build_runs_leaves_that_build_whole(
+    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
+) -> None:
+    """A stranger's cache (its own OMIBUILD_CACHE_DIR): `omibuild cache` lists the build's
+    BuildKit cache; a prune run during another build keeps what that build uses and the build
+    succeeds; a prune to 0 afterwards empties it, and the next apply still works."""
+    import fcntl
+
+    own = {"OMIBUILD_CACHE_DIR": str(tmp_path / "omicache")}
+    repo = new_repo(tmp_path, f"stranger-prune-{unique}", train_joblib)
+    assert cli(repo, "init", env=own).returncode == 0
+    built = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=own)
+    assert built.returncode == 0, built.stderr[-2000:]
+    image_cleanup += json.loads(built.stdout)[0]["tags"]
+    listed = cli(repo, "cache", "--format", "json", env=own)
+    assert listed.returncode == 0, listed.stderr
+    caches = [e for e in json.loads(listed.stdout)["entries"] if e["kind"] == "build cache"]
+    assert [e["name"] for e in caches] == [f"stranger-prune-{unique}"] and caches[0]["bytes"] > 0
+    lock = Path(caches[0]["path"] + ".lock")
+
+    (repo / "model" / "extra.txt").write_text(f"retrained {unique}\n")  # a new build's work
+    env = {"OMIBUILD_CACHE_DIR": own["OMIBUILD_CACHE_DIR"], **os.environ}
+    running = subprocess.Popen(
+        [OMIBUILD, "apply", "--format", "json", "--progress", "quiet"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until the build holds its cache directory
+            with open(lock, "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+            assert running.poll() is None, running.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the build never took its cache directory"
+            time.sleep(0.05)
+        pruned = cli(repo, "cache", "prune", "--keep", "0", "--format", "json", env=own)
+        out, err = running.communicate(timeout=600)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert caches[0]["path"] in {e["path"] for e in report["busy"]}, report
+    assert running.returncode == 0, err[-3000:]
+    image_cleanup += json.loads(out)[0]["tags"]
+
+    emptied = cli(repo, "cache", "prune", "--keep", "0", env=own)
+    assert emptied.returncode == 0 and emptied.stdout.startswith("removed "), emptied.stdout
+    assert [
+        e
+        for e in json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
+        if e["kind"] == "build cache"
+    ] == []
+    (repo / "model" / "extra.txt").write_text(f"retrained again {unique}\n")
+    again = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=own)
+    assert again.returncode == 0, again.stderr[-3000:]
+    image_cleanup += json.loads(again.stdout)[0]["tags"]

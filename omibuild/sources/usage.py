@@ -1,0 +1,180 @@
+"""What omibuild keeps on disk, and pruning it to a size (`omibuild cache`).
+
+Four kinds, under the cache root: source files (model files fetched from MLflow or the Hugging
+Face Hub, blobs/sha256), BuildKit cache directories (buildkit/NAME, one per model, written by
+each build's cache export), build contexts (contexts/KEY, the last context staged for each
+manifest) and scratch (tmp/).
+
+Pruning keeps the most recently used entries within a size and removes the rest, oldest first,
+and is safe while builds run: a BuildKit cache directory is removed only under the lock each
+build holds while it uses it (engine/apply.py), and source files, contexts and scratch only
+when no omibuild command holds the cache (Cache holds a shared lock for its life). Whatever is
+busy is kept and reported. A BuildKit cache directory goes whole, never in part: the engine
+keeps lazy records that point into one, and a directory cut in place breaks them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from omibuild.sources.cache import Cache
+
+KINDS = ("source file", "build cache", "build context", "scratch")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    path: Path
+    size: int
+    last_use: float  # seconds since the epoch
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.path),
+            "bytes": self.size,
+            "last_use": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_use)),
+        }
+
+
+@dataclass
+class Pruned:
+    removed: list[Entry]
+    kept: list[Entry]
+    busy: list[Entry]  # over the size, but in use by a running build
+
+
+def _tree(path: Path) -> tuple[int, float]:
+    """Bytes (each inode once: contexts hard-link model files) and the newest mtime."""
+    seen: set[tuple[int, int]] = set()
+    size, newest = 0, 0.0
+    for root, _dirs, files in os.walk(path):
+        for name in (".", *files):
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            newest = max(newest, st.st_mtime)
+            if name != "." and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                size += st.st_size
+    return size, newest
+
+
+def _context_name(path: Path) -> str:
+    try:
+        return str(json.loads((path / "omi.json").read_text("utf-8"))["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return path.name
+
+
+def entries(cache: Cache) -> list[Entry]:
+    """Everything under the cache root that a prune may remove, most recently used first."""
+    found: list[Entry] = []
+    blobs = cache.root / "blobs" / "sha256"
+    for blob in blobs.iterdir() if blobs.is_dir() else ():
+        try:
+            st = blob.stat()
+        except OSError:
+            continue
+        found.append(Entry("source file", blob.name[:12], blob, st.st_size, st.st_mtime))
+    for kind, sub in (("build cache", "buildkit"), ("build context", "contexts")):
+        parent = cache.root / sub
+        for path in parent.iterdir() if parent.is_dir() else ():
+            if not path.is_dir() or ".new-" in path.name or ".old-" in path.name:
+                continue
+            size, newest = _tree(path)
+            name = _context_name(path) if kind == "build context" else path.name
+            found.append(Entry(kind, name, path, size, newest))
+    for path in (cache.root / "tmp").iterdir() if (cache.root / "tmp").is_dir() else ():
+        size, newest = _tree(path) if path.is_dir() else (path.stat().st_size, path.stat().st_mtime)
+        found.append(Entry("scratch", path.name, path, size, newest))
+    return sorted(found, key=lambda e: e.last_use, reverse=True)
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[bool]:
+    """Yield whether the lock was free (and is now held), without waiting."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove(entry: Entry) -> None:
+    if entry.path.is_dir() and not entry.path.is_symlink():
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        entry.path.unlink(missing_ok=True)
+
+
+def prune(cache: Cache, keep_bytes: int) -> Pruned:
+    """Keep the most recently used entries within ``keep_bytes``; remove the others that no
+    running build uses."""
+    result = Pruned([], [], [])
+    over: list[Entry] = []
+    total = 0
+    for entry in entries(cache):
+        if total + entry.size <= keep_bytes:
+            total += entry.size
+            result.kept.append(entry)
+        else:
+            over.append(entry)
+    shared = [e for e in over if e.kind != "build cache"]
+    with _exclusive(cache.in_use_lock) as idle:
+        for entry in shared:
+            if idle:
+                _remove(entry)
+                result.removed.append(entry)
+            else:
+                result.busy.append(entry)
+    for entry in (e for e in over if e.kind == "build cache"):
+        # the lock engine/apply.py holds while a build reads or writes this directory
+        with _exclusive(entry.path.with_name(entry.path.name + ".lock")) as free:
+            if free:
+                _remove(entry)
+                result.removed.append(entry)
+            else:
+                result.busy.append(entry)
+    return result
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """ "20GB", "500MiB", "0" → bytes; ValueError naming the forms it takes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size: use e.g. 20GB, 500MiB or 0")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    base = unit[:1]
+    factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgt".index(base or "b")
+    return int(number * factor)
+
+
+def human(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"

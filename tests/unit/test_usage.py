@@ -1,0 +1,145 @@
+"""`omibuild cache`: what omibuild keeps, and pruning it to a size without breaking a build
+that is running (sources/usage.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from omibuild.sources.cache import Cache
+from omibuild.sources.usage import entries, parse_size, prune
+
+DAY = 86400
+
+
+def aged(path: Path, days: float) -> Path:
+    stamp = time.time() - days * DAY
+    for root, dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
+        for name in [*dirs, *files]:
+            os.utime(os.path.join(root, name), (stamp, stamp))
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def filled(root: Path) -> Cache:
+    """A cache with two source files, two BuildKit cache directories and a context."""
+    cache = Cache(root, hold=False)
+    for name, size, days in (("a" * 64, 3000, 5), ("b" * 64, 1000, 1)):
+        aged(_write(cache.blob_path(name), size), days)
+    for model, size, days in (("old-model", 5000, 10), ("new-model", 4000, 0.1)):
+        directory = root / "buildkit" / model
+        _write(directory / "blobs" / "sha256" / "x", size)
+        _write(directory / "index.json", 10)
+        aged(directory, days)
+    context = root / "contexts" / "0123456789abcdef"
+    _write(context / "model" / "0" / "model.joblib", 2000)
+    (context / "omi.json").write_text(json.dumps({"name": "churn"}))
+    aged(context, 2)
+    return cache
+
+
+def _write(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    return path
+
+
+def test_entries_list_every_kind_newest_first(tmp_path: Path) -> None:
+    found = entries(filled(tmp_path / "cache"))
+    assert [(e.kind, e.name) for e in found] == [
+        ("build cache", "new-model"),
+        ("source file", "b" * 12),
+        ("build context", "churn"),
+        ("source file", "a" * 12),
+        ("build cache", "old-model"),
+    ]
+    sizes = {e.name: e.size for e in found}
+    assert sizes["new-model"] == 4010 and sizes["churn"] > 2000
+
+
+def test_hard_links_count_once(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache", hold=False)
+    blob = _write(cache.blob_path("c" * 64), 7000)
+    context = tmp_path / "cache" / "contexts" / "k"
+    (context / "model").mkdir(parents=True)
+    os.link(blob, context / "model" / "a")
+    os.link(blob, context / "model" / "b")
+    [ctx] = [e for e in entries(cache) if e.kind == "build context"]
+    assert ctx.size == 7000
+
+
+def test_prune_keeps_the_newest_within_the_size(tmp_path: Path) -> None:
+    cache = filled(tmp_path / "cache")
+    done = prune(cache, 4010 + 1000)  # room for the two newest entries
+    assert {e.name for e in done.kept} == {"new-model", "b" * 12}
+    assert {e.name for e in done.removed} == {"churn", "a" * 12, "old-model"}
+    assert not done.busy
+    assert not (tmp_path / "cache" / "buildkit" / "old-model").exists()
+    assert not cache.blob_path("a" * 64).exists() and cache.blob_path("b" * 64).exists()
+    assert [e.name for e in entries(cache)] == ["new-model", "b" * 12]
+
+
+def test_prune_leaves_what_a_running_build_holds(tmp_path: Path) -> None:
+    """A build holds its BuildKit cache directory's lock, and every omibuild command holds
+    the cache shared: prune keeps those entries and says so."""
+    root = tmp_path / "cache"
+    cache = filled(root)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "from pathlib import Path\n"
+            "from omibuild.sources.cache import Cache\n"
+            f"cache = Cache(Path({str(root)!r}))\n"  # holds the cache, as apply does
+            f"lock = open({str(root / 'buildkit' / 'old-model.lock')!r}, 'a')\n"
+            "fcntl.flock(lock, fcntl.LOCK_EX)\n"  # as engine/apply.py while building
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        done = prune(cache, 0)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert {e.name for e in done.removed} == {"new-model"}  # nobody uses it
+    assert {e.name for e in done.busy} == {"old-model", "churn", "a" * 12, "b" * 12}
+    assert (root / "buildkit" / "old-model").exists() and cache.blob_path("a" * 64).exists()
+    again = prune(cache, 0)  # the build has finished
+    assert {e.name for e in again.removed} == {"old-model", "churn", "a" * 12, "b" * 12}
+    assert entries(cache) == []
+
+
+def test_a_cache_holds_its_lock_shared_while_it_lives(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    with open(cache.in_use_lock, "a") as fh:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # other commands share it
+    del cache
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("20GB", 20 * 10**9), ("500MiB", 500 << 20), ("1.5g", 1_500_000_000), ("7", 7)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1GB", "20 parsecs"])
+def test_sizes_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size(text)
