@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor, docker_context
+from omibuild.engine.progress import human_size
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
@@ -34,6 +35,23 @@ def _summary(results: list[ApplyResult], stream: TextIO) -> None:
         steps = f"{r.cached_steps}/{r.total_steps}" if r.total_steps else "-"
         table.add_row(r.name, r.status, "\n".join(r.refs), f"{r.seconds:.1f}", steps)
     Console(file=stream, width=160).print(table)
+
+
+def _next_steps(r: ApplyResult, output: str, executor: Any) -> None:
+    """What a person sees after a build: size, digest, cache hits, and how to try it."""
+    facts = []
+    size = executor.image_size(r.refs[0]) if output == "load" and r.refs else None
+    if size:
+        facts.append(f"{human_size(size)}")
+    if r.digest:
+        facts.append(f"digest {r.digest}")
+    if r.total_steps:
+        facts.append(f"{r.cached_steps}/{r.total_steps} steps cached")
+    if facts:
+        print("  " + ", ".join(facts))
+    if output in ("load", "push") and r.refs:
+        ref = next((t for t in r.refs if t.endswith(":latest")), r.refs[-1])
+        print(f"  try it: omibuild run {ref} --predict request.json")
 
 
 def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dict[str, Any]:
@@ -86,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             offline=args.offline,
             base_digest=executor.image_digest,
             save_lock=True,
+            notes=args.progress != "quiet",
         )
         for t in targets
     ]
@@ -107,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         sbom=args.sbom,
     )
+    executor.ping()  # an engine that does not answer is exit 2, as on every verb
     results = apply_all([target_of(p) for p in prepared], executor, cache, progress, options)
     failed = [r for r in results if r.status == "failed"]
     if args.format == "json":
@@ -114,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
         report = [_record(r, plans[r.name].digest, options.output, executor) for r in results]
         print(json.dumps(report, indent=2))
         return EXIT_INVALID if failed else EXIT_OK
-    for r in failed:
-        print(f"omibuild: error: {r.name}: {r.error}", file=sys.stderr)
     if len(results) == 1 and not failed:
         r = results[0]
         print(
@@ -123,8 +141,12 @@ def run(args: argparse.Namespace) -> int:
             + ("" if r.status == "up to date" else f" in {r.seconds:.1f}s")
             + f": {', '.join(r.refs)}"
         )
-    else:
+        if r.status == "built":
+            _next_steps(r, options.output, executor)
+    elif len(results) > 1:
         _summary(results, sys.stdout)
+    for r in failed:
+        print(f"omibuild: error: {r.name}: {r.error}", file=sys.stderr)
     return EXIT_INVALID if failed else EXIT_OK
 
 

@@ -29,7 +29,9 @@ from omibuild.sources.progress import Progress
 def _image_and_example(target: str) -> tuple[str, Any]:
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):  # a manifest (a missing one is its own error)
-        prepared = prepare(path, Cache(), Progress(), offline=(path.with_name("omi.lock")).exists())
+        offline = path.with_name("omi.lock").exists()
+        # only the image's name is wanted here: no note about pinning the base
+        prepared = prepare(path, Cache(), Progress(), offline=offline, notes=False)
         return prepared.plan.image_refs[0], prepared.manifest.example
     return target, None
 

@@ -308,7 +308,9 @@ def apply_all(
         job.result.seconds = elapsed
         job.result.digest = result.digest
         job.result.cached_steps, job.result.total_steps = result.cached_steps, result.total_steps
-        if not result.ok:
+        if not result.ok and result.log_path:  # the fault in one line, the log in a file
+            job.result.error = f"{result.error or 'build failed'}; full log: {result.log_path}"
+        elif not result.ok:  # --progress plain: the log is on the screen already
             tail = "\n".join(result.log_tail[-25:])
             job.result.error = f"{result.error or 'build failed'}\n{tail}"
     return [j.result for j in jobs]
@@ -341,7 +343,11 @@ def _retry_transient_failures(
         if result.ok:
             continue
         tail = "\n".join([*result.log_tail, result.error or ""])
-        if request.cache_to and re.search(r"exporting cache|cache manifest", tail):
+        if result.log_path is not None:  # structured progress: the step that failed says it
+            cache_failed = (result.failed_step or "").startswith("exporting cache")
+        else:
+            cache_failed = bool(re.search(r"exporting cache|cache manifest", tail))
+        if request.cache_to and cache_failed:
             progress.line(
                 f"{request.tags[0]}: exporting the build cache failed "
                 f"({result.error or 'error'}); building again without exporting it"

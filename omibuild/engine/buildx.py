@@ -19,8 +19,18 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from omibuild.engine.progress import (
+    Events,
+    GithubView,
+    LineView,
+    Steps,
+    TtyView,
+    diagnose,
+    new_log,
+)
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import UsageError
+from omibuild.sources.cache import default_cache_dir
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
@@ -91,9 +101,12 @@ class BuildxExecutor:
     one quick query of the engine. With ``context``, everything (the build, the image
     store, tags) happens on that docker context's engine."""
 
-    def __init__(self, stream: TextIO | None = None, context: str | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, context: str | None = None, log_dir: Path | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.context = context
+        self.log_dir = log_dir or default_cache_dir() / "logs"  # each build's full log
         self._docker: DockerClient | None = None
 
     @property
@@ -129,6 +142,27 @@ class BuildxExecutor:
 
     def image_digest(self, ref: str) -> str | None:
         return self._inspect(ref, "{{.Id}}")
+
+    def ping(self) -> None:
+        """Raise the one engine-unreachable error every verb gives (exit 2), before a build
+        would fail on it with BuildKit's own words."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        try:
+            proc = subprocess.run(
+                [exe, *self._context_args(), "version", "--format", "{{.Server.Version}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as err:
+            raise engine_error(err) from None
+        if proc.returncode != 0:
+            raise engine_error(RuntimeError(proc.stderr))
+
+    def image_size(self, ref: str) -> int | None:
+        out = self._inspect(ref, "{{.Size}}")
+        return int(out) if out and out.isdigit() else None
 
     def remote_annotations(self, ref: str) -> dict[str, str] | None:
         cmd = [*self._docker_cmd(), "buildx", "imagetools", "inspect", "--raw", ref]
@@ -280,6 +314,8 @@ class BuildxExecutor:
         return result
 
     def _run(self, cmd: list[str], req: BuildRequest, secrets: list[BuildSecret]) -> BuildResult:
+        if req.progress != "plain":
+            return self._run_structured(cmd, req, secrets)
         tail: deque[str] = deque(maxlen=60)
         steps: set[str] = set()
         cached: set[str] = set()
@@ -308,15 +344,7 @@ class BuildxExecutor:
                 live.line(line)
             code = proc.wait()
         except BaseException:
-            # Ctrl-C or any error: cancel the build (buildx cancels BuildKit's solve on SIGINT)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _cancel(proc)
             raise
         finally:
             live.close()
@@ -331,6 +359,79 @@ class BuildxExecutor:
             cached_steps=len(cached & steps),
             total_steps=len(steps),
         )
+
+    def _view(self, req: BuildRequest) -> Any:
+        tty = self.stream.isatty() and not os.environ.get("CI")
+        if req.progress == "quiet":
+            return None
+        if req.progress == "tty" or (req.progress == "auto" and tty):
+            return TtyView(self.stream, req.tags[0].split(":")[0] if req.tags else "the image")
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            return GithubView(self.stream)
+        return LineView(self.stream)
+
+    def _run_structured(
+        self, cmd: list[str], req: BuildRequest, secrets: list[BuildSecret]
+    ) -> BuildResult:
+        """buildx with --progress=rawjson: our view while it runs, and on failure one line
+        that names the fault (engine/progress.py), with the full log kept in a file."""
+        cmd = ["--progress=rawjson" if c == "--progress=plain" else c for c in cmd]
+        name = req.tags[0].rsplit("/", 1)[-1].split(":")[0] if req.tags else "build"
+        log_path = new_log(self.log_dir, name)
+        env = dict(os.environ) | {s.env_name: s.value for s in secrets if s.value is not None}
+        events = Events()
+        view = self._view(req)
+        with open(log_path, "w", encoding="utf-8") as log:
+            steps = Steps(log)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+                env=env,
+            )
+            try:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    for event in events.feed(raw.rstrip("\n")):
+                        finished = steps.apply(event)
+                        if view is not None:
+                            view.update(steps, finished)
+                code = proc.wait()
+            except BaseException:
+                _cancel(proc)
+                raise
+            finally:
+                if view is not None:
+                    view.close(steps)
+                if proc.stdout is not None:
+                    proc.stdout.close()
+        dockerfile = steps.dockerfile_steps()
+        failure = None if code == 0 else diagnose(steps)
+        failed = next((s.name for s in steps.steps.values() if s.failed), None)
+        return BuildResult(
+            ok=code == 0,
+            log_tail=steps.tail(),
+            error=str(failure) if failure else None,
+            cached_steps=sum(1 for s in dockerfile if s.cached),
+            total_steps=len(dockerfile),
+            log_path=str(log_path),
+            failed_step=failed if code != 0 else None,
+        )
+
+
+def _cancel(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C or any error: cancel the build (buildx cancels BuildKit's solve on SIGINT)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 class _Live:

@@ -56,6 +56,8 @@ class BuildResult:
     error: str | None = None
     cached_steps: int = 0
     total_steps: int = 0
+    log_path: str | None = None  # the whole build log (structured progress modes)
+    failed_step: str | None = None  # the name of the step that failed (structured modes)
 
 
 class Executor(Protocol):

@@ -35,12 +35,13 @@ def prepare(
     offline: bool = False,
     base_digest: Callable[[str], str | None] | None = None,
     save_lock: bool = False,
+    notes: bool = True,
 ) -> Prepared:
     """The plan for one manifest. Only ``save_lock`` (apply, lock) writes omi.lock: a plan is
     a dry run and leaves the repository as it found it."""
     manifest = load_manifest(path)
     resolved = resolve(manifest, cache, progress, locked=locked, offline=offline, update_lock=False)
-    base = pin_base(manifest, None if offline else base_digest, locked=locked)
+    base = pin_base(manifest, None if offline else base_digest, locked=locked, notes=notes)
     if save_lock and not (locked or offline):
         write_lock(manifest, resolved, base)
     inputs = gather(manifest, resolved, cache, base_digest=lambda _: base)
@@ -49,7 +50,11 @@ def prepare(
 
 
 def pin_base(
-    manifest: Manifest, engine: Callable[[str], str | None] | None, *, locked: bool = False
+    manifest: Manifest,
+    engine: Callable[[str], str | None] | None,
+    *,
+    locked: bool = False,
+    notes: bool = True,
 ) -> str | None:
     """The base image's digest: the engine's when it answers, else the one omi.lock pins, so
     a plan made without an engine (a reviewer's laptop, a lint-only CI job) is the same plan.
@@ -63,6 +68,8 @@ def pin_base(
         )
     if found or pinned:
         return found or pinned
+    if not notes:
+        return None
     print(
         f"omibuild: note: the digest of base image {manifest.image.base} is unknown (not in "
         f"the local engine, not in {lock_path(manifest).name}); the plan does not pin it",

@@ -286,8 +286,12 @@ def test_the_build_learns_the_outputs_from_the_example_and_a_bad_example_fails_i
     )
     failed = cli(repo, "apply", "--progress", "quiet")
     assert failed.returncode == 1, failed.stderr
-    assert "omibuild: omi.yaml example: the model cannot predict it" in failed.stderr
-    assert "X has 2 features" in failed.stderr and "Traceback" not in failed.stderr
+    [line] = failed.stderr.strip().splitlines()  # one line: the reason, and the log's path
+    assert line.startswith(
+        f"omibuild: error: stranger-outputs-{unique}: omi.yaml example: the model cannot "
+        "predict it (the model rejected the input: ValueError: X has 2 features"
+    ), line
+    assert Path(line.rsplit("; full log: ", 1)[1]).is_file()
 
 
 def test_cache_prune_while_a_build_runs_leaves_that_build_whole(

@@ -1,0 +1,438 @@
+"""BuildKit's structured progress (`buildx build --progress=rawjson`), read into steps, shown as
+a person or a CI log wants it, and read again when a build fails to say why in one line.
+
+buildx writes one JSON object per event (vertexes, statuses, logs), pretty-printed over several
+lines, then plain text for its final error; `Events` tells them apart. `Steps` keeps each
+vertex (a Dockerfile step, or BuildKit's own work: loading, exporting) with its times, cache
+hit, error, bytes moved and the last lines of its log, and writes the whole log to a file as
+buildx's plain mode would. The views: `TtyView` (a rich live view: one line per running step,
+in words), `LineView` (one line per finished step, with its time) and `GithubView` (each step's
+log folded in ::group:: blocks). `diagnose` finds the failed step and names the fault."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+LOG_LINES = 400  # kept per step for diagnosis; the file has everything
+DOCKERFILE_STEP = re.compile(r"^\[(?P<where>[^\]]+)\] (?P<what>.*)$", re.DOTALL)
+
+
+def _seconds(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    # RFC 3339 with nanoseconds: trim to microseconds for fromisoformat
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    iso = f"{main}.{(frac + '000000')[:6]}+00:00" if frac else f"{main}+00:00"
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+class Events:
+    """Split buildx's output into JSON events and the plain lines between them."""
+
+    def __init__(self) -> None:
+        self.buffer: list[str] = []
+        self.decoder = json.JSONDecoder()
+
+    def feed(self, line: str) -> Iterator[dict[str, Any] | str]:
+        if not self.buffer and not line.startswith("{"):
+            yield line
+            return
+        self.buffer.append(line)
+        if line.rstrip() != "}":
+            return
+        text = "\n".join(self.buffer)
+        try:
+            obj, _end = self.decoder.raw_decode(text)
+        except ValueError:
+            return  # a "}" inside the object: read on
+        self.buffer = []
+        yield obj
+
+
+@dataclass
+class Step:
+    digest: str
+    name: str
+    number: int
+    started: float | None = None
+    completed: float | None = None
+    cached: bool = False
+    error: str | None = None
+    logs: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    moved: dict[str, int] = field(default_factory=dict)  # status id → bytes so far
+
+    @property
+    def dockerfile_step(self) -> bool:
+        """A step BuildKit can take from a cache (RUN, COPY...): not its own bookkeeping
+        ([internal] load ..., the LINK merge of a linked copy), not a stage's FROM, which it
+        only resolves."""
+        m = DOCKERFILE_STEP.match(self.name)
+        if not m or m["where"].startswith("internal"):
+            return False
+        return not m["what"].startswith(("FROM ", "LINK "))
+
+    @property
+    def shown(self) -> bool:
+        """Worth a line of its own: not BuildKit's merge of a linked copy (LINK COPY ...),
+        nor its quick bookkeeping ([internal] ...) unless it moved a megabyte or more."""
+        m = DOCKERFILE_STEP.match(self.name)
+        what = m["what"] if m else self.name
+        if what.startswith("LINK "):
+            return False
+        return not self.name.startswith("[internal]") or self.bytes >= 1_000_000
+
+    @property
+    def stage(self) -> str:
+        m = DOCKERFILE_STEP.match(self.name)
+        return m["where"] if m else ""
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.moved.values())
+
+    @property
+    def seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return max(0.0, (self.completed or time.time()) - self.started)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error) and "context canceled" not in (self.error or "")
+
+
+class Steps:
+    """Every vertex of a build, in the order BuildKit announced them."""
+
+    def __init__(self, log: TextIO | None = None) -> None:
+        self.steps: dict[str, Step] = {}
+        self.trailer: list[str] = []  # buildx's plain text after the events: its final error
+        self.log = log
+
+    def _write(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(text + "\n")
+
+    def apply(self, event: dict[str, Any] | str) -> list[Step]:
+        """Take one event; return the steps it finished (completed, cached or failed)."""
+        if isinstance(event, str):
+            self.trailer.append(event)
+            self._write(event)
+            return []
+        finished = []
+        for v in event.get("vertexes") or []:
+            step = self.steps.get(v["digest"])
+            if step is None:
+                step = self.steps[v["digest"]] = Step(
+                    v["digest"], v.get("name", ""), len(self.steps) + 1
+                )
+                self._write(f"#{step.number} {step.name}")
+            was_done = step.completed is not None
+            step.started = _seconds(v.get("started")) or step.started
+            step.completed = _seconds(v.get("completed")) or step.completed
+            step.cached = step.cached or bool(v.get("cached"))
+            if v.get("error"):
+                step.error = v["error"]
+                self._write(f"#{step.number} ERROR: {step.error}")
+            if step.completed is not None and not was_done:
+                self._write(f"#{step.number} {'CACHED' if step.cached else 'DONE'}")
+                finished.append(step)
+        for s in event.get("statuses") or []:
+            step = self.steps.get(s.get("vertex", ""))
+            if step is not None and s.get("current"):
+                step.moved[s.get("id", "")] = int(s["current"])
+        for entry in event.get("logs") or []:
+            step = self.steps.get(entry.get("vertex", ""))
+            try:
+                text = base64.b64decode(entry.get("data", "")).decode("utf-8", "replace")
+            except ValueError:
+                continue
+            for line in text.splitlines():
+                if step is not None:
+                    step.logs.append(line)
+                    self._write(f"#{step.number} {line}")
+        return finished
+
+    def dockerfile_steps(self) -> list[Step]:
+        return [s for s in self.steps.values() if s.dockerfile_step]
+
+    def tail(self) -> list[str]:
+        """The last lines, as buildx's plain mode would have printed them (for the retries in
+        engine/apply.py, which read the engine's own failures)."""
+        out = []
+        for s in self.steps.values():
+            out.append(f"#{s.number} {s.name}")
+            if s.error:
+                out.append(f"#{s.number} ERROR: {s.error}")
+        return (out + self.trailer)[-60:]
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+# (what a step's text holds, what it does, in words)
+_WORDS = [
+    ("pip install", "installing the requirements"),
+    ("omi-slim.py", "slimming the virtualenv"),
+    ("-m venv", "creating the virtualenv"),
+    ("compileall", "byte-compiling the code"),
+    ("omibuild.runtime describe", "predicting the example input"),
+    ("apt-get", "installing system packages"),
+    ("useradd", "adding the non-root user"),
+    ("mkdir -p", "creating directories"),
+]
+_COPIES = [
+    (" model/", "copying the model"),
+    ("--from=deps", "copying the virtualenv"),
+    (" requirements/", "copying the requirements"),
+    ("outputs.json", "copying what the example answered"),
+    ("omi.json", "writing omi.json"),
+    ("runtime", "copying the runtime"),
+    ("code", "copying the code"),
+]
+_BUILDKIT = [
+    ("exporting cache", "exporting the cache"),
+    ("exporting to image", "exporting the image"),
+    ("exporting to oci image format", "exporting the image"),
+    ("exporting to docker image format", "exporting the image"),
+    ("importing cache manifest", "importing the cache"),
+    ("[internal] load build context", "sending the build context"),
+    ("[internal] load build definition", "reading the Dockerfile"),
+    ("[internal] load .dockerignore", "reading .dockerignore"),
+    ("[auth]", "signing in to the registry"),
+    ("resolving provenance", "recording provenance"),
+]
+
+
+def words(step: Step) -> str:
+    """What a step does, in words a person reads (the Dockerfile text is in the log)."""
+    m = DOCKERFILE_STEP.match(step.name)
+    what = m["what"] if m else step.name
+    found = None
+    if what.startswith("COPY"):
+        found = next((w for key, w in _COPIES if key in what), "copying files")
+    elif what.startswith("RUN"):
+        found = next((w for key, w in _WORDS if key in what), "running a command")
+    elif what.startswith("FROM "):
+        found = "starting from " + what[5:].split("@")[0]
+    elif step.name.startswith("[internal] load metadata for "):
+        found = "resolving " + step.name.removeprefix("[internal] load metadata for ")
+    else:
+        found = next((w for key, w in _BUILDKIT if step.name.startswith(key)), None)
+    text = found or what[:60]
+    return f"{text} ({human_size(step.bytes)})" if step.bytes >= 1_000_000 else text
+
+
+def label(step: Step) -> str:
+    """A step's stage and number (as the Dockerfile names them) and what it does."""
+    if step.stage and not step.stage.startswith("internal"):
+        return f"[{step.stage}] {words(step)}"
+    return words(step)
+
+
+class LineView:
+    """Off a terminal: one line per finished step, with its time."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def update(self, steps: Steps, finished: list[Step]) -> None:
+        for step in finished:
+            if step.failed or not step.shown:
+                continue
+            how = "cached" if step.cached else f"{step.seconds:.1f}s"
+            print(f"  {label(step)}: {how}", file=self.stream, flush=True)
+
+    def close(self, steps: Steps) -> None:
+        pass
+
+
+class GithubView(LineView):
+    """Under GitHub Actions: each finished step's log folded in a ::group:: block."""
+
+    def update(self, steps: Steps, finished: list[Step]) -> None:
+        for step in finished:
+            if not step.shown:
+                continue
+            how = "cached" if step.cached else f"{step.seconds:.1f}s"
+            print(f"::group::{_gh(label(step))}: {how}", file=self.stream)
+            for line in step.logs:
+                print(line, file=self.stream)
+            print("::endgroup::", file=self.stream, flush=True)
+
+
+def _gh(text: str) -> str:
+    """A workflow command's message: its own escapes, so build text cannot start a command."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+class TtyView:
+    """On a terminal: a live view, one line per running step with its time, the count of
+    steps done and bytes moved; a short record stays in the scrollback. Build text is passed
+    as rich Text, never as markup."""
+
+    def __init__(self, stream: TextIO, title: str) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream)
+        self.title = title
+        self.start = time.time()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+        self.steps: Steps | None = None
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        steps = self.steps
+        lines = [Text(f"building {self.title}", style="bold")]
+        if steps is not None:
+            dockerfile = steps.dockerfile_steps()
+            done = [s for s in dockerfile if s.completed is not None]
+            cached = sum(1 for s in done if s.cached)
+            moved = sum(s.bytes for s in steps.steps.values())
+            summary = f"  {len(done)}/{len(dockerfile)} steps done, {cached} cached"
+            if moved >= 1_000_000:
+                summary += f", {human_size(moved)} moved"
+            summary += f", {time.time() - self.start:.0f}s"
+            lines.append(Text(summary, style="dim"))
+            running = [
+                s for s in steps.steps.values() if s.started is not None and s.completed is None
+            ]
+            for step in [s for s in running if s.shown][-8:]:
+                lines.append(Text(f"  {label(step)}  {step.seconds:.0f}s"))
+        return Group(*lines)
+
+    def update(self, steps: Steps, finished: list[Step]) -> None:
+        self.steps = steps
+        self.live.update(self._render())
+
+    def close(self, steps: Steps) -> None:
+        from rich.text import Text
+
+        self.live.stop()
+        dockerfile = steps.dockerfile_steps()
+        cached = sum(1 for s in dockerfile if s.cached)
+        failed = any(s.failed for s in steps.steps.values())
+        verb = "failed after" if failed else "built in"
+        self.console.print(
+            Text(
+                f"{self.title}: {verb} {time.time() - self.start:.1f}s, "
+                f"{len(dockerfile)} steps ({cached} cached)"
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    line: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return self.line + (f" (hint: {self.hint})" if self.hint else "")
+
+
+_HOST = re.compile(r"(?:https?://)?([a-z0-9.-]+(?::\d+)?)/v2/", re.IGNORECASE)
+
+
+def diagnose(steps: Steps) -> Failure:
+    """The one line that says why a build failed, from the step that failed."""
+    failed = next((s for s in steps.steps.values() if s.failed), None)
+    trailer = next((ln for ln in reversed(steps.trailer) if ln.startswith("ERROR:")), "")
+    error = (failed.error if failed else None) or trailer.removeprefix("ERROR: ") or "build failed"
+    logs = list(failed.logs) if failed else []
+    name = failed.name if failed else ""
+    text = f"{error}\n" + "\n".join(logs)
+    if "no space left on device" in text:
+        return Failure(
+            "disk",
+            "the disk is full",
+            "free space: `omibuild cache prune --keep 0`, "
+            "`docker builder prune`, or a larger disk for the engine's data root",
+        )
+    ours = next((ln for ln in logs if ln.startswith("omibuild: ")), None)
+    if ours:  # the build's own step (the example's dry prediction) said what is wrong
+        return Failure("example", ours.removeprefix("omibuild: "))
+    if "exit code: 137" in error or "signal: killed" in error:
+        return Failure(
+            "memory",
+            f"{words(failed) if failed else 'a step'} ran out of memory (killed, exit 137)",
+            "give the Docker engine more memory, or build fewer models at once",
+        )
+    if "pip install" in name:
+        pip = [ln for ln in logs if ln.startswith("ERROR: ")]
+        chosen = next((ln for ln in pip if "No matching distribution" in ln), pip[0] if pip else "")
+        if chosen:
+            return Failure(
+                "requirements",
+                f"pip could not install the requirements: {chosen.removeprefix('ERROR: ')}",
+                "check image.requirements in omi.yaml: each pin must exist on the index",
+            )
+    if name.startswith("[internal] load metadata for "):
+        image = name.removeprefix("[internal] load metadata for ")
+        return Failure(
+            "base",
+            f"the base image {image} cannot be pulled: {_short(error)}",
+            "check image.base in omi.yaml (or OMIBUILD_BASE_IMAGE), the network, or docker login",
+        )
+    missing = re.search(r'"/?([^"]+)": not found', error)
+    if missing and name.split("] ", 1)[-1].startswith("COPY"):
+        return Failure(
+            "missing file",
+            f"{missing.group(1)} is missing from the build context",
+            "the file must exist where omi.yaml says (code.path, model.source)",
+        )
+    registry = re.search(r"connection refused|no such host|i/o timeout", error) or re.search(
+        r"dial tcp", error
+    )
+    if registry and ("push" in error or "exporting" in name or _HOST.search(error)):
+        host = _HOST.search(error)
+        where = f"the registry {host.group(1)}" if host else "the registry"
+        return Failure(
+            "registry",
+            f"{where} is unreachable ({registry.group(0)})",
+            "start the registry, check image.repository, or apply without --push",
+        )
+    if re.search(r"401 Unauthorized|403 Forbidden|denied|unauthorized", error, re.IGNORECASE):
+        return Failure(
+            "auth",
+            f"the registry refused the push: {_short(error)}",
+            "`docker login` to the registry, with push rights on the repository",
+        )
+    return Failure("build", _short(error))
+
+
+def _short(text: str) -> str:
+    last = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["build failed"]
+    return last[0][:300]
+
+
+def new_log(directory: Path, name: str) -> Path:
+    """A path for a build's full log; the oldest go beyond the last 50."""
+    directory.mkdir(parents=True, exist_ok=True)
+    logs = sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[:-49]:
+        old.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60]
+    return directory / f"{safe}-{stamp}.log"
