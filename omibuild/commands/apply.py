@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     # (tags, the up-to-date check) there too
     context = docker_context(args.builder) if args.builder else None
     executor = BuildxExecutor(context=context)
+    no_engine = executor.unreachable()  # said after a stale reviewed plan, which needs none
     cache = Cache()
     progress = Progress()
     prepared = [
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             offline=args.offline,
             base_digest=executor.image_digest,
             save_lock=True,
-            notes=args.progress != "quiet",
+            notes=args.progress != "quiet" and no_engine is None,
         )
         for t in targets
     ]
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         sbom=args.sbom,
     )
-    executor.ping()  # an engine that does not answer is exit 2, as on every verb
+    if no_engine is not None:
+        raise no_engine  # exit 2, the same line as every verb
     results = apply_all([target_of(p) for p in prepared], executor, cache, progress, options)
     failed = [r for r in results if r.status == "failed"]
     if args.format == "json":

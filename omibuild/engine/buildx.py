@@ -143,9 +143,17 @@ class BuildxExecutor:
     def image_digest(self, ref: str) -> str | None:
         return self._inspect(ref, "{{.Id}}")
 
+    def unreachable(self) -> UsageError | None:
+        """The one engine-unreachable error every verb gives (exit 2), or None when the engine
+        answers: asked before a build would fail on it with BuildKit's own words."""
+        try:
+            self.ping()
+        except UsageError as err:
+            return err
+        return None
+
     def ping(self) -> None:
-        """Raise the one engine-unreachable error every verb gives (exit 2), before a build
-        would fail on it with BuildKit's own words."""
+        """Raise the one engine-unreachable error every verb gives (exit 2)."""
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
             proc = subprocess.run(
