@@ -12,6 +12,9 @@ import re
 import select
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,60 @@ def test_an_unreachable_engine_is_exit_2_with_the_same_line_on_every_verb(
         f"omibuild: error: cannot reach the Docker engine at unix://{tmp_path}/no-engine.sock "
         "(hint: start Docker (or `make setup` on this repository's machines), or set DOCKER_HOST)"
     }, said
+
+
+@pytest.fixture
+def locked_registry(tmp_path: Path) -> Iterator[str]:
+    """A registry on loopback that asks for a password nobody here has."""
+    import bcrypt
+
+    from omibuild.conformance.images import free_port
+
+    port = free_port()
+    hashed = bcrypt.hashpw(b"not-yours", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"someone:{hashed}\n")
+    (tmp_path / "registry.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'storage'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: omibuild-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+    )
+    with open(tmp_path / "registry.log", "w") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(tmp_path / "registry.yml")], stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
+            except urllib.error.HTTPError as err:
+                if err.code == 401:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "registry.log"
+            ).read_text()
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_registry_that_refuses_the_push_is_named_and_leaves_no_tag(
+    tmp_path: Path, unique: str, engine: None, locked_registry: str
+) -> None:
+    name = f"stranger-auth-{unique}"
+    repo = stranger(tmp_path, name)
+    manifest = repo / "omi.yaml"
+    repository = f"{locked_registry}/omibuild-test/{name}"
+    text = manifest.read_text().replace(
+        f"  # repository: registry.example.com/models/{name}", f"  repository: {repository}"
+    )
+    manifest.write_text(text)
+    line, _ = failing(repo, "--push")
+    assert line.startswith(f"omibuild: error: {name}: the registry refused the push: "), line
+    assert "(hint: `docker login` to the registry" in line
+    assert tags(repository) == []
