@@ -102,7 +102,8 @@ DETAILS = {
         "Source files (models fetched from MLflow or the Hugging Face Hub), BuildKit cache\n"
         "directories (one per model), build contexts and scratch, with sizes and last use.\n"
         "prune keeps the most recently used within --keep and removes the rest; it is safe\n"
-        "while builds run (what a running build uses is kept, and said so).",
+        "while builds run (what a running build uses is kept, and said so). BuildKit cache\n"
+        "directories are listed, not pruned: the engine keeps records that point into them.",
         ["omibuild cache", "omibuild cache prune --keep 20GB", "omibuild cache --format json"],
     ),
     "schema": ("The JSON Schema that editors use to validate and complete omi.yaml.", []),

@@ -1,6 +1,7 @@
 """omibuild cache [prune --keep SIZE] — what omibuild keeps on disk (source files, BuildKit
 cache directories, build contexts, scratch), with sizes and last use; prune keeps the most
-recently used within a size (sources/usage.py says why that is safe while builds run)."""
+recently used within a size, and leaves BuildKit's cache directories (sources/usage.py says
+why, and why this is safe while builds run)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             "removed": [e.to_dict() for e in done.removed],
             "kept": [e.to_dict() for e in done.kept],
             "busy": [e.to_dict() for e in done.busy],
+            "not_pruned": [e.to_dict() for e in done.engine],
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -82,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
         f"removed {len(done.removed)} entries ({human(freed)}); kept {len(done.kept)} "
         f"({human(sum(e.size for e in done.kept))})"
     )
+    if done.engine:
+        print(
+            f"BuildKit cache directories are not pruned ({len(done.engine)}, "
+            f"{human(sum(e.size for e in done.engine))}): the engine keeps records that point "
+            "into them",
+            file=sys.stderr,
+        )
     if done.busy:
         print(
             f"kept {len(done.busy)} more ({human(sum(e.size for e in done.busy))}) that a running "

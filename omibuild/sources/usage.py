@@ -6,11 +6,13 @@ each build's cache export), build contexts (contexts/KEY, the last context stage
 manifest) and scratch (tmp/).
 
 Pruning keeps the most recently used entries within a size and removes the rest, oldest first,
-and is safe while builds run: a BuildKit cache directory is removed only under the lock each
-build holds while it uses it (engine/apply.py), and source files, contexts and scratch only
-when no omibuild command holds the cache (Cache holds a shared lock for its life). Whatever is
-busy is kept and reported. A BuildKit cache directory goes whole, never in part: the engine
-keeps lazy records that point into one, and a directory cut in place breaks them."""
+and is safe while builds run: source files, contexts and scratch go only when no omibuild
+command holds the cache (Cache holds a shared lock for its life); otherwise they are kept and
+reported. BuildKit cache directories are listed and never removed: the engine keeps lazy
+records that point into them, and removing one (even whole, under the build's own lock) broke
+another model's build of the same dependencies in the test suite ("failed to compute cache
+key: failed to get state for index 0 on [deps 4/6]"). Bounding them safely needs the engine's
+records to go with them."""
 
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class Pruned:
     removed: list[Entry]
     kept: list[Entry]
     busy: list[Entry]  # over the size, but in use by a running build
+    engine: list[Entry]  # BuildKit cache directories: the engine's records point into them
 
 
 def _tree(path: Path) -> tuple[int, float]:
@@ -128,28 +131,22 @@ def _remove(entry: Entry) -> None:
 
 def prune(cache: Cache, keep_bytes: int) -> Pruned:
     """Keep the most recently used entries within ``keep_bytes``; remove the others that no
-    running build uses."""
-    result = Pruned([], [], [])
+    running omibuild command uses. BuildKit cache directories are listed, never removed (see
+    the module's docstring): they are reported in ``engine``."""
+    result = Pruned([], [], [], [])
     over: list[Entry] = []
     total = 0
     for entry in entries(cache):
-        if total + entry.size <= keep_bytes:
+        if entry.kind == "build cache":
+            result.engine.append(entry)
+        elif total + entry.size <= keep_bytes:
             total += entry.size
             result.kept.append(entry)
         else:
             over.append(entry)
-    shared = [e for e in over if e.kind != "build cache"]
     with _exclusive(cache.in_use_lock) as idle:
-        for entry in shared:
+        for entry in over:
             if idle:
-                _remove(entry)
-                result.removed.append(entry)
-            else:
-                result.busy.append(entry)
-    for entry in (e for e in over if e.kind == "build cache"):
-        # the lock engine/apply.py holds while a build reads or writes this directory
-        with _exclusive(entry.path.with_name(entry.path.name + ".lock")) as free:
-            if free:
                 _remove(entry)
                 result.removed.append(entry)
             else:

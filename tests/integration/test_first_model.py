@@ -294,14 +294,30 @@ def test_the_build_learns_the_outputs_from_the_example_and_a_bad_example_fails_i
     assert Path(line.rsplit("; full log: ", 1)[1]).is_file()
 
 
-def test_cache_prune_while_a_build_runs_leaves_that_build_whole(
+def held_by_it(lock: Path, proc: subprocess.Popen[str]) -> None:
+    """Wait (bounded) until the process holds the cache, as every omibuild command does."""
+    import fcntl
+
+    deadline = time.monotonic() + 60
+    while True:
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the build never took the cache"
+        time.sleep(0.02)
+
+
+def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
 ) -> None:
     """A stranger's cache (its own OMIBUILD_CACHE_DIR): `omibuild cache` lists the build's
-    BuildKit cache; a prune run during another build keeps what that build uses and the build
-    succeeds; a prune to 0 afterwards empties it, and the next apply still works."""
-    import fcntl
-
+    BuildKit cache and context; a prune run while another build runs keeps what that build
+    holds and the build succeeds; a prune afterwards removes the context, leaves the BuildKit
+    cache directory (the engine's records point into it) and the next apply works."""
     own = {"OMIBUILD_CACHE_DIR": str(tmp_path / "omicache")}
     repo = new_repo(tmp_path, f"stranger-prune-{unique}", train_joblib)
     assert cli(repo, "init", env=own).returncode == 0
@@ -310,12 +326,15 @@ def test_cache_prune_while_a_build_runs_leaves_that_build_whole(
     image_cleanup += json.loads(built.stdout)[0]["tags"]
     listed = cli(repo, "cache", "--format", "json", env=own)
     assert listed.returncode == 0, listed.stderr
-    caches = [e for e in json.loads(listed.stdout)["entries"] if e["kind"] == "build cache"]
+    entries = json.loads(listed.stdout)["entries"]
+    caches = [e for e in entries if e["kind"] == "build cache"]
     assert [e["name"] for e in caches] == [f"stranger-prune-{unique}"] and caches[0]["bytes"] > 0
-    lock = Path(caches[0]["path"] + ".lock")
+    assert [e["name"] for e in entries if e["kind"] == "build context"] == [
+        f"stranger-prune-{unique}"
+    ]
 
     (repo / "model" / "extra.txt").write_text(f"retrained {unique}\n")  # a new build's work
-    env = {"OMIBUILD_CACHE_DIR": own["OMIBUILD_CACHE_DIR"], **os.environ}
+    env = {**os.environ, **own}
     running = subprocess.Popen(
         [OMIBUILD, "apply", "--format", "json", "--progress", "quiet"],
         cwd=repo,
@@ -325,17 +344,7 @@ def test_cache_prune_while_a_build_runs_leaves_that_build_whole(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:  # until the build holds its cache directory
-            with open(lock, "a") as fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-                except BlockingIOError:
-                    break
-            assert running.poll() is None, running.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "the build never took its cache directory"
-            time.sleep(0.05)
+        held_by_it(Path(own["OMIBUILD_CACHE_DIR"]) / "locks" / "in-use.lock", running)
         pruned = cli(repo, "cache", "prune", "--keep", "0", "--format", "json", env=own)
         out, err = running.communicate(timeout=600)
     finally:
@@ -344,17 +353,16 @@ def test_cache_prune_while_a_build_runs_leaves_that_build_whole(
             running.communicate()
     assert pruned.returncode == 0, pruned.stderr
     report = json.loads(pruned.stdout)
-    assert caches[0]["path"] in {e["path"] for e in report["busy"]}, report
+    assert report["removed"] == [] and report["busy"], report
+    assert [e["path"] for e in report["not_pruned"]] == [caches[0]["path"]]
     assert running.returncode == 0, err[-3000:]
     image_cleanup += json.loads(out)[0]["tags"]
 
     emptied = cli(repo, "cache", "prune", "--keep", "0", env=own)
-    assert emptied.returncode == 0 and emptied.stdout.startswith("removed "), emptied.stdout
-    assert [
-        e
-        for e in json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
-        if e["kind"] == "build cache"
-    ] == []
+    assert emptied.returncode == 0 and emptied.stdout.startswith("removed 1 entries"), emptied
+    assert "BuildKit cache directories are not pruned (1, " in emptied.stderr
+    after = json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
+    assert [e["kind"] for e in after] == ["build cache"]
     (repo / "model" / "extra.txt").write_text(f"retrained again {unique}\n")
     again = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=own)
     assert again.returncode == 0, again.stderr[-3000:]
