@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor, docker_context
-from omibuild.engine.progress import human_size
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
+from omibuild.sources.usage import human
 
 if TYPE_CHECKING:
     from omibuild.engine.apply import ApplyResult, Target
@@ -42,7 +42,7 @@ def _next_steps(r: ApplyResult, output: str, executor: Any) -> None:
     facts = []
     size = executor.image_size(r.refs[0]) if output == "load" and r.refs else None
     if size:
-        facts.append(f"{human_size(size)}")
+        facts.append(f"{human(size)}")
     if r.digest:
         facts.append(f"digest {r.digest}")
     if r.total_steps:

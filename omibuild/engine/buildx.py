@@ -329,15 +329,7 @@ class BuildxExecutor:
         cached: set[str] = set()
         live = _Live(self.stream, req.progress)
         env = dict(os.environ) | {s.env_name: s.value for s in secrets if s.value is not None}
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-            env=env,
-        )
+        proc = _start(cmd, env)
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -391,15 +383,7 @@ class BuildxExecutor:
         view = self._view(req)
         with open(log_path, "w", encoding="utf-8") as log:
             steps = Steps(log)
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-                env=env,
-            )
+            proc = _start(cmd, env)
             try:
                 assert proc.stdout is not None
                 for raw in proc.stdout:
@@ -428,6 +412,19 @@ class BuildxExecutor:
             log_path=str(log_path),
             failed_step=failed if code != 0 else None,
         )
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """buildx in its own session (so a cancel reaches it whole), its output merged."""
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        env=env,
+    )
 
 
 def _cancel(proc: subprocess.Popen[str]) -> None:

@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from omibuild.sources.usage import human
+
 LOG_LINES = 400  # kept per step for diagnosis; the file has everything
 DOCKERFILE_STEP = re.compile(r"^\[(?P<where>[^\]]+)\] (?P<what>.*)$", re.DOTALL)
 
@@ -179,14 +181,6 @@ class Steps:
         return (out + self.trailer)[-60:]
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 # (what a step's text holds, what it does, in words)
 _WORDS = [
     ("pip install", "installing the requirements"),
@@ -237,7 +231,7 @@ def words(step: Step) -> str:
     else:
         found = next((w for key, w in _BUILDKIT if step.name.startswith(key)), None)
     text = found or what[:60]
-    return f"{text} ({human_size(step.bytes)})" if step.bytes >= 1_000_000 else text
+    return f"{text} ({human(step.bytes)})" if step.bytes >= 1_000_000 else text
 
 
 def label(step: Step) -> str:
@@ -312,7 +306,7 @@ class TtyView:
             moved = sum(s.bytes for s in steps.steps.values())
             summary = f"  {len(done)}/{len(dockerfile)} steps done, {cached} cached"
             if moved >= 1_000_000:
-                summary += f", {human_size(moved)} moved"
+                summary += f", {human(moved)} moved"
             summary += f", {time.time() - self.start:.0f}s"
             lines.append(Text(summary, style="dim"))
             running = [

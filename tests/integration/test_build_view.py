@@ -36,6 +36,17 @@ def stranger(tmp_path: Path, name: str, edit: str = "") -> Path:
     return repo
 
 
+def pushed_to(repo: Path, name: str, registry: str) -> str:
+    """Point the manifest init wrote at a repository on this registry; return it."""
+    manifest = repo / "omi.yaml"
+    repository = f"{registry}/omibuild-test/{name}"
+    text = manifest.read_text().replace(
+        f"  # repository: registry.example.com/models/{name}", f"  repository: {repository}"
+    )
+    manifest.write_text(text)
+    return repository
+
+
 def tags(repository: str) -> list[str]:
     out = subprocess.run(
         ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository],
@@ -180,12 +191,7 @@ def test_a_dead_registry_on_push_is_named_and_leaves_no_tag(
 ) -> None:
     name = f"stranger-push-{unique}"
     repo = stranger(tmp_path, name)
-    manifest = repo / "omi.yaml"
-    repository = f"127.0.0.1:9/omibuild-test/{name}"
-    text = manifest.read_text().replace(
-        f"  # repository: registry.example.com/models/{name}", f"  repository: {repository}"
-    )
-    manifest.write_text(text)
+    repository = pushed_to(repo, name, "127.0.0.1:9")
     # apply looks for the registry before it builds: an unreachable service is exit 2
     done = cli(repo, "apply", "--progress", "quiet", "--push")
     assert done.returncode == 2, done.stderr
@@ -266,12 +272,7 @@ def test_a_registry_that_refuses_the_push_is_named_and_leaves_no_tag(
 ) -> None:
     name = f"stranger-auth-{unique}"
     repo = stranger(tmp_path, name)
-    manifest = repo / "omi.yaml"
-    repository = f"{locked_registry}/omibuild-test/{name}"
-    text = manifest.read_text().replace(
-        f"  # repository: registry.example.com/models/{name}", f"  repository: {repository}"
-    )
-    manifest.write_text(text)
+    repository = pushed_to(repo, name, locked_registry)
     line, _ = failing(repo, "--push")
     assert line.startswith(f"omibuild: error: {name}: the registry refused the push: "), line
     assert "(hint: `docker login` to the registry" in line
