@@ -319,7 +319,11 @@ def apply_all(
 # The engine's own records, not a file the Dockerfile names ("failed to compute cache key: ...
 # not found" is the build's own error and is not retried).
 _NOT_FOUND = re.compile(
-    r"failed to solve: (?:(?:lease|content digest|snapshot) [^\n]*: )?not found\s*$", re.MULTILINE
+    r"failed to solve: (?:(?:lease|content digest|snapshot) [^\n]*: )?not found\s*$"
+    # a cache record whose input the engine no longer has: seen when builds of the same
+    # dependencies share records while other builds and image removals run beside them
+    r"|failed to get state for index \d+ on ",
+    re.MULTILINE,
 )
 
 
