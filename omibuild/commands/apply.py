@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor, docker_context
+from omibuild.engine.progress import workflow_text
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
@@ -49,9 +50,10 @@ def _next_steps(r: ApplyResult, output: str, executor: Any) -> None:
         facts.append(f"{r.cached_steps}/{r.total_steps} steps cached")
     if facts:
         print("  " + ", ".join(facts))
-    if output in ("load", "push") and r.refs:
+    if r.refs and output in ("load", "push"):
         ref = next((t for t in r.refs if t.endswith(":latest")), r.refs[-1])
-        print(f"  try it: omibuild run {ref} --predict request.json")
+        pull = f"docker pull {ref} && " if output == "push" else ""  # pushed, not loaded here
+        print(f"  try it: {pull}omibuild run {ref} --predict request.json")
 
 
 def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dict[str, Any]:
@@ -149,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         _summary(results, sys.stdout)
     for r in failed:
         print(f"omibuild: error: {r.name}: {r.error}", file=sys.stderr)
+        if os.environ.get("GITHUB_ACTIONS") == "true":  # an annotation on the run's summary
+            print(f"::error title=omibuild apply {r.name}::{workflow_text(r.error or '')}")
     return EXIT_INVALID if failed else EXIT_OK
 
 

@@ -266,13 +266,13 @@ class GithubView(LineView):
             if not step.shown:
                 continue
             how = "cached" if step.cached else f"{step.seconds:.1f}s"
-            print(f"::group::{_gh(label(step))}: {how}", file=self.stream)
+            print(f"::group::{workflow_text(label(step))}: {how}", file=self.stream)
             for line in step.logs:
                 print(line, file=self.stream)
             print("::endgroup::", file=self.stream, flush=True)
 
 
-def _gh(text: str) -> str:
+def workflow_text(text: str) -> str:
     """A workflow command's message: its own escapes, so build text cannot start a command."""
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 

@@ -91,7 +91,9 @@ def learn(service: ModelService) -> None:
         service.outputs = built
         return
     try:
-        learnt = specs_of(service.predict(example_input(service.config)))
+        # through the predict slots: requests may already be in flight, and a model that is
+        # not thread-safe must not see two calls at once
+        learnt = specs_of(service.predict_blocking(example_input(service.config)))
     except Exception as exc:
         if built is None:  # an image built without a dry prediction: outputs stay unknown
             return

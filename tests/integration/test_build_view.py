@@ -170,6 +170,13 @@ def test_an_impossible_pin_is_pip_s_own_line(tmp_path: Path, unique: str, engine
         "distribution found for scikit-learn==0.0.1 (hint: check image.requirements in omi.yaml"
     ), line
     assert tags(f"omibuild.local/{name}") == []
+    # under GitHub Actions the same line is also an annotation on the run
+    github = cli(repo, "apply", env={"GITHUB_ACTIONS": "true"})
+    assert github.returncode == 1
+    assert (
+        f"::error title=omibuild apply {name}::pip could not install the requirements: No "
+        "matching distribution found for scikit-learn==0.0.1"
+    ) in github.stdout, github.stdout
 
 
 def test_an_unpullable_base_is_named(tmp_path: Path, unique: str, engine: None) -> None:
