@@ -146,14 +146,6 @@ class BuildxExecutor:
     def unreachable(self) -> UsageError | None:
         """The one engine-unreachable error every verb gives (exit 2), or None when the engine
         answers: asked before a build would fail on it with BuildKit's own words."""
-        try:
-            self.ping()
-        except UsageError as err:
-            return err
-        return None
-
-    def ping(self) -> None:
-        """Raise the one engine-unreachable error every verb gives (exit 2)."""
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
             proc = subprocess.run(
@@ -164,9 +156,8 @@ class BuildxExecutor:
                 check=False,
             )
         except (OSError, subprocess.SubprocessError) as err:
-            raise engine_error(err) from None
-        if proc.returncode != 0:
-            raise engine_error(RuntimeError(proc.stderr))
+            return engine_error(err)
+        return engine_error(RuntimeError(proc.stderr)) if proc.returncode != 0 else None
 
     def image_size(self, ref: str) -> int | None:
         out = self._inspect(ref, "{{.Size}}")
@@ -327,7 +318,6 @@ class BuildxExecutor:
         tail: deque[str] = deque(maxlen=60)
         steps: set[str] = set()
         cached: set[str] = set()
-        live = _Live(self.stream, req.progress)
         env = dict(os.environ) | {s.env_name: s.value for s in secrets if s.value is not None}
         proc = _start(cmd, env)
         try:
@@ -338,16 +328,14 @@ class BuildxExecutor:
                 if m := _STEP.match(line):
                     if _cacheable(m.group(2), m.group(3)):
                         steps.add(m.group(1))
-                    live.step(m.group(2), m.group(3))
                 elif m := _CACHED.match(line):
                     cached.add(m.group(1))
-                live.line(line)
+                print(line, file=self.stream)  # --progress plain: BuildKit's own log
             code = proc.wait()
         except BaseException:
             _cancel(proc)
             raise
         finally:
-            live.close()
             if proc.stdout is not None:
                 proc.stdout.close()
         lines = list(tail)
@@ -437,34 +425,3 @@ def _cancel(proc: subprocess.Popen[str]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-class _Live:
-    """A one-line live status on a terminal; plain lines elsewhere; nothing when quiet."""
-
-    def __init__(self, stream: TextIO, mode: str) -> None:
-        tty = stream.isatty() and not os.environ.get("CI")
-        self.mode = (
-            "quiet"
-            if mode == "quiet"
-            else ("tty" if (mode == "tty" or (mode == "auto" and tty)) else "plain")
-        )
-        self.stream = stream
-        self.status: Any = None
-        if self.mode == "tty":
-            from rich.console import Console
-
-            self.status = Console(file=stream).status("starting build")
-            self.status.start()
-
-    def step(self, stage: str, text: str) -> None:
-        if self.status is not None:
-            self.status.update(f"[bold][{stage}][/bold] {text[:100]}")
-
-    def line(self, text: str) -> None:
-        if self.mode == "plain":
-            print(text, file=self.stream)
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()

@@ -85,10 +85,10 @@ def built_outputs(config: RuntimeConfig) -> list[dict[str, Any]] | None:
 
 def learn(service: ModelService) -> None:
     """Once the model is ready: predict the example and keep what it answers as the service's
-    outputs. If the image was built knowing other outputs, raise (the server stops)."""
-    built = built_outputs(service.config)
+    outputs. If the image was built knowing other outputs, raise (the server stops). What
+    the build learnt is already the service's outputs (read once, when the app was made)."""
+    built = service.outputs
     if not service.config.raw.get("example"):
-        service.outputs = built
         return
     try:
         # through the predict slots: requests may already be in flight, and a model that is
