@@ -1,10 +1,12 @@
 """Apply one plan: skip if the image is up to date, stage the context, build through the
-executor, and tag only on success (no partial tags, no staging left behind)."""
+executor, append the model layers omibuild makes (engine/oci.py), and tag only on success
+(no partial tags, no staging left behind)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import re
 import signal
 import socket
@@ -15,18 +17,20 @@ from concurrent import futures
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
-from omibuild.engine.context import staged_context
+from omibuild.contract import OUTPUTS_FILE, PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
+from omibuild.engine.context import context_dir, staged_context
+from omibuild.engine.oci import Appended, Layout, LayoutError, reset
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
 from omibuild.manifest.model import Secret
-from omibuild.planning.plan import CacheSpec, Plan
+from omibuild.planning.plan import OMI, CacheSpec, Plan
 from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
-from omibuild.sources.hashing import sha256_file
+from omibuild.sources.layers import Blob, Entry, Layer, LayerFileChanged, layer_blob, tar_chunks
 from omibuild.sources.progress import Progress
+from omibuild.sources.usage import human
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class ApplyResult:
     seconds: float = 0.0
     digest: str | None = None
     downloaded_bytes: int = 0
+    model_bytes_read: int = 0  # model bytes read to learn new layers' digests
+    model_bytes_sent: int = 0  # model bytes streamed to the engine or into an OCI file
     cached_steps: int = 0
     total_steps: int = 0
     error: str | None = None
@@ -132,6 +138,7 @@ class _Job:
     output: str
     temp: str
     result: ApplyResult
+    layout: Path | None = None
 
 
 def _job(target: Target, executor: Executor, options: ApplyOptions) -> _Job:
@@ -153,13 +160,14 @@ def _request(
 ) -> BuildRequest:
     plan = job.plan
     cache_from, cache_to = cache_refs(plan, options, cache)
+    assert job.layout is not None
     return BuildRequest(
         context=ctx,
         dockerfile=ctx / "Dockerfile",
-        tags=(job.temp,) if job.output == "load" else plan.image_refs,
+        tags=(job.temp,),
         # every label but the plan state, which the config holds: manifests stay small
         annotations=tuple(kv for kv in plan.labels if kv[0] != PLAN_STATE_LABEL),
-        output=job.output,
+        output=f"layout:{job.layout}",
         platforms=plan.platforms,
         cache_from=cache_from,
         cache_to=cache_to,
@@ -175,20 +183,134 @@ def _request(
     )
 
 
-def verify_staged(ctx: Path, plan: Plan) -> str | None:
-    """Hash every model file staged for the build against the plan. What vouched for them
-    (the cache's stat memo, omi.lock offline) is a hint, taken to skip reads before planning;
-    this read runs beside the build, and a mismatch means nothing is tagged."""
-    for index, layer in enumerate(plan.model_layers):
-        for f in layer.files:
-            actual = sha256_file(ctx / CTX_MODEL / str(index) / f.path)
-            if actual != f.sha256:
-                return (
-                    f"model file {f.path} has sha256 {actual[:12]}…, not {f.sha256[:12]}… as "
-                    "the plan says (omi.lock or omibuild's cache was wrong, or the file changed); "
-                    "nothing was tagged (hint: run again: the file is hashed anew)"
-                )
-    return None
+def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int]:
+    """The plan's model layers as omibuild makes them from the staged files, and the model
+    bytes read to learn digests not seen before. Runs beside the build; a layer not seen
+    before is read once, which also hashes every file of it against the plan (what vouched for
+    them before, the cache's stat memo or omi.lock offline, is a hint taken to skip reads)."""
+    appended, read = [], 0
+    count = len(plan.model_layers)
+    for index, group in enumerate(plan.model_layers):
+        layer = Layer(group.files, ctx / CTX_MODEL)
+        blob, was_read = layer_blob(cache, layer)
+        read += layer.model_bytes if was_read else 0
+        what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
+        created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
+        appended.append(Appended(blob, created, layer=layer))
+    return appended, read
+
+
+def _outputs_layer(outputs: bytes) -> Appended:
+    """outputs.json, as the one-file layer appended after the dry prediction."""
+    parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
+    entries = [Entry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
+    entries.append(Entry("/".join(parts), len(outputs), data=outputs))
+    data = b"".join(tar_chunks(entries))
+    blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)
+
+
+def engine_name(ref: str) -> str:
+    """A reference as the engine's image store names it (``docker.io/library/x:tag``)."""
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"
+
+
+def _finish(
+    job: _Job,
+    result: BuildResult,
+    made: futures.Future[tuple[list[Appended], int]],
+    executor: Executor,
+    cache: Cache,
+    progress: Progress,
+    blobs_here: bool,
+) -> None:
+    """BuildKit built everything but the model: append the model layers, load the image into
+    the engine (only the blobs it lacks), run the dry prediction, then push or write the OCI
+    file. A failure sets ``result`` (nothing is tagged)."""
+    assert job.layout is not None
+    try:
+        model, job.result.model_bytes_read = made.result()
+    except LayerFileChanged as err:
+        cache.forget_hashes()  # the memo vouched for bytes it had not seen
+        result.ok, result.error = False, str(err)
+        return
+    layout = Layout(job.layout)
+    try:
+        rest = layout.top()
+        top = layout.append(rest, model)
+    except (LayoutError, OSError, ValueError, KeyError) as err:
+        reset(job.layout)  # a cache: the next build fills it again
+        result.ok, result.error = False, f"the image BuildKit wrote is unusable ({err}); run again"
+        return
+    plan, temp = job.plan, job.temp
+    if job.output.startswith("oci:") and not plan.dry_run:  # the engine is not needed
+        _write_oci(layout, top, job, result)
+        layout.collect([rest])
+        return
+    # What the engine has already (the blobs of the images now at the target's tags), left out
+    # of the load: a code-only rebuild sends no model bytes.
+    have = (
+        frozenset(d for ref in plan.image_refs for d in executor.image_layers(ref))
+        if blobs_here
+        else frozenset()
+    )
+    sent = 0
+
+    def count(n: int) -> None:
+        nonlocal sent
+        sent += n
+
+    entries, _ = layout.archive(top, engine_name(temp), skip=have, on_bytes=count)
+    started = time.perf_counter()
+    try:
+        error = executor.load(tar_chunks(entries))
+    except LayerFileChanged as err:
+        cache.forget_hashes()
+        error = str(err)
+    job.result.model_bytes_sent = sent
+    if error is None and sent:
+        progress.line(
+            f"{plan.name}: {human(sent)} of model layers loaded into the engine in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+    if error is None and plan.dry_run:
+        outputs, said = executor.describe(temp)
+        if outputs is None:
+            error = said
+        else:
+            loaded = frozenset(d for d, _ in layout.blobs(top))
+            top = layout.append(top, [_outputs_layer(outputs)])
+            entries, _ = layout.archive(top, engine_name(temp), skip=loaded)
+            error = executor.load(tar_chunks(entries))
+    if error is not None:
+        result.ok, result.error = False, error
+        return
+    result.digest = top["digest"]
+    if job.output.startswith("oci:"):
+        _write_oci(layout, top, job, result)
+    elif job.output == "push":
+        with _deferred_interrupts():
+            for ref in plan.image_refs:
+                executor.tag(temp, ref)
+        for ref in plan.image_refs:
+            if (error := executor.push(ref)) is not None:
+                result.ok, result.error = False, error
+                break
+    layout.collect([rest])
+
+
+def _write_oci(layout: Layout, top: dict[str, object], job: _Job, result: BuildResult) -> None:
+    try:
+        layout.write_tarball(top, Path(job.output[4:]), job.plan.image_refs[0])
+    except LayerFileChanged as err:
+        result.ok, result.error = False, str(err)
+    except OSError as err:
+        result.ok, result.error = False, f"cannot write {job.output[4:]}: {err.strerror or err}"
+    else:
+        result.digest = str(top["digest"])
 
 
 def registry_address(repository: str) -> tuple[str, int]:
@@ -265,27 +387,29 @@ def apply_all(
                     offline=options.offline,
                 )
             )
+            job.layout = cache.root / "images" / context_dir(cache, t.manifest_file).name
+            stack.enter_context(_cache_dir_lock(job.layout, progress))
             secrets = build_secrets(t.secrets)
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))
         for directory in sorted({d for r in requests for d in _local_cache_dirs(r)}):
             stack.enter_context(_cache_dir_lock(directory, progress))
         hashing = stack.enter_context(futures.ThreadPoolExecutor(max_workers=1))
-        checks = [
-            hashing.submit(verify_staged, r.context, j.plan)
+        layers = [
+            hashing.submit(model_layers, r.context, j.plan, cache)
             for j, r in zip(pending, requests, strict=True)
         ]
-        if any(j.output != "load" for j in pending):  # a pushed image cannot be taken back
-            futures.wait(checks)
         try:
             results = (
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
             results = _retry_transient_failures(executor, requests, results, progress)
-            for result, check in zip(results, checks, strict=True):
-                if result.ok and (mismatch := check.result()):
-                    cache.forget_hashes()  # the memo vouched for bytes it had not seen
-                    result.ok, result.error = False, mismatch
+            blobs_here = executor.keeps_blobs()
+            for job, result, made in zip(pending, results, layers, strict=True):
+                if result.ok:
+                    _finish(job, result, made, executor, cache, progress, blobs_here)
+                else:
+                    futures.wait([made])
             with _deferred_interrupts():
                 for job, result in zip(pending, results, strict=True):
                     if result.ok and job.output == "load":
@@ -300,8 +424,7 @@ def apply_all(
             _restore_tags(executor, {ref: pushed_before[ref] for ref in failed_pushes})
         finally:
             for job in pending:
-                if job.output == "load":
-                    executor.remove_tag(job.temp)
+                executor.remove_tag(job.temp)
     elapsed = time.perf_counter() - start
     for job, result in zip(pending, results, strict=True):
         job.result.status = "built" if result.ok else "failed"

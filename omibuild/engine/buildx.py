@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -53,12 +54,26 @@ def _csv_field(text: str) -> str:
 def _output(req: BuildRequest) -> str:
     if req.output.startswith("oci:"):
         return f"type=oci,dest={_csv_field(req.output[4:])}"
+    if req.output.startswith("layout:"):  # a directory omibuild assembles the image in
+        names = _csv_field("name=" + ",".join(req.tags))
+        extra = ",force-compression=true" if req.compression != "uncompressed" else ""
+        return (
+            f"type=oci,dest={_csv_field(req.output[7:])},tar=false,{names},"
+            f"compression={req.compression}{extra}"
+        )
     push = "true" if req.output == "push" else "false"
     names = _csv_field("name=" + ",".join(req.tags))
     # Pushed images get gzip on every layer: BuildKit would otherwise reuse blobs cached in
     # another compression (local loads are uncompressed) and push those as they are.
     extra = ",force-compression=true" if req.output == "push" else ""
     return f"type=image,{names},push={push},compression={req.compression}{extra}"
+
+
+def _annotations(req: BuildRequest) -> list[tuple[str, str, str]]:
+    """Each annotation on the manifest, and on the index when there is one: BuildKit's OCI
+    exporter refuses index annotations for a single platform."""
+    kinds = ("manifest", "index") if len(req.platforms) > 1 else ("manifest",)
+    return [(kind, k, v) for k, v in req.annotations for kind in kinds]
 
 
 def engine_error(err: Exception) -> UsageError:
@@ -192,6 +207,91 @@ class BuildxExecutor:
     def tag(self, source: str, target: str) -> None:
         self.docker.image.tag(source, target)
 
+    def image_layers(self, ref: str) -> list[str]:
+        """The diff ids of a local image's layers (none when there is no such image)."""
+        out = self._inspect(ref, "{{json .RootFS.Layers}}")
+        try:
+            layers = json.loads(out) if out else []
+        except ValueError:
+            return []
+        return [str(x) for x in layers] if isinstance(layers, list) else []
+
+    def keeps_blobs(self) -> bool:
+        """Does the engine keep the blobs of the images it holds (the containerd image store),
+        so a load may leave out the ones it has? The classic store needs every layer."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        try:
+            proc = subprocess.run(
+                [exe, *self._context_args(), "info", "--format", "{{json .DriverStatus}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return "io.containerd.snapshotter" in proc.stdout
+
+    def load(self, chunks: Iterator[bytes]) -> str | None:
+        """Stream an OCI archive into the engine (``docker load``): None, or why it failed.
+        Cut short (an error in ``chunks``, Ctrl-C), the engine commits no image."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                [exe, *self._context_args(), "load", "--quiet"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+            assert proc.stdin is not None
+            try:
+                try:
+                    for chunk in chunks:
+                        proc.stdin.write(chunk)
+                finally:
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                code = proc.wait()
+            except BrokenPipeError:
+                code = proc.wait()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            err.seek(0)
+            said = err.read(64 << 10).decode(errors="replace")
+        if code == 0:
+            return None
+        return f"loading the image into the engine failed: {_last_line(said)}"
+
+    def push(self, ref: str) -> str | None:
+        """``docker push``: the engine uploads only the blobs the registry lacks, several at
+        once, mounting them from other repositories of the registry where it can."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        proc = subprocess.run(
+            [exe, *self._context_args(), "push", "--quiet", ref],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+            start_new_session=True,
+        )
+        if proc.returncode == 0:
+            return None
+        return f"pushing {ref} failed: {_last_line(proc.stderr or proc.stdout)}"
+
+    def describe(self, image: str) -> tuple[bytes | None, str]:
+        """The dry prediction on omi.yaml's example, run in the image with no network:
+        (outputs.json, its line) or (None, the line saying why the model cannot)."""
+        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        cmd = [exe, *self._context_args(), "run", "--rm", "--network", "none"]
+        cmd += ["-e", "OMI_VERIFY_MODEL=0", image, "describe", "-"]
+        proc = subprocess.run(cmd, capture_output=True, check=False, start_new_session=True)
+        said = _last_line(proc.stderr.decode(errors="replace"))
+        return (proc.stdout, said) if proc.returncode == 0 else (None, said)
+
     def remove_tag(self, ref: str) -> None:
         from python_on_whales.exceptions import DockerException
 
@@ -228,13 +328,8 @@ class BuildxExecutor:
             cmd += [a for c in req.cache_to for a in ("--cache-to", c.exporting())]
         for secret in req.secrets:
             cmd += ["--secret", secret.spec]
-        for key, value in req.annotations:
-            cmd += [
-                "--annotation",
-                f"manifest:{key}={value}",
-                "--annotation",
-                f"index:{key}={value}",
-            ]
+        for kind, key, value in _annotations(req):
+            cmd += ["--annotation", f"{kind}:{key}={value}"]
         if req.source_date_epoch is not None:
             cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={req.source_date_epoch}"]
         if req.sbom:
@@ -250,9 +345,7 @@ class BuildxExecutor:
                 "dockerfile": str(req.dockerfile),
                 "output": [_output(req)],
                 "secret": [secret.spec for secret in req.secrets],
-                "annotations": [
-                    f"{kind}:{k}={v}" for k, v in req.annotations for kind in ("manifest", "index")
-                ],
+                "annotations": [f"{kind}:{k}={v}" for kind, k, v in _annotations(req)],
             }
             if req.platforms:
                 target["platforms"] = list(req.platforms)
@@ -400,6 +493,11 @@ class BuildxExecutor:
             log_path=str(log_path),
             failed_step=failed if code != 0 else None,
         )
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines or ["no message"])[-1][:400]
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -1,9 +1,10 @@
 """Stage the build context for a plan.
 
 The context lives at a stable path per manifest under the cache (``contexts/<key>``), so
-BuildKit's file sync sends only what changed between builds: model files are hard links (same
-inode and mtime as the verified cache entry or the repository file), so a code-only change
-transfers no model bytes. It is rebuilt in a sibling ``.new`` directory and swapped in whole,
+BuildKit's file sync sends only what changed between builds. Model files are staged as hard
+links (same inode as the verified cache entry or the repository file) under ``model/``, for the
+model layers omibuild makes from them (sources/layers.py); ``.dockerignore`` keeps them out of
+what BuildKit reads. It is rebuilt in a sibling ``.new`` directory and swapped in whole,
 so an interrupted run never leaves a half-written context: only a ``.new`` directory, removed
 at once (or by the next run if the process was killed)."""
 
@@ -84,14 +85,7 @@ def _populate(
     offline: bool,
 ) -> int:
     ctx.mkdir(parents=True)
-    flat = ctx / ".model-all"
-    downloaded = stage(resolved, cache, progress, flat, offline=offline)
-    for index, layer in enumerate(plan.model_layers):
-        for f in layer.files:
-            target = ctx / CTX_MODEL / str(index) / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(flat / f.path, target)
-    shutil.rmtree(flat, ignore_errors=True)
+    downloaded = stage(resolved, cache, progress, ctx / CTX_MODEL, offline=offline)
     for rel, path in runtime_files():
         link_or_copy(path, ctx / CTX_RUNTIME / rel)
     if code_path is not None:
@@ -105,5 +99,5 @@ def _populate(
     (reqs / "model.txt").write_text("".join(f"{r}\n" for r in plan.requirements))
     (ctx / "omi.json").write_text(plan.omi_json)
     (ctx / "Dockerfile").write_text(render(plan))
-    (ctx / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
+    (ctx / ".dockerignore").write_text(f"Dockerfile\n.dockerignore\n{CTX_MODEL}\n")
     return downloaded

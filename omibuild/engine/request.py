@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +36,7 @@ class BuildRequest:
     dockerfile: Path
     tags: tuple[str, ...]  # full references
     annotations: tuple[tuple[str, str], ...] = ()
-    output: str = "load"  # load | push | oci:PATH
+    output: str = "load"  # load | push | oci:PATH | layout:DIR (BuildKit's part, assembled after)
     platforms: tuple[str, ...] = ()
     cache_from: tuple[CacheSpec, ...] = ()
     cache_to: tuple[CacheSpec, ...] = ()
@@ -82,5 +83,25 @@ class Executor(Protocol):
     def image_digest(self, ref: str) -> str | None: ...
 
     def tag(self, source: str, target: str) -> None: ...
+
+    def image_layers(self, ref: str) -> list[str]:
+        """The diff ids of a local image's layers (none when there is no such image)."""
+        ...
+
+    def keeps_blobs(self) -> bool:
+        """Does the engine keep its images' blobs, so a load may leave out those it has?"""
+        ...
+
+    def load(self, chunks: Iterator[bytes]) -> str | None:
+        """Stream an OCI archive into the engine: None, or why it failed."""
+        ...
+
+    def push(self, ref: str) -> str | None:
+        """Push a local image: None, or why it failed."""
+        ...
+
+    def describe(self, image: str) -> tuple[bytes | None, str]:
+        """The dry prediction in the image: (outputs.json, its line) or (None, why not)."""
+        ...
 
     def remove_tag(self, ref: str) -> None: ...

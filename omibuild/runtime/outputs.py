@@ -106,10 +106,11 @@ def learn(service: ModelService) -> None:
     service.outputs = learnt
 
 
-def describe(out: Path) -> int:
+def describe(out: Path | None) -> int:
     """The build's dry prediction: load the model, predict the example, check the answer
-    against the declared outputs (the model's signature), and write outputs.json to ``out``.
-    Exit 0, or 3 with one line saying why the model and the manifest disagree."""
+    against the declared outputs (the model's signature), and write outputs.json to ``out``
+    (None: to stdout, the line saying so to stderr). Exit 0, or 3 with one line saying why
+    the model and the manifest disagree."""
     try:
         config = load_config()
     except ConfigError as err:
@@ -136,6 +137,12 @@ def describe(out: Path) -> int:
             file=sys.stderr,
         )
         return 3
-    out.write_text(json.dumps({"outputs": learnt}, sort_keys=True) + "\n", "utf-8")
-    print(f"omibuild: the model answers its example with {shown_specs(learnt)}")
+    text = json.dumps({"outputs": learnt}, sort_keys=True) + "\n"
+    said = f"omibuild: the model answers its example with {shown_specs(learnt)}"
+    if out is None:
+        sys.stdout.write(text)
+        print(said, file=sys.stderr)
+    else:
+        out.write_text(text, "utf-8")
+        print(said)
     return 0

@@ -290,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "serve":  # SageMaker starts containers with `serve`
         args = args[1:]
     elif len(args) == 2 and args[0] == "describe":  # the build's dry prediction
-        return describe(Path(args[1]))
+        return describe(None if args[1] == "-" else Path(args[1]))
     if args:
         print(
-            f"omibuild runtime: unknown arguments {args}; usage: [serve] | describe OUT",
+            f"omibuild runtime: unknown arguments {args}; usage: [serve] | describe OUT|-",
             file=sys.stderr,
         )
         return 2

@@ -15,30 +15,12 @@ COPY --link runtime/ /opt/omi/runtime/
 RUN mkdir -p /opt/omi/code
 RUN /opt/omi/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/omi/runtime
 
-FROM code AS describe
-COPY --link model/0/ /opt/omi/model/
-COPY --link omi.json /opt/omi/omi.json
-ENV HTTP_PORT="8080"
-ENV INTERFACE="kfserving"
-ENV MALLOC_MMAP_THRESHOLD_="131072"
-ENV MODEL_NAME="iris-classifier"
-ENV OMI_CONFIG="/opt/omi/omi.json"
-ENV PATH="/opt/omi/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ENV PROTOCOL="v2"
-ENV PYTHONDONTWRITEBYTECODE="1"
-ENV PYTHONPATH="/opt/omi/runtime:/opt/omi/code"
-ENV PYTHONUNBUFFERED="1"
-ENV OMI_VERIFY_MODEL=0
-RUN --network=none /opt/omi/venv/bin/python -m omibuild.runtime describe /opt/omi/outputs.json
-
 FROM omibuild.local/python:3.11-slim
 RUN (getent group 10001 || groupadd --system --gid 10001 omi) >/dev/null && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin omi
 COPY --link --from=deps /opt/omi/venv /opt/omi/venv
-COPY --link model/0/ /opt/omi/model/
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
-COPY --link --from=describe /opt/omi/outputs.json /opt/omi/outputs.json
 ENV HTTP_PORT="8080"
 ENV INTERFACE="kfserving"
 ENV MALLOC_MMAP_THRESHOLD_="131072"

@@ -1,0 +1,273 @@
+"""Images assembled outside BuildKit: the image BuildKit built (in an OCI layout directory)
+plus layers omibuild made itself, appended to every platform's manifest.
+
+BuildKit builds what it is good at (dependencies, runtime, code, omi.json, labels) into a
+layout directory kept per manifest under the cache, which its exporter fills with only the
+blobs the directory lacks. The model layers never pass through BuildKit: they are appended
+here (config ``rootfs.diff_ids`` and ``history``, manifest ``layers``), the manifests are
+rewritten, and the result is streamed to the engine (``docker load``) as an OCI archive
+holding only the blobs the engine lacks, or written whole as an OCI tarball."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omibuild.sources.layers import Blob, Entry, Layer, tar_chunks, tar_size
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
+_OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+# BuildKit's attestation manifests (SBOM, provenance) name the image manifest they describe
+ATTESTS = "vnd.docker.reference.digest"
+
+
+class LayoutError(Exception):
+    """The layout BuildKit wrote is not what omibuild can assemble from."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    """A layer to append: its blob, what ``docker history`` says made it, and where its bytes
+    come from when a receiver lacks it (a model layer streamed from the files, or bytes)."""
+
+    blob: Blob
+    created_by: str
+    layer: Layer | None = None
+    data: bytes | None = None
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass
+class Layout:
+    """An OCI image layout directory (the image-spec's ``index.json`` + ``blobs/``)."""
+
+    root: Path
+    # blobs omibuild's own layers add: they are never files here, only streamed
+    streamed: dict[str, Appended] = field(default_factory=dict)
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, _, hex_ = digest.partition(":")
+        if (
+            algorithm != "sha256"
+            or len(hex_) != 64
+            or not all(c in "0123456789abcdef" for c in hex_)
+        ):
+            raise LayoutError(f"not a sha256 digest: {digest[:80]!r}")
+        return self.root / "blobs" / "sha256" / hex_
+
+    def read_json(self, digest: str, limit: int = 4 << 20) -> dict[str, Any]:
+        path = self.blob_path(digest)
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise LayoutError(f"{path} is not the {digest[:19]}… it should be")
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise LayoutError(f"{path} is not a JSON object")
+        return value
+
+    def put_json(self, obj: Any, media_type: str) -> dict[str, Any]:
+        """Write ``obj`` as a blob (atomically, if absent) and return its descriptor."""
+        data = _canonical(obj)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def top(self) -> dict[str, Any]:
+        """The one image in index.json (BuildKit's exporter names only the one it wrote)."""
+        index = json.loads((self.root / "index.json").read_text())
+        manifests = index.get("manifests") or []
+        if len(manifests) != 1:
+            raise LayoutError(f"{self.root}/index.json lists {len(manifests)} images, not one")
+        return dict(manifests[0])
+
+    # -- appending -----------------------------------------------------------------------
+    def append(self, top: dict[str, Any], layers: list[Appended]) -> dict[str, Any]:
+        """``top`` with ``layers`` appended to every image manifest it reaches (each platform
+        shares the same blobs); attestation manifests are pointed at the new manifests."""
+        for a in layers:
+            if a.layer is not None or a.data is not None:
+                self.streamed[a.blob.digest] = a
+        media = top.get("mediaType")
+        if media in MANIFEST_TYPES:
+            return self._append_manifest(top, layers)
+        if media not in INDEX_TYPES:
+            raise LayoutError(f"cannot append layers to a {media}")
+        index = self.read_json(top["digest"])
+        renamed: dict[str, str] = {}
+        children = []
+        for child in index.get("manifests") or []:
+            if child.get("mediaType") in MANIFEST_TYPES and ATTESTS not in (
+                child.get("annotations") or {}
+            ):
+                new = self._append_manifest(child, layers)
+                renamed[child["digest"]] = new["digest"]
+                children.append(new)
+            else:
+                children.append(dict(child))
+        for child in children:
+            annotations = child.get("annotations") or {}
+            if annotations.get(ATTESTS) in renamed:
+                child["annotations"] = annotations | {ATTESTS: renamed[annotations[ATTESTS]]}
+        index["manifests"] = children
+        return self._descriptor_like(top, self.put_json(index, media))
+
+    def _append_manifest(self, desc: dict[str, Any], layers: list[Appended]) -> dict[str, Any]:
+        manifest = self.read_json(desc["digest"])
+        config = self.read_json(manifest["config"]["digest"])
+        rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+        # uncompressed layers: the diff id (digest of the tar) is the blob's digest
+        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *(a.blob.digest for a in layers)]
+        when = {"created": config["created"]} if "created" in config else {}
+        config["history"] = [
+            *config.get("history", []),
+            *({**when, "created_by": a.created_by, "comment": "omibuild"} for a in layers),
+        ]
+        manifest["config"] = self.put_json(config, manifest["config"]["mediaType"])
+        manifest["layers"] = [
+            *manifest.get("layers", []),
+            *(
+                {"mediaType": a.blob.media_type, "digest": a.blob.digest, "size": a.blob.size}
+                for a in layers
+            ),
+        ]
+        return self._descriptor_like(desc, self.put_json(manifest, desc["mediaType"]))
+
+    @staticmethod
+    def _descriptor_like(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """The new descriptor, keeping the old one's platform and annotations."""
+        return {**{k: v for k, v in old.items() if k in ("platform", "annotations")}, **new}
+
+    # -- reading the graph ---------------------------------------------------------------
+    def blobs(self, top: dict[str, Any]) -> list[tuple[str, int]]:
+        """Every blob ``top`` reaches, each once, children before the manifests that name
+        them: (digest, size)."""
+        seen: dict[str, int] = {}
+
+        def walk(desc: dict[str, Any]) -> None:
+            digest, media = desc["digest"], desc.get("mediaType")
+            if digest in seen:
+                return
+            if media in INDEX_TYPES:
+                for child in self.read_json(digest).get("manifests") or []:
+                    walk(child)
+            elif media in MANIFEST_TYPES:
+                manifest = self.read_json(digest)
+                walk(manifest["config"])
+                for layer in manifest.get("layers") or []:
+                    walk(layer)
+            seen[digest] = int(desc["size"])
+
+        walk(top)
+        return list(seen.items())
+
+    # -- archives ------------------------------------------------------------------------
+    def archive(
+        self,
+        top: dict[str, Any],
+        name: str | None,
+        *,
+        skip: frozenset[str] = frozenset(),
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> tuple[list[Entry], int]:
+        """The entries of an OCI archive of ``top`` (named ``name``) holding every blob it
+        reaches except those in ``skip``, and how many model bytes stream from files."""
+        annotations = dict(top.get("annotations") or {})
+        if name:
+            annotations |= {IMAGE_NAME: name, REF_NAME: name}
+        descriptor = {**top, "annotations": annotations} if annotations else dict(top)
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor],
+        }
+        entries = [
+            Entry("oci-layout", len(_OCI_LAYOUT), data=_OCI_LAYOUT),
+            Entry("blobs/", directory=True),
+            Entry("blobs/sha256/", directory=True),
+        ]
+        streamed = 0
+        for digest, size in self.blobs(top):
+            if digest in skip:
+                continue
+            name_ = "blobs/sha256/" + digest.removeprefix("sha256:")
+            appended = self.streamed.get(digest)
+            if appended is not None and appended.layer is not None:
+                layer = appended.layer
+                entries.append(Entry(name_, size, stream=_layer_stream(layer, on_bytes)))
+                streamed += layer.model_bytes
+            elif appended is not None and appended.data is not None:
+                entries.append(Entry(name_, size, data=appended.data))
+            else:
+                entries.append(Entry(name_, size, path=self.blob_path(digest)))
+        data = _canonical(index)
+        entries.append(Entry("index.json", len(data), data=data))
+        return entries, streamed
+
+    def write_tarball(self, top: dict[str, Any], dest: Path, name: str | None) -> None:
+        """The whole image as an OCI tarball at ``dest``, written beside it and renamed."""
+        entries, _ = self.archive(top, name)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in tar_chunks(entries):
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def collect(self, keep: list[dict[str, Any]]) -> int:
+        """Remove every blob no image in ``keep`` reaches (the directory is omibuild's own:
+        nothing else points into it). Returns the bytes freed."""
+        wanted = {digest for top in keep for digest, _ in self.blobs(top)}
+        freed = 0
+        for path in (self.root / "blobs" / "sha256").glob("*"):
+            if "sha256:" + path.name not in wanted:
+                with contextlib.suppress(OSError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    freed += size
+        return freed
+
+
+def _layer_stream(
+    layer: Layer, on_bytes: Callable[[int], None] | None
+) -> Callable[[], Iterator[bytes]]:
+    # The receiver checks the whole layer's digest, so the files need no second hash here.
+    return lambda: layer.chunks(on_bytes, verify=False)
+
+
+def archive_size(entries: list[Entry]) -> int:
+    return tar_size(entries)
+
+
+def reset(root: Path) -> None:
+    """An unusable layout directory goes whole (it is a cache: BuildKit refills it)."""
+    shutil.rmtree(root, ignore_errors=True)

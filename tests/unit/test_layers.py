@@ -1,0 +1,192 @@
+"""Model layers made by omibuild (sources/layers.py) and the images assembled from them
+(engine/oci.py): deterministic bytes, digests known from the files alone, nothing trusted
+after an interrupted pass."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from omibuild.engine.oci import ATTESTS, Appended, Layout
+from omibuild.sources.base import ModelFile
+from omibuild.sources.cache import Cache
+from omibuild.sources.layers import (
+    MODEL_ROOT,
+    Layer,
+    LayerFileChanged,
+    known_blob,
+    layer_blob,
+    memo_path,
+    tar_chunks,
+)
+
+
+def _model(root: Path, files: dict[str, bytes]) -> tuple[ModelFile, ...]:
+    out = []
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        out.append(ModelFile(rel, len(data), hashlib.sha256(data).hexdigest()))
+    return tuple(out)
+
+
+FILES = {
+    "weights/shard-1.bin": os.urandom(70_000),
+    "config.json": b'{"a": 1}',
+    "weights/shard-0.bin": os.urandom(1_000),
+    "a" * 120 + "/long-name.txt": b"a name longer than ustar's 100 bytes",
+    "ünïcode.txt": b"x",
+}
+
+
+def _bytes(layer: Layer) -> bytes:
+    return b"".join(layer.chunks())
+
+
+def test_the_layer_tar_is_fixed_by_the_files_alone(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    files = _model(one, FILES)
+    _model(two, dict(reversed(FILES.items())))  # written in another order, at other times
+    os.utime(two / "config.json", (12345, 12345))
+    os.chmod(two / "config.json", 0o600)
+    a, b = _bytes(Layer(files, one)), _bytes(Layer(tuple(reversed(files)), two))
+    assert a == b and len(a) == Layer(files, one).size
+    with tarfile.open(fileobj=io.BytesIO(a)) as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names)
+        assert names[:3] == ["opt", "opt/omi", MODEL_ROOT]  # parents before their children
+        for m in members:
+            assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", 0)
+            assert m.mode == (0o755 if m.isdir() else 0o444)
+        for rel, data in FILES.items():
+            member = tar.extractfile(f"{MODEL_ROOT}/{rel}")
+            assert member is not None and member.read() == data
+
+
+def test_the_digest_is_the_same_with_fresh_caches_and_a_seen_model_is_not_read(
+    tmp_path: Path,
+) -> None:
+    files = _model(tmp_path / "m", FILES)
+    layer = Layer(files, tmp_path / "m")
+    first, read = layer_blob(Cache(tmp_path / "c1", hold=False), layer)
+    second, read2 = layer_blob(Cache(tmp_path / "c2", hold=False), layer)
+    assert read and read2 and first == second
+    assert first.digest == "sha256:" + hashlib.sha256(_bytes(layer)).hexdigest()
+    # seen before: known from the memo, without opening a file
+    (tmp_path / "m" / "config.json").unlink()
+    assert layer_blob(Cache(tmp_path / "c1", hold=False), layer) == (first, False)
+
+
+def test_a_changed_file_stops_the_stream_and_leaves_no_memo(tmp_path: Path) -> None:
+    files = _model(tmp_path / "m", FILES)
+    (tmp_path / "m" / "weights" / "shard-1.bin").write_bytes(os.urandom(70_000))  # same size
+    cache = Cache(tmp_path / "c", hold=False)
+    layer = Layer(files, tmp_path / "m")
+    with pytest.raises(LayerFileChanged, match="weights/shard-1.bin changed"):
+        layer_blob(cache, layer)
+    assert known_blob(cache, layer) is None and not memo_path(cache, layer).exists()
+    (tmp_path / "m" / "config.json").write_bytes(b"longer than it was")
+    with pytest.raises(LayerFileChanged, match="config.json"):
+        b"".join(Layer(files, tmp_path / "m").chunks(verify=False))  # size is always checked
+
+
+def test_an_interrupted_pass_leaves_nothing_trusted(tmp_path: Path) -> None:
+    files = _model(tmp_path / "m", FILES)
+    cache = Cache(tmp_path / "c", hold=False)
+    layer = Layer(files, tmp_path / "m")
+
+    class Stop(Exception):
+        pass
+
+    def stop(_n: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        layer_blob(cache, layer, on_bytes=stop)
+    assert known_blob(cache, layer) is None
+    memo_path(cache, layer).parent.mkdir(parents=True, exist_ok=True)
+    memo_path(cache, layer).write_text('{"digest": "sha256:00", "size": 1}')  # torn or stale
+    assert known_blob(cache, layer) is None
+    blob, read = layer_blob(cache, layer)
+    assert read and known_blob(cache, layer) == blob
+
+
+BASE = {
+    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+    "digest": "sha256:" + "1" * 64,
+    "size": 1,
+}
+
+
+def _put(layout: Layout, obj: dict, media: str) -> dict:  # type: ignore[type-arg]
+    return layout.put_json(obj, media)
+
+
+def test_layers_append_to_every_platform_and_attestations_follow(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "l")
+    manifests = []
+    for arch in ("amd64", "arm64"):
+        config = _put(
+            layout,
+            {
+                "architecture": arch,
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
+            },
+            "application/vnd.oci.image.config.v1+json",
+        )
+        manifest = _put(
+            layout,
+            {"schemaVersion": 2, "config": config, "layers": [BASE]},
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        manifests.append(manifest | {"platform": {"architecture": arch, "os": "linux"}})
+    attestation = _put(
+        layout, {"schemaVersion": 2, "config": config, "layers": []}, manifests[0]["mediaType"]
+    )
+    attestation["annotations"] = {ATTESTS: manifests[0]["digest"]}
+    index = _put(
+        layout,
+        {"schemaVersion": 2, "manifests": [*manifests, attestation]},
+        "application/vnd.oci.image.index.v1+json",
+    )
+    files = _model(tmp_path / "m", {"w.bin": b"weights"})
+    layer = Layer(files, tmp_path / "m")
+    blob, _ = layer_blob(Cache(tmp_path / "c", hold=False), layer)
+    top = layout.append(index, [Appended(blob, "omibuild: model layer 1/1", layer=layer)])
+    new = layout.read_json(top["digest"])
+    images, [att] = new["manifests"][:2], new["manifests"][2:]
+    for image in images:
+        manifest = layout.read_json(image["digest"])
+        config = layout.read_json(manifest["config"]["digest"])
+        assert manifest["layers"][-1]["digest"] == blob.digest  # one blob, every platform
+        assert config["rootfs"]["diff_ids"][-1] == blob.digest
+        assert config["history"][-1]["created_by"] == "omibuild: model layer 1/1"
+    assert att["annotations"][ATTESTS] == images[0]["digest"]
+    # the archive streams the model layer from the files, once, and leaves out what is skipped
+    entries, streamed = layout.archive(top, "example.org/m:t", skip=frozenset({BASE["digest"]}))
+    data = b"".join(tar_chunks(entries))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        member = tar.extractfile("blobs/sha256/" + blob.digest[7:])
+        assert member is not None
+        assert "sha256:" + hashlib.sha256(member.read()).hexdigest() == blob.digest
+        index_json = tar.extractfile("index.json")
+        assert index_json is not None
+        [named] = json.loads(index_json.read())["manifests"]
+    assert names.count("blobs/sha256/" + blob.digest[7:]) == 1 and streamed == len(b"weights")
+    assert named["annotations"]["io.containerd.image.name"] == "example.org/m:t"
+    entries, streamed = layout.archive(top, None, skip=frozenset({blob.digest, BASE["digest"]}))
+    assert streamed == 0
+    # a collection keeps what the image reaches and drops the rest
+    stray = layout.put_json({"stray": True}, "application/json")
+    layout.collect([top])
+    assert not layout.blob_path(stray["digest"]).exists()
+    assert layout.blob_path(top["digest"]).exists()
