@@ -241,13 +241,14 @@ def _finish(
     try:
         rest = layout.top()
         top = layout.append(rest, model)
+        annotations = {k: v for k, v in job.plan.labels if k != PLAN_STATE_LABEL}
     except (LayoutError, OSError, ValueError, KeyError) as err:
         reset(job.layout)  # a cache: the next build fills it again
         result.ok, result.error = False, f"the image BuildKit wrote is unusable ({err}); run again"
         return
     plan, temp = job.plan, job.temp
     if job.output.startswith("oci:") and not plan.dry_run:  # the engine is not needed
-        _write_oci(layout, top, job, result)
+        _write_oci(layout, layout.indexed(top, annotations), job, result)
         layout.collect([rest])
         return
     # What the engine has already (the blobs of the images now at the target's tags), left out
@@ -263,6 +264,8 @@ def _finish(
         nonlocal sent
         sent += n
 
+    if not plan.dry_run:
+        top = layout.indexed(top, annotations)
     entries, _ = layout.archive(top, engine_name(temp), skip=have, on_bytes=count)
     started = time.perf_counter()
     try:
@@ -271,10 +274,10 @@ def _finish(
         cache.forget_hashes()
         error = str(err)
     job.result.model_bytes_sent = sent
-    if error is None and sent:
+    if error is None:
+        what = f"{human(sent)} of model layers" if sent else "no model bytes (it has them)"
         progress.line(
-            f"{plan.name}: {human(sent)} of model layers loaded into the engine in "
-            f"{time.perf_counter() - started:.1f} s"
+            f"{plan.name}: loaded into the engine in {time.perf_counter() - started:.1f} s, {what}"
         )
     if error is None and plan.dry_run:
         outputs, said = executor.describe(temp)
@@ -282,7 +285,7 @@ def _finish(
             error = said
         else:
             loaded = frozenset(d for d, _ in layout.blobs(top))
-            top = layout.append(top, [_outputs_layer(outputs)])
+            top = layout.indexed(layout.append(top, [_outputs_layer(outputs)]), annotations)
             entries, _ = layout.archive(top, engine_name(temp), skip=loaded)
             error = executor.load(tar_chunks(entries))
     if error is not None:
@@ -389,6 +392,7 @@ def apply_all(
             )
             job.layout = cache.root / "images" / context_dir(cache, t.manifest_file).name
             stack.enter_context(_cache_dir_lock(job.layout, progress))
+            Layout(job.layout).clear()
             secrets = build_secrets(t.secrets)
             job.result.downloaded_bytes = downloaded
             requests.append(_request(job, ctx, secrets, cache, options))

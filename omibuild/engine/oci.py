@@ -157,6 +157,27 @@ class Layout:
         ]
         return self._descriptor_like(desc, self.put_json(manifest, desc["mediaType"]))
 
+    def indexed(self, top: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
+        """``top`` as an image index carrying ``annotations`` (one platform's manifest is put
+        in an index of one, as BuildKit's image exporter does, so the index annotations the
+        label contract promises are there for every image)."""
+        if top.get("mediaType") in INDEX_TYPES:
+            return top
+        child = {k: v for k, v in top.items() if k != "annotations"}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": INDEX_TYPES[0],
+            "manifests": [child],
+            "annotations": annotations,
+        }
+        return self.put_json(index, INDEX_TYPES[0])
+
+    def clear(self) -> None:
+        """Forget which image the directory names (BuildKit's exporter adds each build's name
+        to index.json); the blobs stay, so the next export writes only new ones."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "index.json").unlink()
+
     @staticmethod
     def _descriptor_like(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         """The new descriptor, keeping the old one's platform and annotations."""
