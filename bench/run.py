@@ -1,9 +1,11 @@
 """`make bench`: side-by-side benchmarks, repeated, reported as ratios against a baseline
 measured in the same run. Writes bench/results/latest.json and bench/results/latest.md.
 
-Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic model), image
-size (against `mlflow models build-docker`), serving and cold start (against MLServer), and a
-soak (c=32 with invalid requests mixed in: errors, p99 drift, memory growth)."""
+Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic model), model
+layers (1 and 10 GiB models against the I/O floor and a plain buildx COPY:
+bench/model_layers.py), image size (against `mlflow models build-docker`), serving and cold
+start (against MLServer), and a soak (c=32 with invalid requests mixed in: errors, p99 drift,
+memory growth)."""
 
 from __future__ import annotations
 
@@ -926,16 +928,40 @@ def write_report(info: dict[str, str], seconds: float, rerun: set[str] | None = 
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
 
 
+def bench_layers(work: Path, sizes: str, reps: int) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from model_layers import bench_model_layers
+
+    for gib in (int(x) for x in sizes.split(",") if x.strip()):
+        bench_model_layers(
+            work,
+            gib << 30,
+            reps if gib < 10 else 1,
+            base=BASE,
+            registry=REGISTRY,
+            py=PY,
+            record=record,
+            log=log,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
-        "--only", choices=["cli", "hashing", "build", "size", "serving", "soak"], action="append"
+        "--only",
+        choices=["cli", "hashing", "build", "layers", "size", "serving", "soak"],
+        action="append",
+    )
+    parser.add_argument(
+        "--layer-sizes",
+        default=os.environ.get("OMI_BENCH_LAYER_SIZES", "1,10"),
+        help="model sizes in GiB for the layers group (10 GiB runs once)",
     )
     args = parser.parse_args()
-    only = set(args.only or ["cli", "hashing", "build", "size", "serving", "soak"])
+    only = set(args.only or ["cli", "hashing", "build", "layers", "size", "serving", "soak"])
     start = time.perf_counter()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="omibuild-bench-", dir="/var/tmp") as tmp:
@@ -948,6 +974,7 @@ def main() -> int:
             ("cli", lambda: bench_cli(max(args.reps, 7))),
             ("hashing", lambda: bench_hashing(work, weights, args.reps)),
             ("build", lambda: bench_builds(work, weights, args.reps)),
+            ("layers", lambda: bench_layers(work, args.layer_sizes, args.reps)),
             ("size", lambda: bench_size(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),

@@ -39,3 +39,8 @@ _.__context__
 _.downloaded_bytes
 # used by the tests: a progress that prints nothing
 progress.QUIET
+# tarfile.TarInfo fields set for deterministic layer headers (sources/layers.py)
+_.mtime
+_.gid
+_.uname
+_.gname

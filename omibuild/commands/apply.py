@@ -71,6 +71,9 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
         "output": output,
         "seconds": round(r.seconds, 3),
         "downloaded_bytes": r.downloaded_bytes,
+        # model bytes read to learn new layers' digests, and streamed to the engine or a file
+        "model_bytes_read": r.model_bytes_read,
+        "model_bytes_sent": r.model_bytes_sent,
         "cached_steps": r.cached_steps,
         "total_steps": r.total_steps,
         "error": r.error,

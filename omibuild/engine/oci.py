@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.sources.layers import Blob, Entry, Layer, tar_chunks, tar_size
+from omibuild.sources.layers import Blob, Entry, Layer, tar_chunks
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -283,10 +283,6 @@ def _layer_stream(
 ) -> Callable[[], Iterator[bytes]]:
     # The receiver checks the whole layer's digest, so the files need no second hash here.
     return lambda: layer.chunks(on_bytes, verify=False)
-
-
-def archive_size(entries: list[Entry]) -> int:
-    return tar_size(entries)
 
 
 def reset(root: Path) -> None:
