@@ -1,5 +1,6 @@
 """omibuild cache [prune --keep SIZE] — what omibuild keeps on disk (source files, BuildKit
-cache directories, build contexts, scratch), with sizes and last use; prune keeps the most
+cache directories, build contexts, image layouts, model layer digests, scratch), with sizes
+and last use; prune keeps the most
 recently used within a size, and leaves BuildKit's cache directories (sources/usage.py says
 why, and why this is safe while builds run)."""
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         total = sum(e.size for e in rows)
         _table(_by_kind(rows), f"omibuild cache: {cache.root}")
-        print(f"{human(total)} in all; `omibuild cache prune --keep SIZE` keeps the newest")
+        print(f"{human(total)} in all; `omibuild cache prune --keep SIZE` keeps the most recently used")
         return EXIT_OK
     if args.keep is None:
         raise UsageError("cache prune needs --keep SIZE", hint="e.g. --keep 20GB, or --keep 0")

@@ -10,16 +10,19 @@ import hashlib
 import re
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TextIO
 
 from omibuild.contract import OUTPUTS_FILE, PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.oci import Appended, Layout, LayoutError, reset
+from omibuild.engine.progress import report_step, view_kind
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
@@ -183,12 +186,14 @@ def _request(
     )
 
 
-def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int]:
-    """The plan's model layers as omibuild makes them from the staged files, and the model
-    bytes read to learn digests not seen before. Runs beside the build; a layer not seen
-    before is read once, which also hashes every file of it against the plan (what vouched for
-    them before, the cache's stat memo or omi.lock offline, is a hint taken to skip reads)."""
+def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int, float]:
+    """The plan's model layers as omibuild makes them from the staged files, the model bytes
+    read to learn digests not seen before, and the seconds it took. Runs beside the build; a
+    layer not seen before is read once, which also hashes every file of it against the plan
+    (what vouched for them before, the cache's stat memo or omi.lock offline, is a hint taken
+    to skip reads)."""
     appended, read = [], 0
+    started = time.perf_counter()
     count = len(plan.model_layers)
     for index, group in enumerate(plan.model_layers):
         layer = Layer(group.files, ctx / CTX_MODEL)
@@ -197,7 +202,7 @@ def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], i
         what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
         created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
         appended.append(Appended(blob, created, layer=layer))
-    return appended, read
+    return appended, read, time.perf_counter() - started
 
 
 def _outputs_layer(outputs: bytes) -> Appended:
@@ -218,102 +223,146 @@ def engine_name(ref: str) -> str:
     return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"
 
 
+@dataclass
+class _Steps:
+    """omibuild's own steps after BuildKit's, numbered and shown as the build view shows
+    BuildKit's (engine/progress.py); each also goes to the build's log."""
+
+    kind: str
+    stream: TextIO
+    total: int
+    log_path: str | None
+    done: int = 0
+
+    def report(self, what: str, seconds: float | None, logs: tuple[str, ...] = ()) -> None:
+        self.done += 1
+        name = f"[model {self.done}/{self.total}] {what}"
+        report_step(self.kind, self.stream, name, seconds, logs)
+        self.log((name, *logs, "CACHED" if seconds is None else f"DONE {seconds:.1f}s"))
+
+    def log(self, lines: tuple[str, ...]) -> None:
+        if self.log_path:
+            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+                log.write("".join(f"#model {ln}\n" for ln in lines))
+
+
 def _finish(
     job: _Job,
     result: BuildResult,
-    made: futures.Future[tuple[list[Appended], int]],
+    made: futures.Future[tuple[list[Appended], int, float]],
     executor: Executor,
     cache: Cache,
-    progress: Progress,
+    options: ApplyOptions,
     blobs_here: bool,
 ) -> None:
     """BuildKit built everything but the model: append the model layers, load the image into
     the engine (only the blobs it lacks), run the dry prediction, then push or write the OCI
     file. A failure sets ``result`` (nothing is tagged)."""
     assert job.layout is not None
+    plan, temp = job.plan, job.temp
+    engine = not job.output.startswith("oci:") or plan.dry_run
+    total = 1 + engine + plan.dry_run + (job.output != "load")
+    steps = _Steps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
+
+    def fail(error: str) -> None:
+        result.ok, result.error = False, error
+
     try:
-        model, job.result.model_bytes_read = made.result()
+        model, job.result.model_bytes_read, seconds = made.result()
     except LayerFileChanged as err:
         cache.forget_hashes()  # the memo vouched for bytes it had not seen
-        result.ok, result.error = False, str(err)
-        return
+        return fail(str(err))
+    size = human(sum(a.layer.model_bytes for a in model if a.layer))
+    steps.report(
+        f"hashing the model layers ({size})", seconds if job.result.model_bytes_read else None
+    )
     layout = Layout(job.layout)
     try:
         rest = layout.top()
         top = layout.append(rest, model)
-        annotations = {k: v for k, v in job.plan.labels if k != PLAN_STATE_LABEL}
     except (LayoutError, OSError, ValueError, KeyError) as err:
         reset(job.layout)  # a cache: the next build fills it again
-        result.ok, result.error = False, f"the image BuildKit wrote is unusable ({err}); run again"
-        return
-    plan, temp = job.plan, job.temp
-    if job.output.startswith("oci:") and not plan.dry_run:  # the engine is not needed
-        _write_oci(layout, layout.indexed(top, annotations), job, result)
-        layout.collect([rest])
-        return
-    # What the engine has already (the blobs of the images now at the target's tags), left out
-    # of the load: a code-only rebuild sends no model bytes.
-    have = (
-        frozenset(d for ref in plan.image_refs for d in executor.image_layers(ref))
-        if blobs_here
-        else frozenset()
-    )
+        return fail(f"the image BuildKit wrote is unusable ({err}); run again")
+    annotations = {k: v for k, v in plan.labels if k != PLAN_STATE_LABEL}
+    if engine:
+        if not plan.dry_run:
+            top = layout.indexed(top, annotations)
+        # what the engine has already (the blobs of the images now at the target's tags) is
+        # left out of the load: a code-only rebuild sends no model bytes
+        have = (
+            frozenset(d for ref in plan.image_refs for d in executor.image_layers(ref))
+            if blobs_here
+            else frozenset()
+        )
+        error, sent, seconds = _load(executor, layout, top, engine_name(temp), have)
+        if error is not None:
+            if sent:  # a file changed under the stream, or the engine refused the layer
+                cache.forget_hashes()
+            return fail(error)
+        job.result.model_bytes_sent = sent
+        what = f"{human(sent)} of model layers" if sent else "no model bytes: it has them"
+        steps.report(f"loading into the engine ({what})", seconds)
+    if plan.dry_run:
+        started = time.perf_counter()
+        outputs, said = executor.describe(temp)
+        lines = tuple(ln for ln in said.splitlines() if ln.strip())
+        if outputs is None:
+            steps.log(("predicting the example input", *lines, "ERROR"))
+            return fail(
+                (lines or ("the dry prediction failed",))[-1].removeprefix("omibuild: ")[:400]
+            )
+        loaded = frozenset(d for d, _ in layout.blobs(top))
+        top = layout.indexed(layout.append(top, [_outputs_layer(outputs)]), annotations)
+        error, _, _ = _load(executor, layout, top, engine_name(temp), loaded)
+        if error is not None:
+            return fail(error)
+        steps.report("predicting the example input", time.perf_counter() - started, lines)
+    result.digest = str(top["digest"])
+    if job.output.startswith("oci:"):
+        started = time.perf_counter()
+        if error := _write_oci(layout, layout.indexed(top, annotations), job.output[4:], plan):
+            return fail(error)
+        steps.report(f"writing {job.output[4:]}", time.perf_counter() - started)
+    elif job.output == "push":
+        started = time.perf_counter()
+        with _deferred_interrupts():
+            for ref in plan.image_refs:
+                executor.tag(temp, ref)
+        for ref in plan.image_refs:
+            if (error := executor.push(ref)) is not None:
+                return fail(error)
+        steps.report("pushing to the registry", time.perf_counter() - started)
+    layout.collect([rest])  # what the next build's export can reuse; nothing else
+    return None
+
+
+def _load(
+    executor: Executor, layout: Layout, top: dict[str, Any], name: str, have: frozenset[str]
+) -> tuple[str | None, int, float]:
+    """(why the load failed or None, model bytes sent, seconds)."""
     sent = 0
 
     def count(n: int) -> None:
         nonlocal sent
         sent += n
 
-    if not plan.dry_run:
-        top = layout.indexed(top, annotations)
-    entries, _ = layout.archive(top, engine_name(temp), skip=have, on_bytes=count)
     started = time.perf_counter()
+    entries, _ = layout.archive(top, name, skip=have, on_bytes=count)
     try:
         error = executor.load(tar_chunks(entries))
     except LayerFileChanged as err:
-        cache.forget_hashes()
         error = str(err)
-    job.result.model_bytes_sent = sent
-    if error is None:
-        what = f"{human(sent)} of model layers" if sent else "no model bytes (it has them)"
-        progress.line(
-            f"{plan.name}: loaded into the engine in {time.perf_counter() - started:.1f} s, {what}"
-        )
-    if error is None and plan.dry_run:
-        outputs, said = executor.describe(temp)
-        if outputs is None:
-            error = said
-        else:
-            loaded = frozenset(d for d, _ in layout.blobs(top))
-            top = layout.indexed(layout.append(top, [_outputs_layer(outputs)]), annotations)
-            entries, _ = layout.archive(top, engine_name(temp), skip=loaded)
-            error = executor.load(tar_chunks(entries))
-    if error is not None:
-        result.ok, result.error = False, error
-        return
-    result.digest = top["digest"]
-    if job.output.startswith("oci:"):
-        _write_oci(layout, top, job, result)
-    elif job.output == "push":
-        with _deferred_interrupts():
-            for ref in plan.image_refs:
-                executor.tag(temp, ref)
-        for ref in plan.image_refs:
-            if (error := executor.push(ref)) is not None:
-                result.ok, result.error = False, error
-                break
-    layout.collect([rest])
+    return error, sent, time.perf_counter() - started
 
 
-def _write_oci(layout: Layout, top: dict[str, object], job: _Job, result: BuildResult) -> None:
+def _write_oci(layout: Layout, top: dict[str, Any], dest: str, plan: Plan) -> str | None:
     try:
-        layout.write_tarball(top, Path(job.output[4:]), job.plan.image_refs[0])
+        layout.write_tarball(top, Path(dest), plan.image_refs[0])
     except LayerFileChanged as err:
-        result.ok, result.error = False, str(err)
+        return str(err)
     except OSError as err:
-        result.ok, result.error = False, f"cannot write {job.output[4:]}: {err.strerror or err}"
-    else:
-        result.digest = str(top["digest"])
+        return f"cannot write {dest}: {err.strerror or err}"
+    return None
 
 
 def registry_address(repository: str) -> tuple[str, int]:
@@ -411,7 +460,7 @@ def apply_all(
             blobs_here = executor.keeps_blobs()
             for job, result, made in zip(pending, results, layers, strict=True):
                 if result.ok:
-                    _finish(job, result, made, executor, cache, progress, blobs_here)
+                    _finish(job, result, made, executor, cache, options, blobs_here)
                 else:
                     futures.wait([made])
             with _deferred_interrupts():

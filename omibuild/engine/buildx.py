@@ -28,6 +28,8 @@ from omibuild.engine.progress import (
     TtyView,
     diagnose,
     new_log,
+    registry_failure,
+    view_kind,
 )
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import UsageError
@@ -280,16 +282,18 @@ class BuildxExecutor:
         )
         if proc.returncode == 0:
             return None
-        return f"pushing {ref} failed: {_last_line(proc.stderr or proc.stdout)}"
+        said = proc.stderr or proc.stdout
+        failure = registry_failure(said)
+        return str(failure) if failure else f"pushing {ref} failed: {_last_line(said)}"
 
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction on omi.yaml's example, run in the image with no network:
-        (outputs.json, its line) or (None, the line saying why the model cannot)."""
+        (outputs.json, what it said) or (None, what it said: its last line says why)."""
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         cmd = [exe, *self._context_args(), "run", "--rm", "--network", "none"]
         cmd += ["-e", "OMI_VERIFY_MODEL=0", image, "describe", "-"]
         proc = subprocess.run(cmd, capture_output=True, check=False, start_new_session=True)
-        said = _last_line(proc.stderr.decode(errors="replace"))
+        said = proc.stderr.decode(errors="replace")[-(64 << 10) :]
         return (proc.stdout, said) if proc.returncode == 0 else (None, said)
 
     def remove_tag(self, ref: str) -> None:
@@ -442,14 +446,12 @@ class BuildxExecutor:
         )
 
     def _view(self, req: BuildRequest) -> Any:
-        tty = self.stream.isatty() and not os.environ.get("CI")
-        if req.progress == "quiet":
+        kind = view_kind(req.progress, self.stream)
+        if kind == "quiet":
             return None
-        if req.progress == "tty" or (req.progress == "auto" and tty):
+        if kind == "tty":
             return TtyView(self.stream, req.tags[0].split(":")[0] if req.tags else "the image")
-        if os.environ.get("GITHUB_ACTIONS") == "true":
-            return GithubView(self.stream)
-        return LineView(self.stream)
+        return GithubView(self.stream) if kind == "github" else LineView(self.stream)
 
     def _run_structured(
         self, cmd: list[str], req: BuildRequest, secrets: list[BuildSecret]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 from collections import deque
@@ -272,6 +273,33 @@ class GithubView(LineView):
             print("::endgroup::", file=self.stream, flush=True)
 
 
+def view_kind(progress: str, stream: TextIO) -> str:
+    """Which view a build's output gets: quiet, tty, github or line."""
+    tty = stream.isatty() and not os.environ.get("CI")
+    if progress == "quiet":
+        return "quiet"
+    if progress == "tty" or (progress == "auto" and tty):
+        return "tty"
+    return "github" if os.environ.get("GITHUB_ACTIONS") == "true" else "line"
+
+
+def report_step(
+    kind: str, stream: TextIO, name: str, seconds: float | None, logs: tuple[str, ...] = ()
+) -> None:
+    """A step omibuild runs itself after BuildKit's (the model layers, the load, the dry
+    prediction, the push), shown as the view shows BuildKit's: ``seconds`` None is cached."""
+    if kind == "quiet":
+        return
+    how = "cached" if seconds is None else f"{seconds:.1f}s"
+    if kind == "github":
+        print(f"::group::{workflow_text(name)}: {how}", file=stream)
+        for line in logs:
+            print(line, file=stream)
+        print("::endgroup::", file=stream, flush=True)
+    else:
+        print(f"  {name}: {how}", file=stream, flush=True)
+
+
 def workflow_text(text: str) -> str:
     """A workflow command's message: its own escapes, so build text cannot start a command."""
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -396,10 +424,17 @@ def diagnose(steps: Steps) -> Failure:
             f"{missing.group(1)} is missing from the build context",
             "the file must exist where omi.yaml says (code.path, model.source)",
         )
+    if failure := registry_failure(error, pushing="exporting" in name):
+        return failure
+    return Failure("build", _short(error))
+
+
+def registry_failure(error: str, *, pushing: bool = True) -> Failure | None:
+    """A push the registry could not take, in one line: unreachable, or refused."""
     registry = re.search(r"connection refused|no such host|i/o timeout", error) or re.search(
         r"dial tcp", error
     )
-    if registry and ("push" in error or "exporting" in name or _HOST.search(error)):
+    if registry and ("push" in error or pushing or _HOST.search(error)):
         host = _HOST.search(error)
         where = f"the registry {host.group(1)}" if host else "the registry"
         return Failure(
@@ -407,13 +442,17 @@ def diagnose(steps: Steps) -> Failure:
             f"{where} is unreachable ({registry.group(0)})",
             "start the registry, check image.repository, or apply without --push",
         )
-    if re.search(r"401 Unauthorized|403 Forbidden|denied|unauthorized", error, re.IGNORECASE):
+    if re.search(
+        r"401 Unauthorized|403 Forbidden|denied|unauthorized|authorization failed|auth credentials",
+        error,
+        re.IGNORECASE,
+    ):
         return Failure(
             "auth",
             f"the registry refused the push: {_short(error)}",
             "`docker login` to the registry, with push rights on the repository",
         )
-    return Failure("build", _short(error))
+    return None
 
 
 def _short(text: str) -> str:

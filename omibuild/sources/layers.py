@@ -118,11 +118,17 @@ def _file_chunks(
             if on_bytes is not None:
                 on_bytes(len(chunk))
             yield chunk
-    if seen != entry.size or (digest is not None and digest.hexdigest() != entry.sha256):
+    rel = entry.name.removeprefix(MODEL_ROOT + "/")
+    if seen != entry.size:
         raise LayerFileChanged(
-            f"model file {entry.name.removeprefix(MODEL_ROOT + '/')} changed after it was "
-            "planned (its size or sha256 is not the plan's); nothing was tagged (hint: run "
-            "again: the file is hashed anew)"
+            f"model file {rel} is not the {entry.size} bytes the plan says (it changed after "
+            "planning); nothing was tagged (hint: run again: the file is hashed anew)"
+        )
+    if digest is not None and (actual := digest.hexdigest()) != entry.sha256:
+        raise LayerFileChanged(
+            f"model file {rel} has sha256 {actual[:12]}…, not {str(entry.sha256)[:12]}… as the "
+            "plan says (omi.lock or omibuild's cache was wrong, or the file changed); nothing "
+            "was tagged (hint: run again: the file is hashed anew)"
         )
 
 

@@ -1,9 +1,12 @@
 """What omibuild keeps on disk, and pruning it to a size (`omibuild cache`).
 
-Four kinds, under the cache root: source files (model files fetched from MLflow or the Hugging
+Six kinds, under the cache root: source files (model files fetched from MLflow or the Hugging
 Face Hub, blobs/sha256), BuildKit cache directories (buildkit/NAME, one per model, written by
-each build's cache export), build contexts (contexts/KEY, the last context staged for each
-manifest) and scratch (tmp/).
+each build's cache export: since the model layers are omibuild's own, they hold only the
+small layers), build contexts (contexts/KEY, the last context staged for each manifest), image
+layouts (images/KEY: the image BuildKit last built for each manifest, less the model, so the
+next export writes only new blobs), model layer digests (layers/, a few bytes per model seen)
+and scratch (tmp/).
 
 Pruning keeps the most recently used entries within a size and removes the rest, oldest first,
 and is safe while builds run: source files, contexts and scratch go only when no omibuild
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from omibuild.sources.cache import Cache
 
-KINDS = ("source file", "build cache", "build context", "scratch")
+KINDS = ("source file", "build cache", "build context", "image layout", "layer digests", "scratch")
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,24 @@ def entries(cache: Cache) -> list[Entry]:
         except OSError:
             continue
         found.append(Entry("source file", blob.name[:12], blob, st.st_size, st.st_mtime))
-    for kind, sub in (("build cache", "buildkit"), ("build context", "contexts")):
+    for kind, sub in (
+        ("build cache", "buildkit"),
+        ("build context", "contexts"),
+        ("image layout", "images"),
+    ):
         parent = cache.root / sub
         for path in parent.iterdir() if parent.is_dir() else ():
             if not path.is_dir() or ".new-" in path.name or ".old-" in path.name:
                 continue
             size, newest = _tree(path)
-            name = _context_name(path) if kind == "build context" else path.name
+            name = path.name
+            if kind != "build cache":  # named by the manifest whose context has that key
+                name = _context_name(cache.root / "contexts" / path.name)
             found.append(Entry(kind, name, path, size, newest))
+    memos = cache.root / "layers"
+    if memos.is_dir():
+        size, newest = _tree(memos)
+        found.append(Entry("layer digests", "layers", memos, size, newest))
     for path in (cache.root / "tmp").iterdir() if (cache.root / "tmp").is_dir() else ():
         size, newest = _tree(path) if path.is_dir() else (path.stat().st_size, path.stat().st_mtime)
         found.append(Entry("scratch", path.name, path, size, newest))

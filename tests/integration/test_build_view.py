@@ -99,7 +99,7 @@ def test_the_terminal_view_shows_steps_in_words_and_a_summary(
     repo = stranger(tmp_path, name)
     image_cleanup.append(f"omibuild.local/{name}:latest")
     screen = under_a_terminal(repo, "apply")
-    assert "[describe 3/3] predicting the example input" in screen  # a running step, live
+    assert "[model 3/3] predicting the example input" in screen  # a running step, live
     assert re.search(r"\d+/\d+ steps done, \d+ cached", screen)  # the counter
     assert "--mount=" not in screen and "RUN " not in screen  # no raw Dockerfile text
     assert re.search(rf"omibuild\.local/{name}: built in [\d.]+s, \d+ steps \(\d+ cached\)", screen)
@@ -121,11 +121,13 @@ def test_off_a_terminal_one_line_per_step_and_github_groups(
     labels = {ln.rsplit(": ", 1)[0].strip() for ln in lines}
     assert {
         "[deps 4/6] installing the requirements",
-        "[describe 3/3] predicting the example input",
+        "[model 3/3] predicting the example input",
         "exporting the image",
     } <= labels, labels
-    # one vertex for the model's copy into the image and into the dry prediction
-    assert any(label.endswith("] copying the model") for label in labels), labels
+    # the model never reaches BuildKit: omibuild makes its layer and loads it
+    assert not any("copying the model" in label for label in labels), labels
+    assert any(x.startswith("[model 1/3] hashing the model layers (") for x in labels), labels
+    assert any(x.startswith("[model 2/3] loading into the engine (") for x in labels), labels
     assert "--mount" not in plain.stderr
 
     (repo / "model" / "extra.txt").write_text(f"retrained {unique}\n")
@@ -135,7 +137,7 @@ def test_off_a_terminal_one_line_per_step_and_github_groups(
     opened = [ln for ln in out if ln.startswith("::group::")]
     assert opened and len(opened) == out.count("::endgroup::")
     assert any(
-        ln.startswith("::group::[describe 3/3] predicting the example input: ") for ln in opened
+        ln.startswith("::group::[model 3/3] predicting the example input: ") for ln in opened
     )
     depth = 0
     for ln in out:  # balanced, never nested

@@ -329,9 +329,9 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     entries = json.loads(listed.stdout)["entries"]
     caches = [e for e in entries if e["kind"] == "build cache"]
     assert [e["name"] for e in caches] == [f"stranger-prune-{unique}"] and caches[0]["bytes"] > 0
-    assert [e["name"] for e in entries if e["kind"] == "build context"] == [
-        f"stranger-prune-{unique}"
-    ]
+    for kind in ("build context", "image layout"):
+        assert [e["name"] for e in entries if e["kind"] == kind] == [f"stranger-prune-{unique}"]
+    assert [e["kind"] for e in entries].count("layer digests") == 1
 
     (repo / "model" / "extra.txt").write_text(f"retrained {unique}\n")  # a new build's work
     env = {**os.environ, **own}
@@ -359,7 +359,8 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     image_cleanup += json.loads(out)[0]["tags"]
 
     emptied = cli(repo, "cache", "prune", "--keep", "0", env=own)
-    assert emptied.returncode == 0 and emptied.stdout.startswith("removed 1 entries"), emptied
+    # the context, the image layout and the model layer digests
+    assert emptied.returncode == 0 and emptied.stdout.startswith("removed 3 entries"), emptied
     assert "BuildKit cache directories are not pruned (1, " in emptied.stderr
     after = json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
     assert [e["kind"] for e in after] == ["build cache"]

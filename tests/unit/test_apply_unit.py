@@ -91,6 +91,9 @@ class Recorder:
 
             [top] = read("index.json")["manifests"]
             manifest = read("blobs/sha256/" + top["digest"][7:])
+            if "manifests" in manifest:  # an index of one platform's manifest
+                assert manifest["annotations"]["io.omibuild.plan.digest"]
+                manifest = read("blobs/sha256/" + manifest["manifests"][0]["digest"][7:])
             config = read("blobs/sha256/" + manifest["config"]["digest"][7:])
         name = top["annotations"]["io.containerd.image.name"]
         self.tags[name] = config["config"]["Labels"]

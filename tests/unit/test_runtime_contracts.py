@@ -5,6 +5,7 @@ other than the served one is not found, over REST and gRPC."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -163,7 +164,11 @@ def test_v2_metadata_states_the_outputs_every_infer_returns(tmp_path: Path) -> N
     omi_json(tmp_path, interfaces, model_file="model.joblib", example=ROWS[:1])
     server = Server(tmp_path, "kfserving", "v2")
     try:
-        meta = json.loads(server.get("/v2/models/m")[1])
+        # no outputs.json was baked here: the outputs are learnt just after readiness
+        deadline = time.monotonic() + 20
+        while not (meta := json.loads(server.get("/v2/models/m")[1])).get("outputs"):
+            assert time.monotonic() < deadline, meta
+            time.sleep(0.05)
         body = json.dumps(
             {
                 "inputs": [
