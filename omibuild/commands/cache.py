@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         total = sum(e.size for e in rows)
         _table(_by_kind(rows), f"omibuild cache: {cache.root}")
-        print(f"{human(total)} in all; `omibuild cache prune --keep SIZE` keeps the most recently used")
+        print(
+            f"{human(total)} in all; `omibuild cache prune --keep SIZE` keeps the most "
+            "recently used"
+        )
         return EXIT_OK
     if args.keep is None:
         raise UsageError("cache prune needs --keep SIZE", hint="e.g. --keep 20GB, or --keep 0")
