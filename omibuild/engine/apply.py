@@ -23,6 +23,8 @@ from omibuild.contract import OUTPUTS_FILE, PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.oci import Appended, Layout, LayoutError, reset
 from omibuild.engine.progress import report_step, view_kind
+from omibuild.engine.registry import Client, RegistryError, split_reference
+from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
@@ -31,7 +33,17 @@ from omibuild.planning.plan import OMI, CacheSpec, Plan
 from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
-from omibuild.sources.layers import Blob, Entry, Layer, LayerFileChanged, layer_blob, tar_chunks
+from omibuild.sources.layers import (
+    Blob,
+    Entry,
+    Layer,
+    LayerFileChanged,
+    known_blob,
+    layer_blob,
+    pushed_to,
+    remember_blob,
+    tar_chunks,
+)
 from omibuild.sources.progress import Progress
 from omibuild.sources.usage import human
 
@@ -205,6 +217,38 @@ def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], i
     return appended, read, time.perf_counter() - started
 
 
+def uploaded_model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int, float]:
+    """For a push: the model layers, each one not seen before uploaded to the first target
+    repository as it is read, hashed and checked against the plan, all in one pass (its digest
+    closes the upload), beside the build. A layer seen before is only named: the push that
+    follows uploads it if that repository lacks it."""
+    appended, read = [], 0
+    started = time.perf_counter()
+    host, repository, _ = split_reference(plan.image_refs[0])
+    client = Client(host, repository)
+    count = len(plan.model_layers)
+    for index, group in enumerate(plan.model_layers):
+        layer = Layer(group.files, ctx / CTX_MODEL)
+        blob = known_blob(cache, layer)
+        if blob is None:
+            digest = client.upload_hashing(layer.size, layer.chunks())
+            blob = remember_blob(cache, layer, digest)
+            read += layer.model_bytes
+        what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
+        created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
+        appended.append(Appended(blob, created, layer=layer))
+    return appended, read, time.perf_counter() - started
+
+
+def _registry_error(err: RegistryError) -> str:
+    if err.status in (401, 403):
+        hint = "`docker login` to the registry, with push rights on the repository"
+        return f"the registry refused the push: {err} (hint: {hint})"
+    if err.status == 0:
+        return f"{err} (hint: start the registry, check image.repository, or apply without --push)"
+    return f"the push failed: {err}"
+
+
 def _outputs_layer(outputs: bytes) -> Appended:
     """outputs.json, as the one-file layer appended after the dry prediction."""
     parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
@@ -260,8 +304,9 @@ def _finish(
     file. A failure sets ``result`` (nothing is tagged)."""
     assert job.layout is not None
     plan, temp = job.plan, job.temp
-    engine = not job.output.startswith("oci:") or plan.dry_run
+    engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
     total = 1 + engine + plan.dry_run + (job.output != "load")
+    uploading = job.output == "push" and not engine
     steps = _Steps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
 
     def fail(error: str) -> None:
@@ -272,9 +317,14 @@ def _finish(
     except LayerFileChanged as err:
         cache.forget_hashes()  # the memo vouched for bytes it had not seen
         return fail(str(err))
+    except RegistryError as err:
+        return fail(_registry_error(err))
     size = human(sum(a.layer.model_bytes for a in model if a.layer))
+    if uploading:
+        job.result.model_bytes_sent = job.result.model_bytes_read
+    what = "uploading" if uploading else "hashing"
     steps.report(
-        f"hashing the model layers ({size})", seconds if job.result.model_bytes_read else None
+        f"{what} the model layers ({size})", seconds if job.result.model_bytes_read else None
     )
     layout = Layout(job.layout)
     try:
@@ -317,6 +367,7 @@ def _finish(
         if error is not None:
             return fail(error)
         steps.report("predicting the example input", time.perf_counter() - started, lines)
+    top = layout.indexed(top, annotations)
     result.digest = str(top["digest"])
     if job.output.startswith("oci:"):
         started = time.perf_counter()
@@ -325,13 +376,26 @@ def _finish(
         steps.report(f"writing {job.output[4:]}", time.perf_counter() - started)
     elif job.output == "push":
         started = time.perf_counter()
-        with _deferred_interrupts():
-            for ref in plan.image_refs:
-                executor.tag(temp, ref)
-        for ref in plan.image_refs:
-            if (error := executor.push(ref)) is not None:
-                return fail(error)
-        steps.report("pushing to the registry", time.perf_counter() - started)
+        mounts = {a.blob.digest: list(pushed_to(cache, a.layer)) for a in model if a.layer}
+        try:
+            pushed = push_image(plan.image_refs, *layout.push_parts(top), mount_from=mounts)
+        except RegistryError as err:
+            return fail(_registry_error(err))
+        except LayerFileChanged as err:
+            cache.forget_hashes()
+            return fail(str(err))
+        job.result.model_bytes_sent += sum(
+            a.layer.model_bytes for a in model if a.layer and a.blob.digest in pushed.uploaded
+        )
+        for a in model:  # where the next push of this layer to another repository can mount it
+            if a.layer is not None:
+                where = {f"{h}/{r}" for h, r, _ in map(split_reference, plan.image_refs)}
+                kept = tuple(w for w in pushed_to(cache, a.layer) if w not in where)
+                remember_blob(cache, a.layer, a.blob.digest, (*kept, *sorted(where)))
+        moved = f"{human(pushed.uploaded_bytes)} uploaded, {pushed.present} blobs already there"
+        if pushed.mounted:
+            moved += f", {pushed.mounted} mounted from another repository"
+        steps.report(f"pushing to the registry ({moved})", time.perf_counter() - started)
     layout.collect([rest])  # what the next build's export can reuse; nothing else
     return None
 
@@ -449,7 +513,14 @@ def apply_all(
             stack.enter_context(_cache_dir_lock(directory, progress))
         hashing = stack.enter_context(futures.ThreadPoolExecutor(max_workers=1))
         layers = [
-            hashing.submit(model_layers, r.context, j.plan, cache)
+            hashing.submit(
+                uploaded_model_layers
+                if j.output == "push" and not j.plan.dry_run
+                else model_layers,
+                r.context,
+                j.plan,
+                cache,
+            )
             for j, r in zip(pending, requests, strict=True)
         ]
         try:

@@ -28,7 +28,6 @@ from omibuild.engine.progress import (
     TtyView,
     diagnose,
     new_log,
-    registry_failure,
     view_kind,
 )
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
@@ -267,24 +266,6 @@ class BuildxExecutor:
         if code == 0:
             return None
         return f"loading the image into the engine failed: {_last_line(said)}"
-
-    def push(self, ref: str) -> str | None:
-        """``docker push``: the engine uploads only the blobs the registry lacks, several at
-        once, mounting them from other repositories of the registry where it can."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
-        proc = subprocess.run(
-            [exe, *self._context_args(), "push", "--quiet", ref],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            check=False,
-            start_new_session=True,
-        )
-        if proc.returncode == 0:
-            return None
-        said = proc.stderr or proc.stdout
-        failure = registry_failure(said)
-        return str(failure) if failure else f"pushing {ref} failed: {_last_line(said)}"
 
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction on omi.yaml's example, run in the image with no network:

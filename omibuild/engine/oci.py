@@ -206,6 +206,51 @@ class Layout:
         walk(top)
         return list(seen.items())
 
+    def push_parts(
+        self, top: dict[str, Any]
+    ) -> tuple[
+        list[tuple[str, int, Callable[[], Iterator[bytes]]]],
+        list[tuple[str, bytes, str]],
+        tuple[str, bytes, str],
+    ]:
+        """What a registry push of ``top`` sends: the blobs (configs and layers: digest, size,
+        where their bytes come from), the manifests below ``top`` (children first), and
+        ``top`` itself (digest, bytes, media type)."""
+        blobs: list[tuple[str, int, Callable[[], Iterator[bytes]]]] = []
+        manifests: list[tuple[str, bytes, str]] = []
+        seen: set[str] = set()
+
+        def walk(desc: dict[str, Any]) -> None:
+            digest, media = desc["digest"], desc.get("mediaType", "")
+            if digest in seen:
+                return
+            seen.add(digest)
+            if media in INDEX_TYPES or media in MANIFEST_TYPES:
+                doc = self.read_json(digest)
+                children = (
+                    doc.get("manifests") or []
+                    if media in INDEX_TYPES
+                    else [doc["config"], *(doc.get("layers") or [])]
+                )
+                for child in children:
+                    walk(child)
+                manifests.append((digest, self.blob_path(digest).read_bytes(), media))
+            else:
+                blobs.append((digest, int(desc["size"]), self._source(digest)))
+
+        walk(top)
+        return blobs, manifests[:-1], manifests[-1]
+
+    def _source(self, digest: str) -> Callable[[], Iterator[bytes]]:
+        appended = self.streamed.get(digest)
+        if appended is not None and appended.layer is not None:
+            return _layer_stream(appended.layer, None)
+        if appended is not None and appended.data is not None:
+            data = appended.data
+            return lambda: iter((data,))
+        path = self.blob_path(digest)
+        return lambda: _file_stream(path)
+
     # -- archives ------------------------------------------------------------------------
     def archive(
         self,
@@ -283,6 +328,12 @@ def _layer_stream(
 ) -> Callable[[], Iterator[bytes]]:
     # The receiver checks the whole layer's digest, so the files need no second hash here.
     return lambda: layer.chunks(on_bytes, verify=False)
+
+
+def _file_stream(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            yield chunk
 
 
 def reset(root: Path) -> None:

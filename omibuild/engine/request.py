@@ -96,10 +96,6 @@ class Executor(Protocol):
         """Stream an OCI archive into the engine: None, or why it failed."""
         ...
 
-    def push(self, ref: str) -> str | None:
-        """Push a local image: None, or why it failed."""
-        ...
-
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction in the image: (outputs.json, its line) or (None, why not)."""
         ...

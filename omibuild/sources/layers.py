@@ -196,6 +196,25 @@ def known_blob(cache: Cache, layer: Layer) -> Blob | None:
     return blob if blob.size == layer.size and blob.digest.startswith("sha256:") else None
 
 
+def remember_blob(cache: Cache, layer: Layer, digest: str, pushed_to: tuple[str, ...] = ()) -> Blob:
+    """Record a digest learnt by a whole pass over the layer (written by rename), and the
+    repositories (``host/path``) it was last pushed to, which a registry can mount it from."""
+    blob = Blob(digest, layer.size)
+    path = memo_path(cache, layer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    memo = {"digest": blob.digest, "size": blob.size, "pushed_to": list(pushed_to[-20:])}
+    atomic_write(path, json.dumps(memo) + "\n")
+    return blob
+
+
+def pushed_to(cache: Cache, layer: Layer) -> tuple[str, ...]:
+    try:
+        where = json.loads(memo_path(cache, layer).read_text()).get("pushed_to") or []
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(str(w) for w in where if isinstance(w, str))
+
+
 def layer_blob(
     cache: Cache, layer: Layer, on_bytes: Callable[[int], None] | None = None
 ) -> tuple[Blob, bool]:
@@ -208,8 +227,4 @@ def layer_blob(
     for chunk in layer.chunks(on_bytes):
         digest.update(chunk)
         size += len(chunk)
-    blob = Blob(f"sha256:{digest.hexdigest()}", size)
-    path = memo_path(cache, layer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"digest": blob.digest, "size": blob.size}) + "\n")
-    return blob, True
+    return remember_blob(cache, layer, f"sha256:{digest.hexdigest()}"), True
