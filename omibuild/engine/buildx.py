@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 _STEP = re.compile(r"^#(\d+) \[(.+?)\] (.*)$")
 _CACHED = re.compile(r"^#(\d+) CACHED$")
+# A blob a step's result is fetched as, from a registry cache: the step did not run (BuildKit
+# prints no CACHED line for a lazily cached step whose layers an OCI export then needs).
+_FETCHED = re.compile(r"^#(\d+) sha256:[0-9a-f]{64} [^\n]* done$")
+_STEP_DONE = re.compile(r"^#(\d+) DONE ")
 
 
 def _cacheable(where: str, what: str) -> bool:
@@ -396,6 +400,8 @@ class BuildxExecutor:
         tail: deque[str] = deque(maxlen=60)
         steps: set[str] = set()
         cached: set[str] = set()
+        fetched: set[str] = set()
+        said: set[str] = set()  # steps with output of their own: they ran
         env = dict(os.environ) | {s.env_name: s.value for s in secrets if s.value is not None}
         proc = _start(cmd, env)
         try:
@@ -408,6 +414,10 @@ class BuildxExecutor:
                         steps.add(m.group(1))
                 elif m := _CACHED.match(line):
                     cached.add(m.group(1))
+                elif m := _FETCHED.match(line):
+                    fetched.add(m.group(1))
+                elif (m := re.match(r"^#(\d+) ", line)) and not _STEP_DONE.match(line):
+                    said.add(m.group(1))
                 print(line, file=self.stream)  # --progress plain: BuildKit's own log
             code = proc.wait()
         except BaseException:
@@ -422,7 +432,7 @@ class BuildxExecutor:
             ok=code == 0,
             log_tail=lines,
             error=error,
-            cached_steps=len(cached & steps),
+            cached_steps=len((cached | (fetched - said)) & steps),
             total_steps=len(steps),
         )
 

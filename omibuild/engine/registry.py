@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 TIMEOUT = 120.0  # seconds for any one socket operation
 UPLOADS_AT_ONCE = 3  # as the Docker engine pushes
