@@ -355,9 +355,9 @@ def push(
                 return "present"
             for where in (mount_from or {}).get(digest, []):
                 host, _, source = where.partition("/")
-                if host == client.host and source != client.repository:
-                    if client.mount(digest, source):
-                        return "mounted"
+                same_registry = host == client.host and source != client.repository
+                if same_registry and client.mount(digest, source):
+                    return "mounted"
             client.upload(digest, size, chunks)
             return "uploaded"
 
