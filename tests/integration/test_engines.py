@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +89,34 @@ def ran(log: str) -> list[str]:
     return [f"#{n} {what[:120]}" for n, what in dict(steps).items() if n not in cached] + export
 
 
+def served_from_registry(ref: str, model: str) -> None:
+    """The pushed image, pulled into the second engine's store as a fresh node would, serves
+    a prediction."""
+    on_engine2("image", "rm", "-f", ref, check=False)
+    on_engine2("pull", "-q", ref)
+    cid = on_engine2("run", "-d", "-p", "127.0.0.1::8080", ref).stdout.strip()
+    try:
+        port = on_engine2("port", cid, "8080").stdout.split(":")[-1].strip()
+        tensor = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
+        body = json.dumps({"inputs": [tensor]}).encode()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v2/models/{model}/infer",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    assert json.loads(resp.read())["outputs"][0]["shape"] == [1]
+                    return
+            except (OSError, ValueError):
+                assert time.monotonic() < deadline, on_engine2("logs", cid).stderr[-2000:]
+                time.sleep(0.5)
+    finally:
+        on_engine2("rm", "-f", cid, check=False)
+
+
 def test_a_registry_cache_lets_an_empty_engine_rebuild_without_running_a_step(
     tmp_path: Path, unique: str, registry: str, engine2: None, image_cleanup: list[str]
 ) -> None:
@@ -143,6 +173,7 @@ def test_apply_builder_bakes_several_manifests_on_another_engine_and_pushes(
         raw = docker("buildx", "imagetools", "inspect", "--raw", ref).stdout
         assert json.loads(raw)["annotations"]["io.omibuild.plan.digest"] == result["plan_digest"]
         assert docker("image", "inspect", ref, check=False).returncode != 0
+    served_from_registry(f"{repositories[0]}:latest", "a")
     used = on_engine2("buildx", "du").stdout  # the second engine did the work: its cache grew
     assert "Total:" in used and not re.search(r"Total:\s+0B", used), used
     again = cli(root, "apply", ".", "--builder", CONTEXT, "--push", "--format", "json")
