@@ -154,13 +154,14 @@ def test_liveness_answers_while_a_large_body_uploads_and_parses(
     body = make(10_400_000)  # made before the prober starts, which shares this process's GIL
     try:
         box.wait(ready.format(name=name))  # liveness answers before the model is loaded
-        worst, stop = [0.0], threading.Event()
+        took: list[float] = []
+        stop = threading.Event()
 
         def probe() -> None:
             while not stop.is_set():
                 start = time.perf_counter()
                 urllib.request.urlopen(box.base + live, timeout=10).read()
-                worst[0] = max(worst[0], time.perf_counter() - start)
+                took.append(time.perf_counter() - start)
                 time.sleep(0.05)
 
         prober = threading.Thread(target=probe)
@@ -171,8 +172,14 @@ def test_liveness_answers_while_a_large_body_uploads_and_parses(
             stop.set()
             prober.join()
         assert status == 200
-        # Kubernetes fails a pod after 3 probes in a row over their 1 s timeout
-        assert worst[0] < 1.0, f"{len(body) >> 20} MB body: liveness took {worst[0]:.2f} s"
+        # Kubernetes fails a pod after 3 probes in a row over their 1 s timeout (its default
+        # failureThreshold). One probe over it happened once in a full parallel suite (1.08 s:
+        # this process sends the body while the prober shares its GIL, and three workers share
+        # two cores), which no kubelet acts on; three in a row would fail the pod.
+        late = [t > 1.0 for t in took]
+        in_a_row = max((sum(late[i : i + 3]) for i in range(max(1, len(late) - 2))), default=0)
+        shown = ", ".join(f"{t:.2f}" for t in took)
+        assert took and in_a_row < 3, f"{len(body) >> 20} MB body: liveness took {shown} s"
     finally:
         box.remove()
 
