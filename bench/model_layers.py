@@ -116,12 +116,13 @@ version: 1.0.0
 model:
   source: {{local: {{path: model}}}}
   flavor: custom
-  predictor: {{path: src, class: predictor:Predictor}}
+  predictor: predictor:Predictor
+code: {{path: src}}
+runtimes:
+  interfaces: {{kfserving: {{protocols: [v1]}}}}
 image:
   repository: {registry}/omibuild-bench/layers-{label}
-  base: {base}
-origin:
-  tags: [latest]
+origin: {{tag: none, tags: [latest]}}
 """
     )
     subprocess.run(["git", "init", "-q", str(repo)], check=True)

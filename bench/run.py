@@ -869,6 +869,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
         "cli": "cli",
         "hashing": "hashing",
         "build": "build:",
+        "layers": "model layers:",
         "size": "image size",
         "serving": ("serving", "cold start"),
         "soak": "soak",
