@@ -22,7 +22,13 @@ from typing import Any, TextIO
 from omibuild.contract import OUTPUTS_FILE, PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.oci import Appended, Layout, LayoutError, reset
-from omibuild.engine.progress import report_step, view_kind
+from omibuild.engine.progress import (
+    LOGIN_HINT,
+    REGISTRY_HINT,
+    Failure,
+    report_step,
+    view_kind,
+)
 from omibuild.engine.registry import Client, RegistryError, split_reference
 from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret, Executor
@@ -198,18 +204,29 @@ def _request(
     )
 
 
-def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int, float]:
+def model_layers(
+    ctx: Path, plan: Plan, cache: Cache, *, upload: bool = False
+) -> tuple[list[Appended], int, float]:
     """The plan's model layers as omibuild makes them from the staged files, the model bytes
-    read to learn digests not seen before, and the seconds it took. Runs beside the build; a
+    read to learn digests not seen before, and the seconds it took. Runs beside the build. A
     layer not seen before is read once, which also hashes every file of it against the plan
     (what vouched for them before, the cache's stat memo or omi.lock offline, is a hint taken
-    to skip reads)."""
+    to skip reads); with ``upload`` (a push), that same pass uploads it to the first target
+    repository, its digest closing the upload. A layer seen before is only named: a push
+    uploads it later if the repository lacks it."""
     appended, read = [], 0
     started = time.perf_counter()
+    client = Client(*split_reference(plan.image_refs[0])[:2]) if upload else None
     count = len(plan.model_layers)
     for index, group in enumerate(plan.model_layers):
         layer = Layer(group.files, ctx / CTX_MODEL)
-        blob, was_read = layer_blob(cache, layer)
+        if client is None:
+            blob, was_read = layer_blob(cache, layer)
+        elif (known := known_blob(cache, layer)) is not None:
+            blob, was_read = known, False
+        else:
+            digest = client.upload_hashing(layer.size, layer.chunks())
+            blob, was_read = remember_blob(cache, layer, digest), True
         read += layer.model_bytes if was_read else 0
         what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
         created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
@@ -217,35 +234,12 @@ def model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], i
     return appended, read, time.perf_counter() - started
 
 
-def uploaded_model_layers(ctx: Path, plan: Plan, cache: Cache) -> tuple[list[Appended], int, float]:
-    """For a push: the model layers, each one not seen before uploaded to the first target
-    repository as it is read, hashed and checked against the plan, all in one pass (its digest
-    closes the upload), beside the build. A layer seen before is only named: the push that
-    follows uploads it if that repository lacks it."""
-    appended, read = [], 0
-    started = time.perf_counter()
-    host, repository, _ = split_reference(plan.image_refs[0])
-    client = Client(host, repository)
-    count = len(plan.model_layers)
-    for index, group in enumerate(plan.model_layers):
-        layer = Layer(group.files, ctx / CTX_MODEL)
-        blob = known_blob(cache, layer)
-        if blob is None:
-            digest = client.upload_hashing(layer.size, layer.chunks())
-            blob = remember_blob(cache, layer, digest)
-            read += layer.model_bytes
-        what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
-        created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
-        appended.append(Appended(blob, created, layer=layer))
-    return appended, read, time.perf_counter() - started
-
-
 def _registry_error(err: RegistryError) -> str:
+    """A push omibuild made itself that failed, said as a failed BuildKit push is."""
     if err.status in (401, 403):
-        hint = "`docker login` to the registry, with push rights on the repository"
-        return f"the registry refused the push: {err} (hint: {hint})"
+        return str(Failure("auth", f"the registry refused the push: {err}", LOGIN_HINT))
     if err.status == 0:
-        return f"{err} (hint: start the registry, check image.repository, or apply without --push)"
+        return str(Failure("registry", str(err), REGISTRY_HINT))
     return f"the push failed: {err}"
 
 
@@ -261,10 +255,8 @@ def _outputs_layer(outputs: bytes) -> Appended:
 
 def engine_name(ref: str) -> str:
     """A reference as the engine's image store names it (``docker.io/library/x:tag``)."""
-    first, _, rest = ref.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return ref
-    return f"docker.io/{ref}" if rest else f"docker.io/library/{ref}"
+    host, path, tag = split_reference(ref)
+    return f"{'docker.io' if host == 'registry-1.docker.io' else host}/{path}:{tag}"
 
 
 @dataclass
@@ -371,7 +363,7 @@ def _finish(
     result.digest = str(top["digest"])
     if job.output.startswith("oci:"):
         started = time.perf_counter()
-        if error := _write_oci(layout, layout.indexed(top, annotations), job.output[4:], plan):
+        if error := _write_oci(layout, top, job.output[4:], plan):
             return fail(error)
         steps.report(f"writing {job.output[4:]}", time.perf_counter() - started)
     elif job.output == "push":
@@ -387,9 +379,9 @@ def _finish(
         job.result.model_bytes_sent += sum(
             a.layer.model_bytes for a in model if a.layer and a.blob.digest in pushed.uploaded
         )
+        where = {f"{h}/{r}" for h, r, _ in map(split_reference, plan.image_refs)}
         for a in model:  # where the next push of this layer to another repository can mount it
             if a.layer is not None:
-                where = {f"{h}/{r}" for h, r, _ in map(split_reference, plan.image_refs)}
                 kept = tuple(w for w in pushed_to(cache, a.layer) if w not in where)
                 remember_blob(cache, a.layer, a.blob.digest, (*kept, *sorted(where)))
         moved = f"{human(pushed.uploaded_bytes)} uploaded, {pushed.present} blobs already there"
@@ -514,12 +506,11 @@ def apply_all(
         hashing = stack.enter_context(futures.ThreadPoolExecutor(max_workers=1))
         layers = [
             hashing.submit(
-                uploaded_model_layers
-                if j.output == "push" and not j.plan.dry_run
-                else model_layers,
+                model_layers,
                 r.context,
                 j.plan,
                 cache,
+                upload=j.output == "push" and not j.plan.dry_run,
             )
             for j, r in zip(pending, requests, strict=True)
         ]
@@ -528,7 +519,9 @@ def apply_all(
                 [executor.build(requests[0])] if len(requests) == 1 else executor.bake(requests)
             )
             results = _retry_transient_failures(executor, requests, results, progress)
-            blobs_here = executor.keeps_blobs()
+            # asked only when an image is loaded (a push without a dry prediction loads none)
+            loads = any(j.output == "load" or j.plan.dry_run for j in pending)
+            blobs_here = loads and executor.keeps_blobs()
             for job, result, made in zip(pending, results, layers, strict=True):
                 if result.ok:
                     _finish(job, result, made, executor, cache, options, blobs_here)

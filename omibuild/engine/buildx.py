@@ -138,17 +138,21 @@ class BuildxExecutor:
         return self._docker
 
     # -- queries ---------------------------------------------------------------------------
-    def _inspect(self, ref: str, fmt: str) -> str | None:
-        """A fast local image query through the docker CLI (no client library import)."""
+    def _cli(self) -> list[str]:
+        """The docker CLI, on this executor's context."""
         exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        return [exe, *self._context_args()]
+
+    def _query(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A fast query through the docker CLI (no client library import); OSError or
+        SubprocessError when the CLI cannot run."""
+        return subprocess.run(
+            [*self._cli(), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    def _inspect(self, ref: str, fmt: str) -> str | None:
         try:
-            proc = subprocess.run(
-                [exe, *self._context_args(), "image", "inspect", "--format", fmt, ref],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            proc = self._query("image", "inspect", "--format", fmt, ref)
         except (OSError, subprocess.SubprocessError):
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
@@ -166,15 +170,8 @@ class BuildxExecutor:
     def unreachable(self) -> UsageError | None:
         """The one engine-unreachable error every verb gives (exit 2), or None when the engine
         answers: asked before a build would fail on it with BuildKit's own words."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
-            proc = subprocess.run(
-                [exe, *self._context_args(), "version", "--format", "{{.Server.Version}}"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            proc = self._query("version", "--format", "{{.Server.Version}}")
         except (OSError, subprocess.SubprocessError) as err:
             return engine_error(err)
         return engine_error(RuntimeError(proc.stderr)) if proc.returncode != 0 else None
@@ -224,15 +221,8 @@ class BuildxExecutor:
     def keeps_blobs(self) -> bool:
         """Does the engine keep the blobs of the images it holds (the containerd image store),
         so a load may leave out the ones it has? The classic store needs every layer."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         try:
-            proc = subprocess.run(
-                [exe, *self._context_args(), "info", "--format", "{{json .DriverStatus}}"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            proc = self._query("info", "--format", "{{json .DriverStatus}}")
         except (OSError, subprocess.SubprocessError):
             return False
         return "io.containerd.snapshotter" in proc.stdout
@@ -240,10 +230,9 @@ class BuildxExecutor:
     def load(self, chunks: Iterator[bytes]) -> str | None:
         """Stream an OCI archive into the engine (``docker load``): None, or why it failed.
         Cut short (an error in ``chunks``, Ctrl-C), the engine commits no image."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                [exe, *self._context_args(), "load", "--quiet"],
+                [*self._cli(), "load", "--quiet"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -274,8 +263,7 @@ class BuildxExecutor:
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction on omi.yaml's example, run in the image with no network:
         (outputs.json, what it said) or (None, what it said: its last line says why)."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
-        cmd = [exe, *self._context_args(), "run", "--rm", "--network", "none"]
+        cmd = [*self._cli(), "run", "--rm", "--network", "none"]
         cmd += ["-e", "OMI_VERIFY_MODEL=0", image, "describe", "-"]
         proc = subprocess.run(cmd, capture_output=True, check=False, start_new_session=True)
         said = proc.stderr.decode(errors="replace")[-(64 << 10) :]

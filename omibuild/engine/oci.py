@@ -184,27 +184,30 @@ class Layout:
         return {**{k: v for k, v in old.items() if k in ("platform", "annotations")}, **new}
 
     # -- reading the graph ---------------------------------------------------------------
-    def blobs(self, top: dict[str, Any]) -> list[tuple[str, int]]:
-        """Every blob ``top`` reaches, each once, children before the manifests that name
-        them: (digest, size)."""
-        seen: dict[str, int] = {}
+    def walk(self, top: dict[str, Any]) -> list[dict[str, Any]]:
+        """The descriptor of every blob ``top`` reaches, ``top`` included, each once,
+        children before the manifests and indexes that name them."""
+        seen: dict[str, dict[str, Any]] = {}
 
-        def walk(desc: dict[str, Any]) -> None:
+        def visit(desc: dict[str, Any]) -> None:
             digest, media = desc["digest"], desc.get("mediaType")
             if digest in seen:
                 return
             if media in INDEX_TYPES:
                 for child in self.read_json(digest).get("manifests") or []:
-                    walk(child)
+                    visit(child)
             elif media in MANIFEST_TYPES:
                 manifest = self.read_json(digest)
-                walk(manifest["config"])
-                for layer in manifest.get("layers") or []:
-                    walk(layer)
-            seen[digest] = int(desc["size"])
+                for child in (manifest["config"], *(manifest.get("layers") or [])):
+                    visit(child)
+            seen[digest] = desc
 
-        walk(top)
-        return list(seen.items())
+        visit(top)
+        return list(seen.values())
+
+    def blobs(self, top: dict[str, Any]) -> list[tuple[str, int]]:
+        """(digest, size) of every blob ``top`` reaches, as ``walk`` orders them."""
+        return [(d["digest"], int(d["size"])) for d in self.walk(top)]
 
     def push_parts(
         self, top: dict[str, Any]
@@ -218,33 +221,23 @@ class Layout:
         ``top`` itself (digest, bytes, media type)."""
         blobs: list[tuple[str, int, Callable[[], Iterator[bytes]]]] = []
         manifests: list[tuple[str, bytes, str]] = []
-        seen: set[str] = set()
-
-        def walk(desc: dict[str, Any]) -> None:
+        for desc in self.walk(top):
             digest, media = desc["digest"], desc.get("mediaType", "")
-            if digest in seen:
-                return
-            seen.add(digest)
             if media in INDEX_TYPES or media in MANIFEST_TYPES:
-                doc = self.read_json(digest)
-                children = (
-                    doc.get("manifests") or []
-                    if media in INDEX_TYPES
-                    else [doc["config"], *(doc.get("layers") or [])]
-                )
-                for child in children:
-                    walk(child)
                 manifests.append((digest, self.blob_path(digest).read_bytes(), media))
             else:
                 blobs.append((digest, int(desc["size"]), self._source(digest)))
-
-        walk(top)
         return blobs, manifests[:-1], manifests[-1]
 
-    def _source(self, digest: str) -> Callable[[], Iterator[bytes]]:
+    def _source(
+        self, digest: str, on_bytes: Callable[[int], None] | None = None
+    ) -> Callable[[], Iterator[bytes]]:
+        """Where a blob's bytes come from: a model layer's files (the receiver checks the
+        layer's digest, so they need no second hash here), bytes held, or the layout."""
         appended = self.streamed.get(digest)
         if appended is not None and appended.layer is not None:
-            return _layer_stream(appended.layer, None)
+            layer = appended.layer
+            return lambda: layer.chunks(on_bytes, verify=False)
         if appended is not None and appended.data is not None:
             data = appended.data
             return lambda: iter((data,))
@@ -281,15 +274,9 @@ class Layout:
             if digest in skip:
                 continue
             name_ = "blobs/sha256/" + digest.removeprefix("sha256:")
+            entries.append(Entry(name_, size, stream=self._source(digest, on_bytes)))
             appended = self.streamed.get(digest)
-            if appended is not None and appended.layer is not None:
-                layer = appended.layer
-                entries.append(Entry(name_, size, stream=_layer_stream(layer, on_bytes)))
-                streamed += layer.model_bytes
-            elif appended is not None and appended.data is not None:
-                entries.append(Entry(name_, size, data=appended.data))
-            else:
-                entries.append(Entry(name_, size, path=self.blob_path(digest)))
+            streamed += appended.layer.model_bytes if appended and appended.layer else 0
         data = _canonical(index)
         entries.append(Entry("index.json", len(data), data=data))
         return entries, streamed
@@ -321,13 +308,6 @@ class Layout:
                     path.unlink()
                     freed += size
         return freed
-
-
-def _layer_stream(
-    layer: Layer, on_bytes: Callable[[int], None] | None
-) -> Callable[[], Iterator[bytes]]:
-    # The receiver checks the whole layer's digest, so the files need no second hash here.
-    return lambda: layer.chunks(on_bytes, verify=False)
 
 
 def _file_stream(path: Path) -> Iterator[bytes]:

@@ -374,6 +374,8 @@ class Failure:
         return self.line + (f" (hint: {self.hint})" if self.hint else "")
 
 
+REGISTRY_HINT = "start the registry, check image.repository, or apply without --push"
+LOGIN_HINT = "`docker login` to the registry, with push rights on the repository"
 _HOST = re.compile(r"(?:https?://)?([a-z0-9.-]+(?::\d+)?)/v2/", re.IGNORECASE)
 
 
@@ -424,35 +426,16 @@ def diagnose(steps: Steps) -> Failure:
             f"{missing.group(1)} is missing from the build context",
             "the file must exist where omi.yaml says (code.path, model.source)",
         )
-    if failure := registry_failure(error, pushing="exporting" in name):
-        return failure
-    return Failure("build", _short(error))
-
-
-def registry_failure(error: str, *, pushing: bool = True) -> Failure | None:
-    """A push the registry could not take, in one line: unreachable, or refused."""
     registry = re.search(r"connection refused|no such host|i/o timeout", error) or re.search(
         r"dial tcp", error
     )
-    if registry and ("push" in error or pushing or _HOST.search(error)):
+    if registry and ("push" in error or "exporting" in name or _HOST.search(error)):
         host = _HOST.search(error)
         where = f"the registry {host.group(1)}" if host else "the registry"
-        return Failure(
-            "registry",
-            f"{where} is unreachable ({registry.group(0)})",
-            "start the registry, check image.repository, or apply without --push",
-        )
-    if re.search(
-        r"401 Unauthorized|403 Forbidden|denied|unauthorized|authorization failed|auth credentials",
-        error,
-        re.IGNORECASE,
-    ):
-        return Failure(
-            "auth",
-            f"the registry refused the push: {_short(error)}",
-            "`docker login` to the registry, with push rights on the repository",
-        )
-    return None
+        return Failure("registry", f"{where} is unreachable ({registry.group(0)})", REGISTRY_HINT)
+    if re.search(r"401 Unauthorized|403 Forbidden|denied|unauthorized", error, re.IGNORECASE):
+        return Failure("auth", f"the registry refused the push: {_short(error)}", LOGIN_HINT)
+    return Failure("build", _short(error))
 
 
 def _short(text: str) -> str:

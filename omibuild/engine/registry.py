@@ -79,14 +79,15 @@ def credentials(host: str) -> Credentials | None:
     except (OSError, ValueError):
         return None
     keys = [host, f"https://{host}", f"http://{host}"]
-    if host == "registry-1.docker.io":
+    if host == "registry-1.docker.io":  # how `docker login` records Docker Hub
         keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
     helper = next(
         (config.get("credHelpers", {}).get(k) for k in keys if k in config.get("credHelpers", {})),
         config.get("credsStore"),
     )
-    if helper:
-        found = _from_helper(str(helper), keys[1] if host != "registry-1.docker.io" else keys[-3])
+    hub = host == "registry-1.docker.io"
+    if helper:  # helpers know Docker Hub by its legacy index address
+        found = _from_helper(str(helper), "https://index.docker.io/v1/" if hub else keys[1])
         if found:
             return found
     for key in keys:

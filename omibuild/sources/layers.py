@@ -223,8 +223,6 @@ def layer_blob(
     if (blob := known_blob(cache, layer)) is not None:
         return blob, False
     digest = hashlib.sha256()
-    size = 0
     for chunk in layer.chunks(on_bytes):
         digest.update(chunk)
-        size += len(chunk)
     return remember_blob(cache, layer, f"sha256:{digest.hexdigest()}"), True
