@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", help="PROTOCOL to start")
     p.add_argument("--port", type=int, help="host port to map")
     p.add_argument("--predict", metavar="FILE", help="send one request, print it, stop")
+    p.add_argument(
+        "--explain", metavar="FILE", help="ask the baked explainer about FILE's rows, print, stop"
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     _add_format(p, ["text", "json"], "text")
 

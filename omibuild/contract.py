@@ -19,6 +19,8 @@ ORIGIN_SOURCE_LABEL = "io.omibuild.origin.source"
 ORIGIN_URI_LABEL = "io.omibuild.origin.uri"
 ORIGIN_ID_LABEL = "io.omibuild.origin.id"
 MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
+EXPLAIN_LABEL = "io.omibuild.explain"  # the baked explainer's method: shap or hook
+DRIFT_LABEL = "io.omibuild.drift"  # the baked drift detector: JSON {window, threshold, correction}
 PLAN_DIGEST_LABEL = "io.omibuild.plan.digest"  # what makes `apply` a no-op when it matches
 # the plan the image was built from, without its labels (the image has those): JSON, gzip,
 # base64. `omibuild plan` diffs a new plan against it, from the engine or the registry.

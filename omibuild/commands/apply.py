@@ -83,7 +83,15 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
 def target_of(prepared: Prepared) -> Target:
     """What the engine needs of a prepared manifest: its plan and what staging reads."""
     m = prepared.manifest
-    return Target(prepared.plan, prepared.resolved, m.file, m.root, m.code_path, m.build.secrets)
+    return Target(
+        prepared.plan,
+        prepared.resolved,
+        m.file,
+        m.root,
+        m.code_path,
+        m.build.secrets,
+        prepared.inputs.analysis,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from omibuild import contract
 from omibuild.conformance.images import free_port, interfaces_of
 from omibuild.conformance.probe import (
     Target,
     container_env,
     curl_example,
     exit_reason,
+    explain,
     predict,
     wait_ready,
 )
@@ -48,6 +50,22 @@ def _instances(path: str) -> list[Any]:
     return body
 
 
+def _carries(labels: dict[str, str], target: Target, example: Any) -> dict[str, str]:
+    """How to reach the explainer and drift detector the image was built with."""
+    out = {}
+    if (
+        labels.get(contract.EXPLAIN_LABEL)
+        and example is not None
+        and target.interface == "kfserving"
+    ):
+        url = f"{target.base}/v1/models/{target.model_name}:explain"
+        body = json.dumps({"instances": example})
+        out["explain"] = f"curl -s -X POST -H 'Content-Type: application/json' {url} -d '{body}'"
+    if labels.get(contract.DRIFT_LABEL) and not target.grpc:
+        out["drift"] = f"curl -s {target.base}/drift"
+    return out
+
+
 def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float) -> OmiError:
     """One line: why the container stopped (the runtime says), or that it never got ready."""
     logs = containers.logs(cid, tail=50)
@@ -62,7 +80,10 @@ def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float)
 
 
 def run(args: argparse.Namespace) -> int:
-    request = _instances(args.predict) if args.predict else None  # before anything starts
+    if args.predict and args.explain:
+        raise UsageError("--predict and --explain each send one request: pass one of them")
+    asked = args.predict or args.explain
+    request = _instances(asked) if asked else None  # before anything starts
     image, example = _image_and_example(args.target)
     containers = Containers()
     config = containers.image_config(image)
@@ -99,16 +120,30 @@ def run(args: argparse.Namespace) -> int:
             "url": target.base,
             "ready_seconds": round(seconds, 3),
         }
+        if request is not None and args.explain:
+            answer = explain(target, request)
+            if answer is None:
+                raise UsageError(
+                    f"{interface} has no place for explanations: use --interface kfserving or modzy"
+                )
+            status, response = answer
+            record |= {"status": status, "response": response}
+            print(json.dumps(record if args.format == "json" else response, indent=2))
+            return EXIT_OK if status < 400 else EXIT_INVALID
         if request is not None:
             status, response = predict(target, request)
             record |= {"status": status, "response": response}
             print(json.dumps(record if args.format == "json" else response, indent=2))
             return EXIT_OK if status < 400 else EXIT_INVALID
         curl = curl_example(target, example) if example is not None else None
+        carries = _carries(config["labels"], target, example)
         if args.format == "json":
-            print(json.dumps(record | {"curl": curl}), flush=True)
-        elif curl is not None:
-            print(curl)
+            print(json.dumps(record | {"curl": curl} | carries), flush=True)
+        else:
+            if curl is not None:
+                print(curl)
+            for what, line in carries.items():
+                print(f"# {what}\n{line}")
         print("press Ctrl-C to stop", file=sys.stderr)
         threading.Event().wait()
         return EXIT_OK

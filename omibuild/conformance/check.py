@@ -11,7 +11,16 @@ from typing import Any
 
 from omibuild import contract
 from omibuild.conformance.images import ImageInterfaces, free_port, interfaces_of, label_json
-from omibuild.conformance.probe import Target, container_env, exit_reason, predict, wait_ready
+from omibuild.conformance.probe import (
+    Target,
+    additivity_gap,
+    container_env,
+    drift_status,
+    exit_reason,
+    explain,
+    predict,
+    wait_ready,
+)
 from omibuild.contract import OMI_LABELS as OMI_KEYS
 from omibuild.contract import SPEC_INTERFACES
 from omibuild.engine.containers import Containers
@@ -186,9 +195,14 @@ def _probe(
         return [Finding(f"{name}: becomes ready", False, why)], None
     findings = [Finding(f"{name}: becomes ready", True, f"on port {port}", seconds)]
     uid = containers.exec(cid, ["id", "-u"]).strip()
-    example = _example(containers, cid)
+    omi = _omi_json(containers, cid)
+    example = omi.get("example")
     if example is not None:
         findings.append(_predict_finding(name, target, example, predict))
+        if omi.get("explain"):
+            findings += _explain_findings(name, target, example)
+    if omi.get("drift") and not target.grpc:
+        findings.append(_drift_finding(name, target))
     if target.grpc:
         findings.append(_reflection_finding(target))
     code = containers.stop(cid, timeout=15)
@@ -196,12 +210,61 @@ def _probe(
     return findings, uid
 
 
-def _example(containers: Any, cid: str) -> Any:
+def _omi_json(containers: Any, cid: str) -> dict[str, Any]:
     try:
         config = json.loads(containers.exec(cid, ["cat", "/opt/omi/omi.json"]))
     except Exception:  # not an omibuild image, or no omi.json: no example to send
-        return None
-    return config.get("example")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+ADDITIVITY_TOLERANCE = 1e-6
+
+
+def _explain_findings(name: str, target: Any, example: Any) -> list[Finding]:
+    """The baked explainer answers the example, and (SHAP) its attributions add up."""
+    try:
+        answer = explain(target, example)
+    except Exception as exc:
+        return [
+            Finding(f"{name}: explains the example input", False, f"{type(exc).__name__}: {exc}")
+        ]
+    if answer is None:
+        return []  # this interface has no place for explanations
+    status, document = answer
+    ok = status == 200 and isinstance(document, dict) and "explanations" in document
+    found = [
+        Finding(
+            f"{name}: explains the example input",
+            ok,
+            f"HTTP {status}: {json.dumps(document)[:120]}",
+        )
+    ]
+    if ok and str(document.get("method", "")).startswith("shap"):
+        gap = additivity_gap(document)
+        found.append(
+            Finding(
+                f"{name}: attributions sum to the output minus the expected value",
+                gap is not None and gap <= ADDITIVITY_TOLERANCE,
+                f"largest gap {gap:.2e}" if gap is not None else "no attributions",
+            )
+        )
+    return found
+
+
+def _drift_finding(name: str, target: Any) -> Finding:
+    try:
+        status, body = drift_status(target)
+    except Exception as exc:
+        return Finding(f"{name}: serves the drift status", False, f"{type(exc).__name__}: {exc}")
+    ok = status == 200 and isinstance(body, dict) and "windows" in body
+    detail = (
+        f"{len(body.get('features', []))} features, {body['windows']} windows of "
+        f"{body.get('window')} rows"
+        if ok
+        else f"HTTP {status}: {str(body)[:120]}"
+    )
+    return Finding(f"{name}: serves the drift status", ok, detail)
 
 
 def _predict_finding(name: str, target: Any, example: Any, predict: Any) -> Finding:

@@ -180,3 +180,55 @@ def curl_example(t: Target, instances: list[Any]) -> str:
     url, request = http_request(t, instances)
     body = json.dumps(request)
     return f"curl -s -X POST -H 'Content-Type: application/json' {url} -d '{body}'"
+
+
+def explain(t: Target, instances: list[Any], timeout: float = 120.0) -> tuple[int, Any] | None:
+    """Ask for an explanation where the interface has a place for one (KServe V1 ``:explain``,
+    the V2 ``explain`` extension, Modzy's ``explain`` flag): (status, explanation document), or
+    None when it has none."""
+    if t.grpc:
+        from omibuild.runtime.protos import MODZY
+
+        request = MODZY["RunRequest"](explain=True)
+        request.inputs.add().input["input"] = json.dumps({"instances": instances}).encode()
+        response = _modzy_call(t, "Run", request, timeout)
+        results = [json.loads(o.output["results.json"]) for o in response.outputs]
+        first = results[0] if results else {}
+        return int(response.status_code), first.get("explanation", first)
+    if t.interface == "kfserving":
+        url, body = http_request(t, instances)
+        url = url.replace(":predict", ":explain").replace("/infer", "/explain")
+    elif t.interface == "modzy":
+        url, body = f"{t.base}/run?explain=true", {"instances": instances}
+    else:
+        return None
+    status, text = _http("POST", url, body, timeout=timeout)
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return status, text
+    if t.interface == "modzy" and isinstance(document, dict) and document.get("outputs"):
+        document = document["outputs"][0].get("explanation", document)
+    return status, document
+
+
+def additivity_gap(document: Any) -> float | None:
+    """The largest |sum(attributions) - (value - base_value)| over the explained rows and
+    outputs (SHAP's additivity), or None when the document has no such numbers."""
+    try:
+        gaps = [
+            abs(sum(o["attributions"]) - (o["value"] - o["base_value"]))
+            for e in document["explanations"]
+            for o in e["outputs"]
+        ]
+    except (KeyError, TypeError):
+        return None
+    return max(gaps) if gaps else None
+
+
+def drift_status(t: Target, timeout: float = 10.0) -> tuple[int, Any]:
+    status, text = _http("GET", f"{t.base}/drift", timeout=timeout)
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text

@@ -77,6 +77,7 @@ class Target:
     manifest_root: Path
     code_path: str | None = None
     secrets: tuple[Secret, ...] = ()
+    analysis: tuple[tuple[str, bytes], ...] = ()  # the plan's analysis_files, as bytes
 
 
 @dataclass
@@ -493,6 +494,7 @@ def apply_all(
                     progress,
                     t.manifest_file,
                     offline=options.offline,
+                    analysis=t.analysis,
                 )
             )
             job.layout = cache.root / "images" / context_dir(cache, t.manifest_file).name

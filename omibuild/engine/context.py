@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from omibuild.planning.plan import Plan
-from omibuild.render.dockerfile import CTX_CODE, CTX_MODEL, CTX_REQUIREMENTS, CTX_RUNTIME, render
+from omibuild.render.dockerfile import (
+    CTX_ANALYSIS,
+    CTX_CODE,
+    CTX_MODEL,
+    CTX_REQUIREMENTS,
+    CTX_RUNTIME,
+    render,
+)
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache, link_or_copy
 from omibuild.sources.progress import Progress
@@ -53,6 +60,7 @@ def staged_context(
     manifest_file: Path,
     *,
     offline: bool = False,
+    analysis: tuple[tuple[str, bytes], ...] = (),
 ) -> Iterator[tuple[Path, int]]:
     """Yield (context dir, bytes downloaded). The Dockerfile is at context/Dockerfile."""
     final = context_dir(cache, manifest_file)
@@ -62,7 +70,7 @@ def staged_context(
     shutil.rmtree(new, ignore_errors=True)
     try:
         downloaded = _populate(
-            new, plan, resolved, manifest_root, code_path, cache, progress, offline
+            new, plan, resolved, manifest_root, code_path, cache, progress, offline, analysis
         )
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         if final.exists():
@@ -83,6 +91,7 @@ def _populate(
     cache: Cache,
     progress: Progress,
     offline: bool,
+    analysis: tuple[tuple[str, bytes], ...],
 ) -> int:
     ctx.mkdir(parents=True)
     downloaded = stage(resolved, cache, progress, ctx / CTX_MODEL, offline=offline)
@@ -97,6 +106,10 @@ def _populate(
     reqs.mkdir()
     (reqs / "runtime.txt").write_text("\n".join(plan.runtime_requirements) + "\n")
     (reqs / "model.txt").write_text("".join(f"{r}\n" for r in plan.requirements))
+    for rel, body in analysis:
+        target = ctx / CTX_ANALYSIS / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
     (ctx / "omi.json").write_text(plan.omi_json)
     (ctx / "Dockerfile").write_text(render(plan))
     (ctx / ".dockerignore").write_text(f"Dockerfile\n.dockerignore\n{CTX_MODEL}\n")

@@ -105,6 +105,29 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Explain:
+    method: str  # "shap" or "hook"
+    background: str | None = None  # a table in the repository (shap)
+    samples: int = 100
+    output: str = "auto"
+    hook: str | None = None
+    columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Drift:
+    reference: str
+    samples: int = 5000
+    categorical: tuple[str, ...] = ()
+    window: int = 500
+    threshold: float = 0.05
+    correction: str = "bonferroni"
+    columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Manifest:
     file: Path  # the omi.yaml
     root: Path  # the model repository: the directory holding omi.yaml
@@ -128,6 +151,8 @@ class Manifest:
     origin_tag: str
     tags: tuple[str, ...]
     build: Build
+    explain: Explain | None = None
+    drift: Drift | None = None
 
 
 def _source(spec: dict[str, Any]) -> SourceSpec:
@@ -226,6 +251,35 @@ def _build(spec: dict[str, Any]) -> Build:
     )
 
 
+def _explain(spec: dict[str, Any] | None) -> Explain | None:
+    if spec is None:
+        return None
+    return Explain(
+        method="hook" if spec.get("hook") else spec.get("method", "shap"),
+        background=spec.get("background"),
+        samples=spec.get("samples", 100),
+        output=spec.get("output", "auto"),
+        hook=spec.get("hook"),
+        columns=tuple(spec.get("columns", ())),
+        exclude=tuple(spec.get("exclude", ())),
+    )
+
+
+def _drift(spec: dict[str, Any] | None) -> Drift | None:
+    if spec is None:
+        return None
+    return Drift(
+        reference=spec["reference"],
+        samples=spec.get("samples", 5000),
+        categorical=tuple(spec.get("categorical", ())),
+        window=spec.get("window", 500),
+        threshold=float(spec.get("threshold", 0.05)),
+        correction=spec.get("correction", "bonferroni"),
+        columns=tuple(spec.get("columns", ())),
+        exclude=tuple(spec.get("exclude", ())),
+    )
+
+
 def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -> Manifest:
     """Turn schema-valid data into a complete Manifest. Pure: ``example`` and the configured
     ``default_base`` image are read by the caller."""
@@ -249,7 +303,10 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         model_file=model.get("file"),
         example=example,
         code_path=(code or {}).get("path", ".")
-        if code is not None or processing or model.get("predictor")
+        if code is not None
+        or processing
+        or model.get("predictor")
+        or (data.get("explain") or {}).get("hook")
         else None,
         code_ignore=tuple((code or {}).get("ignore", ())),
         preprocess=processing.get("preprocess"),
@@ -259,4 +316,6 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         origin_tag=origin.get("tag", "id"),
         tags=tuple(origin.get("tags", ())),
         build=_build(data.get("build", {})),
+        explain=_explain(data.get("explain")),
+        drift=_drift(data.get("drift")),
     )

@@ -16,6 +16,7 @@ from packaging.utils import canonicalize_name
 from omibuild.manifest.issues import Issue, json_path
 from omibuild.manifest.load import PathKey, RawManifest
 from omibuild.manifest.model import INTERFACE_DEFAULTS, requirements_of
+from omibuild.manifest.tables import TableError, read_table
 from omibuild.sources.requirements import read_requirements
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -186,7 +187,77 @@ class _Checker:
         self.runtimes(data.get("runtimes"))
         self.image(data.get("image"))
         self.secrets(data.get("build"))
+        self.explain(data.get("explain"), model, processing, code_dir)
+        self.drift(data.get("drift"))
         return self.issues
+
+    def explain(
+        self, spec: Any, model: dict[str, Any], processing: dict[str, Any], code_dir: Path | None
+    ) -> None:
+        if not isinstance(spec, dict):
+            return
+        background, hook = spec.get("background"), spec.get("hook")
+        if (background is None) == (hook is None):
+            self.add(
+                ("explain",),
+                "explain takes one of `background` (SHAP over a table in the repository) "
+                "or `hook` (your own explainer)",
+                "e.g. background: data/train.csv",
+            )
+        if hook is not None:
+            self.module(("explain", "hook"), hook, code_dir)
+            for key in ("samples", "output", "method", "columns", "exclude"):
+                if key in spec:
+                    self.add(
+                        ("explain", key), f"`{key}` applies to SHAP (`background`), not a hook"
+                    )
+            return
+        if model.get("flavor") == "transformers":
+            self.add(
+                ("explain", "background"),
+                "the built-in explainer takes numeric tables, not the transformers flavor's text",
+                "write an explain.hook",
+            )
+        elif processing.get("preprocess"):
+            self.add(
+                ("explain", "background"),
+                "SHAP explains the model on the background's columns, and processing.preprocess "
+                "changes what the model receives",
+                "write an explain.hook, or drop the preprocess hook",
+            )
+        else:
+            self.table(("explain", "background"), spec, numeric_only=True, samples=1)
+
+    def drift(self, spec: Any) -> None:
+        if isinstance(spec, dict):
+            self.table(("drift", "reference"), spec, numeric_only=False, samples=1)
+
+    def table(
+        self, parts: PathKey, spec: dict[str, Any], *, numeric_only: bool, samples: int
+    ) -> None:
+        """The table exists in the repository and reads as the section uses it."""
+        key = str(parts[-1])
+        path = self.inside(parts, spec.get(key))
+        if path is None:
+            return
+        names = {k: spec.get(k) for k in ("columns", "exclude", "categorical")}
+        if not all(
+            v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v))
+            for v in names.values()
+        ):
+            return  # the schema reports it
+        try:
+            read_table(
+                path,
+                str(spec[key]),
+                columns=names["columns"] or (),
+                exclude=names["exclude"] or (),
+                categorical=names["categorical"] or (),
+                samples=samples,
+                numeric_only=numeric_only,
+            )
+        except TableError as exc:
+            self.add(parts, str(exc))
 
     def source(self, source: Any) -> None:
         if not isinstance(source, dict):

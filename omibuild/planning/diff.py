@@ -134,6 +134,10 @@ def diff_plans(old: Plan | None, new: Plan, against: str) -> PlanDiff:
         reasons = (f"{count} model file(s) changed, {human_size(size)} to send",) if count else ()
         name = "model" if max(len(old.model_layers), len(new.model_layers)) == 1 else f"model {i}"
         stages.append(StageDiff(name, bool(count), reasons, tuple(_files(a, b))))
+    if old.analysis_files or new.analysis_files:  # explain's background, drift's reference
+        changes = _files(old.analysis_files, new.analysis_files)
+        reasons = (f"{len(changes)} analysis file(s) changed",) if changes else ()
+        stages.append(StageDiff("analysis", bool(changes), reasons, tuple(changes)))
     stages += [_code(old, new), _image(old, new)]
     if old.digest != new.digest and not any(s.rebuilt for s in stages):
         # something the digest covers and no stage names (the tags, the platforms): say so

@@ -8,7 +8,10 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from omibuild.errors import OmiError
 from omibuild.manifest.model import LocalSource, Manifest
+from omibuild.manifest.tables import TableError
+from omibuild.planning.analysis import reduce
 from omibuild.planning.plan import BuildInputs
 from omibuild.sources.base import ModelFile, ResolvedSource
 from omibuild.sources.cache import Cache
@@ -56,6 +59,13 @@ def public_source(url: str | None) -> str | None:
     return redact(url)
 
 
+def _analysis(m: Manifest) -> tuple[tuple[str, bytes], ...]:
+    try:
+        return reduce(m)
+    except TableError as exc:  # the file changed since validation read it
+        raise OmiError(f"{m.file.name}: {exc}", hint="fix the table and run again") from None
+
+
 def gather(
     m: Manifest,
     source: ResolvedSource,
@@ -82,4 +92,5 @@ def gather(
         base_digest=base_digest(m.image.base) if base_digest else None,
         source_date_epoch=int(epoch) if epoch and epoch.isdigit() else None,
         runtime_digest=runtime_digest(),
+        analysis=_analysis(m),
     )

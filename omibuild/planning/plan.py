@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name
 
 from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
+from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.runtime.requirements import runtime_requirements
 from omibuild.sources.base import OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
 
@@ -42,6 +43,8 @@ class BuildInputs:
     base_digest: str | None = None
     source_date_epoch: int | None = None
     runtime_digest: str = ""  # the in-image runtime's files
+    # explain's background and drift's reference as the image holds them (planning/analysis.py)
+    analysis: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class Plan:
     source_date_epoch: int | None
     runtime_digest: str = ""
     slim: bool = True  # strip debug sections, leave pip out (render: deps stage)
+    analysis_files: tuple[ModelFile, ...] = ()  # under /opt/omi/analysis, in their own layer
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -160,6 +164,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.analysis_files:  # plans without explain or drift keep their digests
+            del d["analysis_files"]
         caches = self.options.caches
         d["options"] = {
             "cache_from": [c.importing() for c in caches],
@@ -201,6 +207,7 @@ class Plan:
             source_date_epoch=d.get("source_date_epoch"),
             runtime_digest=d.get("runtime_digest", ""),
             slim=bool(d.get("slim", True)),
+            analysis_files=files(d.get("analysis_files", [])),
             options=BuildOptions(
                 caches=tuple(CacheSpec.parse(s) for s in opts.get("cache_to", ())),
                 cache_enabled=bool(opts.get("cache_enabled", True)),
@@ -363,6 +370,19 @@ def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str
     }
     if declared:
         config["outputs"] = json.loads(declared)
+    if m.explain is not None:
+        config["explain"] = (
+            {"method": "hook", "hook": m.explain.hook}
+            if m.explain.hook
+            else {"method": m.explain.method, "output": m.explain.output, "background": BACKGROUND}
+        )
+    if m.drift is not None:
+        config["drift"] = {
+            "reference": REFERENCE,
+            "window": m.drift.window,
+            "threshold": m.drift.threshold,
+            "correction": m.drift.correction,
+        }
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
@@ -398,6 +418,17 @@ def _labels(
         "org.opencontainers.image.base.digest": inputs.base_digest,
         "org.opencontainers.image.created": _rfc3339(inputs.source_date_epoch),
     }
+    if m.explain is not None:
+        optional[contract.EXPLAIN_LABEL] = m.explain.method
+    if m.drift is not None:
+        optional[contract.DRIFT_LABEL] = json.dumps(
+            {
+                "window": m.drift.window,
+                "threshold": m.drift.threshold,
+                "correction": m.drift.correction,
+            },
+            separators=(",", ":"),
+        )
     labels |= {k: v for k, v in optional.items() if v}
     return dict(m.image.labels) | labels  # the user's own labels never override ours
 
@@ -464,7 +495,12 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         model_digest=inputs.source.digest,
         code_files=tuple(sorted(inputs.code)),
         requirements=_model_requirements(inputs),
-        runtime_requirements=runtime_requirements(protocols, m.flavor),
+        runtime_requirements=runtime_requirements(
+            protocols,
+            m.flavor,
+            explain=m.explain is not None and not m.explain.hook,
+            drift=m.drift is not None,
+        ),
         system_packages=tuple(sorted(m.image.system_packages)),
         env=tuple(sorted(image_env.items())),
         ports=tuple(ports),
@@ -480,6 +516,10 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         source_date_epoch=inputs.source_date_epoch,
         runtime_digest=inputs.runtime_digest,
         slim=m.image.slim,
+        analysis_files=tuple(
+            ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
+            for path, body in inputs.analysis
+        ),
         options=BuildOptions(
             caches=tuple(caches),
             cache_enabled=m.build.cache_enabled,

@@ -19,6 +19,7 @@ CTX_MODEL = "model"
 CTX_RUNTIME = "runtime"
 CTX_CODE = "code"
 CTX_REQUIREMENTS = "requirements"
+CTX_ANALYSIS = "analysis"  # explain's background and drift's reference (planning/analysis.py)
 SLIM_SCRIPT = "omibuild/runtime/slim.py"  # in the runtime tree of the context
 
 _PIP_ENV = (
@@ -99,8 +100,10 @@ def _final_stage(plan: Plan) -> list[str]:
     lines += [
         f"COPY --link --from=code {OMI}/runtime {OMI}/runtime",
         f"COPY --link --from=code {OMI}/code {OMI}/code",
-        f"COPY --link omi.json {OMI}/omi.json",
     ]
+    if plan.analysis_files:
+        lines.append(f"COPY --link {CTX_ANALYSIS}/ {OMI}/analysis/")
+    lines.append(f"COPY --link omi.json {OMI}/omi.json")
     lines += _env(plan)
     for key, value in plan.labels:
         lines.append(f"LABEL {dq(key)}={dq(value)}")

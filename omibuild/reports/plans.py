@@ -25,6 +25,9 @@ def stages(plan: Plan) -> list[tuple[str, str, str]]:
         f"layer {i}: {len(layer.files)} file(s), {human_size(layer.size)}"
         for i, layer in enumerate(plan.model_layers)
     )
+    analysis = "".join(
+        f"; {f.path} ({human_size(f.size)})" for f in plan.analysis_files
+    )  # explain's background, drift's reference: their own layer
     return [
         (
             "deps",
@@ -34,7 +37,7 @@ def stages(plan: Plan) -> list[tuple[str, str, str]]:
             + ("; slimmed (no debug sections, Cython sources or pip)" if plan.slim else ""),
         ),
         ("code", "deps", f"runtime + {len(plan.code_files)} code file(s), byte-compiled"),
-        ("final", plan.base_image, f"user {plan.user} ({plan.uid}); model {model}"),
+        ("final", plan.base_image, f"user {plan.user} ({plan.uid}); model {model}{analysis}"),
     ]
 
 

@@ -46,6 +46,7 @@ class RuntimeConfig:
     max_connections: int = 1000  # beyond this, new requests get 503 at once
     decode_process_bytes: int = 2 << 20  # bodies this large are decoded in a helper process
     access_log: bool = False
+    analysis_dir: Path = Path("/opt/omi/analysis")  # explain's background, drift's reference
 
     @property
     def flavor(self) -> str:
@@ -124,6 +125,7 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
             model_version=str(raw.get("version", "1")),
             model_dir=Path(env.get("OMI_MODEL_DIR", str(path.parent / "model"))),
             code_dir=Path(env.get("OMI_CODE_DIR", str(path.parent / "code"))),
+            analysis_dir=path.parent / "analysis",
             raw=raw,
             env=env,
             protocols=protocols,

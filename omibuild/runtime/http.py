@@ -132,6 +132,8 @@ class Metrics:
         lines.append("# TYPE omi_model_ready gauge")
         model = label_value(service.name)
         lines.append(f'omi_model_ready{{model="{model}"}} {1 if service.ready else 0}')
+        if service.drift is not None:
+            lines += service.drift.metrics(label_value)
         return "\n".join(lines) + "\n"
 
 

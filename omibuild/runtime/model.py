@@ -13,6 +13,8 @@ from typing import Any
 
 from omibuild.runtime import log
 from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.drift import DriftMonitor
+from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor, import_object
 from omibuild.runtime.verify import verify_model
 
@@ -57,6 +59,10 @@ class InputError(Exception):
 
 class PredictError(Exception):
     """The model or a hook failed (500); the server stays up."""
+
+
+class NoExplainer(Exception):
+    """The image was built without an explainer (501)."""
 
 
 # Import names whose PyPI distribution is spelled differently; others are their own name.
@@ -124,6 +130,9 @@ class ModelService:
         self.after_ready: list[Callable[[ModelService], None]] = []
         # each output's name, datatype and shape (V2 metadata), once known
         self.outputs: list[dict[str, Any]] | None = None
+        # baked by the build (omi.yaml's explain and drift): made by load()
+        self.explainer: Explainer | None = None
+        self.drift: DriftMonitor | None = None
 
     def when_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the model is loaded: now if it is, else from the load thread."""
@@ -152,6 +161,10 @@ class ModelService:
             if hooks.get("postprocess"):
                 self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
             self.flavor.load(self.config.model_dir, self.config.raw)
+            self.explainer = Explainer.from_config(
+                self.config.raw, self.config.analysis_dir, self.config.code_dir
+            )
+            self.drift = DriftMonitor.from_config(self.config.raw, self.config.analysis_dir)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn
@@ -212,15 +225,35 @@ class ModelService:
         return outputs
 
     async def apredict(self, inputs: Any) -> Any:
-        """From the event loop: predict on the lane."""
-        return await self.lane.submit(inputs)
+        """From the event loop: predict on the lane. An answered request's rows are queued for
+        drift accounting (a put: the tests run on the monitor's own thread)."""
+        outputs = await self.lane.submit(inputs)
+        if self.drift is not None:
+            self.drift.offer(inputs)
+        return outputs
 
     def predict_blocking(self, inputs: Any) -> Any:
         """From a gRPC worker thread. With adaptive batching on, through the lane, so gRPC and
         REST requests batch together; otherwise right here, which spares a thread hop."""
-        if self.lane.max_wait:
-            return self.lane.call(inputs)
-        return self._predict_in_slot(inputs)
+        outputs = self.lane.call(inputs) if self.lane.max_wait else self._predict_in_slot(inputs)
+        if self.drift is not None:
+            self.drift.offer(inputs)
+        return outputs
+
+    def explain_blocking(self, instances: Any) -> dict[str, Any]:
+        """An explanation of ``instances``, in a predict slot (it calls the model many times)."""
+        if self.explainer is None:
+            raise NoExplainer(f"model {self.name!r} has no explainer (omi.yaml has no explain)")
+        with self._slots:
+            try:
+                return self.explainer.explain(self.flavor, instances, self.predict)
+            except ExplainError as exc:
+                raise PredictError(str(exc)) from None
+            except ExplainInputError as exc:
+                raise InputError(str(exc)) from None
+
+    async def aexplain(self, instances: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.explain_blocking, instances)
 
     def _predict_in_slot(self, inputs: Any) -> Any:
         with self._slots:

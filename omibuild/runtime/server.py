@@ -87,7 +87,15 @@ def create_app(
             adapter.error_body(status, message), status, headers=getattr(exc, "headers", None)
         )
 
-    routes = [*adapter.routes(), Route("/metrics", metrics_route)]
+    async def drift_route(request: Request) -> Response:
+        """The drift detector's status (omi.yaml's drift), on every HTTP interface."""
+        if service.drift is None:
+            status = 503 if not service.ready and config.raw.get("drift") else 404
+            message = "model is not ready" if status == 503 else "this image has no drift detector"
+            return JSONResponse(adapter.error_body(status, message), status)
+        return JSONResponse(service.drift.status())
+
+    routes = [*adapter.routes(), Route("/metrics", metrics_route), Route("/drift", drift_route)]
     app: Any = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -22,6 +22,8 @@ HEAVY = {
     "pandas",
     "python_on_whales",
     "rich",
+    "scipy",
+    "shap",
     "skops",
     "starlette",
     "transformers",

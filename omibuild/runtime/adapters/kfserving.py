@@ -24,7 +24,14 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import InputError, ModelService, as_array, shown, to_jsonable
+from omibuild.runtime.model import (
+    InputError,
+    ModelService,
+    NoExplainer,
+    as_array,
+    shown,
+    to_jsonable,
+)
 from omibuild.runtime.offload import Offload
 
 
@@ -73,7 +80,7 @@ class KServeAdapter:
                     {"name": name, "ready": self.service.ready}, 200 if self.service.ready else 503
                 )
             if verb == "explain":
-                raise HTTPError(501, f"model {shown(name)} has no explainer")
+                return await self._explain(request, v1_instances)
             if verb != "predict":
                 raise HTTPError(404, f"unknown verb {shown(verb)}: use :predict or :explain")
             require_ready(self.service)
@@ -87,6 +94,20 @@ class KServeAdapter:
             Route("/v1/models", self._ep("v1_models")(models)),
             Route("/v1/models/{target}", self._ep("v1_model")(model), methods=["GET", "POST"]),
         ]
+
+    async def _explain(self, request: Request, decoder: Any) -> Response:
+        """V1 ``:explain`` and the V2 ``/explain`` extension: the body as the protocol's
+        predict takes it, answered with the baked explainer's explanation."""
+        if self.service.ready and self.service.explainer is None:
+            raise HTTPError(501, f"model {self.service.name!r} has no explainer")
+        require_ready(self.service)
+        body = await read_body(request, self.config.max_body_bytes)
+        instances = await self.offload.decode(decoder, body, True)
+        try:
+            document = await self.service.aexplain(instances)
+        except NoExplainer as exc:
+            raise HTTPError(501, str(exc)) from None
+        return json_response({"model_name": self.service.name, **document})
 
     # -- V2 (Open Inference Protocol) ------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -120,8 +141,12 @@ class KServeAdapter:
 
         async def server(request: Request) -> Response:
             return json_response(
-                {"name": "omibuild", "version": __version__, "extensions": EXTENSIONS}
+                {"name": "omibuild", "version": __version__, "extensions": self.extensions()}
             )
+
+        async def explain(request: Request) -> Response:
+            self._model(request.path_params["name"], request.path_params.get("version"))
+            return await self._explain(request, v2_instances)
 
         async def model_meta(request: Request) -> Response:
             self._model(request.path_params["name"], request.path_params.get("version"))
@@ -153,12 +178,23 @@ class KServeAdapter:
                 Route(prefix, self._ep("v2_model_metadata")(model_meta)),
                 Route(prefix + "/ready", self._ep("v2_model_ready")(model_ready)),
                 Route(prefix + "/infer", self._ep("v2_infer")(infer), methods=["POST"]),
+                Route(prefix + "/explain", self._ep("v2_explain")(explain), methods=["POST"]),
             ]
         return [
             Route("/v2/health/live", self._ep("v2_live")(live)),
             Route("/v2/health/ready", self._ep("v2_ready")(ready)),
             Route("/v2", self._ep("v2_server")(server)),
             *routes,
+        ]
+
+    def extensions(self) -> list[str]:
+        """The protocol extensions served: ``explain`` (POST .../explain) and ``drift`` (GET
+        /drift, Prometheus omi_drift_*) when the image was built with them."""
+        config = self.config.raw
+        return [
+            *EXTENSIONS,
+            *(["explain"] if config.get("explain") else []),
+            *(["drift"] if config.get("drift") else []),
         ]
 
     async def v2_infer(self, name: str, body: bytes, header_length: str | None) -> Payload:
@@ -238,6 +274,14 @@ class KServeAdapter:
         from omibuild.runtime.adapters.grpc_v2 import servicer
 
         return [servicer(self)]
+
+
+def v2_instances(body: bytes, arrays: bool) -> Any:
+    """A V2 request's one input tensor, for the explain extension (a decoder for ``Offload``)."""
+    _, tensors = decode_v2_body(body, None)
+    if len(tensors) != 1:
+        raise HTTPError(400, "explain takes one input tensor of rows")
+    return next(iter(tensors.values()))
 
 
 def v1_instances(body: bytes, arrays: bool) -> Any:

@@ -20,10 +20,21 @@ from starlette.routing import BaseRoute, Route
 
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, read_json
-from omibuild.runtime.model import InputError, ModelService, PredictError, detach, to_jsonable
+from omibuild.runtime.model import (
+    InputError,
+    ModelService,
+    NoExplainer,
+    PredictError,
+    detach,
+    to_jsonable,
+)
 
 SERVICE = "ModzyModel"
 RESULTS = "results.json"
+# ModelFeatures' formats: results.json's "explanation" (runtime/explain.py) and "drift"
+# (runtime/drift.py) members, as docs/architecture.md describes them
+EXPLANATION_FORMAT = "omibuild.explanation.v1+json"
+DRIFT_FORMAT = "omibuild.drift.v1+json"
 
 
 def instances_of(raw: bytes) -> list[Any]:
@@ -50,10 +61,6 @@ def _instances(item: dict[str, bytes]) -> list[Any]:
     if not item:
         raise InputError("empty input item")
     return instances_of(item.get("input", next(iter(item.values()))))
-
-
-def _succeeded(predictions: Any) -> tuple[bool, bytes]:
-    return True, json.dumps({"predictions": to_jsonable(predictions)}).encode()
 
 
 def _failed(exc: Exception) -> tuple[bool, bytes]:
@@ -126,23 +133,52 @@ class ModzyAdapter:
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"statusCode": status, "status": "Error", "message": message}
 
-    def run_items(self, items: list[dict[str, bytes]]) -> list[tuple[bool, bytes]]:
-        """For the gRPC handler, which runs in gRPC's worker threads."""
+    def run_items(
+        self, items: list[dict[str, bytes]], explain: bool = False, detect_drift: bool = False
+    ) -> list[tuple[bool, bytes]]:
+        """For the gRPC handler, which runs in gRPC's worker threads. ``explain`` and
+        ``detect_drift`` are RunRequest's flags: each item's results.json then also holds its
+        explanation, and the drift detector's status after the item."""
         results = []
         for item in items:
             try:
-                results.append(_succeeded(self.service.predict_blocking(_instances(item))))
-            except (InputError, PredictError) as exc:
+                instances = _instances(item)
+                answer: dict[str, Any] = {
+                    "predictions": to_jsonable(self.service.predict_blocking(instances))
+                }
+                if explain:
+                    answer["explanation"] = self.service.explain_blocking(instances)
+                if detect_drift:
+                    answer["drift"] = self._drift()
+                results.append((True, json.dumps(answer).encode()))
+            except (InputError, PredictError, NoExplainer) as exc:
                 results.append(_failed(exc))
         return results
 
-    async def arun_items(self, items: list[dict[str, bytes]]) -> list[tuple[bool, bytes]]:
+    def _drift(self) -> dict[str, Any]:
+        if self.service.drift is None:
+            raise NoExplainer(
+                f"model {self.service.name!r} has no drift detector (omi.yaml has no drift)"
+            )
+        return self.service.drift.status()
+
+    async def arun_items(
+        self, items: list[dict[str, bytes]], explain: bool = False, detect_drift: bool = False
+    ) -> list[tuple[bool, bytes]]:
         """For the REST routes: each item's predict runs on the predict lane, off the loop."""
         results = []
         for item in items:
             try:
-                results.append(_succeeded(await self.service.apredict(_instances(item))))
-            except (InputError, PredictError) as exc:
+                instances = _instances(item)
+                answer: dict[str, Any] = {
+                    "predictions": to_jsonable(await self.service.apredict(instances))
+                }
+                if explain:
+                    answer["explanation"] = await self.service.aexplain(instances)
+                if detect_drift:
+                    answer["drift"] = self._drift()
+                results.append((True, json.dumps(answer).encode()))
+            except (InputError, PredictError, NoExplainer) as exc:
                 results.append(_failed(exc))
         return results
 
@@ -174,7 +210,13 @@ class ModzyAdapter:
             if isinstance(body, dict) and body.get("type") == "file":
                 return await self._run_files(body)
             items = body if isinstance(body, list) else [body]
-            results = await self.arun_items([{"input": json.dumps(i).encode()} for i in items])
+            flags = {
+                key: request.query_params.get(key, "").lower() in ("1", "true", "yes", "on")
+                for key in ("explain", "detect_drift")
+            }
+            results = await self.arun_items(
+                [{"input": json.dumps(i).encode()} for i in items], **flags
+            )
             outputs = [json.loads(blob) for _, blob in results]
             failed = [o["error"] for (ok, _), o in zip(results, outputs, strict=True) if not ok]
             if failed:
@@ -251,6 +293,10 @@ class ModzyAdapter:
             )
             response.outputs.add(filename=RESULTS, media_type="application/json", max_size="64M")
             response.features.batch_size = 1
+            if self.config.raw.get("explain"):
+                response.features.explanation_format = EXPLANATION_FORMAT
+            if self.config.raw.get("drift"):
+                response.features.drift_format = DRIFT_FORMAT
             return response
 
         def run(request: Any, context: Any) -> Any:
@@ -260,7 +306,7 @@ class ModzyAdapter:
                 )
             items = [dict(item.input) for item in request.inputs]
             response = MODZY["RunResponse"](status_code=200, status="OK", message="")
-            for ok, blob in self.run_items(items):
+            for ok, blob in self.run_items(items, request.explain, request.detect_drift):
                 out = response.outputs.add(success=ok)
                 out.output[RESULTS] = blob
             if not all(o.success for o in response.outputs):
