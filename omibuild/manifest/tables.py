@@ -12,6 +12,7 @@ import json
 import math
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,29 +59,42 @@ def read_table(
             f"{shown}: {size} bytes, more than the {MAX_TABLE_BYTES >> 20} MiB a table may hold "
             "(keep a sample of it in the repository)"
         )
-    header, rows = _rows(path, shown)
+    with _rows(path, shown) as (header, rows):
+        return _sample(header, rows, shown, columns, exclude, categorical, samples, numeric_only)
+
+
+def _sample(
+    header: list[str],
+    rows: Iterator[tuple[str, list[Any]]],
+    shown: str,
+    columns: Sequence[str],
+    exclude: Sequence[str],
+    categorical: Sequence[str],
+    samples: int,
+    numeric_only: bool,
+) -> Table:
     picked = _select(header, shown, columns, exclude, categorical)
     rng = random.Random(SEED)
     kept: list[tuple[int, list[Any]]] = []
     numeric = [name not in categorical for name in picked]
     index = [header.index(name) for name in picked]
     total = 0
-    for line, row in rows:
+    for where, row in rows:
         if len(row) != len(header):
             raise TableError(
-                f"{shown} line {line}: {len(row)} values, the header names {len(header)} columns"
+                f"{shown} {where}: {len(row)} values in a table of {len(header)} columns"
             )
         values = [row[i] for i in index]
         for j, value in enumerate(values):
             if numeric[j] and _number(value) is None and not _missing(value):
                 if numeric_only:
                     raise TableError(
-                        f"{shown} line {line}: column `{picked[j]}` is not a number "
+                        f"{shown} {where}: column `{picked[j]}` is not a number "
                         "(the explainer takes numeric columns; leave others out with `exclude`)"
                     )
                 numeric[j] = False
             elif numeric_only and _missing(value):
-                raise TableError(f"{shown} line {line}: column `{picked[j]}` has no value")
+                raise TableError(f"{shown} {where}: column `{picked[j]}` has no value")
         total += 1
         if len(kept) < samples:
             kept.append((total, values))
@@ -122,15 +136,20 @@ def _select(
     return picked
 
 
-def _rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+@contextmanager
+def _rows(path: Path, shown: str) -> Iterator[tuple[list[str], Iterator[tuple[str, list[Any]]]]]:
+    """(header, numbered rows); the file is closed when the block ends, however it ends."""
     if path.suffix == ".json":
-        return _json_rows(path, shown)
-    return _csv_rows(path, shown)
+        yield _json_rows(path, shown)
+        return
+    with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        yield _csv_rows(text, shown)
 
 
-def _csv_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+def _csv_rows(
+    text: io.TextIOWrapper, shown: str
+) -> tuple[list[str], Iterator[tuple[str, list[Any]]]]:
     csv.field_size_limit(MAX_CELL)
-    text = io.TextIOWrapper(open(path, "rb"), encoding="utf-8-sig", newline="")  # noqa: SIM115
     reader = csv.reader(text, strict=True)
 
     def guarded() -> Iterator[list[str]]:
@@ -140,8 +159,6 @@ def _csv_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, li
             raise TableError(f"{shown} line {reader.line_num}: not CSV ({exc})") from None
         except UnicodeDecodeError:
             raise TableError(f"{shown} line {reader.line_num + 1}: not UTF-8 text") from None
-        finally:
-            text.close()
 
     lines = guarded()
     header = next(lines, None)
@@ -149,10 +166,10 @@ def _csv_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, li
         raise TableError(f"{shown}: empty; a CSV table starts with a header row naming its columns")
     _check_header(header, shown)
 
-    def rows() -> Iterator[tuple[int, list[Any]]]:
+    def rows() -> Iterator[tuple[str, list[Any]]]:
         for row in lines:
             if row:  # a blank line
-                yield reader.line_num, row
+                yield f"line {reader.line_num}", row
 
     return header, rows()
 
@@ -177,7 +194,7 @@ def _check_header(header: list[str], shown: str) -> None:
         )
 
 
-def _json_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, list[Any]]]]:
+def _json_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[str, list[Any]]]]:
     try:
         document = json.loads(path.read_bytes())
     except RecursionError:
@@ -197,7 +214,7 @@ def _json_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, l
         raise TableError(f"{shown}: row 1 is neither a list nor an object")
     _check_count(header, shown)
 
-    def rows() -> Iterator[tuple[int, list[Any]]]:
+    def rows() -> Iterator[tuple[str, list[Any]]]:
         for n, row in enumerate(document, start=1):
             if isinstance(row, dict) and isinstance(first, dict):
                 if list(row) != header:
@@ -209,7 +226,7 @@ def _json_rows(path: Path, shown: str) -> tuple[list[str], Iterator[tuple[int, l
                 raise TableError(f"{shown}: row {n} is not shaped like row 1")
             if any(isinstance(v, list | dict) for v in values):
                 raise TableError(f"{shown}: row {n} holds a nested value")
-            yield n, ["" if v is None else v for v in values]
+            yield f"row {n}", ["" if v is None else v for v in values]
 
     return header, rows()
 

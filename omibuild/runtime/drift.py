@@ -111,8 +111,8 @@ class DriftMonitor:
             self.skipped += skipped
         for columns in chunks:
             self._buffer.append(columns)
-            self._buffered += len(columns[0])
             with self._lock:
+                self._buffered += len(columns[0])
                 self.rows += len(columns[0])
             while self._buffered >= self.window:
                 self._test_window()
@@ -156,10 +156,10 @@ class DriftMonitor:
                 taken.append([c[:need] for c in chunk])
                 self._buffer[0] = [c[need:] for c in chunk]
                 need = 0
-        self._buffered -= self.window
         columns = [np.concatenate([chunk[j] for chunk in taken]) for j in range(len(self.names))]
         result = self.test(columns)
-        with self._lock:
+        with self._lock:  # one step, so a status never shows a window's rows as neither
+            self._buffered -= self.window  # waiting nor tested
             self.windows += 1
             self.windows_drifted += bool(result["drift"])
             self.last = result
@@ -316,14 +316,8 @@ def _chi2(reference: dict[str, int], column: np.ndarray, stats: Any) -> tuple[fl
 
 
 def _corrected(p_values: list[float], correction: str) -> list[float]:
-    k = len(p_values)
     if correction == "bonferroni":
-        return [min(1.0, p * k) for p in p_values]
-    order = sorted(range(k), key=lambda i: p_values[i])  # Benjamini-Hochberg step-up
-    adjusted = [1.0] * k
-    running = 1.0
-    for rank in range(k, 0, -1):
-        i = order[rank - 1]
-        running = min(running, p_values[i] * k / rank)
-        adjusted[i] = min(1.0, running)
-    return adjusted
+        return [min(1.0, p * len(p_values)) for p in p_values]
+    from scipy import stats  # Benjamini-Hochberg adjusted p-values
+
+    return [float(q) for q in stats.false_discovery_control(p_values, method="bh")]

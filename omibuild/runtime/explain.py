@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ class Explainer:
     def _prepare(self, flavor: Any) -> Any:
         with self._lock:
             if self._shap is None:
-                import shap
+                with warnings.catch_warnings():  # its plotting modules' notes about matplotlib
+                    warnings.simplefilter("ignore")
+                    import shap
 
                 body = json.loads((self.analysis_dir / self.spec["background"]).read_bytes())
                 self.columns = list(body["columns"])

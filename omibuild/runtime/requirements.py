@@ -6,7 +6,7 @@ from __future__ import annotations
 HTTP = ("starlette==1.10.0", "uvicorn==0.54.0", "uvloop==0.23.0", "httptools==0.9.0", "numpy>=1.24")
 GRPC = ("grpcio==1.85.3", "grpcio-health-checking==1.85.1", "grpcio-reflection==1.85.1")
 EXPLAIN = ("shap==0.51.0",)  # the built-in explainer (runtime/explain.py)
-DRIFT = ("scipy>=1.10",)  # the drift tests (runtime/drift.py)
+DRIFT = ("scipy>=1.11",)  # the drift tests (runtime/drift.py)
 FLAVOR = {
     "sklearn": ("joblib>=1.2",),
     "pyfunc": (),
