@@ -76,7 +76,7 @@ def test_json_tables_of_objects_and_of_lists(tmp_path: Path) -> None:
     assert table.columns == ("x", "y") and table.kinds == ("numeric", "categorical")
     assert table.rows == ((1.0, "u"), (2.5, "v"))
     (tmp_path / "l.json").write_text("[[1, 2], [3]]")
-    with pytest.raises(TableError, match="^l.json row 2: 1 values in a table of 2 columns$"):
+    with pytest.raises(TableError, match=r"^l\.json row 2: 1 values in a table of 2 columns$"):
         read_table(tmp_path / "l.json", "l.json", samples=5)
 
 
