@@ -44,3 +44,6 @@ _.mtime
 _.gid
 _.uname
 _.gname
+# protobuf fields set on the Modzy ModelFeatures message (runtime/adapters/modzy.py)
+_.explanation_format
+_.drift_format
