@@ -4,8 +4,8 @@ measured in the same run. Writes bench/results/latest.json and bench/results/lat
 Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic model), model
 layers (1 and 10 GiB models against the I/O floor and a plain buildx COPY:
 bench/model_layers.py), image size (against `mlflow models build-docker`), serving and cold
-start (against MLServer), and a soak (c=32 with invalid requests mixed in: errors, p99 drift,
-memory growth)."""
+start (against MLServer), explanations and drift (bench/analysis.py), and a soak (c=32 with
+invalid requests mixed in: errors, p99 drift, memory growth)."""
 
 from __future__ import annotations
 
@@ -946,6 +946,23 @@ def bench_layers(work: Path, sizes: str, reps: int) -> None:
         )
 
 
+def bench_explain_drift(work: Path, reps: int, requests: int) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from analysis import bench_analysis
+
+    bench_analysis(
+        work,
+        py=PY,
+        reps=reps,
+        requests=requests,
+        record=record,
+        log=log,
+        start=_start,
+        ab=ab,
+        wait_http=wait_http,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
@@ -953,7 +970,7 @@ def main() -> int:
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
         "--only",
-        choices=["cli", "hashing", "build", "layers", "size", "serving", "soak"],
+        choices=["cli", "hashing", "build", "layers", "size", "serving", "analysis", "soak"],
         action="append",
     )
     parser.add_argument(
@@ -962,7 +979,9 @@ def main() -> int:
         help="model sizes in GiB for the layers group (10 GiB runs once)",
     )
     args = parser.parse_args()
-    only = set(args.only or ["cli", "hashing", "build", "layers", "size", "serving", "soak"])
+    only = set(
+        args.only or ["cli", "hashing", "build", "layers", "size", "serving", "analysis", "soak"]
+    )
     start = time.perf_counter()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="omibuild-bench-", dir="/var/tmp") as tmp:
@@ -978,6 +997,7 @@ def main() -> int:
             ("layers", lambda: bench_layers(work, args.layer_sizes, args.reps)),
             ("size", lambda: bench_size(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
+            ("analysis", lambda: bench_explain_drift(work, args.reps, args.requests)),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),
         ]
         for name, fn in groups:
