@@ -284,3 +284,75 @@ def test_a_hook_that_raises_is_an_error_and_the_next_call_works(tmp_path: Path) 
     assert str(err.value) == "explain hook failed: RuntimeError: no explanation for you"
     answer = explainer.explain(None, [[1], [2]], len)
     assert answer == {"method": "hook", "explanations": [{"rows": 2, "predicted": 2}]}
+
+
+# -- a served process: the hook's failure is the request's, not the server's -----------------
+def test_a_raising_hook_is_a_one_line_500_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from omibuild.planning.pipeline import prepare
+    from omibuild.sources.cache import Cache
+    from omibuild.sources.progress import QUIET
+    from tests.conformance.conftest import start_process
+
+    repo = tmp_path / "repo"
+    (repo / "model").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4))
+    joblib.dump(LogisticRegression().fit(x, x[:, 0] > 0), repo / "model" / "model.joblib")
+    write_csv(repo / "train.csv", x)
+    (repo / "hooks.py").write_text(
+        "def explain(rows, predict):\n"
+        "    if rows[0][0] > 100:\n"
+        "        raise ValueError('the secret row ' + repr(rows))\n"
+        "    return {'predicted': predict(rows).tolist()}\n"
+    )
+    (repo / "omi.yaml").write_text(
+        HEAD + "explain:\n  hook: hooks:explain\ndrift:\n  reference: train.csv\n  window: 50\n"
+    )
+    prepared = prepare(repo / "omi.yaml", Cache(tmp_path / "cache"), QUIET)
+    tree = tmp_path / "opt-omi"
+    (tree / "code").mkdir(parents=True)
+    (tree / "code" / "hooks.py").write_text((repo / "hooks.py").read_text())
+    (tree / "model").mkdir()
+    (tree / "model" / "model.joblib").write_bytes((repo / "model" / "model.joblib").read_bytes())
+    for path, body in prepared.inputs.analysis:
+        (tree / "analysis" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / "analysis" / path).write_bytes(body)
+    (tree / "omi.json").write_text(prepared.plan.omi_json)
+    server = start_process(tree, "kfserving", "v1")
+
+    def post(path: str, rows: list[list[float]]) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"instances": rows}).encode()
+        request = urllib.request.Request(f"{server.url}{path}", body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        status, answer = post("/v1/models/demo:explain", [[1000.0, 0, 0, 0]])
+        assert status == 500
+        assert answer["error"].startswith("explain hook failed: ValueError: the secret row")
+        assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
+        status, answer = post("/v1/models/demo:explain", [[1.0, 0, 0, 0]])
+        assert (status, answer["explanations"]) == (200, {"predicted": [True]})
+        for _ in range(2):
+            assert post("/v1/models/demo:predict", x[:25].tolist())[0] == 200
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{server.url}/drift", timeout=10) as r:
+                drift = json.loads(r.read())
+            if drift["windows"] == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert drift["windows"] == 1 and drift["features_drifted"] == []
+    finally:
+        server.stop()
