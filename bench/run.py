@@ -872,6 +872,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
         "layers": "model layers:",
         "size": "image size",
         "serving": ("serving", "cold start"),
+        "analysis": "explain and drift",
         "soak": "soak",
     }
     rerun = tuple(

@@ -16,6 +16,7 @@ from omibuild.cli import main
 from omibuild.manifest.tables import TableError, read_table
 from omibuild.runtime.drift import DriftMonitor
 from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
+from tests.unit.test_first_model_errors import HEAD
 
 COLUMNS = ["a", "b", "c", "d"]
 
@@ -81,25 +82,14 @@ def test_json_tables_of_objects_and_of_lists(tmp_path: Path) -> None:
 
 
 # -- validation, as a stranger meets it ------------------------------------------------------
-HEAD = """apiVersion: omibuild/v1
-name: demo
-model:
-  source:
-    local: {path: model}
-  flavor: sklearn
-image:
-  requirements: [scikit-learn==1.5.2]
-"""
-
-
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "demo"
-    (root / "model").mkdir(parents=True)
-    (root / "model" / "model.joblib").write_bytes(b"a model")
-    write_csv(root / "train.csv", np.random.default_rng(0).normal(size=(300, 4)))
-    monkeypatch.chdir(root)
-    return root
+    """A model repository with a table of 300 rows beside the model (the current directory)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.joblib").write_bytes(b"a model")
+    write_csv(tmp_path / "train.csv", np.random.default_rng(0).normal(size=(300, 4)))
+    return tmp_path
 
 
 def one_error(capsys: pytest.CaptureFixture[str]) -> str:
