@@ -61,8 +61,9 @@ class PredictError(Exception):
     """The model or a hook failed (500); the server stays up."""
 
 
-class NoExplainer(Exception):
-    """The image was built without an explainer (501)."""
+class NotInImage(Exception):
+    """The image was built without what the request asks for: an explainer, a drift
+    detector (501)."""
 
 
 # Import names whose PyPI distribution is spelled differently; others are their own name.
@@ -243,7 +244,7 @@ class ModelService:
     def explain_blocking(self, instances: Any) -> dict[str, Any]:
         """An explanation of ``instances``, in a predict slot (it calls the model many times)."""
         if self.explainer is None:
-            raise NoExplainer(f"model {self.name!r} has no explainer (omi.yaml has no explain)")
+            raise NotInImage(f"model {self.name!r} has no explainer (omi.yaml has no explain)")
         with self._slots:
             try:
                 return self.explainer.explain(self.flavor, instances, self.predict)

@@ -145,6 +145,18 @@ def test_chassis_omi_client_modzy_v2(serve: Callable[..., Server]) -> None:
     assert seen["shutdown"] == 200
 
 
+def test_modzy_flags_an_image_lacks_are_ignored_as_its_status_declares(
+    serve: Callable[..., Server],
+) -> None:
+    """explain and detect_drift on an image built without them: Status declares no formats and
+    Run predicts as before (a client that always sets the flags keeps working)."""
+    s = serve("modzy", "v2")
+    seen = run_client("chassis", "chassis_explain.py", "127.0.0.1", str(s.port), json.dumps(ROWS))
+    assert (seen["explanation_format"], seen["drift_format"]) == ("", "")
+    [output] = seen["outputs"]
+    assert output["success"] and output["files"]["results.json"] == {"predictions": EXPECTED}
+
+
 def test_mlflow_scoring_server_client(serve: Callable[..., Server]) -> None:
     import warnings
 

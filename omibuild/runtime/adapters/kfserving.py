@@ -27,7 +27,7 @@ from omibuild.runtime.http import (
 from omibuild.runtime.model import (
     InputError,
     ModelService,
-    NoExplainer,
+    NotInImage,
     as_array,
     shown,
     to_jsonable,
@@ -105,7 +105,7 @@ class KServeAdapter:
         instances = await self.offload.decode(decoder, body, True)
         try:
             document = await self.service.aexplain(instances)
-        except NoExplainer as exc:
+        except NotInImage as exc:
             raise HTTPError(501, str(exc)) from None
         return json_response({"model_name": self.service.name, **document})
 

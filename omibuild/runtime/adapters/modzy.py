@@ -23,7 +23,6 @@ from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, r
 from omibuild.runtime.model import (
     InputError,
     ModelService,
-    NoExplainer,
     PredictError,
     detach,
     to_jsonable,
@@ -138,7 +137,8 @@ class ModzyAdapter:
     ) -> list[tuple[bool, bytes]]:
         """For the gRPC handler, which runs in gRPC's worker threads. ``explain`` and
         ``detect_drift`` are RunRequest's flags: each item's results.json then also holds its
-        explanation, and the drift detector's status after the item."""
+        explanation, and the drift detector's status after the item. An image without one
+        ignores its flag, as Status says (ModelFeatures' empty format), and predicts as before."""
         results = []
         for item in items:
             try:
@@ -146,21 +146,14 @@ class ModzyAdapter:
                 answer: dict[str, Any] = {
                     "predictions": to_jsonable(self.service.predict_blocking(instances))
                 }
-                if explain:
+                if explain and self.service.explainer is not None:
                     answer["explanation"] = self.service.explain_blocking(instances)
-                if detect_drift:
-                    answer["drift"] = self._drift()
+                if detect_drift and self.service.drift is not None:
+                    answer["drift"] = self.service.drift.status()
                 results.append((True, json.dumps(answer).encode()))
-            except (InputError, PredictError, NoExplainer) as exc:
+            except (InputError, PredictError) as exc:
                 results.append(_failed(exc))
         return results
-
-    def _drift(self) -> dict[str, Any]:
-        if self.service.drift is None:
-            raise NoExplainer(
-                f"model {self.service.name!r} has no drift detector (omi.yaml has no drift)"
-            )
-        return self.service.drift.status()
 
     async def arun_items(
         self, items: list[dict[str, bytes]], explain: bool = False, detect_drift: bool = False
@@ -173,12 +166,12 @@ class ModzyAdapter:
                 answer: dict[str, Any] = {
                     "predictions": to_jsonable(await self.service.apredict(instances))
                 }
-                if explain:
+                if explain and self.service.explainer is not None:
                     answer["explanation"] = await self.service.aexplain(instances)
-                if detect_drift:
-                    answer["drift"] = self._drift()
+                if detect_drift and self.service.drift is not None:
+                    answer["drift"] = self.service.drift.status()
                 results.append((True, json.dumps(answer).encode()))
-            except (InputError, PredictError, NoExplainer) as exc:
+            except (InputError, PredictError) as exc:
                 results.append(_failed(exc))
         return results
 
