@@ -78,14 +78,25 @@ class DriftMonitor:
             self._pending += n
             self._queue.append((n, inputs))
             full = self._pending >= self.window
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._work, name="omi-drift", daemon=True).start()
+        if not self._started:
+            self.start()
         if full:
             self._wake.set()
 
+    def start(self) -> None:
+        """Start the accounting thread (the model service does once the model is ready; the
+        first offer does otherwise). Its first act imports scipy.stats, so the first window
+        does not stall requests with an import."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._work, name="omi-drift", daemon=True).start()
+
     # -- the accounting thread -------------------------------------------------------------
     def _work(self) -> None:
+        import scipy.stats  # noqa: F401  (see start)
+
         while True:
             self._wake.wait(FLUSH_S)
             self._wake.clear()

@@ -178,6 +178,8 @@ class ModelService:
             for callback in callbacks:
                 callback()
             log.info("model ready", model=self.name, flavor=self.config.flavor, **self.stats)
+            if self.drift is not None:
+                self.drift.start()
             for check in self.after_ready:
                 check(self)
         except Exception as exc:
