@@ -180,9 +180,12 @@ def _code(old: Plan, new: Plan) -> StageDiff:
     if changes:
         reasons.append(f"{len(changes)} code file(s) changed")
     if old.runtime_digest != new.runtime_digest:
-        reasons.append(
-            f"omibuild's runtime changed ({old.omibuild_version} → {new.omibuild_version})"
+        versions = (
+            f"{old.omibuild_version} → {new.omibuild_version}"
+            if old.omibuild_version != new.omibuild_version
+            else f"its files, at version {new.omibuild_version}"
         )
+        reasons.append(f"omibuild's runtime changed ({versions})")
     return StageDiff("code", bool(reasons), tuple(reasons), tuple(changes))
 
 

@@ -78,6 +78,27 @@ def test_code_changes_name_the_files(old: Plan) -> None:
     assert code.rebuilt and [(c.op, c.name) for c in code.changes] == [("+", "hooks.py")]
 
 
+def test_a_runtime_change_says_whether_the_version_moved(old: Plan) -> None:
+    same = replace(old, runtime_digest="sha256:" + "e" * 64, digest="n")
+    code = stage(diff_plans(old, same, "x"), "code")
+    assert code.reasons == (
+        f"omibuild's runtime changed (its files, at version {old.omibuild_version})",
+    )
+    newer = replace(same, omibuild_version="9.9.9")
+    code = stage(diff_plans(old, newer, "x"), "code")
+    assert code.reasons == (f"omibuild's runtime changed ({old.omibuild_version} → 9.9.9)",)
+
+
+def test_analysis_files_are_their_own_stage(old: Plan) -> None:
+    table = ModelFile("drift/reference.json", 2048, "b" * 64)
+    assert "analysis" not in [s.stage for s in diff_plans(old, old, "x").stages]
+    analysis = stage(
+        diff_plans(old, replace(old, analysis_files=(table,), digest="n"), "x"), "analysis"
+    )
+    assert analysis.reasons == ("1 analysis file(s) changed",)
+    assert [(c.op, c.name) for c in analysis.changes] == [("+", "drift/reference.json")]
+
+
 def test_a_moved_base_digest_rebuilds_deps(old: Plan) -> None:
     key = "org.opencontainers.image.base.digest"
     new = replace(relabel(old, **{key: "sha256:" + "c" * 64}), digest="n")
