@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     executor = BuildxExecutor(context=context)
     no_engine = executor.unreachable()  # said after a stale reviewed plan, which needs none
     cache = Cache()
-    progress = Progress()
+    progress = Progress(enabled=args.progress != "quiet")  # quiet: the error line only
     prepared = [
         prepare(
             t,

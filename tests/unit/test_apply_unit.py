@@ -230,6 +230,18 @@ def test_a_lost_engine_record_builds_again_once(repo: Path, tmp_path: Path) -> N
     [result] = apply_all([_prepare(repo, cache)], always, cache, QUIET, ApplyOptions())
     assert result.status == "failed" and len(always.built) == 2  # once more, not forever
 
+    class SolverRace(LosesOnce):  # moby/buildkit#2303, once
+        def build(self, request: BuildRequest) -> BuildResult:
+            self.built.append(request)
+            if len(self.built) == 1:
+                error = "ERROR: failed to solve: failed to get edge: inconsistent graph state"
+                return BuildResult(ok=False, log_tail=[], error=error)
+            return self._result(request)
+
+    cache, race = Cache(tmp_path / "r"), SolverRace()
+    [result] = apply_all([_prepare(repo, cache)], race, cache, QUIET, ApplyOptions())
+    assert result.status == "built" and len(race.built) == 2
+
     class MissingFile(LosesOnce):
         def build(self, request: BuildRequest) -> BuildResult:
             self.built.append(request)
