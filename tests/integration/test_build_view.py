@@ -25,6 +25,12 @@ pytestmark = pytest.mark.integration
 
 EXAMPLE = "model:\n  example: {instances: [[5.1, 3.5, 1.4, 0.2]]}\n"
 STEP_LINE = re.compile(r"^  (\[[a-z0-9-]+ \d+/\d+\] )?[a-z][^\n]*: (cached|\d+\.\d+s)$")
+# apply's notice when it builds again after one of BuildKit's own races (engine/apply.py
+# _retry_transient_failures): under the full parallel suite it happens, and the user is told
+RETRY_LINE = re.compile(
+    r"^\S+: (the engine lost a record during the build|exporting the build cache failed) "
+    r"\([^\n]*\); building (it )?again( without exporting it)?$"
+)
 
 
 def stranger(tmp_path: Path, name: str, edit: str = "") -> Path:
@@ -116,8 +122,8 @@ def test_off_a_terminal_one_line_per_step_and_github_groups(
     image_cleanup.append(f"omibuild.local/{name}:latest")
     plain = cli(repo, "apply")
     assert plain.returncode == 0, plain.stderr[-3000:]
-    lines = plain.stderr.splitlines()
-    assert lines and all(STEP_LINE.match(ln) for ln in lines), lines
+    lines = [ln for ln in plain.stderr.splitlines() if not RETRY_LINE.match(ln)]
+    assert lines and [ln for ln in lines if not STEP_LINE.match(ln)] == [], plain.stderr
     labels = {ln.rsplit(": ", 1)[0].strip() for ln in lines}
     assert {
         "[deps 4/6] installing the requirements",
