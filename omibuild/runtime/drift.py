@@ -114,8 +114,10 @@ class DriftMonitor:
 
     def _take(self, batch: list[tuple[int, Any]]) -> None:
         taken = sum(n for n, _ in batch)
-        arrays = [inputs for _, inputs in batch if _is_numeric_table(inputs, len(self.names))]
-        others = [inputs for _, inputs in batch if not _is_numeric_table(inputs, len(self.names))]
+        arrays: list[Any] = []
+        others: list[Any] = []
+        for _, inputs in batch:
+            (arrays if _is_numeric_table(inputs, len(self.names)) else others).append(inputs)
         chunks: list[list[np.ndarray]] = []
         if arrays:  # the common case, one concatenation for the whole batch
             table = np.concatenate([a.reshape(-1, len(self.names)) for a in arrays])

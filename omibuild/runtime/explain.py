@@ -41,7 +41,8 @@ class Explainer:
         self.code_dir = code_dir
         self.flavor_name = flavor_name
         self._lock = threading.Lock()
-        self._shap: Any = None
+        self._impl: Any = None  # SHAP's explainer, or the hook function: made at first use
+        self._function_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.columns: list[str] = []
         self.output_names: list[str] = []
         self.algorithm = self.method
@@ -89,7 +90,7 @@ class Explainer:
 
     def _prepare(self, flavor: Any) -> Any:
         with self._lock:
-            if self._shap is None:
+            if self._impl is None:
                 with warnings.catch_warnings():  # its plotting modules' notes about matplotlib
                     warnings.simplefilter("ignore")
                     import shap
@@ -99,13 +100,13 @@ class Explainer:
                 background = np.asarray(body["rows"], dtype=float)
                 function, names = self._function(flavor)
                 masker = shap.maskers.Independent(background, max_samples=len(background))
-                self._shap = shap.Explainer(
+                self._impl = shap.Explainer(
                     function, masker, feature_names=self.columns, algorithm="auto"
                 )
                 self._function_of = function
                 self.output_names = names
-                self.algorithm = "shap." + type(self._shap).__name__.lower()
-            return self._shap
+                self.algorithm = "shap." + type(self._impl).__name__.lower()
+            return self._impl
 
     def explain(self, flavor: Any, instances: Any, predict: Callable[[Any], Any]) -> dict[str, Any]:
         """Runs in a predict slot (the model's own thread budget)."""
@@ -117,6 +118,7 @@ class Explainer:
         try:
             kwargs = {"max_evals": max(500, 2 * k + 1)} if k > 10 else {}
             result = explainer(rows, silent=True, **kwargs)
+            assert self._function_of is not None  # set with the explainer
             outputs = np.asarray(self._function_of(rows), dtype=float)
         except ExplainError:
             raise
@@ -159,10 +161,10 @@ class Explainer:
     # -- a user's hook ---------------------------------------------------------------------
     def _hook(self, instances: Any, predict: Callable[[Any], Any]) -> Any:
         with self._lock:
-            if self._shap is None:
-                self._shap = import_object(self.spec["hook"], self.code_dir)
+            if self._impl is None:
+                self._impl = import_object(self.spec["hook"], self.code_dir)
         try:
-            result = self._shap(instances, predict)
+            result = self._impl(instances, predict)
         except Exception as exc:
             raise ExplainError(
                 f"explain hook failed: {type(exc).__name__}: {str(exc)[:120]}"
