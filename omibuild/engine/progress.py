@@ -381,8 +381,13 @@ _HOST = re.compile(r"(?:https?://)?([a-z0-9.-]+(?::\d+)?)/v2/", re.IGNORECASE)
 
 def diagnose(steps: Steps) -> Failure:
     """The one line that says why a build failed, from the step that failed."""
-    failed = next((s for s in steps.steps.values() if s.failed), None)
     trailer = next((ln for ln in reversed(steps.trailer) if ln.startswith("ERROR:")), "")
+    failing = [s for s in steps.steps.values() if s.failed]
+    # buildx's last line names the error that failed the build; a step beside it can fail too
+    # (a full CI run saw "not found" on another step while pip failed), so that one is chosen
+    failed = next((s for s in failing if s.error and s.error in trailer), None) or next(
+        iter(failing), None
+    )
     error = (failed.error if failed else None) or trailer.removeprefix("ERROR: ") or "build failed"
     logs = list(failed.logs) if failed else []
     name = failed.name if failed else ""

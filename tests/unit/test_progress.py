@@ -232,3 +232,16 @@ def test_a_step_canceled_because_another_failed_is_not_the_fault() -> None:
         vertex("b", "[deps 3/6] COPY x /x", started=T0, completed=T1, error='"/x": not found'),
     )
     assert diagnose(steps).kind == "missing file"
+
+
+def test_the_step_buildx_names_at_the_end_is_the_fault() -> None:
+    error = 'process "/bin/sh -c pip install -r model.txt" did not complete successfully'
+    steps = build(
+        vertex("a", "importing cache manifest from local:1", started=T0),
+        vertex("b", PIP, started=T0),
+        vertex("a", "importing cache manifest from local:1", completed=T1, error="not found"),
+        log("b", "ERROR: No matching distribution found for sk==0.0.1\n"),
+        vertex("b", PIP, completed=T1, error=error),
+        trailer=(f"ERROR: failed to solve: {error}",),
+    )
+    assert diagnose(steps).kind == "requirements"
