@@ -150,8 +150,8 @@ def bench_analysis(
     body = work / "v1-row.json"
     body.write_text(json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}))
     rps: dict[tuple[str, int], list[float]] = {}
-    for _ in range(reps):  # interleaved: a change in the machine's speed lands on both
-        for kind in ("plain", "drift"):
+    for rep in range(reps):  # interleaved: a change in the machine's speed lands on both
+        for kind in ("plain", "drift") if rep % 2 == 0 else ("drift", "plain"):  # either first
             with start(images[kind], {}, ()) as addr:
                 url = f"http://{addr[8080]}/v1/models/analysis-iris-{kind}:predict"
                 wait_http(url.replace(":predict", ""))

@@ -200,7 +200,11 @@ class DriftMonitor:
                 if len(values) == 0:
                     statistic, p = 0.0, 1.0
                 else:
-                    res = stats.ks_2samp(ref, values)
+                    # asymptotic p-value: scipy's default for these sizes is its exact one, up
+                    # to 18 ms per feature holding the GIL (a window of one repeated row), which
+                    # took predict throughput to 0.84x of the image without drift; the
+                    # asymptotic one is 1.8 ms and agrees to the second digit at window 500
+                    res = stats.ks_2samp(ref, values, method="asymp")
                     statistic, p = float(res.statistic), float(res.pvalue)
                 test = "ks"
             else:
