@@ -383,8 +383,9 @@ def diagnose(steps: Steps) -> Failure:
     """The one line that says why a build failed, from the step that failed."""
     trailer = next((ln for ln in reversed(steps.trailer) if ln.startswith("ERROR:")), "")
     failing = [s for s in steps.steps.values() if s.failed]
-    # buildx's last line names the error that failed the build; a step beside it can fail too
-    # (a full CI run saw "not found" on another step while pip failed), so that one is chosen
+    # buildx's last line names the error that failed the build, and a step beside it can fail
+    # too; so the step with that error is chosen (a full CI run said "not found" for a build
+    # whose pip step fails every time; its log was not kept, so that is the likely cause)
     failed = next((s for s in failing if s.error and s.error in trailer), None) or next(
         iter(failing), None
     )
