@@ -324,3 +324,42 @@ def test_secret_values_travel_in_memory_and_files_by_path(tmp_path: Path) -> Non
     assert found["key"].spec == f"id=key,src={key}"
     assert "hf_secret" not in repr(found["hf"])  # never printed by accident
     assert BuildSecret("a-b").env_name != BuildSecret("a_b").env_name
+
+
+SNAPSHOT_LOST = (
+    'failed to unpack loaded image: failed to prepare extraction snapshot "extract-1-a sha256:'
+    + "b" * 64
+    + '": parent snapshot sha256:'
+    + "c" * 64
+    + " does not exist: not found"
+)
+
+
+def test_a_snapshot_lost_during_a_load_loads_again_once(repo: Path, tmp_path: Path) -> None:
+    """containerd's collector can remove a snapshot an unpack builds on (containerd#3787):
+    the same load again succeeds; any other refusal, or a second loss, is the error."""
+
+    class Loses(Recorder):
+        def __init__(self, failures: list[str]) -> None:
+            super().__init__()
+            self.failures, self.calls = failures, 0
+
+        def load(self, chunks: Iterator[bytes]) -> str | None:
+            self.calls += 1
+            if self.failures:
+                b"".join(chunks)
+                return self.failures.pop(0)
+            return super().load(chunks)
+
+    once = Loses([SNAPSHOT_LOST])
+    cache = Cache(tmp_path / "c")
+    [result] = apply_all([_prepare(repo, cache)], once, cache, QUIET, ApplyOptions())
+    assert result.status == "built" and once.calls == len(once.loaded) + 1, result.error
+    twice = Loses([SNAPSHOT_LOST, SNAPSHOT_LOST])
+    cache = Cache(tmp_path / "d")
+    [result] = apply_all([_prepare(repo, cache)], twice, cache, QUIET, ApplyOptions())
+    assert result.status == "failed" and twice.calls == 2 and "parent snapshot" in result.error
+    other = Loses(["no space left on device"])
+    cache = Cache(tmp_path / "e")
+    [result] = apply_all([_prepare(repo, cache)], other, cache, QUIET, ApplyOptions())
+    assert result.status == "failed" and other.calls == 1
