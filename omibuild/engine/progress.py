@@ -386,8 +386,8 @@ def diagnose(steps: Steps) -> Failure:
     # buildx's last line names the error that failed the build, and a step beside it can fail
     # too; so the step with that error is chosen (a full CI run said "not found" for a build
     # whose pip step fails every time; its log was not kept, so that is the likely cause)
-    failed = next((s for s in failing if s.error and s.error in trailer), None) or next(
-        iter(failing), None
+    failed = next(
+        (s for s in failing if s.error and s.error in trailer), failing[0] if failing else None
     )
     error = (failed.error if failed else None) or trailer.removeprefix("ERROR: ") or "build failed"
     logs = list(failed.logs) if failed else []
