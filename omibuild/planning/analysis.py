@@ -12,6 +12,7 @@ from typing import Any
 
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.tables import Table, read_table
+from omibuild.runtime.categories import category_key
 
 BACKGROUND = "explain/background.json"
 REFERENCE = "drift/reference.json"
@@ -58,7 +59,7 @@ def _reference(table: Table) -> dict[str, Any]:
             numbers = [float(v) for v in values if isinstance(v, float)]
             features.append({"name": name, "kind": kind, "values": sorted(numbers)})
         else:
-            counts = Counter(str(v) for v in values)
+            counts = Counter(k for k in map(category_key, values) if k is not None)
             features.append({"name": name, "kind": kind, "counts": dict(sorted(counts.items()))})
     return {"rows": len(table.rows), "total_rows": table.total_rows, "features": features}
 

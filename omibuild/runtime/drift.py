@@ -18,7 +18,6 @@ slow predict."""
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections import deque
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from omibuild.runtime.categories import category_key
 
 MAX_PENDING_ROWS = 100_000
 MAX_WINDOW_CHUNKS = 10_000  # requests drained into one batch of columns at most
@@ -318,20 +319,10 @@ def _floats(column: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _category(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "item"):
-        value = value.item()
-    return json.dumps(value)
-
-
 def _chi2(reference: dict[str, int], column: np.ndarray, stats: Any) -> tuple[float, float]:
     seen: dict[str, int] = {}
     for v in column:
-        key = _category(v)
+        key = category_key(v)
         if key is not None:
             seen[key] = seen.get(key, 0) + 1
     categories = sorted(set(reference) | set(seen))

@@ -346,3 +346,13 @@ def test_a_raising_hook_is_a_one_line_500_and_the_server_keeps_serving(tmp_path:
         assert drift["windows"] == 1 and drift["features_drifted"] == []
     finally:
         server.stop()
+
+
+def test_a_category_coded_as_a_number_is_one_category_in_a_csv_and_in_a_request() -> None:
+    """A CSV's "1", a JSON 1 and a V1 request's 1.0 (a float array) are the same category:
+    a window drawn from the reference is not flagged for spelling."""
+    from omibuild.runtime.categories import category_key
+
+    assert {category_key(v) for v in ("1", 1, 1.0, np.float64(1.0), " 1")} == {"1"}
+    assert category_key("gold") == "gold" and category_key(float("nan")) is None
+    assert category_key(2.5) == "2.5" and category_key(True) == "true"
