@@ -206,10 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "target", nargs="?", default="omi.yaml", metavar="IMAGE|omi.yaml", help=MANIFEST_HELP
     )
-    p.add_argument("--interface", help="INTERFACE to start (default: the image's default)")
+    p.add_argument(
+        "--interface",
+        help="INTERFACE to start (default: the one --predict's body is written for, else the "
+        "image's default)",
+    )
     p.add_argument("--protocol", help="PROTOCOL to start")
     p.add_argument("--port", type=int, help="host port to map")
-    p.add_argument("--predict", metavar="FILE", help="send one request, print it, stop")
+    p.add_argument(
+        "--predict",
+        metavar="FILE",
+        help='send one request, print the answer, stop: {"instances": [...]}, V2 '
+        '{"inputs": [tensors]}, MLflow dataframe_split/dataframe_records/inputs, '
+        "SageMaker .csv or .jsonl",
+    )
     p.add_argument(
         "--explain", metavar="FILE", help="ask the baked explainer about FILE's rows, print, stop"
     )

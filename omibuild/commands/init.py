@@ -1,28 +1,28 @@
 """omibuild init [MODEL] — write a commented omi.yaml for a model file or directory: where the
-model files are, its flavor, and the requirements that load it, each saying where it came from."""
+model files are, its flavor, the requirements that load it (each saying where its version came
+from), the repository's own modules it imports, and an example input the build predicts."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
+from omibuild.detect.environment import Environment, find_environment
+from omibuild.detect.examples import Example, mlflow_example, tabular_example, text_example
+from omibuild.detect.model import Found, find_model
+from omibuild.detect.needs import Needs, pickle_needs
+from omibuild.detect.pickles import PickleScanError, input_width, scan_pickle, scan_skops
 from omibuild.errors import EXIT_OK, UsageError
-from omibuild.sources.local import walk
 from omibuild.sources.requirements import read_requirements
 
 SCHEMA_URL = "https://omibuild.dev/schema/omi.schema.json"
-_SKLEARN = (".joblib", ".pkl", ".pickle", ".skops")
-_WEIGHTS = (".safetensors", ".bin", ".h5", ".msgpack")
-MAX_FILES_SEEN = 20_000  # init looks, it does not hash: a bounded walk is enough to decide
+PREDICTOR_FILE = "predictor.py"
 
-# The PyPI distributions a flavor needs to unpickle or run its model, beside the runtime's own.
+# The PyPI distributions a flavor needs to load or run its model, beside the runtime's own.
 FLAVOR_PACKAGES = {
     "sklearn": ("scikit-learn", "numpy"),
     "onnx": ("onnxruntime", "numpy"),
@@ -32,98 +32,62 @@ FLAVOR_PACKAGES = {
 }
 
 
-@dataclass(frozen=True)
-class Found:
-    path: str  # the source path, relative to the manifest's directory
-    include: tuple[str, ...]  # file names, when the model files share a directory with others
-    flavor: str
-    reason: str
-    model_dir: Path  # where the model's own metadata (MLmodel, requirements.txt) is
+def _shown(path: Path) -> str:
+    return os.path.relpath(path, Path.cwd()) if path.is_absolute() else path.as_posix()
 
 
-def _flavor_of(names: list[str]) -> tuple[str, str] | None:
-    if any(n.endswith(".onnx") for n in names):
-        return "onnx", "found an .onnx file"
-    if any(n.endswith(_SKLEARN) for n in names):
-        return "sklearn", "found a pickle/joblib/skops file"
-    return None
-
-
-def find_model(target: Path, root: Path) -> Found:
-    """Where the model is in ``target`` (a file or a directory below ``root``)."""
-    rel = Path(os.path.relpath(target.resolve(), root.resolve())).as_posix()
-    if target.is_file():
-        kind = _flavor_of([target.name]) or ("custom", "no known model file; write a predictor")
-        return Found(rel, (), *kind, target.parent)
-    files = [r for r, _ in walk(target, root, ())[:MAX_FILES_SEEN]]
-    mlmodels = sorted((f for f in files if Path(f).name == "MLmodel"), key=_depth)
-    if mlmodels:
-        where = Path(mlmodels[0]).parent
-        return Found(
-            _join(rel, where), (), "pyfunc", "found MLmodel (an MLflow model)", target / where
-        )
-    # A config.json names a transformers model at the top, or below it beside its weights.
-    configs = [
-        Path(f).parent
-        for f in files
-        if f == "config.json"
-        or (
-            Path(f).name == "config.json"
-            and any(Path(g).parent == Path(f).parent and g.endswith(_WEIGHTS) for g in files)
-        )
-    ]
-    if configs:
-        where = min(configs, key=lambda p: len(p.parts))
-        return Found(
-            _join(rel, where), (), "transformers", "found config.json and weights", target / where
-        )
-    models = [f for f in files if _flavor_of([f])]
-    if not models:
-        return Found(rel, (), "custom", "no known model file found; write a predictor", target)
-    flavor, reason = _flavor_of(models) or ("custom", "")
-    models = [f for f in models if _flavor_of([f]) == (flavor, reason)]
-    common = Path(os.path.commonpath(models)) if len(models) > 1 else Path(models[0]).parent
-    if common != Path("."):
-        return Found(_join(rel, common), (), flavor, reason, target / common)
-    # The model files sit beside other files (train.py, a README): name just them.
-    if len(models) == 1:
-        return Found(_join(rel, Path(models[0])), (), flavor, reason, target)
-    return Found(rel, tuple(models), flavor, reason, target)
-
-
-def _depth(path: str) -> int:
-    return len(Path(path).parts)
-
-
-def _join(base: str, sub: Path) -> str:
-    joined = (Path(base) / sub).as_posix()
-    return os.path.normpath(joined) if joined != "." else "."
-
-
-def requirement_lines(found: Found) -> tuple[list[str], list[str]]:
-    """(YAML list items with comments, comment lines about automatic requirements)."""
-    own = found.model_dir / "requirements.txt"
-    if found.flavor == "pyfunc" and own.is_file():
-        shown = os.path.relpath(own, Path.cwd()) if own.is_absolute() else own.as_posix()
-        notes = [f"the model's own {shown}, installed as it is:"]
-        notes += [f"  {line}" for line in read_requirements(own)]
-        return [], notes
+def _flavor_pins(found: Found, env: Environment, needs: Needs) -> None:
     packages = list(FLAVOR_PACKAGES[found.flavor])
-    if found.flavor == "sklearn" and any(f.endswith(".skops") for f in _names(found)):
+    if found.flavor == "sklearn" and found.model_file and found.model_file.suffix == ".skops":
         packages.append("skops")
-    items = []
     for dist in packages:
-        try:  # a local label (torch's +cpu) names a build, not a release PyPI serves
-            version = Version(metadata.version(dist)).public
-            items.append((f"{dist}=={version}", "the version installed where init ran"))
-        except (metadata.PackageNotFoundError, InvalidVersion):
-            items.append((dist, "not installed here: pin the version that saved the model"))
-    width = max((len(req) for req, _ in items), default=0)
-    return [f"- {req.ljust(width)}  # {why}" for req, why in items], []
+        version = env.version(dist)
+        needs.pin(
+            env.name(dist),
+            f"the version in {env.where}"
+            if version
+            else f"not installed in {env.where}: pin the version that saved the model",
+            version,
+        )
 
 
-def _names(found: Found) -> list[str]:
-    return [*found.include, found.path, *(p.name for p in found.model_dir.glob("*"))]
+def _pickled(found: Found, root: Path, env: Environment, needs: Needs) -> Example | None:
+    """What the pickle (joblib, skops) init found imports and records."""
+    assert found.model_file is not None
+    name = found.model_file.name
+    try:
+        scan = (scan_skops if found.model_file.suffix == ".skops" else scan_pickle)(
+            found.model_file
+        )
+    except PickleScanError as exc:
+        needs.notes.append(f"could not read {name}'s imports: {exc}")
+        return None
+    if not scan.complete:
+        needs.notes.append(f"read {name} only in part: add what else it imports")
+    pickle_needs(scan, name, root, env, needs)
+    width, names = input_width(scan.root)
+    if names and env.version("pandas"):  # named columns: the runtime makes a DataFrame
+        needs.pin(env.name("pandas"), f"{name} was fit on named columns; the version in "
+                  f"{env.where}", env.version("pandas"))  # fmt: skip
+    return tabular_example(width, names, root, name)
+
+
+def suggest(found: Found, root: Path, env: Environment) -> tuple[Needs, Example | None]:
+    """What omi.yaml should say beyond where the model is: requirements, code, an example."""
+    needs = Needs()
+    example: Example | None = None
+    own = found.model_dir / "requirements.txt"
+    if found.flavor == "pyfunc":
+        if own.is_file():
+            needs.notes.append(f"the model's own {_shown(own)}, installed as it is:")
+            needs.notes += [f"  {line}" for line in read_requirements(own)]
+        example = mlflow_example(found.model_dir)
+    elif found.flavor == "sklearn" and found.model_file is not None:
+        example = _pickled(found, root, env, needs)
+    elif found.flavor == "transformers":
+        example = text_example(None)
+    _flavor_pins(found, env, needs)
+    return needs, example
 
 
 def manifest_name(directory: Path) -> str:
@@ -131,60 +95,120 @@ def manifest_name(directory: Path) -> str:
     return name or "model"
 
 
-def render_manifest(name: str, found: Found) -> str:
-    items, notes = requirement_lines(found)
+def _flow(value: object) -> str:
+    """A value as a YAML flow (JSON is YAML): one line, whatever the keys hold."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _image_block(name: str, needs: Needs) -> str:
+    lines = [f"# repository: registry.example.com/models/{name}"]
+    lines.append("# base: python:3.11-slim     # the default (or the one omibuild's config names)")
+    if needs.pins:
+        width = max(len(p.requirement) for p in needs.pins)
+        lines.append("requirements:   # what loads the model (the runtime's own come too)")
+        lines += [f"  - {p.requirement.ljust(width)}  # {p.why}" for p in needs.pins]
+        lines += [f"  # {line}" for line in needs.unpinned]
+    else:
+        lines += [f"# {line}" for line in needs.notes if line.startswith(("the model's own", "  "))]
+        lines += [f"# {line}" for line in needs.unpinned]
+        lines.append("requirements: []   # add package==version lines here")
+    lines.append("# system_packages: [libgomp1]   # Debian packages the model's libraries load")
+    lines.append("# slim: false   # keep debug sections, Cython sources, packaged tests and pip")
+    return "image:\n" + "".join(f"  {ln}\n" for ln in lines)
+
+
+def _code_block(found: Found, needs: Needs) -> str:
+    if found.flavor == "custom":
+        return (
+            f"code:                          # {PREDICTOR_FILE}, and what it imports\n"
+            "  path: .\n"
+            f"  include: [{PREDICTOR_FILE}]\n\n"
+        )
+    if needs.code_path is None:
+        return ""
+    assert found.model_file is not None
+    return (
+        f"code:                          # the repository's own modules "
+        f"{found.model_file.name} imports\n"
+        f"  path: {needs.code_path}\n"
+        f"  include: [{', '.join(needs.code_include)}]\n\n"
+    )
+
+
+def render_manifest(name: str, found: Found, needs: Needs, example: Example | None) -> str:
     include = (
         "\n      include: [" + ", ".join(found.include) + "]    # the model files; not the rest"
         if found.include
         else ""
     )
     predictor = (
-        "\n  predictor: predictor:Model    # module:Class with load() and predict()"
+        f"\n  predictor: predictor:Predictor    # module:Class, in {PREDICTOR_FILE}"
         if found.flavor == "custom"
         else ""
     )
-    image = [
-        "# repository: registry.example.com/models/" + name,
-        "# base: python:3.11-slim     # the default (or the one omibuild's config names)",
-        *(f"# {line}" for line in notes),
-    ]
-    if items:
-        image += ["requirements:   # what loads the model (the runtime's own come too)"]
-        image += [f"  {line}" for line in items]
+    if example is not None:
+        example_line = (
+            f"  example: {_flow({'instances': example.instances})}\n"
+            f"  # ^ {example.why}: apply predicts it once, so a model that cannot load fails "
+            "the build\n"
+        )
     else:
-        image += ["# requirements: [package==1.2.3]   # what loads the model"]
-    image += ["# slim: false   # keep debug sections, Cython sources, packaged tests and pip"]
-    # With nothing but comments under it, `image:` would be null: comment it out too.
-    image_block = ("image:\n" if items else "# image:\n") + "".join(f"  {ln}\n" for ln in image)
+        example_line = (
+            "  # example: {instances: [[1.0, 2.0]]}   # one valid input: apply predicts it once\n"
+        )
+    notes = "".join(
+        f"# {line}\n" for line in needs.notes if not line.startswith(("the model's own", "  "))
+    )
     return f"""\
 # yaml-language-server: $schema={SCHEMA_URL}
 # omibuild manifest: `omibuild validate`, `omibuild plan`, then `omibuild apply`.
-apiVersion: omibuild/v1
+{notes}apiVersion: omibuild/v1
 name: {name}
 version: 0.1.0
 
 model:
-  source:
+  source:            # one of local, mlflow or huggingface
     local:
       path: {found.path}{include}
-    # mlflow: {{uri: "models:/{name}@champion"}}        # MLFLOW_TRACKING_URI or tracking_uri
-    # huggingface: {{repo: org/{name}, revision: main}}
   flavor: {found.flavor}    # {found.reason}{predictor}
-  # example: {{instances: [[1.0, 2.0]]}}   # used by `omibuild check` and smoke tests
-
-# processing:                  # optional hooks, module:function in code.path
-#   preprocess: hooks:preprocess
-#   postprocess: hooks:postprocess
-
-runtimes:
+{example_line}
+{_code_block(found, needs)}runtimes:
   default: kfserving           # INTERFACE at run time picks any declared one
   # interfaces: {{kfserving: {{protocols: [v1, v2], port: 8080}}, modzy: {{protocols: [v2]}}}}
 
-{image_block}
+{_image_block(name, needs)}
 origin:
   tag: id                      # tag the image with the upstream model id
   tags: [latest]
+
+# More (hooks, explain, drift, other sources): `omibuild schema`, or the README.
 """
+
+
+PREDICTOR_SKELETON = '''\
+"""The predictor omibuild serves: omi.yaml names it (model.predictor: predictor:Predictor).
+
+In the image, omibuild imports this module (code.path is on the import path), makes one
+Predictor(), calls load() once with the folder that holds model.source.local.path's files,
+then predict() for every request. See the README's "A custom predictor" section."""
+
+from pathlib import Path
+
+
+class Predictor:
+    # True: predict() gets a batch (a list of rows, as one numpy array where they are numbers)
+    # and returns one answer per row, so requests may be merged. False: each request's
+    # instances arrive exactly as the client sent them.
+    vectorised = True
+
+    def load(self, model_dir: Path) -> None:
+        """Load the model once, from the files in model_dir (read-only)."""
+        raise NotImplementedError(f"load the model from {model_dir}")
+
+    def predict(self, inputs):
+        """Return one prediction per row of inputs (a list, or a numpy array)."""
+        raise NotImplementedError("predict")
+'''
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
             hint="run init in a directory that holds the model, or pass -o DIR/omi.yaml",
         )
     found = find_model(target, root)
-    text = render_manifest(args.name or manifest_name(root), found)
+    needs, example = suggest(found, root, find_environment(root))
+    text = render_manifest(args.name or manifest_name(root), found, needs, example)
     if args.output == "-":
         sys.stdout.write(text)
         return EXIT_OK
@@ -212,4 +237,11 @@ def run(args: argparse.Namespace) -> int:
     tmp.write_text(text, "utf-8")
     tmp.replace(out)
     print(f"wrote {out} for the model at {found.path} (flavor {found.flavor}: {found.reason})")
+    skeleton = root / PREDICTOR_FILE
+    if found.flavor == "custom" and not skeleton.exists():
+        skeleton.write_text(PREDICTOR_SKELETON, "utf-8")
+        print(f"wrote {_shown(skeleton)}: fill in load() and predict()")
+    for line in needs.notes:
+        if not line.startswith(("the model's own", "  ")):
+            print(f"note: {line}", file=sys.stderr)
     return EXIT_OK

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from omibuild import contract
+from omibuild.conformance.bodies import read_body
 from omibuild.conformance.images import free_port, interfaces_of
 from omibuild.conformance.probe import (
     Target,
@@ -18,6 +19,7 @@ from omibuild.conformance.probe import (
     curl_example,
     exit_reason,
     explain,
+    native_interface,
     predict,
     wait_ready,
 )
@@ -36,18 +38,6 @@ def _image_and_example(target: str) -> tuple[str, Any]:
         prepared = prepare(path, Cache(), Progress(), offline=offline, notes=False)
         return prepared.plan.image_refs[0], prepared.manifest.example
     return target, None
-
-
-def _instances(path: str) -> list[Any]:
-    try:
-        body = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: cannot read a JSON request: {err}") from None
-    if isinstance(body, dict):
-        body = body.get("instances", body.get("inputs"))
-    if not isinstance(body, list):
-        raise UsageError(f'{path}: expected {{"instances": [...]}} or a JSON list')
-    return body
 
 
 def _carries(labels: dict[str, str], target: Target, example: Any) -> dict[str, str]:
@@ -83,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.predict and args.explain:
         raise UsageError("--predict and --explain each send one request: pass one of them")
     asked = args.predict or args.explain
-    request = _instances(asked) if asked else None  # before anything starts
+    request = read_body(asked) if asked else None  # before anything starts
     image, example = _image_and_example(args.target)
     containers = Containers()
     config = containers.image_config(image)
@@ -93,13 +83,20 @@ def run(args: argparse.Namespace) -> int:
             hint="build it with `omibuild apply`, or pull it",
         )
     info = interfaces_of(config["labels"])
-    interface = args.interface or info.default
+    # a body in one interface's own shape (V2 tensors, MLflow's dataframe_split, SageMaker
+    # CSV) goes to that interface as it is, where the image has it
+    native = native_interface(request, info.interfaces) if args.predict and request else None
+    interface = args.interface or native or info.default
     if interface not in info.interfaces:
         raise UsageError(
             f"{image} has no interface {interface!r}; it has: "
             f"{', '.join(info.interfaces) or 'none (no OMI labels)'}"
         )
-    protocol = info.protocol_for(interface, args.protocol)
+    protocol = info.protocol_for(
+        interface,
+        args.protocol
+        or ("v2" if request and request.kind == "v2" and interface == "kfserving" else None),
+    )
     env, port = container_env(interface, protocol, info.model_name)
     host_port = args.port or free_port()
     target = Target(interface, protocol, info.model_name or "model", host_port)
@@ -121,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             "ready_seconds": round(seconds, 3),
         }
         if request is not None and args.explain:
-            answer = explain(target, request)
+            answer = explain(target, request.rows)
             if answer is None:
                 raise UsageError(
                     f"{interface} has no place for explanations: use --interface kfserving or modzy"

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from omibuild.conformance.bodies import NATIVE, Body, mlflow_request, v2_request
+
 SPEC_PORTS = {"modzy": 45000}
+JSON = "application/json"
 CONTAINER_PORT = 8080
 
 
@@ -129,41 +133,50 @@ def exit_reason(logs: str) -> str | None:
     return lines[-1].removeprefix(RUNTIME_PREFIX) if lines else None
 
 
-def http_request(t: Target, instances: list[Any]) -> tuple[str, Any]:
-    """(URL, JSON body) of one prediction in an HTTP interface's own request shape."""
+def http_request(t: Target, body: Body) -> tuple[str, Any, str]:
+    """(URL, body, content type) of one prediction in an HTTP interface's own request shape:
+    a body already in that shape goes as it is, any other as the rows it means."""
+    native = (
+        body.kind != "instances"
+        and NATIVE[body.kind][0] == t.interface
+        and (NATIVE[body.kind][1] in (None, t.protocol))
+    )
     if t.interface == "kfserving" and t.protocol == "v2":
-        import numpy as np
-
-        array = np.asarray(instances)
-        datatype = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL"}.get(
-            array.dtype.kind, "BYTES"
-        )
-        data = array.reshape(-1).tolist()
-        if datatype == "BYTES":
-            data = [x if isinstance(x, str) else json.dumps(x) for x in data]
-        tensor = {"name": "input-0", "shape": list(array.shape), "datatype": datatype, "data": data}
-        return f"{t.base}/v2/models/{t.model_name}/infer", {"inputs": [tensor]}
+        url = f"{t.base}/v2/models/{t.model_name}/infer"
+        return url, body.payload if native else v2_request(body.rows), body.content_type
     if t.interface == "kfserving":
-        return f"{t.base}/v1/models/{t.model_name}:predict", {"instances": instances}
+        return f"{t.base}/v1/models/{t.model_name}:predict", {"instances": body.rows}, JSON
     if t.interface == "mlflow":
-        return f"{t.base}/invocations", {"inputs": instances}
+        payload = body.payload if native else mlflow_request(body.rows)
+        return f"{t.base}/invocations", payload, JSON
+    if t.interface == "sagemaker" and native:
+        return f"{t.base}/invocations", body.payload, body.content_type
     path = {"vertex": "/predict", "modzy": "/run"}.get(t.interface, "/invocations")
-    return f"{t.base}{path}", {"instances": instances}
+    return f"{t.base}{path}", {"instances": body.rows}, JSON
 
 
-def predict(t: Target, instances: list[Any], timeout: float = 30.0) -> tuple[int, Any]:
+def native_interface(body: Body, interfaces: Collection[str]) -> str | None:
+    """The interface whose own shape ``body`` is in, when the image has it."""
+    if body.kind == "instances":
+        return None
+    interface = NATIVE[body.kind][0]
+    return interface if interface in interfaces else None
+
+
+def predict(t: Target, request: list[Any] | Body, timeout: float = 30.0) -> tuple[int, Any]:
     """Send one prediction in the interface's own request shape: (status, parsed response)."""
+    body = request if isinstance(request, Body) else Body.of_rows(request)
     if t.grpc:
         from omibuild.runtime.protos import MODZY
 
-        request = MODZY["RunRequest"]()
-        item = request.inputs.add()
-        item.input["input"] = json.dumps({"instances": instances}).encode()
-        response = _modzy_call(t, "Run", request, timeout)
+        message = MODZY["RunRequest"]()
+        item = message.inputs.add()
+        item.input["input"] = json.dumps({"instances": body.rows}).encode()
+        response = _modzy_call(t, "Run", message, timeout)
         outputs = [json.loads(o.output["results.json"]) for o in response.outputs]
         return int(response.status_code), outputs[0] if outputs else {}
-    url, body = http_request(t, instances)
-    status, text = _http("POST", url, body, timeout=timeout)
+    url, payload, content_type = http_request(t, body)
+    status, text = _http("POST", url, payload, timeout=timeout, content_type=content_type)
     try:
         return status, json.loads(text)
     except ValueError:
@@ -177,9 +190,9 @@ def curl_example(t: Target, instances: list[Any]) -> str:
             f"grpcurl -plaintext -d '{payload}' {t.host}:{t.host_port} ModzyModel/Run"
             "  # input bytes are base64 in grpcurl's JSON"
         )
-    url, request = http_request(t, instances)
+    url, request, content_type = http_request(t, Body.of_rows(instances))
     body = json.dumps(request)
-    return f"curl -s -X POST -H 'Content-Type: application/json' {url} -d '{body}'"
+    return f"curl -s -X POST -H 'Content-Type: {content_type}' {url} -d '{body}'"
 
 
 def explain(t: Target, instances: list[Any], timeout: float = 120.0) -> tuple[int, Any] | None:
@@ -196,7 +209,7 @@ def explain(t: Target, instances: list[Any], timeout: float = 120.0) -> tuple[in
         first = results[0] if results else {}
         return int(response.status_code), first.get("explanation", first)
     if t.interface == "kfserving":
-        url, body = http_request(t, instances)
+        url, body, _ = http_request(t, Body.of_rows(instances))
         url = url.replace(":predict", ":explain").replace("/infer", "/explain")
     elif t.interface == "modzy":
         url, body = f"{t.base}/run?explain=true", {"instances": instances}

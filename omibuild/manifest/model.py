@@ -144,6 +144,7 @@ class Manifest:
     example: Any  # JSON-able instances, or None
     code_path: str | None  # None: no user code
     code_ignore: tuple[str, ...]
+    code_include: tuple[str, ...]
     preprocess: str | None
     postprocess: str | None
     runtimes: Runtimes
@@ -309,6 +310,7 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         or (data.get("explain") or {}).get("hook")
         else None,
         code_ignore=tuple((code or {}).get("ignore", ())),
+        code_include=tuple((code or {}).get("include", ())),
         preprocess=processing.get("preprocess"),
         postprocess=processing.get("postprocess"),
         runtimes=_runtimes(data.get("runtimes", {})),

@@ -125,6 +125,12 @@ class _Checker:
     def module(self, parts: PathKey, ref: Any, code_dir: Path | None) -> None:
         if not isinstance(ref, str) or ":" not in ref or code_dir is None:
             return
+        what = (
+            "a predictor is module:Class, with the module inside code.path (omibuild init "
+            "writes a predictor.py to start from)"
+            if parts == ("model", "predictor")
+            else "hooks are module:function, with the module inside code.path"
+        )
         module, attr = ref.split(":", 1)
         base = code_dir.joinpath(*module.split("."))
         candidates = [base.with_suffix(".py"), base / "__init__.py"]
@@ -134,7 +140,7 @@ class _Checker:
             self.add(
                 parts,
                 f"module `{module}` not found: expected {rel}.py or {rel}/__init__.py",
-                "hooks are module:function, with the module inside code.path",
+                what,
             )
         elif not found.resolve().is_relative_to(self.root):
             self.add(parts, f"module `{module}` is a symlink out of the model repository")
@@ -272,7 +278,8 @@ class _Checker:
             self.add(
                 ("model", "flavor"),
                 "the custom flavor needs `model.predictor`",
-                "set predictor: module:Class, a class with load() and predict()",
+                "set predictor: module:Class, a class with load(model_dir) and predict(inputs) "
+                "(see the README's custom predictor section)",
             )
         elif predictor and flavor != "custom":
             self.add(

@@ -32,7 +32,7 @@ def code_files(m: Manifest, cache: Cache) -> tuple[ModelFile, ...]:
             ignore.append(model.relative_to(base.resolve()).as_posix())
     files = [
         ModelFile(rel, path.stat().st_size, cache.hash_local(path))
-        for rel, path in walk(base, m.root, tuple(ignore))
+        for rel, path in walk(base, m.root, tuple(ignore), m.code_include)
     ]
     cache.save()
     return tuple(sorted(files))

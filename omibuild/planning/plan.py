@@ -23,7 +23,7 @@ from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
 from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.runtime.requirements import runtime_requirements
-from omibuild.sources.base import OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
+from omibuild.sources.base import INPUTS_KEY, OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
@@ -333,6 +333,7 @@ def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str
     m, src = inputs.manifest, inputs.source
     metadata = dict(src.metadata)
     declared = metadata.pop(OUTPUTS_KEY, None)  # the model's signature: checked by the build
+    takes = metadata.pop(INPUTS_KEY, None)  # the signature's inputs: V2 metadata states them
     config = {
         "format": 1,
         "name": m.name,
@@ -370,6 +371,8 @@ def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str
     }
     if declared:
         config["outputs"] = json.loads(declared)
+    if takes:
+        config["inputs"] = json.loads(takes)
     if m.explain is not None:
         config["explain"] = (
             {"method": "hook", "hook": m.explain.hook}

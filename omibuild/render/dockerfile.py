@@ -33,20 +33,32 @@ def _secret_mounts(plan: Plan) -> str:
     return " ".join(f"--mount=type=secret,id={s},required=false" for s in plan.options.secrets)
 
 
+def _system_stage(plan: Plan) -> list[str]:
+    """apt's packages, in a stage both the venv's build and the final image start from: a
+    library the model loads at run time (LightGBM's libgomp1) must be in the final image, and
+    a compiler must be there when pip builds. apt's lists and archives are cache mounts, so
+    neither reaches a layer; the CA bundle is a secret mount, copied for apt and removed."""
+    pkgs = " ".join(sh(p) for p in plan.system_packages)
+    return [
+        f"FROM {plan.base_image} AS system",
+        "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked "
+        "--mount=type=cache,target=/var/lib/apt/lists,sharing=locked "
+        f"{_secret_mounts(plan)} \\\n"
+        "    if [ -f /run/secrets/ca ]; then cp /run/secrets/ca /tmp/ca.crt && echo "
+        "'Acquire::https::CAInfo \"/tmp/ca.crt\";' > /etc/apt/apt.conf.d/99omi-ca; fi; \\\n"
+        f"    apt-get update && apt-get install -y --no-install-recommends {pkgs} && "
+        "rm -f /etc/apt/apt.conf.d/99omi-ca /tmp/ca.crt",
+    ]
+
+
+def _start(plan: Plan) -> str:
+    """What the deps and final stages start from: the base, or it with apt's packages."""
+    return "system" if plan.system_packages else plan.base_image
+
+
 def _deps_stage(plan: Plan) -> list[str]:
     py = plan.python
-    lines = [f"FROM {plan.base_image} AS deps"]
-    if plan.system_packages:
-        pkgs = " ".join(sh(p) for p in plan.system_packages)
-        lines.append(
-            "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked "
-            "--mount=type=cache,target=/var/lib/apt/lists,sharing=locked "
-            f"{_secret_mounts(plan)} \\\n"
-            "    if [ -f /run/secrets/ca ]; then cp /run/secrets/ca /tmp/ca.crt && echo "
-            "'Acquire::https::CAInfo \"/tmp/ca.crt\";' > /etc/apt/apt.conf.d/99omi-ca; fi; \\\n"
-            f"    apt-get update && apt-get install -y --no-install-recommends {pkgs} && "
-            "rm -f /etc/apt/apt.conf.d/99omi-ca /tmp/ca.crt"
-        )
+    lines = [f"FROM {_start(plan)} AS deps"]
     lines += [
         f"RUN {sh(py)} -m venv {OMI}/venv",
         f"COPY --link {CTX_REQUIREMENTS}/ {OMI}/requirements/",
@@ -91,7 +103,7 @@ def _env(plan: Plan) -> list[str]:
 def _final_stage(plan: Plan) -> list[str]:
     user = sh(plan.user)
     lines = [
-        f"FROM {plan.base_image}",
+        f"FROM {_start(plan)}",
         f"RUN (getent group {plan.uid} || groupadd --system --gid {plan.uid} {user}) >/dev/null && "
         f"useradd --system --uid {plan.uid} --gid {plan.uid} --no-create-home "
         f"--home-dir /nonexistent --shell /usr/sbin/nologin {user}",
@@ -124,5 +136,7 @@ def render(plan: Plan) -> str:
         "# Do not edit: change omi.yaml and run `omibuild plan`.",
     ]
     stages = [_deps_stage(plan), _code_stage(plan), _final_stage(plan)]
+    if plan.system_packages:
+        stages.insert(0, _system_stage(plan))
     body = "\n\n".join("\n".join(stage) for stage in stages)
     return "\n".join(header) + "\n\n" + body + "\n"

@@ -31,8 +31,39 @@ def _find(model_dir: Path, config: dict[str, Any], suffixes: tuple[str, ...]) ->
     return found[0]
 
 
+def named_columns(inputs: Any, names: list[str] | None) -> Any:
+    """Inputs as a pandas DataFrame where the model was fit on named columns or the request
+    names them: records (V1 instances of objects), named V2 tensors (one per column), or rows
+    of the model's width (then in the model's column order). Anything else as it came."""
+    if isinstance(inputs, list) and inputs and all(isinstance(r, dict) for r in inputs):
+        import pandas as pd
+
+        return pd.DataFrame.from_records(inputs, columns=names or None)
+    if isinstance(inputs, dict) and inputs:
+        import numpy as np
+        import pandas as pd
+
+        columns = {}
+        for key, value in inputs.items():
+            array = np.asarray(value)
+            if array.ndim == 2 and array.shape[1] == 1:
+                array = array[:, 0]
+            if array.ndim != 1:
+                raise ValueError(
+                    f"input {key!r} must hold one value per row, not shape {array.shape}"
+                )
+            columns[key] = array
+        return pd.DataFrame(columns, columns=[n for n in (names or columns) if n in columns])
+    if names and getattr(inputs, "ndim", 0) == 2 and inputs.shape[1] == len(names):
+        import pandas as pd
+
+        return pd.DataFrame(inputs, columns=names)
+    return inputs
+
+
 class SklearnFlavor:
     vectorised = True
+    names: list[str] | None = None  # the columns the model was fit on, when it records them
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
         path = _find(model_dir, config, SKLEARN_SUFFIXES)
@@ -47,8 +78,17 @@ class SklearnFlavor:
         else:
             with open(path, "rb") as fh:
                 self.model = pickle.load(fh)
+        names = getattr(self.model, "feature_names_in_", None)
+        if names is not None:
+            self.names = [str(n) for n in names]
 
     def predict(self, inputs: Any) -> Any:
+        if (
+            self.names is not None
+            or isinstance(inputs, dict)
+            or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict))
+        ):
+            inputs = named_columns(inputs, self.names)
         return self.model.predict(inputs)
 
 
@@ -65,8 +105,35 @@ class PyfuncFlavor:
             candidates = sorted(p.parent for p in model_dir.rglob("MLmodel"))
             root = candidates[0] if candidates else model_dir
         self.model = mlflow.pyfunc.load_model(str(root))
+        schema = self.model.metadata.get_input_schema()
+        # a column-based signature takes a DataFrame: rows, records and named tensors become one
+        self.columns: list[str] | None = (
+            [str(n) for n in schema.input_names()]
+            if schema is not None and not schema.is_tensor_spec() and schema.has_input_names()
+            else None
+        )
+        self.integral = (
+            {
+                str(c.name)
+                for c in schema.inputs
+                if getattr(c.type, "name", "") in ("integer", "long")
+            }
+            if self.columns
+            else set()
+        )
+
+    def _frame(self, inputs: Any) -> Any:
+        frame = named_columns(inputs, self.columns)
+        for name in self.integral & set(getattr(frame, "columns", ())):
+            column = frame[name]
+            # rows of numbers arrive as one float array: 3.0 is the 3 a `long` column takes
+            if column.dtype.kind == "f" and bool((column == column.round()).all()):
+                frame[name] = column.astype("int64")
+        return frame
 
     def predict(self, inputs: Any) -> Any:
+        if self.columns is not None:
+            inputs = self._frame(inputs)
         try:
             return self.model.predict(inputs)
         except self.rejected as exc:

@@ -66,7 +66,8 @@ class NotInImage(Exception):
     detector (501)."""
 
 
-# Import names whose PyPI distribution is spelled differently; others are their own name.
+# Import names of well-known distributions, spelled as PyPI spells them. Only these are ever
+# named as a requirement: any other missing module may as well be the repository's own code.
 _DISTRIBUTIONS = {
     "sklearn": "scikit-learn",
     "skimage": "scikit-image",
@@ -75,10 +76,11 @@ _DISTRIBUTIONS = {
     "yaml": "pyyaml",
     "bs4": "beautifulsoup4",
     "mlflow": "mlflow-skinny",
-    "google": "protobuf",
     "attr": "attrs",
     "dateutil": "python-dateutil",
-}
+    **{n: n for n in ("numpy", "scipy", "pandas", "joblib", "skops", "xgboost", "lightgbm",
+                      "catboost", "torch", "transformers", "keras", "onnxruntime")},
+}  # fmt: skip
 
 
 def load_failure_line(exc: BaseException) -> str:
@@ -86,8 +88,15 @@ def load_failure_line(exc: BaseException) -> str:
     line = f"model failed to load: {brief(exc) or repr(exc)}"
     missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
     if missing:
-        dist = _DISTRIBUTIONS.get(missing.split(".")[0], missing.split(".")[0])
-        return f"{line} (hint: add {dist} to image.requirements in omi.yaml and apply again)"
+        top = missing.split(".")[0]
+        if top in _DISTRIBUTIONS:
+            dist = _DISTRIBUTIONS[top]
+            return f"{line} (hint: add {dist} to image.requirements in omi.yaml and apply again)"
+        return (
+            f"{line} (hint: if {top} is your repository's own code, list it under code: in "
+            "omi.yaml (omibuild init does); else add the distribution that provides it to "
+            "image.requirements)"
+        )
     return line
 
 

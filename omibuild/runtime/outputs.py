@@ -21,7 +21,7 @@ from omibuild.runtime import log
 from omibuild.runtime.adapters.kserve import outputs_of
 from omibuild.runtime.codec import encode_output
 from omibuild.runtime.config import DEFAULT_CONFIG, ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import ModelService, brief
+from omibuild.runtime.model import ModelService, brief, load_failure_line
 
 OUTPUTS_FILE = "outputs.json"
 
@@ -120,6 +120,10 @@ def describe(out: Path | None) -> int:
     service = ModelService(config)
     try:
         service.load()
+    except Exception as exc:  # not the example's fault: say what stopped the load
+        print(f"omibuild: {load_failure_line(exc)}", file=sys.stderr)
+        return 3
+    try:
         learnt = specs_of(service.predict(example_input(config)))
     except Exception as exc:
         print(

@@ -16,7 +16,7 @@ from typing import Any
 
 from omibuild.errors import SourceError
 from omibuild.manifest.model import MlflowSource, SourceSpec
-from omibuild.sources.base import OUTPUTS_KEY, ResolvedSource
+from omibuild.sources.base import INPUTS_KEY, OUTPUTS_KEY, ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
@@ -185,7 +185,9 @@ class MlflowModelSource:
             version="",
             files=tuple(sorted(files)),
             # what the model's own MLmodel declares (its signature's outputs)
-            metadata=tuple(sorted((k, v) for k, v in found.items() if k == OUTPUTS_KEY)),
+            metadata=tuple(
+                sorted((k, v) for k, v in found.items() if k in (INPUTS_KEY, OUTPUTS_KEY))
+            ),
             requirements=requirements,
             flavor_hint=flavor,
         ).to_dict()

@@ -9,7 +9,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
-from omibuild.sources.base import OUTPUTS_KEY
+from omibuild.sources.base import INPUTS_KEY, OUTPUTS_KEY
 
 _MLFLOW_FLAVORS = {
     "sklearn": "sklearn",
@@ -112,6 +112,36 @@ def signature_outputs(signature: object) -> list[dict[str, object]] | None:
     return out
 
 
+def signature_inputs(signature: object) -> list[dict[str, object]] | None:
+    """The V2 inputs an MLflow signature declares: a named column is a tensor of one value
+    per row, a tensor spec keeps its shape. None where a type has no V2 datatype."""
+    if not isinstance(signature, dict) or not isinstance(signature.get("inputs"), str):
+        return None
+    try:
+        specs = json.loads(signature["inputs"])
+    except ValueError:
+        return None
+    if not isinstance(specs, list) or not specs:
+        return None
+    out: list[dict[str, object]] = []
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            return None
+        if spec.get("type") == "tensor":
+            tensor = spec.get("tensor-spec") or {}
+            datatype, shape = _V2_TYPES.get(str(tensor.get("dtype"))), tensor.get("shape")
+            if not datatype or not isinstance(shape, list) or not shape:
+                return None
+            out.append({"name": str(spec.get("name") or f"input-{index}"),
+                        "datatype": datatype, "shape": [-1, *shape[1:]]})  # fmt: skip
+        elif spec.get("type") in _V2_TYPES and spec.get("name"):
+            out.append({"name": str(spec["name"]), "datatype": _V2_TYPES[spec["type"]],
+                        "shape": [-1]})  # fmt: skip
+        else:
+            return None
+    return out
+
+
 def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[str, str]]:
     """(requirements, flavor hint, metadata) from MLmodel / requirements.txt / config.json."""
     meta: dict[str, str] = {}
@@ -136,6 +166,9 @@ def model_metadata(model_dir: Path) -> tuple[tuple[str, ...], str | None, dict[s
         outputs = signature_outputs(spec.get("signature"))
         if outputs:
             meta[OUTPUTS_KEY] = json.dumps(outputs, separators=(",", ":"))
+        inputs = signature_inputs(spec.get("signature"))
+        if inputs:
+            meta[INPUTS_KEY] = json.dumps(inputs, separators=(",", ":"))
     elif (model_dir / "config.json").is_file():
         flavor = "transformers"
     return requirements, flavor, meta

@@ -111,14 +111,8 @@ class KServeAdapter:
 
     # -- V2 (Open Inference Protocol) ------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        example = self.config.raw.get("example")
-        inputs = []
-        if isinstance(example, list) and example and isinstance(example[0], list):
-            arr = np.asarray(example)
-            dtype = (
-                "FP64" if arr.dtype.kind == "f" else "INT64" if arr.dtype.kind in "iu" else "BYTES"
-            )
-            inputs.append({"name": "input-0", "datatype": dtype, "shape": [-1, *arr.shape[1:]]})
+        # the model's signature where it has one (MLflow), else what the example shows
+        inputs = self.config.raw.get("inputs") or inputs_of_example(self.config.raw.get("example"))
         return {
             "name": self.service.name,
             "versions": [self.config.model_version],
@@ -294,3 +288,35 @@ def v1_instances(body: bytes, arrays: bool) -> Any:
     if not isinstance(instances, list):
         raise HTTPError(400, "`instances` must be a list")
     return as_array(instances) if arrays else instances
+
+
+def _datatype(values: list[Any]) -> str:
+    kinds = {type(v) for v in values}
+    if kinds <= {bool}:
+        return "BOOL"
+    if kinds <= {int}:
+        return "INT64"
+    if kinds <= {int, float}:
+        return "FP64"
+    return "BYTES"
+
+
+def inputs_of_example(example: Any) -> list[dict[str, Any]]:
+    """V2 input metadata from omi.yaml's example: rows of numbers are one tensor
+    (``input-0``), records are one tensor per named column."""
+    if not isinstance(example, list) or not example:
+        return []
+    if all(isinstance(row, dict) for row in example):
+        names = list(example[0])
+        return [
+            {"name": str(n), "datatype": _datatype([r.get(n) for r in example]), "shape": [-1]}
+            for n in names
+        ]
+    if isinstance(example[0], list):
+        try:
+            arr = np.asarray(example)
+        except ValueError:  # ragged rows: no one tensor
+            return []
+        dtype = "FP64" if arr.dtype.kind == "f" else "INT64" if arr.dtype.kind in "iu" else "BYTES"
+        return [{"name": "input-0", "datatype": dtype, "shape": [-1, *arr.shape[1:]]}]
+    return []
