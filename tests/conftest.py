@@ -42,6 +42,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return  # an xdist worker: the controller removes everything once all have finished
     # the strangers' omibuild cache (tests/integration/test_first_model.py): ~700 MB a model
     shutil.rmtree(ROOT / ".cache" / "test-strangers", ignore_errors=True)
+    # the wheel, omibuild's venvs made from it and the strangers' training venvs
+    # (tests/integration/strangers.py)
+    shutil.rmtree(ROOT / ".cache" / "test-envs", ignore_errors=True)
     listing = images_to_remove()
     if not listing.exists():
         return

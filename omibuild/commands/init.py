@@ -112,7 +112,13 @@ def _image_block(name: str, needs: Needs) -> str:
         lines += [f"# {line}" for line in needs.notes if line.startswith(("the model's own", "  "))]
         lines += [f"# {line}" for line in needs.unpinned]
         lines.append("requirements: []   # add package==version lines here")
-    lines.append("# system_packages: [libgomp1]   # Debian packages the model's libraries load")
+    if needs.system_packages:
+        packages = ", ".join(needs.system_packages)
+        lines.append(
+            f"system_packages: [{packages}]   # {'; '.join(needs.system_packages.values())}"
+        )
+    else:
+        lines.append("# system_packages: [libgomp1]   # Debian packages the model's libraries load")
     lines.append("# slim: false   # keep debug sections, Cython sources, packaged tests and pip")
     return "image:\n" + "".join(f"  {ln}\n" for ln in lines)
 

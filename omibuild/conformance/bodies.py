@@ -125,7 +125,7 @@ def read_body(path: str) -> Body:
             raise UsageError(f"{path}: over {MAX_BODY_FILE >> 20} MiB; a request is smaller")
         raw = file.read_bytes()
     except OSError as err:
-        raise UsageError(f"{path}: cannot read: {err.strerror}") from None
+        raise UsageError(f"{path}: cannot read the request: {err.strerror}") from None
     try:
         if file.suffix == ".csv":
             text = raw.decode("utf-8")

@@ -13,6 +13,10 @@ from omibuild.detect.pickles import Scan
 from omibuild.sources.local import ignored
 
 MAX_DIRS_SEEN = 5_000  # a bounded look for the repository's own modules
+# Debian packages a distribution's wheel loads at run time without shipping them.
+SYSTEM_PACKAGES = {
+    "lightgbm": ("libgomp1", "lightgbm's wheel loads libgomp.so.1 (OpenMP) at run time"),
+}
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,15 @@ class Needs:
     code_path: str | None = None
     code_include: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    system_packages: dict[str, str] = field(default_factory=dict)  # package → why
 
     def pin(self, distribution: str, why: str, version: str | None = None) -> None:
         if any(_dist(p.requirement) == distribution.lower() for p in self.pins):
             return
         self.pins.append(Pin(f"{distribution}=={version}" if version else distribution, why))
+        if distribution.lower() in SYSTEM_PACKAGES:
+            package, reason = SYSTEM_PACKAGES[distribution.lower()]
+            self.system_packages.setdefault(package, reason)
 
 
 def _dist(requirement: str) -> str:

@@ -12,12 +12,15 @@ Large byte strings are skipped, not held, so memory stays small whatever the fil
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
+import json
 import lzma
 import pickle
 import re
 import struct
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,7 +124,7 @@ class _Reader(_PURE):
         return Made(Global("<persistent>", ""), (pid,))
 
     def load(self) -> Any:
-        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]  # noqa: E501
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
         self.read = self._unframer.read
         self.readinto = self._unframer.readinto
         self.readline = self._unframer.readline
@@ -270,19 +273,23 @@ _MAGIC: tuple[tuple[bytes, Any], ...] = (
 )
 
 
-def _open(path: Path) -> IO[bytes]:
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[IO[bytes]]:
     """The file's pickle stream, through joblib's compressors where it is compressed."""
-    fh: IO[bytes] = open(path, "rb")  # noqa: SIM115 (returned)
-    head = fh.read(6)
-    fh.seek(0)
-    for magic, opener in _MAGIC:
-        if head.startswith(magic):
-            return opener(fh)
-    if head[:1] == b"\x78" and head[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
-        return io.BufferedReader(_ZlibReader(fh))
-    if head.startswith(b"ZF"):  # joblib < 0.10's own zlib container
-        raise PickleScanError("joblib's pre-0.10 compressed format")
-    return fh
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+        fh.seek(0)
+        for magic, opener in _MAGIC:
+            if head.startswith(magic):
+                with opener(fh) as stream:
+                    yield stream
+                return
+        if head[:1] == b"\x78" and head[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
+            yield io.BufferedReader(_ZlibReader(fh))
+            return
+        if head.startswith(b"ZF"):  # joblib < 0.10's own zlib container
+            raise PickleScanError("joblib's pre-0.10 compressed format")
+        yield fh
 
 
 class _ZlibReader(io.RawIOBase):
@@ -302,10 +309,6 @@ class _ZlibReader(io.RawIOBase):
         n = min(len(b), len(self.buf))
         b[:n], self.buf = self.buf[:n], self.buf[n:]
         return n
-
-    def close(self) -> None:
-        self.fh.close()
-        super().close()
 
 
 def scan_pickle(path: Path) -> Scan:
@@ -392,9 +395,6 @@ MAX_SKOPS_SCHEMA = 64 << 20
 def scan_skops(path: Path) -> Scan:
     """What a skops file names: its schema.json lists every object's module and class, and
     keeps each attribute as data (skops never pickles)."""
-    import json
-    import zipfile
-
     scan = Scan()
     try:
         with zipfile.ZipFile(path) as archive:
@@ -415,8 +415,6 @@ def _skops_node(node: Any, scan: Scan, depth: int) -> Any:
     module, cls = node.get("__module__"), node.get("__class__")
     content = node.get("content")
     if node.get("is_json") and isinstance(content, str):
-        import json
-
         try:
             return json.loads(content)
         except ValueError:

@@ -139,7 +139,7 @@ def test_run_reads_the_request_file_before_starting_anything(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     assert main(["run", "some/image:tag", "--predict", str(tmp_path / "missing.json")]) == 2
     [line] = errors(capsys)
-    assert line.startswith(f"omibuild: error: {tmp_path}/missing.json: cannot read a JSON request")
+    assert line.startswith(f"omibuild: error: {tmp_path}/missing.json: cannot read the request")
 
 
 def test_an_unreachable_engine_is_one_line_with_exit_2(

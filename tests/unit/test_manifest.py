@@ -99,8 +99,6 @@ def test_init_detects_flavor_and_writes_a_valid_manifest(
     model.mkdir()
     for f in files:
         (model / f).write_text("x")
-    if flavor == "custom":
-        (tmp_path / "predictor.py").write_text("class Model: ...\n")
     out = tmp_path / "omi.yaml"
     assert main(["init", str(model), "-o", str(out), "--name", "demo"]) == 0
     text = out.read_text()

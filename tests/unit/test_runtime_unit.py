@@ -489,7 +489,9 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(
     plain = [ln for ln in proc.stderr.splitlines() if ln.startswith("omibuild runtime: ")]
     assert plain[-1] == (
         "omibuild runtime: model failed to load: No module named 'sklearn_is_not_here' "
-        "(hint: add sklearn_is_not_here to image.requirements in omi.yaml and apply again)"
+        "(hint: if sklearn_is_not_here is your repository's own code, list it under code: in "
+        "omi.yaml (omibuild init does); else add the distribution that provides it to "
+        "image.requirements)"
     )
 
 

@@ -1,0 +1,139 @@
+"""A stranger's setup, as the README tells one to make it: omibuild pip-installed from its
+wheel into a virtual environment of its own (no checkout on the path), and a model trained
+in a fresh git repository by a `train.py` run in a training environment of the user's own
+(packages from the index), active as `VIRTUAL_ENV` when omibuild runs.
+
+Both kinds of environment are made once per test run, under one lock per environment so
+that parallel workers share them, and removed when the run ends (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+RUN_ENVS = ROOT / ".cache" / "test-envs"  # removed by tests/conftest.py when the run ends
+STRANGERS_CACHE = ROOT / ".cache" / "test-strangers"
+
+
+def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=1500, check=False
+    )
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment less what ties it to the checkout and its venv."""
+    drop = ("PYTHONPATH", "VIRTUAL_ENV", "OMIBUILD_CACHE_DIR", "PYTEST_CURRENT_TEST")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = ":".join(p for p in env["PATH"].split(":") if p != venv_bin)
+    return env
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[Path]:
+    RUN_ENVS.mkdir(parents=True, exist_ok=True)
+    with open(RUN_ENVS / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield RUN_ENVS / name
+
+
+def wheel() -> Path:
+    """The wheel of this checkout, built once per run."""
+    with _locked("dist") as dist:
+        found = sorted(dist.glob("omibuild-*.whl"))
+        if not found:
+            _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                 "-q", "-w", str(dist), str(ROOT))  # fmt: skip
+            found = sorted(dist.glob("omibuild-*.whl"))
+        return found[0]
+
+
+def omibuild_from_wheel(extras: str = "") -> Path:
+    """The `omibuild` executable of a venv made by `pip install omibuild-*.whl[extras]`."""
+    built = wheel()
+    with _locked(f"omibuild-{extras or 'plain'}") as venv:
+        exe = venv / "bin" / "omibuild"
+        if not exe.exists():
+            _run(sys.executable, "-m", "venv", str(venv))
+            spec = f"{built}[{extras}]" if extras else str(built)
+            _run(str(venv / "bin" / "pip"), "install", "-q", spec, env=clean_env())
+        return exe
+
+
+def training_venv(name: str, requirements: list[str]) -> Path:
+    """A user's training environment: a venv with ``requirements`` from the index."""
+    key = hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:8]
+    with _locked(f"train-{name}-{key}") as venv:
+        if not (venv / ".done").exists():
+            _run(sys.executable, "-m", "venv", str(venv))
+            _run(str(venv / "bin" / "pip"), "install", "-q", *requirements, env=clean_env())
+            (venv / ".done").touch()
+        return venv
+
+
+@dataclass
+class Stranger:
+    """One stranger's model repository, their training venv, and omibuild from the wheel."""
+
+    repo: Path
+    venv: Path
+    omibuild: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = clean_env()
+        env["VIRTUAL_ENV"] = str(self.venv)  # as `source .venv/bin/activate` leaves it
+        env["PATH"] = f"{self.venv / 'bin'}:{self.omibuild.parent}:{env['PATH']}"
+        env["OMIBUILD_CACHE_DIR"] = str(STRANGERS_CACHE)
+        return env
+
+    def train(self, script: str) -> None:
+        (self.repo / "train.py").write_text(script)
+        _run(str(self.venv / "bin" / "python"), "train.py", cwd=self.repo, env=self.env)
+
+    def cli(self, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.omibuild), *args],
+            cwd=self.repo,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        done = self.cli(*args)
+        assert done.returncode == 0, f"omibuild {' '.join(args)}: {done.stderr[-4000:]}"
+        return done.stdout
+
+
+def new_stranger(
+    tmp_path: Path, name: str, venv: Path, extras: str = "", files: dict[str, str] | None = None
+) -> Stranger:
+    """A fresh git repository named ``name`` (its images are removed when the run ends)."""
+    from tests.conftest import images_to_remove
+
+    with images_to_remove().open("a") as fh:
+        fh.write(f"omibuild.local/{name}\n")
+    repo = tmp_path / name
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README.md").write_text(f"# {name}\n\nA model.\n")
+    for rel, text in (files or {}).items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    return Stranger(repo, venv, omibuild_from_wheel(extras))
