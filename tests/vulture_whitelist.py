@@ -47,3 +47,8 @@ _.gname
 # protobuf fields set on the Modzy ModelFeatures message (runtime/adapters/modzy.py)
 _.explanation_format
 _.drift_format
+# pickle's Unpickler protocol, called by its opcode loop (detect/pickles.py)
+_.persistent_load
+_.metastack
+# io.RawIOBase's protocol (detect/pickles.py's zlib reader)
+_.readable

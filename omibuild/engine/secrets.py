@@ -66,6 +66,18 @@ def pip_config_files(env: Mapping[str, str]) -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
+def _put(out: configparser.ConfigParser, section: str, key: str, value: str) -> None:
+    """Set a pip setting, less the index URLs that name this host's files (``file:``): inside
+    the build they name nothing, and pip warns about each one for every package."""
+    if key in ("index-url", "extra-index-url"):
+        value = " ".join(u for u in value.split() if not u.lower().startswith("file:"))
+        if not value:
+            return
+    if not out.has_section(section):
+        out.add_section(section)
+    out.set(section, key, value)
+
+
 def portable_pip_config(env: Mapping[str, str]) -> str | None:
     """The host's pip settings that make sense inside a build (index URLs, timeouts)."""
     merged = configparser.ConfigParser(interpolation=None)
@@ -77,14 +89,10 @@ def portable_pip_config(env: Mapping[str, str]) -> str | None:
         for key, value in merged.items(section):
             if key in _HOST_PATH_KEYS:
                 continue
-            if not out.has_section(section):
-                out.add_section(section)
-            out.set(section, key, value)
+            _put(out, section, key, value)
     for var, key in _ENV_SETTINGS.items():
         if env.get(var):
-            if not out.has_section("global"):
-                out.add_section("global")
-            out.set("global", key, env[var])
+            _put(out, "global", key, env[var])
     if not out.sections():
         return None
     lines = []

@@ -71,13 +71,16 @@ class SklearnFlavor:
             import skops.io
 
             self.model = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-        elif path.suffix == ".joblib":
-            import joblib
-
-            self.model = joblib.load(path)
         else:
-            with open(path, "rb") as fh:
-                self.model = pickle.load(fh)
+            try:  # joblib reads plain pickles too, and people save joblib files as .pkl
+                import joblib
+            except ImportError:
+                if path.suffix == ".joblib":
+                    raise
+                with open(path, "rb") as fh:
+                    self.model = pickle.load(fh)
+            else:
+                self.model = joblib.load(path)
         names = getattr(self.model, "feature_names_in_", None)
         if names is not None:
             self.names = [str(n) for n in names]

@@ -117,7 +117,9 @@ class Stranger:
 
     def ok(self, *args: str) -> str:
         done = self.cli(*args)
-        assert done.returncode == 0, f"omibuild {' '.join(args)}: {done.stderr[-4000:]}"
+        assert done.returncode == 0, (
+            f"omibuild {' '.join(args)}: {done.stdout[-3000:]}" + (done.stderr[-4000:])
+        )
         return done.stdout
 
 

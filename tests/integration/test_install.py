@@ -70,12 +70,12 @@ import warnings
 import mlflow.sklearn
 from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
 
 frame = load_iris(as_frame=True).frame
 frame.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width", "target"]
 x, y = frame.drop(columns="target"), frame["target"]
-model = GradientBoostingClassifier(n_estimators=10, random_state=0).fit(x, y)
+model = LogisticRegression(max_iter=1000).fit(x, y)
 warnings.simplefilter("ignore")
 mlflow.sklearn.save_model(model, "artifacts/iris", signature=infer_signature(x, model.predict(x)),
                           input_example=x.head(2))
@@ -201,7 +201,7 @@ def _metadata(image: str, name: str) -> dict[str, object]:
 def test_an_mlflow_model_with_named_columns_answers_dataframe_split_and_named_tensors(
     tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
 ) -> None:
-    venv = training_venv("mlflow", ["mlflow-skinny", *SKLEARN])
+    venv = training_venv("mlflow", ["mlflow-skinny", "skops", *SKLEARN])
     name = f"door-mlflow-{unique}"
     s = new_stranger(tmp_path, name, venv, "mlflow")
     s.train(MLFLOW_NAMED)

@@ -152,3 +152,18 @@ def test_local_cache_directories_are_what_a_build_reads_or_writes(tmp_path: Path
         cache_to=(CacheSpec("local", str(tmp_path / "b")),),
     )
     assert _local_cache_dirs(req) == {tmp_path / "a", tmp_path / "b"}
+
+
+def test_the_pip_configuration_a_build_gets_leaves_out_the_host_s_file_indexes(
+    tmp_path: Path,
+) -> None:
+    from omibuild.engine.secrets import portable_pip_config
+
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nfind-links = /opt/wheels\ntimeout = 60\n"
+        "extra-index-url = file:///opt/pypi/simple https://pypi.example/simple\n"
+        "index-url = file:///opt/only\n"
+    )
+    text = portable_pip_config({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
+    assert text == ("[global]\ntimeout = 60\nextra-index-url = https://pypi.example/simple\n")
