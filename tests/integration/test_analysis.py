@@ -73,8 +73,8 @@ def build(repo: Path, cleanup: list[str]) -> str:
     assert cli(repo, "init").returncode == 0
     manifest = repo / "omi.yaml"
     text = manifest.read_text()
-    commented = next(ln for ln in text.splitlines() if ln.startswith("  # example:"))
-    text = text.replace(commented, f"  example: {{instances: {json.dumps(EXAMPLE)}}}")
+    written = next(ln for ln in text.splitlines() if ln.startswith("  example:"))
+    text = text.replace(written, f"  example: {{instances: {json.dumps(EXAMPLE)}}}")
     manifest.write_text(text + SECTIONS)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", "model"], cwd=repo, check=True)

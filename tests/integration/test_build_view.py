@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_first_model import OMIBUILD, cli, new_repo, train_joblib
+from .test_first_model import OMIBUILD, cli, new_repo, train_joblib, without_example
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def stranger(tmp_path: Path, name: str, edit: str = "") -> Path:
     repo = new_repo(tmp_path, name, train_joblib)
     assert cli(repo, "init").returncode == 0
     manifest = repo / "omi.yaml"
-    text = manifest.read_text().replace("model:\n", EXAMPLE, 1)
+    text = without_example(manifest.read_text()).replace("model:\n", EXAMPLE, 1)
     manifest.write_text(text + edit)
     return repo
 

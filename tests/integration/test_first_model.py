@@ -101,6 +101,12 @@ def new_repo(tmp_path: Path, name: str, train: Callable[[Path], None]) -> Path:
     return repo
 
 
+def without_example(text: str) -> str:
+    """What init wrote, less its example input (and the comment under it)."""
+    lines = text.splitlines(keepends=True)
+    return "".join(ln for ln in lines if not ln.lstrip().startswith(("example:", "# ^ ")))
+
+
 def committed_repo(tmp_path: Path, name: str) -> Path:
     """new_repo after `init` and `lock`, all committed: a model repository as a team keeps it."""
     repo = new_repo(tmp_path, name, train_joblib)
@@ -183,6 +189,14 @@ def test_a_model_whose_package_is_missing_stops_and_run_names_the_module(
     validate = cli(repo, "validate")
     assert validate.returncode == 0, validate.stderr
     assert "warning: the sklearn flavor loads the model with scikit-learn" in validate.stdout
+    # with the example init wrote, the build's dry prediction stops it, in one line
+    failed = cli(repo, "apply", "--progress", "quiet")
+    assert failed.returncode == 1
+    assert (
+        "model failed to load: No module named 'sklearn' (hint: add scikit-learn to "
+        "image.requirements in omi.yaml and apply again); full log: "
+    ) in failed.stderr, failed.stderr
+    (repo / "omi.yaml").write_text(without_example((repo / "omi.yaml").read_text()))
     apply_json(repo, image_cleanup)
     start = time.monotonic()
     ran = cli(repo, "run", "--predict", "request.json")
@@ -248,7 +262,7 @@ def test_the_build_learns_the_outputs_from_the_example_and_a_bad_example_fails_i
     repo = new_repo(tmp_path, f"stranger-outputs-{unique}", train_joblib)
     assert cli(repo, "init").returncode == 0
     manifest = repo / "omi.yaml"
-    written = manifest.read_text()
+    written = without_example(manifest.read_text())  # this stranger writes their own
     manifest.write_text(
         written.replace("model:\n", "model:\n  example: {instances: [[5.1, 3.5, 1.4, 0.2]]}\n", 1)
     )
