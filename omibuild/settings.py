@@ -1,5 +1,5 @@
-"""Machine and user settings that are not the manifest's to say: today, the base image a
-manifest gets when it names none.
+"""Machine and user settings that are not the manifest's to say: the base image a manifest
+gets when it names none, and the host's pip settings that a build's pip step may use.
 
 Looked up in order: ``OMIBUILD_BASE_IMAGE``; the file ``OMIBUILD_CONFIG`` names, else
 ``$XDG_CONFIG_HOME/omibuild/config.toml`` (``~/.config/...``); then ``/etc/omibuild/config.toml``
@@ -7,8 +7,11 @@ Looked up in order: ``OMIBUILD_BASE_IMAGE``; the file ``OMIBUILD_CONFIG`` names,
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import tomllib
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from omibuild.errors import UsageError
@@ -55,3 +58,107 @@ def default_base_image(env: Mapping[str, str]) -> str:
                 raise UsageError(f"{path}: base_image must be an image reference")
             return value.strip()
     return PUBLIC_BASE_IMAGE
+
+
+# pip settings that name host files: meaningless (or harmful) inside the build.
+_HOST_PATH_KEYS = {
+    "cert",
+    "client-cert",
+    "constraint",
+    "constraints",
+    "requirement",
+    "requirements",
+    "build-constraint",
+    "log",
+    "cache-dir",
+    "target",
+    "prefix",
+    "root",
+    "src",
+    "find-links",
+}
+_ENV_SETTINGS = {
+    "PIP_INDEX_URL": "index-url",
+    "PIP_EXTRA_INDEX_URL": "extra-index-url",
+    "PIP_TRUSTED_HOST": "trusted-host",
+    "PIP_DEFAULT_TIMEOUT": "timeout",
+}
+
+
+def pip_config_files(env: Mapping[str, str]) -> list[Path]:
+    home = Path(env.get("HOME", str(Path.home())))
+    xdg = Path(env.get("XDG_CONFIG_HOME", str(home / ".config")))
+    candidates = [
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        home / ".pip" / "pip.conf",
+        xdg / "pip" / "pip.conf",
+    ]
+    if env.get("PIP_CONFIG_FILE"):
+        candidates.append(Path(env["PIP_CONFIG_FILE"]))
+    return [p for p in candidates if p.is_file()]
+
+
+def _put(out: configparser.ConfigParser, section: str, key: str, value: str) -> None:
+    """Set a pip setting, less the index URLs that name this host's files (``file:``): inside
+    the build they name nothing, and pip warns about each one for every package."""
+    if key in ("index-url", "extra-index-url"):
+        value = " ".join(u for u in value.split() if not u.lower().startswith("file:"))
+        if not value:
+            return
+    if not out.has_section(section):
+        out.add_section(section)
+    out.set(section, key, value)
+
+
+def portable_pip_config(env: Mapping[str, str]) -> str | None:
+    """The host's pip settings that make sense inside a build (index URLs, timeouts)."""
+    merged = configparser.ConfigParser(interpolation=None)
+    for path in pip_config_files(env):
+        with contextlib.suppress(configparser.Error, OSError, UnicodeDecodeError):
+            merged.read(path, encoding="utf-8")
+    out = configparser.ConfigParser(interpolation=None)
+    for section in merged.sections():
+        for key, value in merged.items(section):
+            if key in _HOST_PATH_KEYS:
+                continue
+            _put(out, section, key, value)
+    for var, key in _ENV_SETTINGS.items():
+        if env.get(var):
+            _put(out, "global", key, env[var])
+    if not out.sections():
+        return None
+    lines = []
+    for section in out.sections():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {v}" for k, v in out.items(section)]
+    return "\n".join(lines) + "\n"
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine: an index there is reached from a build step only
+    on the host's network."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def host_index_urls(env: Mapping[str, str]) -> list[str]:
+    """The index URLs the host's pip settings give a build (``portable_pip_config``)."""
+    text = portable_pip_config(env)
+    if text is None:
+        return []
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read_string(text)
+    return [
+        url
+        for section in parsed.sections()
+        for key in ("index-url", "extra-index-url")
+        for url in parsed.get(section, key, fallback="").split()
+    ]
+
+
+def any_loopback(urls: Iterable[str]) -> bool:
+    return any(is_loopback(u) for u in urls)

@@ -12,9 +12,15 @@ import sys
 from pathlib import Path
 
 from omibuild.detect.environment import Environment, find_environment
-from omibuild.detect.examples import Example, mlflow_example, tabular_example, text_example
+from omibuild.detect.examples import (
+    Example,
+    mlflow_example,
+    shaped_example,
+    tabular_example,
+    text_example,
+)
 from omibuild.detect.model import Found, find_model
-from omibuild.detect.needs import Needs, pickle_needs
+from omibuild.detect.needs import Needs, format_needs, pickle_needs
 from omibuild.detect.pickles import PickleScanError, input_width, scan_pickle, scan_skops
 from omibuild.errors import EXIT_OK, UsageError
 from omibuild.sources.requirements import read_requirements
@@ -30,6 +36,8 @@ FLAVOR_PACKAGES = {
     "pyfunc": (),
     "custom": (),
 }
+# torch's PyPI wheels for Linux are its CUDA build; its CPU builds are on PyTorch's own index
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _shown(path: Path) -> str:
@@ -37,7 +45,7 @@ def _shown(path: Path) -> str:
 
 
 def _flavor_pins(found: Found, env: Environment, needs: Needs) -> None:
-    packages = list(FLAVOR_PACKAGES[found.flavor])
+    packages = list(FLAVOR_PACKAGES.get(found.flavor, ()))
     if found.flavor == "sklearn" and found.model_file and found.model_file.suffix == ".skops":
         packages.append("skops")
     for dist in packages:
@@ -84,6 +92,9 @@ def suggest(found: Found, root: Path, env: Environment) -> tuple[Needs, Example 
         example = mlflow_example(found.model_dir)
     elif found.flavor == "sklearn" and found.model_file is not None:
         example = _pickled(found, root, env, needs)
+    elif found.format is not None and found.model_file is not None:
+        format_needs(found.format, found.model_file.name, env, needs)
+        example = shaped_example(found.format, found.model_file.name)
     elif found.flavor == "transformers":
         example = text_example(None)
     _flavor_pins(found, env, needs)
@@ -119,6 +130,13 @@ def _image_block(name: str, needs: Needs) -> str:
         )
     else:
         lines.append("# system_packages: [libgomp1]   # Debian packages the model's libraries load")
+    if needs.env:
+        lines.append("env:   # the image's environment")
+        lines += [f"  {k}: {_flow(v)}" for k, v in needs.env.items()]
+    if any(p.requirement.split("==")[0] == "torch" for p in needs.pins):
+        lines.append(
+            f"# extra_index_urls: [{TORCH_CPU_INDEX}]   # torch's CPU build (PyPI's is CUDA's)"
+        )
     lines.append("# slim: false   # keep debug sections, Cython sources, packaged tests and pip")
     return "image:\n" + "".join(f"  {ln}\n" for ln in lines)
 
@@ -152,6 +170,8 @@ def render_manifest(name: str, found: Found, needs: Needs, example: Example | No
         if found.flavor == "custom"
         else ""
     )
+    if found.file:
+        predictor += f"\n  file: {found.file}    # the model file, among others in {found.path}"
     if example is not None:
         example_line = (
             f"  example: {_flow({'instances': example.instances})}\n"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omibuild.detect.formats import Format
 from omibuild.sources.local import ignored
 
 MAX_EXAMPLE_BYTES = 64 * 1024  # an example is one or two rows: a larger file is not one
@@ -121,6 +122,31 @@ def tabular_example(
         )
     if width:
         return Example([[0.0] * width], f"{width} features (n_features_in_ in {file_name})")
+    return None
+
+
+MAX_EXAMPLE_VALUES = 256  # a larger zero tensor says nothing a smaller one does not
+
+
+def shaped_example(fmt: Format, file_name: str) -> Example | None:
+    """One input of the width or shape a framework's file records, all zeros."""
+    zero: Any = 0 if fmt.dtype == "int" else 0.0
+    if fmt.width:
+        if fmt.names:
+            return Example([dict.fromkeys(fmt.names, zero)], f"the {len(fmt.names)} columns "
+                           f"{file_name} records")  # fmt: skip
+        return Example([[zero] * fmt.width], f"{fmt.width} features, as {file_name} records")
+    if fmt.shape and len(fmt.shape) > 1:
+        dims = fmt.shape[1:]
+        count = 1
+        for d in dims:
+            count *= max(d, 1)
+        if count > MAX_EXAMPLE_VALUES:
+            return None
+        value: Any = zero
+        for d in reversed(dims):
+            value = [value] * max(d, 1)
+        return Example([value], f"one input of shape {dims}, as {file_name} records")
     return None
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from omibuild.detect.formats import SUFFIXES, Format, recognise
 from omibuild.sources.local import walk
 
 MAX_FILES_SEEN = 20_000  # init looks, it does not hash: a bounded walk is enough to decide
@@ -28,6 +29,8 @@ class Found:
     reason: str
     model_dir: Path  # where the model's own metadata (MLmodel, requirements.txt) is
     model_file: Path | None = None  # the one file the flavor loads, where there is one
+    format: Format | None = None  # what a framework's own model file records
+    file: str | None = None  # model.file: the model file, where the folder holds others
 
 
 def _flavor_of(names: list[str]) -> tuple[str, str] | None:
@@ -63,10 +66,34 @@ def _custom(rel: str, target: Path, files: list[str]) -> Found:
     return Found(rel, (), "custom", why + "; point model.source.local.path at its files", target)
 
 
+def _framework(rel: str, target: Path, files: list[str]) -> Found | None:
+    """A framework's own model file (XGBoost, LightGBM, CatBoost, PyTorch, Keras): the
+    shallowest one, its folder as the model (or the file alone, beside other files)."""
+    found = [
+        (f, fmt)
+        for f in sorted((f for f in files if f.endswith(SUFFIXES)), key=lambda f: (_depth(f), f))
+        if (fmt := recognise(target / f)) is not None
+    ]
+    if not found:
+        return None
+    name, fmt = found[0]
+    where = Path(name).parent
+    if where == Path("."):
+        return Found(_join(rel, Path(name)), (), fmt.flavor, fmt.reason, target, target / name, fmt)
+    siblings = [f for f in files if Path(f).parent == where and f.endswith(SUFFIXES)]
+    file = Path(name).name if len(siblings) > 1 else None
+    return Found(
+        _join(rel, where), (), fmt.flavor, fmt.reason, target / where, target / name, fmt, file
+    )
+
+
 def find_model(target: Path, root: Path) -> Found:
     """Where the model is in ``target`` (a file or a directory below ``root``)."""
     rel = Path(os.path.relpath(target.resolve(), root.resolve())).as_posix()
     if target.is_file():
+        fmt = recognise(target) if target.name.endswith(SUFFIXES) else None
+        if fmt is not None:
+            return Found(rel, (), fmt.flavor, fmt.reason, target.parent, target, fmt)
         kind = _flavor_of([target.name])
         if kind is None:
             return Found(rel, (), "custom", "no known model file; write a predictor", target.parent)
@@ -93,6 +120,9 @@ def find_model(target: Path, root: Path) -> Found:
         return Found(
             _join(rel, where), (), "transformers", "found config.json and weights", target / where
         )
+    framework = _framework(rel, target, files)
+    if framework is not None:
+        return framework
     models = [f for f in files if _flavor_of([f])]
     if not models:
         return _custom(rel, target, files)

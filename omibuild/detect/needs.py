@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omibuild.detect.environment import KNOWN_DISTRIBUTIONS, STDLIB, Environment
+from omibuild.detect.formats import Format
 from omibuild.detect.pickles import Scan
 from omibuild.sources.local import ignored
+from omibuild.sources.requirements import cpu_build
 
 MAX_DIRS_SEEN = 5_000  # a bounded look for the repository's own modules
 # Debian packages a distribution's wheel loads at run time without shipping them.
@@ -33,11 +35,15 @@ class Needs:
     code_include: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     system_packages: dict[str, str] = field(default_factory=dict)  # package → why
+    env: dict[str, str] = field(default_factory=dict)  # image.env
 
     def pin(self, distribution: str, why: str, version: str | None = None) -> None:
-        if any(_dist(p.requirement) == distribution.lower() for p in self.pins):
+        installs = cpu_build(distribution, version)
+        if installs != distribution:
+            why += f"; {installs} is {distribution}'s CPU build, without CUDA"
+        if any(_dist(p.requirement) in (distribution.lower(), installs) for p in self.pins):
             return
-        self.pins.append(Pin(f"{distribution}=={version}" if version else distribution, why))
+        self.pins.append(Pin(f"{installs}=={version}" if version else installs, why))
         if distribution.lower() in SYSTEM_PACKAGES:
             package, reason = SYSTEM_PACKAGES[distribution.lower()]
             self.system_packages.setdefault(package, reason)
@@ -133,3 +139,35 @@ def pickle_needs(scan: Scan, file_name: str, root: Path, env: Environment, needs
                     f"{file_name} also imports {', '.join(modules)} from {other}/: code.path "
                     "takes one directory; move them beside the others"
                 )
+
+
+# What a Keras 3 model runs on: the backend's distribution, as a CPU image installs it.
+KERAS_BACKENDS = (("tensorflow", "tensorflow-cpu"), ("torch", "torch"), ("jax", "jax"))
+
+
+def format_needs(fmt: Format, file_name: str, env: Environment, needs: Needs) -> None:
+    """Fill ``needs`` with what a framework's own model file needs: the framework at the
+    version the file records (else the training environment's), its CPU build where the index
+    has one, Keras' backend, and the system packages the framework loads."""
+    assert fmt.distribution is not None
+    dist = fmt.distribution
+    version, why = fmt.version, fmt.version_source
+    if version is None and env.version(dist):
+        version, why = env.version(dist), f"the version in {env.where}"
+    elif version is None:
+        why = f"not installed in {env.where}: pin the version that saved the model"
+    needs.pin(dist, why, version)
+    if fmt.flavor == "keras":
+        backend = next(((m, d) for m, d in KERAS_BACKENDS if env.version(m)), None)
+        if backend is None:
+            needs.notes.append(
+                f"{file_name} needs a Keras backend, and {env.where} has none: add "
+                "tensorflow-cpu, torch or jax to image.requirements and KERAS_BACKEND to image.env"
+            )
+        else:
+            module, backend_dist = backend
+            needs.env["KERAS_BACKEND"] = module
+            needs.pin(backend_dist, f"Keras' backend; the version in {env.where}",
+                      env.version(module))  # fmt: skip
+    if env.version("numpy"):
+        needs.pin("numpy", f"the version in {env.where}", env.version("numpy"))

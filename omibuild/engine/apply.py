@@ -195,6 +195,7 @@ def _request(
         cache_to=cache_to,
         no_cache=options.no_cache,
         secrets=secrets,
+        host_network=plan.options.host_network,
         builder=options.builder or plan.options.builder,
         # pushed layers: gzip, which every registry and runtime reads; loaded ones: none, as
         # weights do not compress (measured: no slower than zstd, and blobs match the cache's)

@@ -305,6 +305,8 @@ class BuildxExecutor:
             cmd += [a for c in req.cache_to for a in ("--cache-to", c.exporting())]
         for secret in req.secrets:
             cmd += ["--secret", secret.spec]
+        if req.host_network:  # the entitlement RUN --network=host needs
+            cmd += ["--allow", "network.host"]
         for kind, key, value in _annotations(req):
             cmd += ["--annotation", f"{kind}:{key}={value}"]
         if req.source_date_epoch is not None:
@@ -333,6 +335,8 @@ class BuildxExecutor:
                 target["cache-to"] = [c.exporting() for c in req.cache_to]
             if req.source_date_epoch is not None:
                 target["args"] = {"SOURCE_DATE_EPOCH": str(req.source_date_epoch)}
+            if req.host_network:
+                target["entitlements"] = ["network.host"]
             targets[f"model{i}"] = target
         return {"group": {"default": {"targets": sorted(targets)}}, "target": targets}
 

@@ -47,6 +47,7 @@ class BuildRequest:
     sbom: bool = False
     source_date_epoch: int | None = None
     progress: str = "auto"
+    host_network: bool = False  # a step may run on the host's network (RUN --network=host)
 
 
 @dataclass

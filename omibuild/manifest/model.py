@@ -85,6 +85,8 @@ class Image:
     requirement_files: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
     system_packages: tuple[str, ...] = ()
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     user: str = "omi"
     uid: int = 10001
@@ -222,6 +224,8 @@ def _image(spec: dict[str, Any], default_base: str) -> Image:
         requirement_files=files,
         packages=packages,
         system_packages=tuple(spec.get("system_packages", ())),
+        index_url=spec.get("index_url"),
+        extra_index_urls=tuple(spec.get("extra_index_urls", ())),
         env=tuple(sorted((k, _env_text(v)) for k, v in spec.get("env", {}).items())),
         user=user.get("name", "omi"),
         uid=user.get("uid", 10001),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+import urllib.parse
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,8 +31,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # The PyPI distribution each flavor loads models with, and the module a missing one names.
-FLAVOR_DISTRIBUTION = {"sklearn": "scikit-learn", "transformers": "transformers"}
-FLAVOR_MODULE = {"sklearn": "sklearn", "transformers": "transformers"}
+# The distribution each flavor loads its model with (its module, when spelled otherwise); a
+# CPU build of the same module (xgboost-cpu) also counts.
+FLAVOR_DISTRIBUTION = {
+    "sklearn": "scikit-learn",
+    "transformers": "transformers",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "catboost": "catboost",
+    "pytorch": "torch",
+    "keras": "keras",
+}
+FLAVOR_MODULE = {"sklearn": "sklearn", "pytorch": "torch"}
+CPU_BUILDS = {"xgboost": "xgboost-cpu"}
 MAX_SOURCE_BYTES = 2 * 1024 * 1024
 
 
@@ -305,12 +317,13 @@ class _Checker:
         if not isinstance(local, dict):
             return  # remote models bring their own requirements, known once resolved
         names = self.requirement_names(image if isinstance(image, dict) else {}, local)
-        if names is None or needed in names:
+        if names is None or needed in names or CPU_BUILDS.get(needed) in names:
             return
+        module = FLAVOR_MODULE.get(flavor, needed)
         self.add(
             ("model", "flavor"),
             f"the {flavor} flavor loads the model with {needed}, which no requirement "
-            f"installs (the container would stop: No module named '{FLAVOR_MODULE[flavor]}')",
+            f"installs (the container would stop: No module named '{module}')",
             f"add {needed}==<the version that saved the model> to image.requirements",
             severity="warning",
         )
@@ -409,6 +422,19 @@ class _Checker:
             if isinstance(values, dict):
                 for key, value in values.items():
                     self.one_line(("image", section, key), value)
+        urls: list[tuple[PathKey, Any]] = [(("image", "index_url"), image.get("index_url"))]
+        if isinstance(image.get("extra_index_urls"), list):
+            urls += [(("image", "extra_index_urls", i), u)
+                     for i, u in enumerate(image["extra_index_urls"])]  # fmt: skip
+        for where, url in urls:
+            if isinstance(url, str) and "@" in urllib.parse.urlsplit(url).netloc:
+                self.add(
+                    where,
+                    "an index URL with credentials would be written into the plan and the "
+                    "build's history",
+                    "drop them here; give them as PIP_INDEX_URL / PIP_EXTRA_INDEX_URL in your "
+                    "environment or a netrc (they reach the build as a secret)",
+                )
 
     def secrets(self, build: Any) -> None:
         if not isinstance(build, dict) or not isinstance(build.get("secrets"), list):

@@ -166,6 +166,14 @@ def _deps(old: Plan, new: Plan) -> StageDiff:
     if packages:
         reasons.append("system packages changed")
         changes += packages
+    a_index, b_index = old.index_url or "PyPI", new.index_url or "PyPI"
+    if a_index != b_index:
+        reasons.append("index_url changed")
+        changes.append(Change("~", "index_url", a_index, b_index))
+    extra = _keyed({u: u for u in old.extra_index_urls}, {u: u for u in new.extra_index_urls})
+    if extra:
+        reasons.append("extra_index_urls changed")
+        changes += [Change(c.op, "extra index", c.old, c.new) for c in extra]
     for field in ("python", "slim"):
         a, b = str(getattr(old, field)), str(getattr(new, field))
         if a != b:

@@ -13,6 +13,7 @@ from omibuild.manifest.model import LocalSource, Manifest
 from omibuild.manifest.tables import TableError
 from omibuild.planning.analysis import reduce
 from omibuild.planning.plan import BuildInputs
+from omibuild.settings import host_index_urls
 from omibuild.sources.base import ModelFile, ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.local import walk
@@ -93,4 +94,5 @@ def gather(
         source_date_epoch=int(epoch) if epoch and epoch.isdigit() else None,
         runtime_digest=runtime_digest(),
         analysis=_analysis(m),
+        host_index_urls=tuple(host_index_urls(env)),
     )

@@ -23,7 +23,9 @@ from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
 from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.runtime.requirements import runtime_requirements
+from omibuild.settings import any_loopback
 from omibuild.sources.base import INPUTS_KEY, OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
+from omibuild.sources.requirements import as_cpu_build
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
@@ -45,6 +47,7 @@ class BuildInputs:
     runtime_digest: str = ""  # the in-image runtime's files
     # explain's background and drift's reference as the image holds them (planning/analysis.py)
     analysis: tuple[tuple[str, bytes], ...] = ()
+    host_index_urls: tuple[str, ...] = ()  # the indexes the host's pip settings give a build
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class BuildOptions:
     builder: str | None = None
     push: bool = False
     secrets: tuple[str, ...] = ()  # ids only; sources are found on the host at apply time
+    host_network: bool = False  # an index on this machine's loopback: pip runs on its network
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ class Plan:
     runtime_digest: str = ""
     slim: bool = True  # strip debug sections, leave pip out (render: deps stage)
     analysis_files: tuple[ModelFile, ...] = ()  # under /opt/omi/analysis, in their own layer
+    index_url: str | None = None  # pip's index instead of PyPI (image.index_url)
+    extra_index_urls: tuple[str, ...] = ()
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -164,8 +170,12 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not self.analysis_files:  # plans without explain or drift keep their digests
-            del d["analysis_files"]
+        # what most plans leave at its default is left out, so that their digests stay put
+        for key in ("analysis_files", "index_url", "extra_index_urls"):
+            if not d[key]:
+                del d[key]
+        if not self.options.host_network:
+            del d["options"]["host_network"]
         caches = self.options.caches
         d["options"] = {
             "cache_from": [c.importing() for c in caches],
@@ -208,12 +218,15 @@ class Plan:
             runtime_digest=d.get("runtime_digest", ""),
             slim=bool(d.get("slim", True)),
             analysis_files=files(d.get("analysis_files", [])),
+            index_url=d.get("index_url"),
+            extra_index_urls=tuple(d.get("extra_index_urls", ())),
             options=BuildOptions(
                 caches=tuple(CacheSpec.parse(s) for s in opts.get("cache_to", ())),
                 cache_enabled=bool(opts.get("cache_enabled", True)),
                 builder=opts.get("builder"),
                 push=bool(opts.get("push", False)),
                 secrets=tuple(opts.get("secrets", ())),
+                host_network=bool(opts.get("host_network", False)),
             ),
             digest=d["digest"],
             format=d["format"],
@@ -292,7 +305,8 @@ def _dedupe(items: list[str]) -> tuple[str, ...]:
 
 def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
     """The model's own requirements, then the manifest's. MLflow models list ``mlflow``; the
-    skinny client serves them and is a fraction of the size."""
+    skinny client serves them and is a fraction of the size. A framework with a CPU build on
+    PyPI gets it (``xgboost`` → ``xgboost-cpu``, which installs the same module)."""
     reqs = []
     for line in (
         *inputs.source.requirements,
@@ -301,7 +315,7 @@ def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
     ):
         if line.startswith("mlflow==") or line == "mlflow":
             line = line.replace("mlflow", "mlflow-skinny", 1)
-        reqs.append(line)
+        reqs.append(as_cpu_build(line))
     if inputs.manifest.flavor == "pyfunc":
         # mlflow.pyfunc imports pandas, which full mlflow brings and the skinny client does not.
         names = {_name(r) for r in reqs}
@@ -523,12 +537,21 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
             ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
             for path, body in inputs.analysis
         ),
+        index_url=m.image.index_url,
+        extra_index_urls=m.image.extra_index_urls,
         options=BuildOptions(
             caches=tuple(caches),
             cache_enabled=m.build.cache_enabled,
             builder=m.build.builder,
             push=m.build.push,
             secrets=("ca", "pipconf", *(s.id for s in m.build.secrets)),
+            host_network=any_loopback(
+                [
+                    *filter(None, [m.image.index_url]),
+                    *m.image.extra_index_urls,
+                    *inputs.host_index_urls,
+                ]
+            ),
         ),
     )
     digest = compute_digest(plan)

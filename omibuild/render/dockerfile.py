@@ -58,15 +58,19 @@ def _start(plan: Plan) -> str:
 
 def _deps_stage(plan: Plan) -> list[str]:
     py = plan.python
+    # an index on this machine's loopback is reached only from the host's network
+    network = "--network=host " if plan.options.host_network else ""
+    indexes = f"--index-url {sh(plan.index_url)} " if plan.index_url else ""
+    indexes += "".join(f"--extra-index-url {sh(u)} " for u in plan.extra_index_urls)
     lines = [f"FROM {_start(plan)} AS deps"]
     lines += [
         f"RUN {sh(py)} -m venv {OMI}/venv",
         f"COPY --link {CTX_REQUIREMENTS}/ {OMI}/requirements/",
-        "RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked "
+        f"RUN {network}--mount=type=cache,target=/root/.cache/pip,sharing=locked "
         f"{_secret_mounts(plan)} \\\n"
         f"    {_PIP_ENV}\\\n"
         f"    {OMI}/venv/bin/pip install --disable-pip-version-check --no-warn-script-location "
-        f"-r {OMI}/requirements/runtime.txt -r {OMI}/requirements/model.txt",
+        f"{indexes}-r {OMI}/requirements/runtime.txt -r {OMI}/requirements/model.txt",
     ]
     if plan.slim:  # only the venv leaves this stage, so the removed bytes never reach a layer
         lines += [

@@ -11,54 +11,28 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from omibuild.runtime.frameworks import (
+    CatBoostFlavor,
+    KerasFlavor,
+    LightGBMFlavor,
+    PyTorchFlavor,
+    XGBoostFlavor,
+)
+from omibuild.runtime.modelfiles import find_file, named_columns
+
 SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
 
 
 class Flavor(Protocol):
-    vectorised: bool  # predict on a batch of N rows equals N predicts on one row
+    """A model file made servable. ``vectorised``: predict on a batch of N rows equals N
+    predicts on one row. A flavor may also say which of its framework's errors mean the input
+    was wrong (a 400): ``rejected``, a tuple of exception types, and ``rejects(exc)``."""
+
+    vectorised: bool
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None: ...
 
     def predict(self, inputs: Any) -> Any: ...
-
-
-def _find(model_dir: Path, config: dict[str, Any], suffixes: tuple[str, ...]) -> Path:
-    if config.get("model_file"):
-        return model_dir / config["model_file"]
-    found = sorted(p for p in model_dir.rglob("*") if p.suffix in suffixes)
-    if not found:
-        raise FileNotFoundError(f"no {'/'.join(suffixes)} file in {model_dir}")
-    return found[0]
-
-
-def named_columns(inputs: Any, names: list[str] | None) -> Any:
-    """Inputs as a pandas DataFrame where the model was fit on named columns or the request
-    names them: records (V1 instances of objects), named V2 tensors (one per column), or rows
-    of the model's width (then in the model's column order). Anything else as it came."""
-    if isinstance(inputs, list) and inputs and all(isinstance(r, dict) for r in inputs):
-        import pandas as pd
-
-        return pd.DataFrame.from_records(inputs, columns=names or None)
-    if isinstance(inputs, dict) and inputs:
-        import numpy as np
-        import pandas as pd
-
-        columns = {}
-        for key, value in inputs.items():
-            array = np.asarray(value)
-            if array.ndim == 2 and array.shape[1] == 1:
-                array = array[:, 0]
-            if array.ndim != 1:
-                raise ValueError(
-                    f"input {key!r} must hold one value per row, not shape {array.shape}"
-                )
-            columns[key] = array
-        return pd.DataFrame(columns, columns=[n for n in (names or columns) if n in columns])
-    if names and getattr(inputs, "ndim", 0) == 2 and inputs.shape[1] == len(names):
-        import pandas as pd
-
-        return pd.DataFrame(inputs, columns=names)
-    return inputs
 
 
 class SklearnFlavor:
@@ -66,7 +40,7 @@ class SklearnFlavor:
     names: list[str] | None = None  # the columns the model was fit on, when it records them
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
-        path = _find(model_dir, config, SKLEARN_SUFFIXES)
+        path = find_file(model_dir, config, SKLEARN_SUFFIXES)
         if path.suffix == ".skops":
             import skops.io
 
@@ -159,7 +133,7 @@ class OnnxFlavor:
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
         import onnxruntime
 
-        path = _find(model_dir, config, (".onnx",))
+        path = find_file(model_dir, config, (".onnx",))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(
@@ -238,5 +212,10 @@ FLAVORS: dict[str, type[Flavor]] = {
     "pyfunc": PyfuncFlavor,
     "onnx": OnnxFlavor,
     "transformers": TransformersFlavor,
+    "xgboost": XGBoostFlavor,
+    "lightgbm": LightGBMFlavor,
+    "catboost": CatBoostFlavor,
+    "pytorch": PyTorchFlavor,
+    "keras": KerasFlavor,
     "custom": CustomFlavor,
 }

@@ -228,6 +228,8 @@ class ModelService:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise fault(InputError, "the model rejected the input", exc) from None
         except Exception as exc:
+            if self._rejects(exc):  # the framework's own word for a wrong input
+                raise fault(InputError, "the model rejected the input", exc) from None
             raise fault(PredictError, "predict failed", exc) from None
         if self.postprocess is not None:
             try:
@@ -235,6 +237,14 @@ class ModelService:
             except Exception as exc:
                 raise fault(PredictError, "postprocess hook failed", exc) from None
         return outputs
+
+    def _rejects(self, exc: Exception) -> bool:
+        """Whether the flavor says ``exc`` means the input was wrong: one of its framework's
+        input errors (``rejected``), or what its ``rejects`` recognises."""
+        if isinstance(exc, getattr(self.flavor, "rejected", ())):
+            return True
+        rejects = getattr(self.flavor, "rejects", None)
+        return bool(rejects(exc)) if rejects is not None else False
 
     async def apredict(self, inputs: Any) -> Any:
         """From the event loop: predict on the lane. An answered request's rows are queued for
