@@ -129,11 +129,12 @@ class CatBoostFlavor:
             return labels.astype(str)
 
 
-# torch reports a wrong input as a RuntimeError, like any other failure: these are its words
-# for an input of the wrong shape or type
+# torch reports a wrong input as a RuntimeError (an exported program: an AssertionError from
+# its shape guards), like any other failure: these are its words for an input of the wrong
+# shape or type
 _TORCH_INPUT = re.compile(
     r"shape|size mismatch|dimension|dtype|expected scalar type|Expected .* but got|"
-    r"must match the size|cannot be multiplied|input\b.*\bexpected",
+    r"must match the size|cannot be multiplied|input\b.*\bexpected|Guard failed",
     re.IGNORECASE,
 )
 
@@ -146,15 +147,16 @@ class PyTorchFlavor:
 
         self.torch = torch
         path = find_file(model_dir, config, TORCH_SUFFIXES)
-        if path.suffix == ".pt2":
+        if path.suffix == ".pt2":  # an exported program is traced in eval mode already
             self.module = torch.export.load(str(path)).module()
         else:
-            self.module = torch.jit.load(str(path), map_location="cpu")
-        self.module.eval()
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
         self.rejected = ()
 
     def rejects(self, exc: BaseException) -> bool:
-        return isinstance(exc, RuntimeError) and bool(_TORCH_INPUT.search(str(exc)))
+        return isinstance(exc, RuntimeError | AssertionError) and bool(
+            _TORCH_INPUT.search(str(exc))
+        )
 
     def _tensor(self, value: Any) -> Any:
         import numpy as np
