@@ -16,6 +16,7 @@ from omibuild.engine.progress import workflow_text
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
+from omibuild.planning.weight import HEAVY_BYTES, Weighing, Weight, note
 from omibuild.sources.cache import Cache
 from omibuild.sources.progress import Progress
 from omibuild.sources.usage import human
@@ -38,12 +39,15 @@ def _summary(results: list[ApplyResult], stream: TextIO) -> None:
     Console(file=stream, width=160).print(table)
 
 
-def _next_steps(r: ApplyResult, output: str, executor: Any) -> None:
+def _next_steps(r: ApplyResult, output: str, executor: Any, weight: Weight | None) -> None:
     """What a person sees after a build: size, digest, cache hits, and how to try it."""
     facts = []
     size = executor.image_size(r.refs[0]) if output == "load" and r.refs else None
     if size:
         facts.append(f"{human(size)}")
+    if r.venv_bytes:
+        expected = f" (plan: {weight.line()})" if weight else ""
+        facts.append(f"venv {human(r.venv_bytes)}{expected}")
     if r.digest:
         facts.append(f"digest {r.digest}")
     if r.total_steps:
@@ -56,7 +60,9 @@ def _next_steps(r: ApplyResult, output: str, executor: Any) -> None:
         print(f"  try it: {pull}omibuild run {ref} --predict request.json")
 
 
-def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dict[str, Any]:
+def _record(
+    r: ApplyResult, plan_digest: str, output: str, executor: Any, weight: Weight | None
+) -> dict[str, Any]:
     """One target as CI reads it: what was built, its digest, and where it went."""
     digest = r.digest
     if digest is None and r.status == "up to date" and output == "load":
@@ -76,6 +82,9 @@ def _record(r: ApplyResult, plan_digest: str, output: str, executor: Any) -> dic
         "model_bytes_sent": r.model_bytes_sent,
         "cached_steps": r.cached_steps,
         "total_steps": r.total_steps,
+        # the venv's layer as built, and the wheels plan expected it from (pip's resolution)
+        "venv_bytes": r.venv_bytes,
+        "venv_wheel_bytes_expected": weight.wheel_bytes if weight else None,
         "error": r.error,
     }
 
@@ -142,11 +151,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if no_engine is not None:
         raise no_engine  # exit 2, the same line as every verb
+    weighing = Weighing([p.plan for p in prepared], cache)  # beside the build, off its path
     results = apply_all([target_of(p) for p in prepared], executor, cache, progress, options)
+    built = {r.name for r in results if r.status == "built"}
+    weights = weighing.results(built)
     failed = [r for r in results if r.status == "failed"]
     if args.format == "json":
         plans = {p.plan.name: p.plan for p in prepared}
-        report = [_record(r, plans[r.name].digest, options.output, executor) for r in results]
+        report = [
+            _record(r, plans[r.name].digest, options.output, executor, weights.get(r.name))
+            for r in results
+        ]
         print(json.dumps(report, indent=2))
         return EXIT_INVALID if failed else EXIT_OK
     if len(results) == 1 and not failed:
@@ -157,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
             + f": {', '.join(r.refs)}"
         )
         if r.status == "built":
-            _next_steps(r, options.output, executor)
+            _next_steps(r, options.output, executor, weights.get(r.name))
+            weight = weights.get(r.name)
+            if weight is not None and weight.wheel_bytes >= HEAVY_BYTES:
+                print(f"omibuild: warning: {note(weight)}", file=sys.stderr)
     elif len(results) > 1:
         _summary(results, sys.stdout)
     for r in failed:

@@ -14,6 +14,7 @@ from omibuild.errors import EXIT_OK, UsageError
 from omibuild.planning.diff import PlanDiff, diff_plans, target_tag, unrecorded
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan, plan_from_labels
+from omibuild.planning.weight import note, weigh
 from omibuild.render.dockerfile import render
 from omibuild.reports.plans import FORMATS, to_json
 from omibuild.sources.cache import Cache, atomic_write
@@ -53,15 +54,19 @@ def against(plan: Plan, given: str | None, executor: BuildxExecutor) -> PlanDiff
 
 def run(args: argparse.Namespace) -> int:
     executor = BuildxExecutor()
+    cache = Cache()
     prepared = prepare(
         Path(args.file),
-        Cache(),
+        cache,
         Progress(),
         locked=args.locked,
         offline=args.offline,
         base_digest=executor.image_digest,
     )
     plan = prepared.plan
+    said = note(weigh(plan, cache)) if not args.offline else None
+    if said:
+        print(f"omibuild: note: {said}", file=sys.stderr)
     if args.out:
         atomic_write(Path(args.out), to_json(plan))
     if args.dockerfile:

@@ -93,6 +93,7 @@ class ApplyResult:
     cached_steps: int = 0
     total_steps: int = 0
     error: str | None = None
+    venv_bytes: int | None = None  # the venv's layer, as built
 
 
 def up_to_date(plan: Plan, executor: Executor, output: str) -> bool:
@@ -363,6 +364,8 @@ def _finish(
         steps.report("predicting the example input", time.perf_counter() - started, lines)
     top = layout.indexed(top, annotations)
     result.digest = str(top["digest"])
+    with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
+        job.result.venv_bytes = layout.step_bytes(top, "/opt/omi/venv")
     if job.output.startswith("oci:"):
         started = time.perf_counter()
         if error := _write_oci(layout, top, job.output[4:], plan):

@@ -205,6 +205,21 @@ class Layout:
         visit(top)
         return list(seen.values())
 
+    def step_bytes(self, top: dict[str, Any], marker: str) -> int | None:
+        """The size of the layer a build step made, found by ``marker`` in the step's history
+        (its ``created_by``), in the first image manifest ``top`` reaches."""
+        for desc in self.walk(top):
+            if desc.get("mediaType") not in MANIFEST_TYPES:
+                continue
+            manifest = self.read_json(desc["digest"])
+            config = self.read_json(manifest["config"]["digest"])
+            made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
+            for entry, layer in zip(made, manifest.get("layers") or [], strict=False):
+                if marker in str(entry.get("created_by", "")):
+                    return int(layer["size"])
+            return None
+        return None
+
     def blobs(self, top: dict[str, Any]) -> list[tuple[str, int]]:
         """(digest, size) of every blob ``top`` reaches, as ``walk`` orders them."""
         return [(d["digest"], int(d["size"])) for d in self.walk(top)]

@@ -8,6 +8,7 @@ says which of its framework's errors mean the input was wrong (a 400, not a 500)
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ class XGBoostFlavor:
     vectorised = True
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
-        import json
-
         import xgboost
 
         self.rejected: tuple[type[BaseException], ...] = (xgboost.core.XGBoostError,)

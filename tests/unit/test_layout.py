@@ -15,7 +15,10 @@ HEAVY = {
     "grpc_health",
     "grpc_reflection",
     "huggingface_hub",
+    "catboost",
     "joblib",
+    "keras",
+    "lightgbm",
     "mlflow",
     "numpy",
     "onnxruntime",
@@ -26,8 +29,10 @@ HEAVY = {
     "shap",
     "skops",
     "starlette",
+    "torch",
     "transformers",
     "uvicorn",
+    "xgboost",
 }
 # runtime/slim.py runs in the image build with whichever the venv has, and is imported where
 # it has neither (the final image)
