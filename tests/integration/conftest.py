@@ -154,3 +154,40 @@ def fake_hub() -> Iterator[FakeHub]:
     hub = FakeHub().start()
     yield hub
     hub.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A package index on loopback (PEP 503's simple layout) serving torch's CPU build, as an
+    organisation mirrors https://download.pytorch.org/whl/cpu: this machine's wheel of it."""
+    import functools
+    import html
+    import http.server
+    import threading
+
+    from tests.integration.strangers import TORCH_CPU_WHEEL
+
+    root = tmp_path_factory.mktemp("cpu-index")
+    (root / "simple" / "torch").mkdir(parents=True)
+    (root / "files").mkdir()
+    (root / "files" / TORCH_CPU_WHEEL.name).symlink_to(TORCH_CPU_WHEEL)
+    link = html.escape(f"/files/{TORCH_CPU_WHEEL.name}".replace("+", "%2B"))
+    (root / "simple" / "torch" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{link}">{html.escape(TORCH_CPU_WHEEL.name)}</a>'
+        "</body></html>\n"
+    )
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()

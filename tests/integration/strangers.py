@@ -16,11 +16,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import ROOT
 
+# torch's CPU build lies on this machine's disk (pip's find-links); PyPI's Linux wheel is the
+# CUDA build, 3 GB with its libraries
+TORCH_CPU_WHEEL = next(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"), Path("/nonexistent"))
 RUN_ENVS = ROOT / ".cache" / "test-envs"  # removed by tests/conftest.py when the run ends
 STRANGERS_CACHE = ROOT / ".cache" / "test-strangers"
 
@@ -91,6 +94,7 @@ class Stranger:
     repo: Path
     venv: Path
     omibuild: Path
+    extra_env: dict[str, str] = field(default_factory=dict)  # the user's own settings
 
     @property
     def env(self) -> dict[str, str]:
@@ -98,7 +102,7 @@ class Stranger:
         env["VIRTUAL_ENV"] = str(self.venv)  # as `source .venv/bin/activate` leaves it
         env["PATH"] = f"{self.venv / 'bin'}:{self.omibuild.parent}:{env['PATH']}"
         env["OMIBUILD_CACHE_DIR"] = str(STRANGERS_CACHE)
-        return env
+        return env | self.extra_env
 
     def train(self, script: str) -> None:
         (self.repo / "train.py").write_text(script)

@@ -109,7 +109,7 @@ def test_a_framework_s_own_file_is_recognised_served_and_its_bad_input_is_a_400(
     found = recognise(path)
     assert found is not None and found.flavor == flavor
     assert (
-        found.width == 4 or found.shape == [-1, 4] or flavor == "pytorch" and path.suffix == ".pt"
+        found.width == 4 or found.shape == [-1, 4] or (flavor == "pytorch" and path.suffix == ".pt")
     )
 
     service = ModelService.__new__(ModelService)
