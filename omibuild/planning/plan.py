@@ -493,12 +493,14 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
         tags.append(m.version)
     protocols = {name: body["protocols"] for name, body in interfaces.items()}
     caches: list[CacheSpec] = []
+    # By default no cache is exported: the engine's own build cache serves local rebuilds (an
+    # export to a directory cost 7-17 s per changed apply and grew without bound). A registry
+    # cache serves runners that start empty; a local directory is there when asked for.
     if m.build.cache_enabled:
         if m.build.cache_registry:
             caches.append(CacheSpec("registry", m.build.cache_registry))
-        else:
-            where = m.build.cache_local or local_cache or f"local:{m.name}"
-            caches.append(CacheSpec("local", where))
+        elif m.build.cache_local or local_cache:
+            caches.append(CacheSpec("local", m.build.cache_local or local_cache or ""))
     plan = Plan(
         name=m.name,
         version=m.version,

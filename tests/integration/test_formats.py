@@ -60,11 +60,13 @@ TORCH_EXPORT = TORCH_NET + (
     'torch.export.save(program, "model/net.pt2")\n'
 )
 MLFLOW_PYTORCH = TORCH_NET + (
-    "import warnings, mlflow.pytorch\nfrom mlflow.models import infer_signature\n"
-    "import numpy as np\nwarnings.simplefilter('ignore')\n"
-    "x = np.zeros((2, 4), dtype=np.float32)\n"
-    'mlflow.pytorch.save_model(net, "artifacts/net", input_example=x,\n'
-    "    signature=infer_signature(x, net(torch.from_numpy(x)).detach().numpy()))\n"
+    "import warnings, mlflow.pytorch, numpy as np\n"
+    "from mlflow.models import ModelSignature\nfrom mlflow.types import Schema, TensorSpec\n"
+    "warnings.simplefilter('ignore')\n"
+    "signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, 4))]),\n"
+    "                           Schema([TensorSpec(np.dtype(np.float32), (-1, 3))]))\n"
+    'mlflow.pytorch.save_model(net, "artifacts/net", signature=signature,\n'
+    "                          input_example=np.zeros((1, 4), dtype=np.float32))\n"
 )
 KERAS = """\
 import os, pathlib
