@@ -23,6 +23,7 @@ from omibuild.detect.model import Found, find_model
 from omibuild.detect.needs import Needs, format_needs, pickle_needs
 from omibuild.detect.pickles import PickleScanError, input_width, scan_pickle, scan_skops
 from omibuild.errors import EXIT_OK, UsageError
+from omibuild.runtime.modelfiles import transformers_task
 from omibuild.sources.requirements import read_requirements
 
 SCHEMA_URL = "https://omibuild.dev/schema/omi.schema.json"
@@ -96,7 +97,8 @@ def suggest(found: Found, root: Path, env: Environment) -> tuple[Needs, Example 
         format_needs(found.format, found.model_file.name, env, needs)
         example = shaped_example(found.format, found.model_file.name)
     elif found.flavor == "transformers":
-        example = text_example(None)
+        needs.task = transformers_task(found.model_dir)
+        example = text_example(needs.task)
     _flavor_pins(found, env, needs)
     return needs, example
 
@@ -172,6 +174,8 @@ def render_manifest(name: str, found: Found, needs: Needs, example: Example | No
     )
     if found.file:
         predictor += f"\n  file: {found.file}    # the model file, among others in {found.path}"
+    if needs.task:
+        predictor += f"\n  task: {needs.task}    # the pipeline's, from config.json's architecture"
     if example is not None:
         example_line = (
             f"  example: {_flow({'instances': example.instances})}\n"

@@ -36,6 +36,7 @@ class Needs:
     notes: list[str] = field(default_factory=list)
     system_packages: dict[str, str] = field(default_factory=dict)  # package → why
     env: dict[str, str] = field(default_factory=dict)  # image.env
+    task: str | None = None  # a transformers pipeline's task
 
     def pin(self, distribution: str, why: str, version: str | None = None) -> None:
         installs = cpu_build(distribution, version)

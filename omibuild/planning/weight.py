@@ -87,7 +87,8 @@ def _resolve(requirements: list[str], args: list[str], env: Mapping[str, str]) -
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
                "--disable-pip-version-check", "--retries", "0", "--timeout", "10",
-               "--report", str(report), *args, "-r", str(reqs)]  # fmt: skip
+               "--report", str(report), "--target", str(Path(tmp) / "t"),  # pip < 24 asks for one
+               *args, "-r", str(reqs)]  # fmt: skip
         if clean.get("PIP_CERT"):
             cmd += ["--cert", clean["PIP_CERT"]]
         done = subprocess.run(

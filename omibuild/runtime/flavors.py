@@ -18,7 +18,7 @@ from omibuild.runtime.frameworks import (
     PyTorchFlavor,
     XGBoostFlavor,
 )
-from omibuild.runtime.modelfiles import find_file, named_columns
+from omibuild.runtime.modelfiles import find_file, named_columns, transformers_task
 
 SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
 
@@ -69,6 +69,11 @@ class SklearnFlavor:
         return self.model.predict(inputs)
 
 
+def _numeric(value: Any) -> bool:
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind is not None and kind in "fiub"
+
+
 class PyfuncFlavor:
     vectorised = True
 
@@ -98,6 +103,9 @@ class PyfuncFlavor:
             if self.columns
             else set()
         )
+        # one unnamed tensor: rows of numbers arrive as float64, which MLflow will not narrow
+        tensors = schema.inputs if schema is not None and schema.is_tensor_spec() else []
+        self.dtype = tensors[0].type if len(tensors) == 1 and not tensors[0].name else None
 
     def _frame(self, inputs: Any) -> Any:
         frame = named_columns(inputs, self.columns)
@@ -111,6 +119,8 @@ class PyfuncFlavor:
     def predict(self, inputs: Any) -> Any:
         if self.columns is not None:
             inputs = self._frame(inputs)
+        elif self.dtype is not None and _numeric(inputs) and self.dtype.kind in "fiub":
+            inputs = inputs.astype(self.dtype, copy=False)
         try:
             return self.model.predict(inputs)
         except self.rejected as exc:
@@ -119,6 +129,10 @@ class PyfuncFlavor:
             # MLflow's message quotes the request's data: say what the model takes instead
             schema = self.model.metadata.get_input_schema()
             names = [str(n) for n in schema.input_names()] if schema else []
+            if schema is not None and schema.is_tensor_spec():
+                names = [
+                    f"{t.name or 'a tensor'} of {t.type} {list(t.shape)}" for t in schema.inputs
+                ]
             takes = ", ".join(names[:8]) or "what its signature says"
             if len(names) > 8:
                 takes += f", … ({len(names)} in all)"
@@ -174,8 +188,8 @@ class TransformersFlavor:
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
         from transformers import pipeline
 
-        kwargs = {"task": config["task"]} if config.get("task") else {}
-        self.pipe = pipeline(model=str(model_dir), **kwargs)
+        task: Any = config.get("task") or transformers_task(model_dir)
+        self.pipe = pipeline(task, model=str(model_dir))
 
     def predict(self, inputs: Any) -> Any:
         items = inputs.tolist() if hasattr(inputs, "tolist") else inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,35 @@ def named_columns(inputs: Any, names: list[str] | None) -> Any:
 
         return pd.DataFrame(inputs, columns=names)
     return inputs
+
+
+# A transformers model's pipeline task, by the suffix of its architecture's class name
+# (config.json's "architectures"): without a task, the pipeline asks the Hub for one.
+TASKS = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("ForImageClassification", "image-classification"),
+    ("ForAudioClassification", "audio-classification"),
+    ("ForSpeechSeq2Seq", "automatic-speech-recognition"),
+    ("ForCTC", "automatic-speech-recognition"),
+    ("Model", "feature-extraction"),
+)
+
+
+def transformers_task(model_dir: Path) -> str | None:
+    """The pipeline task config.json's architecture implies, if it implies one."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    for name in architectures if isinstance(architectures, list) else []:
+        for suffix, task in TASKS:
+            if str(name).endswith(suffix):
+                return task
+    return None
