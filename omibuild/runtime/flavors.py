@@ -17,6 +17,7 @@ from omibuild.runtime.frameworks import (
     LightGBMFlavor,
     PyTorchFlavor,
     XGBoostFlavor,
+    torch_rejects,
 )
 from omibuild.runtime.modelfiles import find_file, named_columns, transformers_task
 
@@ -106,6 +107,11 @@ class PyfuncFlavor:
         # one unnamed tensor: rows of numbers arrive as float64, which MLflow will not narrow
         tensors = schema.inputs if schema is not None and schema.is_tensor_spec() else []
         self.dtype = tensors[0].type if len(tensors) == 1 and not tensors[0].name else None
+
+    def rejects(self, exc: BaseException) -> bool:
+        """A torch model's shape guard or shape error is the input's fault (MLflow's pytorch
+        flavor saves torch.export programs whose batch size is the input example's)."""
+        return torch_rejects(exc)
 
     def _frame(self, inputs: Any) -> Any:
         frame = named_columns(inputs, self.columns)

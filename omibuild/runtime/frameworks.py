@@ -138,6 +138,11 @@ _TORCH_INPUT = re.compile(
 )
 
 
+def torch_rejects(exc: BaseException) -> bool:
+    """Whether torch's ``exc`` says the input had the wrong shape or type."""
+    return isinstance(exc, RuntimeError | AssertionError) and bool(_TORCH_INPUT.search(str(exc)))
+
+
 class PyTorchFlavor:
     vectorised = True
 
@@ -153,9 +158,7 @@ class PyTorchFlavor:
         self.rejected = ()
 
     def rejects(self, exc: BaseException) -> bool:
-        return isinstance(exc, RuntimeError | AssertionError) and bool(
-            _TORCH_INPUT.search(str(exc))
-        )
+        return torch_rejects(exc)
 
     def _tensor(self, value: Any) -> Any:
         import numpy as np

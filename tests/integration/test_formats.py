@@ -206,9 +206,11 @@ def test_pytorch_through_mlflow_s_flavor_serves(
 ) -> None:
     s = torch_stranger(tmp_path, f"fmt-mlflow-torch-{unique}", cpu_index, "mlflow")
     s.train(MLFLOW_PYTORCH)
-    _, answer, _ = served(s, image_cleanup, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
+    # MLflow 3 saves a torch.export program whose batch is its input example's (one row)
+    _, answer, refused = served(s, image_cleanup, {"instances": ROWS[:1]}, {"instances": ROWS})
     assert "flavor: pyfunc" in (s.repo / "omi.yaml").read_text()
-    assert answer["outputs"][0]["shape"] == [2, 3]  # type: ignore[index]
+    assert answer["outputs"][0]["shape"] == [1, 3]  # type: ignore[index]
+    assert "Guard failed" in json.dumps(refused)
 
 
 def test_a_keras_model_serves_on_the_backend_it_was_trained_with(
