@@ -102,7 +102,12 @@ def _typed(data: bytes, pos: int, kind: bytes, depth: int) -> tuple[Any, int]:
 def _xgboost_doc(path: Path) -> dict[str, Any] | None:
     if path.stat().st_size > MAX_READ:
         return None
-    data = path.read_bytes()
+    return xgboost_document(path.read_bytes())
+
+
+def xgboost_document(data: bytes) -> dict[str, Any] | None:
+    """An XGBoost model's JSON or UBJSON document (a file's bytes, or the raw model a pickled
+    sklearn-API estimator keeps as its booster's handle)."""
     try:
         if data[:1] == b"{" and data[1:2] != b"L" and data[1:2] != b"U":
             doc = json.loads(data)
@@ -110,7 +115,15 @@ def _xgboost_doc(path: Path) -> dict[str, Any] | None:
             doc, _ = _ubj_value(data, 0)
     except (ValueError, struct.error, IndexError, UnicodeDecodeError):
         return None
+    if isinstance(doc, dict) and isinstance(doc.get("Model"), dict):  # a pickle's {Config, Model}
+        doc = doc["Model"]
     return doc if isinstance(doc, dict) and isinstance(doc.get("learner"), dict) else None
+
+
+def xgboost_width(doc: dict[str, Any] | None) -> int | None:
+    params = ((doc or {}).get("learner") or {}).get("learner_model_param") or {}
+    width = str(params.get("num_feature", ""))
+    return int(width) if width.isdigit() else None
 
 
 def xgboost(path: Path) -> Format | None:
@@ -123,7 +136,6 @@ def xgboost(path: Path) -> Format | None:
             return Format("xgboost", f"found {path.name}, an XGBoost binary model", "xgboost")
         return None
     learner = doc["learner"]
-    params = learner.get("learner_model_param") or {}
     version = doc.get("version")
     attributes = learner.get("attributes") or {}
     try:
@@ -137,7 +149,7 @@ def xgboost(path: Path) -> Format | None:
         "xgboost",
         ".".join(str(v) for v in version) if isinstance(version, list) else None,
         f"the version {path.name} records",
-        int(params["num_feature"]) if str(params.get("num_feature", "")).isdigit() else None,
+        xgboost_width(doc),
         names=[str(n) for n in names] if isinstance(names, list) else [],
     )
     found.extra["classifier"] = kind == "classifier"

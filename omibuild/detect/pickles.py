@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from omibuild.detect.formats import xgboost_document, xgboost_width
+
 MAX_OPCODES = 20_000_000  # a bound on the work; a real model has far fewer
 BIG_BYTES = 1 << 20  # byte strings above this are skipped, not kept
 _CHUNK = 1 << 20
@@ -361,6 +363,23 @@ def strings(array: Any) -> list[str] | None:
     return None
 
 
+def _booster_handle(booster: Any) -> Any:
+    return booster.attrs().get("handle") if isinstance(booster, Made) else None
+
+
+def _bytes(value: Any) -> bytes | None:
+    """The bytes a pickled ``bytes`` or ``bytearray`` holds (protocols spell them apart)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, Made) and value.named("bytearray", "bytes") and value.args:
+        first = value.args[0]
+        if isinstance(first, bytes | bytearray):
+            return bytes(first)
+        if isinstance(first, str):  # protocol 2 spells bytes as latin-1 text
+            return first.encode("latin-1", "replace")
+    return None
+
+
 def input_width(root: Any) -> tuple[int | None, list[str] | None]:
     """(number of input features, their names) of a fitted sklearn-style estimator: its own
     ``n_features_in_`` / ``feature_names_in_``, else its first step's (a Pipeline) or its
@@ -376,6 +395,9 @@ def input_width(root: Any) -> tuple[int | None, list[str] | None]:
             return width, names
         if "_n_features" in attrs and isinstance(attrs["_n_features"], int):  # LightGBM
             return attrs["_n_features"], names
+        raw = _bytes(_booster_handle(attrs.get("_Booster")))  # XGBoost's sklearn API
+        if raw is not None:
+            return xgboost_width(xgboost_document(raw)), names
         steps = attrs.get("steps")
         if isinstance(steps, list) and steps:
             first = next(

@@ -456,7 +456,7 @@ def _rfc3339(epoch: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
+def make_plan(inputs: BuildInputs) -> Plan:
     m = inputs.manifest
     layers = split_layers(inputs.source.files, m.image.layer_split_bytes)
     interfaces = _interfaces(m)
@@ -499,8 +499,8 @@ def make_plan(inputs: BuildInputs, *, local_cache: str | None = None) -> Plan:
     if m.build.cache_enabled:
         if m.build.cache_registry:
             caches.append(CacheSpec("registry", m.build.cache_registry))
-        elif m.build.cache_local or local_cache:
-            caches.append(CacheSpec("local", m.build.cache_local or local_cache or ""))
+        elif m.build.cache_local:
+            caches.append(CacheSpec("local", m.build.cache_local))
     plan = Plan(
         name=m.name,
         version=m.version,

@@ -192,7 +192,8 @@ def test_a_failed_cache_export_builds_again_without_it(repo: Path, tmp_path: Pat
 
     cache, rec = Cache(tmp_path / "c"), ExportFails()
     p = _prepare(repo, cache)
-    [result] = apply_all([p], rec, cache, QUIET, ApplyOptions())
+    asked = ApplyOptions(cache_to=f"type=local,dest={tmp_path / 'exported'}")
+    [result] = apply_all([p], rec, cache, QUIET, asked)
     assert result.status == "built"
     assert [bool(r.cache_to) for r in rec.built] == [True, False]
     assert rec.built[1].cache_from == rec.built[0].cache_from
@@ -279,11 +280,15 @@ def test_push_needs_a_repository(tmp_path: Path) -> None:
         )
 
 
-def test_local_cache_placeholder_becomes_this_machines_directory(
+def test_no_cache_is_exported_unless_asked_and_a_named_one_is_this_machine_s_directory(
     repo: Path, tmp_path: Path
 ) -> None:
     cache, rec = Cache(tmp_path / "c"), Recorder()
     apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    assert rec.built[0].cache_to == rec.built[0].cache_from == ()  # the engine's own cache
+    cache, rec = Cache(tmp_path / "c"), Recorder()
+    asked = ApplyOptions(cache_to="type=local,dest=local:iris-custom,mode=max")
+    apply_all([_prepare(repo, cache)], rec, cache, QUIET, asked)
     [export] = [c.exporting() for c in rec.built[0].cache_to]
     assert f"dest={tmp_path / 'c' / 'buildkit' / 'iris-custom'}" in export and "mode=max" in export
     assert rec.built[0].cache_from == ()  # nothing exported yet to import
