@@ -3,7 +3,8 @@ measured in the same run. Writes bench/results/latest.json and bench/results/lat
 
 Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic model), model
 layers (1 and 10 GiB models against the I/O floor and a plain buildx COPY:
-bench/model_layers.py), image size (against `mlflow models build-docker`), serving and cold
+bench/model_layers.py), image size (against `mlflow models build-docker`), image size per
+everyday format (against a hand-written Dockerfile: bench/formats.py), serving and cold
 start (against MLServer), explanations and drift (bench/analysis.py), and a soak (c=32 with
 invalid requests mixed in: errors, p99 drift, memory growth)."""
 
@@ -964,6 +965,21 @@ def bench_explain_drift(work: Path, reps: int, requests: int) -> None:
     )
 
 
+def bench_image_formats(work: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from formats import bench_formats
+
+    bench_formats(
+        work,
+        py=PY,
+        base=BASE,
+        record=record,
+        log=log,
+        docker_build=docker_build,
+        omibuild=omibuild,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
@@ -971,7 +987,9 @@ def main() -> int:
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
         "--only",
-        choices=["cli", "hashing", "build", "layers", "size", "serving", "analysis", "soak"],
+        choices=[
+            "cli", "hashing", "build", "layers", "size", "formats", "serving", "analysis", "soak"
+        ],
         action="append",
     )
     parser.add_argument(
@@ -981,7 +999,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     only = set(
-        args.only or ["cli", "hashing", "build", "layers", "size", "serving", "analysis", "soak"]
+        args.only
+        or ["cli", "hashing", "build", "layers", "size", "formats", "serving", "analysis", "soak"]
     )
     start = time.perf_counter()
     info = machine()
@@ -997,6 +1016,7 @@ def main() -> int:
             ("build", lambda: bench_builds(work, weights, args.reps)),
             ("layers", lambda: bench_layers(work, args.layer_sizes, args.reps)),
             ("size", lambda: bench_size(work)),
+            ("formats", lambda: bench_image_formats(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
             ("analysis", lambda: bench_explain_drift(work, args.reps, args.requests)),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),
