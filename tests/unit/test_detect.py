@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import joblib
@@ -191,7 +192,7 @@ def test_main_pickled_classes_are_named_as_the_trainer_s_mistake(tmp_path: Path)
 _OPTION = re.compile(r"^(\s*)# ([a-z_]+:.*)$")
 
 
-@pytest.mark.parametrize("kind", ["sklearn", "custom", "pyfunc"])
+@pytest.mark.parametrize("kind", ["sklearn", "custom", "pyfunc", "xgboost", "pytorch"])
 def test_every_commented_option_in_init_s_manifest_is_valid_uncommented(
     tmp_path: Path, kind: str
 ) -> None:
@@ -201,6 +202,19 @@ def test_every_commented_option_in_init_s_manifest_is_valid_uncommented(
     elif kind == "custom":
         (tmp_path / "weights").mkdir()
         (tmp_path / "weights" / "w.bin").write_bytes(b"x")
+    elif kind == "xgboost":
+        import xgboost
+
+        (tmp_path / "model").mkdir()
+        x, y = np.random.default_rng(0).normal(size=(30, 3)), np.arange(30) % 2
+        xgboost.XGBClassifier(n_estimators=2).fit(x, y).save_model(tmp_path / "model" / "m.json")
+    elif kind == "pytorch":
+        import torch
+
+        (tmp_path / "model").mkdir()
+        with warnings.catch_warnings():  # torch 2.13 calls TorchScript deprecated; it loads
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), tmp_path / "model" / "m.pt")
     else:
         (tmp_path / "model").mkdir()
         (tmp_path / "model" / "MLmodel").write_text("flavors: {python_function: {}}\n")
@@ -214,6 +228,9 @@ def test_every_commented_option_in_init_s_manifest_is_valid_uncommented(
         os.chdir(cwd)
     text = out.read_text()
     assert validate_file(out, env={}).ok, text
+    assert f"flavor: {'sklearn' if kind == 'sklearn' else kind}" in text
+    if kind == "pytorch":
+        assert "# extra_index_urls: [https://download.pytorch.org/whl/cpu]" in text
     lines = text.splitlines(keepends=True)
     options = [i for i, line in enumerate(lines) if _OPTION.match(line)]
     assert len(options) >= 3, text
@@ -222,3 +239,17 @@ def test_every_commented_option_in_init_s_manifest_is_valid_uncommented(
         out.write_text("".join([*lines[:i], f"{indent}{body}\n", *lines[i + 1 :]]))
         result = validate_file(out, env={})
         assert result.ok, (lines[i], [issue.text() for issue in result.issues])
+
+
+def test_an_xgboost_estimator_pickled_with_joblib_shows_its_width(tmp_path: Path) -> None:
+    import xgboost
+
+    x, y = np.random.default_rng(0).normal(size=(40, 6)), np.arange(40) % 2
+    joblib.dump(xgboost.XGBClassifier(n_estimators=2).fit(x, y), tmp_path / "m.joblib")
+    scan = scan_pickle(tmp_path / "m.joblib")
+    assert input_width(scan.root) == (6, None)  # read from the booster's raw model
+    needs = Needs()
+    pickle_needs(
+        scan, "m.joblib", tmp_path, find_environment(tmp_path, {"VIRTUAL_ENV": sys.prefix}), needs
+    )
+    assert any(p.requirement.startswith("xgboost-cpu==") for p in needs.pins), needs.pins
