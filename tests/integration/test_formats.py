@@ -241,11 +241,12 @@ def test_a_transformers_directory_builds_and_serves(
     assert set(labels) <= {"NEGATIVE", "POSITIVE"} and len(labels) == 2
 
 
-def test_plan_warns_of_torch_s_cuda_build_and_names_the_cpu_index(
-    tmp_path: Path, unique: str, engine: None
+def test_plan_warns_of_torch_s_cuda_build_and_the_cpu_index_in_omi_yaml_builds_small(
+    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], cpu_index: str
 ) -> None:
     """Without a CPU index, torch resolves to PyPI's CUDA build: plan says how much that
-    weighs, which wheels, and where the CPU build is; with the index, the warning goes."""
+    weighs, which wheels, and where the CPU build is. The commented option init wrote, pointed
+    at the team's CPU index, ends the warning and builds with torch's CPU build."""
     s = new_stranger(tmp_path, f"fmt-weight-{unique}", training_venv("torch", TORCH))
     s.train(TORCHSCRIPT)
     s.ok("init")
@@ -254,3 +255,19 @@ def test_plan_warns_of_torch_s_cuda_build_and_names_the_cpu_index(
     [line] = [ln for ln in heavy.stderr.splitlines() if "the image's venv" in ln]
     assert "GB of wheels" in line and "heaviest: torch==2.13.0" in line, line
     assert "nvidia-" in line and "https://download.pytorch.org/whl/cpu" in line, line
+
+    manifest = s.repo / "omi.yaml"
+    text = manifest.read_text()
+    commented = "  # extra_index_urls: [https://download.pytorch.org/whl/cpu]"
+    assert commented in text
+    manifest.write_text(text.replace(commented, f"  extra_index_urls: [{cpu_index}]  #"))
+    light = s.cli("plan")
+    [line] = [ln for ln in light.stderr.splitlines() if "the image's venv" in ln]
+    assert "MB of wheels" in line and "heaviest" not in line, line
+    image = built(s, image_cleanup)
+    version = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "python", image, "-c",
+         "import torch; print(torch.__version__)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert version == "2.13.0+cpu"
