@@ -97,8 +97,15 @@ def _top_levels(dist: metadata.Distribution) -> set[str]:
 
 def read_environment(where: str, site_packages: list[Path], prefix: Path | None) -> Environment:
     env = Environment(where, prefix)
-    paths = [str(p) for p in site_packages if p.is_dir()]
-    for dist in metadata.distributions(path=paths):
+    # each dist-info read directly: discovery through sys.meta_path would also ask whatever
+    # finders the libraries omibuild has imported installed
+    found = [
+        metadata.PathDistribution(info)
+        for site in site_packages
+        if site.is_dir()
+        for info in sorted(site.glob("*.dist-info"))
+    ]
+    for dist in found:
         name = dist.metadata["Name"] if dist.metadata else None
         if not name or not dist.version:
             continue

@@ -123,7 +123,12 @@ class PyfuncFlavor:
         return frame
 
     def predict(self, inputs: Any) -> Any:
-        if self.columns is not None:
+        # named inputs become the DataFrame a column signature takes; plain rows go as they
+        # came, and MLflow refuses them as `mlflow models serve` does
+        named = isinstance(inputs, dict) or (
+            isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], dict)
+        )
+        if self.columns is not None and named:
             inputs = self._frame(inputs)
         elif self.dtype is not None and _numeric(inputs) and self.dtype.kind in "fiub":
             inputs = inputs.astype(self.dtype, copy=False)

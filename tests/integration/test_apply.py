@@ -254,9 +254,9 @@ def test_two_manifests_build_together(
 def test_two_builds_sharing_a_cache_directory_take_turns(
     tmp_path: Path, registry: str, unique: str, image_cleanup: list[str], cache_dir: Path
 ) -> None:
-    """Two applies of one model name write the same local cache directory; BuildKit's exporter
-    fails ("not found") when they overlap, so the second waits for the first."""
-    (cache_dir / "buildkit").unlink()  # a private directory, empty: both export every layer
+    """Two applies asked to export one local cache directory; BuildKit's exporter fails ("not
+    found") when they overlap, so the second waits for the first."""
+    shared = tmp_path / "shared-cache"  # a private directory, empty: both export every layer
     manifests = []
     for side in ("a", "b"):
         repository = f"{registry}/omibuild-test/turns-{side}-{unique}"
@@ -266,13 +266,14 @@ def test_two_builds_sharing_a_cache_directory_take_turns(
         manifests.append(manifest)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "omibuild", "apply", str(m), "--progress", "plain"],
+            [sys.executable, "-m", "omibuild", "apply", str(m), "--progress", "plain",
+             "--cache-to", f"type=local,dest={shared},mode=max"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for m in manifests
-    ]
+    ]  # fmt: skip
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]

@@ -329,9 +329,9 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
 ) -> None:
     """A stranger's cache (its own OMIBUILD_CACHE_DIR): `omibuild cache` lists the build's
-    BuildKit cache and context; a prune run while another build runs keeps what that build
-    holds and the build succeeds; a prune afterwards removes the context, leaves the BuildKit
-    cache directory (the engine's records point into it) and the next apply works."""
+    context, image layout and layer digests (no BuildKit cache directory: none is exported
+    unless asked for); a prune run while another build runs keeps what that build holds and
+    the build succeeds; a prune afterwards removes everything and the next apply works."""
     own = {"OMIBUILD_CACHE_DIR": str(tmp_path / "omicache")}
     repo = new_repo(tmp_path, f"stranger-prune-{unique}", train_joblib)
     assert cli(repo, "init", env=own).returncode == 0
@@ -341,8 +341,7 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     listed = cli(repo, "cache", "--format", "json", env=own)
     assert listed.returncode == 0, listed.stderr
     entries = json.loads(listed.stdout)["entries"]
-    caches = [e for e in entries if e["kind"] == "build cache"]
-    assert [e["name"] for e in caches] == [f"stranger-prune-{unique}"] and caches[0]["bytes"] > 0
+    assert [e for e in entries if e["kind"] == "build cache"] == []
     for kind in ("build context", "image layout"):
         assert [e["name"] for e in entries if e["kind"] == kind] == [f"stranger-prune-{unique}"]
     assert [e["kind"] for e in entries].count("layer digests") == 1
@@ -368,16 +367,16 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     assert pruned.returncode == 0, pruned.stderr
     report = json.loads(pruned.stdout)
     assert report["removed"] == [] and report["busy"], report
-    assert [e["path"] for e in report["not_pruned"]] == [caches[0]["path"]]
+    assert report["not_pruned"] == []
     assert running.returncode == 0, err[-3000:]
     image_cleanup += json.loads(out)[0]["tags"]
 
     emptied = cli(repo, "cache", "prune", "--keep", "0", env=own)
     # the context, the image layout and the model layer digests
     assert emptied.returncode == 0 and emptied.stdout.startswith("removed 3 entries"), emptied
-    assert "BuildKit cache directories are not pruned (1, " in emptied.stderr
+    assert "BuildKit cache directories are not pruned" not in emptied.stderr
     after = json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
-    assert [e["kind"] for e in after] == ["build cache"]
+    assert after == []
     (repo / "model" / "extra.txt").write_text(f"retrained again {unique}\n")
     again = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=own)
     assert again.returncode == 0, again.stderr[-3000:]
