@@ -84,11 +84,15 @@ def cpu_index() -> Iterator[str]:
 
 
 def image_bytes(ref: str) -> int:
+    """The image's files, unpacked, as a container sees them (the engine's own figure counts
+    compressed and uncompressed layers alike, so two images built differently do not
+    compare)."""
     out = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Size}}", ref],
+        ["docker", "run", "--rm", "--user", "0", "--network", "none", "--entrypoint", "du",
+         ref, "-sbx", "/"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return int(out.stdout)
+    return int(out.stdout.split()[0])
 
 
 def _hand_written(repo: Path, name: str, packages: str, base: str) -> str:

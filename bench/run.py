@@ -872,6 +872,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
         "build": "build:",
         "layers": "model layers:",
         "size": "image size",
+        "formats": "formats",
         "serving": ("serving", "cold start"),
         "analysis": "explain and drift",
         "soak": "soak",
@@ -988,7 +989,15 @@ def main() -> int:
     parser.add_argument(
         "--only",
         choices=[
-            "cli", "hashing", "build", "layers", "size", "formats", "serving", "analysis", "soak"
+            "cli",
+            "hashing",
+            "build",
+            "layers",
+            "size",
+            "formats",
+            "serving",
+            "analysis",
+            "soak",
         ],
         action="append",
     )
