@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from omibuild.runtime.modelfiles import find_file, named_columns
+from omibuild.runtime.modelfiles import find_file
 
 XGBOOST_SUFFIXES = (".json", ".ubj", ".bst", ".model", ".deprecated", ".xgb")
 TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".torchscript", ".ptl")
@@ -23,9 +23,12 @@ def _matrix(inputs: Any, width: int | None, names: list[str] | None = None) -> A
     """Rows as a 2-D float array of the model's width (ValueError otherwise)."""
     import numpy as np
 
-    if names and (isinstance(inputs, dict) or (isinstance(inputs, list) and inputs
-                                                and isinstance(inputs[0], dict))):  # fmt: skip
-        inputs = named_columns(inputs, names)[names].to_numpy()
+    if isinstance(inputs, list) and inputs and all(isinstance(r, dict) for r in inputs):
+        order = names or list(inputs[0])  # records: the model's column order (KeyError: 400)
+        inputs = [[row[n] for n in order] for row in inputs]
+    elif isinstance(inputs, dict):  # named tensors, one per column
+        order = names or list(inputs)
+        inputs = np.column_stack([np.asarray(inputs[n]).reshape(-1) for n in order])
     array = np.asarray(inputs, dtype=np.float64)
     if array.ndim == 1 and width is not None and array.shape[0] == width:
         array = array[None, :]

@@ -61,6 +61,10 @@ class PredictError(Exception):
     """The model or a hook failed (500); the server stays up."""
 
 
+class MissingModule(PredictError):
+    """The model needs a module the image does not have (500, and the build says which)."""
+
+
 class NotInImage(Exception):
     """The image was built without what the request asks for: an explainer, a drift
     detector (501)."""
@@ -85,8 +89,17 @@ _DISTRIBUTIONS = {
 
 def load_failure_line(exc: BaseException) -> str:
     """``model failed to load: <reason>`` with a hint where the fix is known."""
-    line = f"model failed to load: {brief(exc) or repr(exc)}"
-    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if isinstance(exc, ModuleNotFoundError) and getattr(exc, "name", None):
+        return f"model failed to load: {missing_module_line(exc)}"
+    return f"model failed to load: {brief(exc) or repr(exc)}"
+
+
+def missing_module_line(exc: ModuleNotFoundError) -> str:
+    """``No module named 'x'`` and what to do: add the distribution where the import name is a
+    well-known one, else list the repository's own module under code, or add the
+    distribution that provides it."""
+    line = brief(exc) or repr(exc)
+    missing = getattr(exc, "name", None)
     if missing:
         top = missing.split(".")[0]
         if top in _DISTRIBUTIONS:
@@ -225,6 +238,8 @@ class ModelService:
             inputs = as_array(inputs)
         try:
             outputs = self.flavor.predict(inputs)
+        except ModuleNotFoundError as exc:  # not the input's fault: the image lacks a module
+            raise MissingModule(missing_module_line(exc)) from None
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise fault(InputError, "the model rejected the input", exc) from None
         except Exception as exc:

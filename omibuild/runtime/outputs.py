@@ -21,7 +21,7 @@ from omibuild.runtime import log
 from omibuild.runtime.adapters.kserve import outputs_of
 from omibuild.runtime.codec import encode_output
 from omibuild.runtime.config import DEFAULT_CONFIG, ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import ModelService, brief, load_failure_line
+from omibuild.runtime.model import MissingModule, ModelService, brief, load_failure_line
 
 OUTPUTS_FILE = "outputs.json"
 
@@ -125,6 +125,9 @@ def describe(out: Path | None) -> int:
         return 3
     try:
         learnt = specs_of(service.predict(example_input(config)))
+    except MissingModule as exc:  # the image's fault, not the example's
+        print(f"omibuild: the model cannot predict without a module: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:
         print(
             f"omibuild: omi.yaml example: the model cannot predict it ({brief(exc)}); fix the "
