@@ -981,6 +981,13 @@ def bench_image_formats(work: Path) -> None:
     )
 
 
+def bench_files(work: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from many_files import bench_many_files
+
+    bench_many_files(work, record=record, log=log, omibuild=omibuild)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
@@ -993,6 +1000,7 @@ def main() -> int:
             "hashing",
             "build",
             "layers",
+            "files",
             "size",
             "formats",
             "serving",
@@ -1009,7 +1017,18 @@ def main() -> int:
     args = parser.parse_args()
     only = set(
         args.only
-        or ["cli", "hashing", "build", "layers", "size", "formats", "serving", "analysis", "soak"]
+        or [
+            "cli",
+            "hashing",
+            "build",
+            "layers",
+            "files",
+            "size",
+            "formats",
+            "serving",
+            "analysis",
+            "soak",
+        ]
     )
     start = time.perf_counter()
     info = machine()
@@ -1024,6 +1043,7 @@ def main() -> int:
             ("hashing", lambda: bench_hashing(work, weights, args.reps)),
             ("build", lambda: bench_builds(work, weights, args.reps)),
             ("layers", lambda: bench_layers(work, args.layer_sizes, args.reps)),
+            ("files", lambda: bench_files(work)),
             ("size", lambda: bench_size(work)),
             ("formats", lambda: bench_image_formats(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),

@@ -7,11 +7,13 @@ import argparse
 import errno
 import importlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from omibuild import __version__
@@ -23,6 +25,7 @@ from omibuild.errors import (
     OmiError,
     Terminated,
 )
+from omibuild.sources.cache import default_cache_dir
 
 VERBS = {
     "init": "write a commented omi.yaml for a model file or directory",
@@ -284,8 +287,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     except OSError as exc:
         if exc.errno not in _IO_ERRNOS:
             return _bug(exc)
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"omibuild: error: {where}{exc.strerror}", file=sys.stderr)
+        print(f"omibuild: error: {_io_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
         return _bug(exc)
@@ -304,6 +306,22 @@ _IO_ERRNOS = {
     errno.ENFILE,
     errno.EIO,
 }
+
+
+def _io_line(exc: OSError) -> str:
+    """The machine's trouble in one line. A full disk names the directory being written (a
+    write() names no file: then omibuild's cache, where it writes) and what is free there."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror)
+    where = Path(exc.filename).parent if exc.filename else default_cache_dir()
+    try:
+        free = f"{shutil.disk_usage(where).free / 1e6:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"{where}: {exc.strerror} ({free}) (hint: free some space, or "
+        "`omibuild cache prune --keep 5GB`)"
+    )
 
 
 def _bug(exc: BaseException) -> int:

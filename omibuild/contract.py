@@ -22,9 +22,13 @@ MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
 EXPLAIN_LABEL = "io.omibuild.explain"  # the baked explainer's method: shap or hook
 DRIFT_LABEL = "io.omibuild.drift"  # the baked drift detector: JSON {window, threshold, correction}
 PLAN_DIGEST_LABEL = "io.omibuild.plan.digest"  # what makes `apply` a no-op when it matches
-# the plan the image was built from, without its labels (the image has those): JSON, gzip,
-# base64. `omibuild plan` diffs a new plan against it, from the engine or the registry.
+# where the plan the image was built from is: a small JSON pointer {"file", "sha256"} to the
+# state file in the image, so no label grows with the model's file count. (Images from
+# omibuild before 0.2 hold the state itself here: JSON, gzip, base64.)
 PLAN_STATE_LABEL = "io.omibuild.plan.state"
+# the plan, less its labels (the image has those) and how it is built: JSON, gzip (mtime 0).
+# `omibuild plan` diffs a new plan against it, read from the engine or the registry.
+PLAN_STATE_FILE = "/opt/omi/plan-state.json.gz"
 
 
 def origin_tag(origin_id: str) -> str:

@@ -45,6 +45,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # the wheel, omibuild's venvs made from it and the strangers' training venvs
     # (tests/integration/strangers.py)
     shutil.rmtree(ROOT / ".cache" / "test-envs", ignore_errors=True)
+    # BuildKit's exported test caches (tests that ask for a local cache directory)
+    shutil.rmtree(ROOT / ".cache" / "test-buildkit", ignore_errors=True)
+    _remove_images()
+    if os.environ.get("OMI_TEST_PRUNE_ENGINE") == "1":
+        # CI's machine only (.ci/run): the engine's build cache the run filled (on a
+        # developer's machine it is theirs, and makes the next build fast)
+        subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
+
+
+def _remove_images() -> None:
     listing = images_to_remove()
     if not listing.exists():
         return

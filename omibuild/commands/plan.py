@@ -6,14 +6,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 from omibuild import contract
 from omibuild.engine.buildx import BuildxExecutor
+from omibuild.engine.registry import RegistryError, read_image_file
 from omibuild.errors import EXIT_OK, UsageError
 from omibuild.planning.diff import PlanDiff, diff_plans, target_tag, unrecorded
 from omibuild.planning.pipeline import prepare
-from omibuild.planning.plan import Plan, plan_from_labels
+from omibuild.planning.plan import (
+    MAX_STATE_BYTES as MAX_STATE_FILE,
+)
+from omibuild.planning.plan import (
+    Plan,
+    plan_from_labels,
+    plan_from_state,
+    state_pointer,
+)
 from omibuild.planning.weight import note, weigh
 from omibuild.render.dockerfile import render
 from omibuild.reports.plans import FORMATS, to_json
@@ -46,10 +56,36 @@ def against(plan: Plan, given: str | None, executor: BuildxExecutor) -> PlanDiff
     if labels is None:  # none built yet (or the engine or registry did not answer)
         return diff_plans(None, plan, f"nothing: {looked} has no image {ref}")
     described = f"the image {ref} {where}"
-    old = plan_from_labels(labels)
+    old = plan_from_labels(labels) or image_plan(ref, labels, executor, where == "in its registry")
     if old is None:
         return unrecorded(described, labels.get(contract.PLAN_DIGEST_LABEL, ""), plan)
     return diff_plans(old, plan, described)
+
+
+def image_plan(
+    ref: str, labels: dict[str, str], executor: BuildxExecutor, remote: bool
+) -> Plan | None:
+    """The plan an image was built from, from the state file its label points at: kept in
+    omibuild's cache by the apply that built it (by its sha256), else read from the engine
+    (a created, never started container) or the registry (that file's layer only)."""
+    pointer = state_pointer(labels)
+    if pointer is None:
+        return None
+    cache = Cache()
+    kept = cache.root / "plans" / f"{pointer['sha256']}.json.gz"
+    data = kept.read_bytes() if kept.is_file() else None
+    if data is None and remote:
+        try:
+            data = read_image_file(ref, pointer["file"], MAX_STATE_FILE)
+        except (RegistryError, KeyError, ValueError, StopIteration, tarfile.TarError):
+            data = None
+    elif data is None:
+        data = executor.image_file(ref, pointer["file"], MAX_STATE_FILE)
+    plan = plan_from_state(data, labels) if data is not None else None
+    if plan is not None and data is not None and not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, data)
+    return plan
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,10 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.engine.progress import (
@@ -30,6 +31,7 @@ from omibuild.engine.progress import (
     new_log,
     view_kind,
 )
+from omibuild.engine.registry import RegistryError, file_in_layer
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import UsageError
 from omibuild.sources.cache import default_cache_dir
@@ -166,6 +168,30 @@ class BuildxExecutor:
 
     def image_digest(self, ref: str) -> str | None:
         return self._inspect(ref, "{{.Id}}")
+
+    def image_file(self, ref: str, path: str, limit: int) -> bytes | None:
+        """One file of an image in the engine, read without running it: a container is
+        created (never started), the file copied out as a tar, the container removed."""
+        try:
+            created = self._query("create", ref)
+            if created.returncode != 0:
+                return None
+            cid = created.stdout.strip()
+            try:
+                copied = subprocess.run(
+                    [*self._cli(), "cp", f"{cid}:{path}", "-"],
+                    capture_output=True, timeout=60, check=False,
+                )  # fmt: skip
+            finally:
+                self._query("rm", "-f", cid)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if copied.returncode != 0 or len(copied.stdout) > limit + (1 << 20):
+            return None
+        try:
+            return file_in_layer(copied.stdout, PurePosixPath(path).name, limit)
+        except (RegistryError, KeyError, tarfile.TarError):
+            return None
 
     def unreachable(self) -> UsageError | None:
         """The one engine-unreachable error every verb gives (exit 2), or None when the engine

@@ -18,17 +18,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from omibuild.planning.plan import Plan
+from omibuild.planning.plan import Plan, state_file
 from omibuild.render.dockerfile import (
     CTX_ANALYSIS,
     CTX_CODE,
     CTX_MODEL,
     CTX_REQUIREMENTS,
     CTX_RUNTIME,
+    CTX_STATE,
     render,
 )
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache, link_or_copy
+from omibuild.sources.cache import Cache, atomic_write, link_or_copy
 from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import stage
 from omibuild.sources.runtime import runtime_files
@@ -111,6 +112,14 @@ def _populate(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(body)
     (ctx / "omi.json").write_text(plan.omi_json)
+    state = state_file(plan)
+    (ctx / CTX_STATE).write_bytes(state)
+    # kept by its sha256 (the label names it), so that `plan` on this machine reads it back
+    # without opening the image
+    kept = cache.root / "plans" / f"{hashlib.sha256(state).hexdigest()}.json.gz"
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, state)
     (ctx / "Dockerfile").write_text(render(plan))
     (ctx / ".dockerignore").write_text(f"Dockerfile\n.dockerignore\n{CTX_MODEL}\n")
     return downloaded

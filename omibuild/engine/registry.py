@@ -16,13 +16,16 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import io
 import ipaddress
 import json
 import os
 import shutil
 import ssl
 import subprocess
+import tarfile
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -169,9 +172,10 @@ class Client:
         body: bytes | Callable[[], Iterator[bytes]] | None = None,
         length: int | None = None,
         retry_auth: bool = True,
+        limit: int = 1 << 20,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """(status, headers, body read up to 1 MiB) of one request; ``target`` is a path on
-        the registry or an absolute URL it gave (an upload's Location)."""
+        """(status, headers, body read up to ``limit`` bytes) of one request; ``target`` is a
+        path on the registry or an absolute URL it gave (an upload's Location, a redirect)."""
         url = urllib.parse.urlsplit(target)
         netloc = url.netloc or self.host
         secure = (url.scheme == "https") if url.scheme else self.secure
@@ -186,7 +190,7 @@ class Client:
             payload = body if isinstance(body, bytes) or body is None else body()
             conn.request(method, path, body=payload, headers=sent)
             resp = conn.getresponse()
-            data = resp.read(1 << 20)
+            data = resp.read(limit)
         except (OSError, http.client.HTTPException) as err:
             raise RegistryError(
                 f"the registry {self.host} is unreachable ({err.__class__.__name__}: {err})"
@@ -195,8 +199,9 @@ class Client:
             conn.close()
         if resp.status == 401 and retry_auth and self._authenticate(resp.headers):
             return self.request(
-                method, target, headers=headers, body=body, length=length, retry_auth=False
-            )
+                method, target, headers=headers, body=body, length=length, retry_auth=False,
+                limit=limit,
+            )  # fmt: skip
         return resp.status, resp.headers, data
 
     def _authenticate(self, headers: http.client.HTTPMessage) -> bool:
@@ -307,6 +312,22 @@ class Client:
             raise self._refused(f"uploading {done[:19]}… to {self.repository}", status, data)
         return done
 
+    def get(self, target: str, limit: int, accept: str = "") -> bytes:
+        """A manifest or blob, following the registry's redirects (blob storage), refused
+        when larger than ``limit``."""
+        headers = {"Accept": accept} if accept else {}
+        for _ in range(4):
+            status, got, data = self.request("GET", target, headers=headers, limit=limit + 1)
+            if status in (301, 302, 303, 307, 308) and got.get("Location"):
+                target = got["Location"]
+                continue
+            if status != 200:
+                raise self._refused(f"reading {self.repository}", status, data)
+            if len(data) > limit:
+                raise RegistryError(f"reading {self.repository}: over {limit} bytes")
+            return data
+        raise RegistryError(f"reading {self.repository}: too many redirects")
+
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> None:
         status, _, said = self.request(
             "PUT",
@@ -377,3 +398,57 @@ def push(
         for tag in tags:
             client.put_manifest(tag, top[1], top[2])
     return done
+
+
+MANIFESTS = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+
+def read_image_file(ref: str, path: str, limit: int) -> bytes:
+    """One file of an image in a registry, found by the build step that wrote it (its config
+    history names the path) and read from that one layer: no other layer is fetched."""
+    host, repository, tag = split_reference(ref)
+    client = Client(host, repository)
+    manifest = json.loads(client.get(f"/v2/{repository}/manifests/{tag}", 4 << 20, MANIFESTS))
+    if "manifests" in manifest:  # an index: the first image (attestations say unknown/unknown)
+        first = next(
+            m for m in manifest["manifests"]
+            if (m.get("platform") or {}).get("architecture") not in (None, "unknown")
+        )  # fmt: skip
+        manifest = json.loads(
+            client.get(f"/v2/{repository}/manifests/{first['digest']}", 4 << 20, MANIFESTS)
+        )
+    config = json.loads(
+        client.get(f"/v2/{repository}/blobs/{manifest['config']['digest']}", 8 << 20)
+    )
+    made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
+    for entry, layer in zip(made, manifest.get("layers") or [], strict=False):
+        if path in str(entry.get("created_by", "")):
+            blob = client.get(f"/v2/{repository}/blobs/{layer['digest']}", limit)
+            return file_in_layer(blob, path, limit)
+    raise RegistryError(f"{ref}: no layer of the image holds {path}")
+
+
+def file_in_layer(blob: bytes, path: str, limit: int) -> bytes:
+    """``path`` from a layer's tar (gzip'd or not), inflated no further than ``limit`` and a
+    tar's headers past it."""
+    data = blob
+    if blob[:2] == b"\x1f\x8b":
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        data = inflate.decompress(blob, limit + (1 << 20))
+        if inflate.unconsumed_tail:
+            raise RegistryError(f"{path}: its layer inflates past {limit} bytes")
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.getmember(path.lstrip("/"))
+        if member.size > limit:
+            raise RegistryError(f"{path}: over {limit} bytes")
+        handle = archive.extractfile(member)
+        if handle is None:
+            raise RegistryError(f"{path}: not a file in its layer")
+        return handle.read()

@@ -11,6 +11,7 @@ import binascii
 import gzip
 import hashlib
 import json
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -238,26 +239,49 @@ _DERIVED_LABELS = (contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL)
 MAX_STATE_BYTES = 32 << 20  # a plan state label is decompressed no further than this
 
 
-def state_label(plan: Plan) -> str:
-    """The plan for the state label: all of it but how it is built, its digest and the labels
-    made from it. Its own labels are in it, because an image's config also holds the labels
-    of its base image."""
+def state_file(plan: Plan) -> bytes:
+    """The plan as the image keeps it (``contract.PLAN_STATE_FILE``): all of it but how it
+    is built, its digest and the labels made from it, as gzip'd JSON (mtime 0: the same plan,
+    the same bytes). Its own labels are in it, because an image's config also holds the
+    labels of its base image."""
     body = {k: v for k, v in plan.to_dict().items() if k not in ("options", "digest")}
     body["labels"] = [kv for kv in body["labels"] if kv[0] not in _DERIVED_LABELS]
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+    return gzip.compress(raw, mtime=0)
 
 
-def plan_from_labels(labels: dict[str, str]) -> Plan | None:
-    """The plan an image was built from, read back from its labels; None when the image has
-    no readable state label (built by an older omibuild, or not by omibuild). The label may
-    come from any registry: it is decompressed to at most MAX_STATE_BYTES."""
-    blob = labels.get(contract.PLAN_STATE_LABEL)
-    if not blob:
+def state_label(plan: Plan) -> str:
+    """The state label: where the plan is and its sha256, the same size for any model."""
+    digest = hashlib.sha256(state_file(plan)).hexdigest()
+    return json.dumps({"file": contract.PLAN_STATE_FILE, "sha256": digest}, sort_keys=True)
+
+
+def state_pointer(labels: dict[str, str]) -> dict[str, str] | None:
+    """The state label's pointer, or None (no label, or the state itself: an older image)."""
+    try:
+        pointer = json.loads(labels.get(contract.PLAN_STATE_LABEL) or "")
+    except ValueError:
         return None
+    if not isinstance(pointer, dict) or not re.fullmatch(
+        r"[0-9a-f]{64}", str(pointer.get("sha256"))
+    ):
+        return None
+    return {"file": str(pointer.get("file", contract.PLAN_STATE_FILE)), "sha256": pointer["sha256"]}
+
+
+def plan_from_state(data: bytes, labels: dict[str, str]) -> Plan | None:
+    """The plan an image was built from, from its state file (``data``, checked against the
+    label's sha256) and its labels; None when they do not hold one."""
+    pointer = state_pointer(labels)
+    if pointer is None or hashlib.sha256(data).hexdigest() != pointer["sha256"]:
+        return None
+    return _plan_of(data, labels)
+
+
+def _plan_of(gz: bytes, labels: dict[str, str]) -> Plan | None:
     try:
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
-        raw = inflate.decompress(base64.b64decode(blob, validate=True), MAX_STATE_BYTES)
+        raw = inflate.decompress(gz, MAX_STATE_BYTES)
         if inflate.unconsumed_tail:
             return None
         body = json.loads(raw)
@@ -265,8 +289,22 @@ def plan_from_labels(labels: dict[str, str]) -> Plan | None:
         body["labels"] = sorted([*body["labels"], *derived])
         body["digest"] = labels.get(contract.PLAN_DIGEST_LABEL, "")
         return Plan.from_dict(body)
-    except (binascii.Error, zlib.error, ValueError, KeyError, TypeError, AttributeError):
+    except (zlib.error, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def plan_from_labels(labels: dict[str, str]) -> Plan | None:
+    """The plan an image from omibuild before 0.2 was built from: its state label holds the
+    state itself (base64 of the gzip'd JSON). None for any other image. The label may come from
+    any registry: it is decompressed to at most MAX_STATE_BYTES."""
+    blob = labels.get(contract.PLAN_STATE_LABEL)
+    if not blob or state_pointer(labels) is not None:
+        return None
+    try:
+        gz = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _plan_of(gz, labels)
 
 
 def compute_digest(plan: Plan) -> str:

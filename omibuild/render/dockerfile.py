@@ -9,6 +9,7 @@ example runs on that assembled image (engine/apply.py)."""
 
 from __future__ import annotations
 
+from omibuild.contract import PLAN_STATE_FILE
 from omibuild.planning.plan import OMI, Plan
 from omibuild.render.quoting import dq, json_args, sh
 
@@ -20,6 +21,7 @@ CTX_RUNTIME = "runtime"
 CTX_CODE = "code"
 CTX_REQUIREMENTS = "requirements"
 CTX_ANALYSIS = "analysis"  # explain's background and drift's reference (planning/analysis.py)
+CTX_STATE = "plan-state.json.gz"  # the plan's state (planning/plan.py state_file)
 SLIM_SCRIPT = "omibuild/runtime/slim.py"  # in the runtime tree of the context
 
 _PIP_ENV = (
@@ -120,6 +122,8 @@ def _final_stage(plan: Plan) -> list[str]:
     if plan.analysis_files:
         lines.append(f"COPY --link {CTX_ANALYSIS}/ {OMI}/analysis/")
     lines.append(f"COPY --link omi.json {OMI}/omi.json")
+    # the plan's state: a file, so that no label or line grows with the model's file count
+    lines.append(f"COPY --link {CTX_STATE} {PLAN_STATE_FILE}")
     lines += _env(plan)
     for key, value in plan.labels:
         lines.append(f"LABEL {dq(key)}={dq(value)}")

@@ -49,12 +49,17 @@ MAX_DIMS = 32  # numpy's own limit is 64
 MAX_ELEMENTS = 1 << 40  # far above any body limit; only stops products that overflow int64
 
 
-def _check_shape(name: str, shape: Any) -> list[int]:
+def check_shape(name: str, shape: Any) -> list[int]:
+    """A tensor's shape, refused before anything is multiplied or allocated: each dimension
+    on its own, then the product of the non-zero ones (a zero beside 2**70 makes the element
+    count 0, and numpy's reshape still fails on the huge dimension)."""
     # type() rather than isinstance(): JSON true is a bool, and bool is an int in Python
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"input {shown(name)}: shape must be a list of non-negative integers")
-    if len(shape) > MAX_DIMS or _element_count(shape) > MAX_ELEMENTS:
-        raise InputError(f"input {shown(name)}: shape {shape[:MAX_DIMS]} is too large")
+    if len(shape) > MAX_DIMS or any(d > MAX_ELEMENTS for d in shape):
+        raise InputError(f"input {shown(name)}: shape {shown(shape[:MAX_DIMS])} is too large")
+    if _element_count([d for d in shape if d]) > MAX_ELEMENTS:
+        raise InputError(f"input {shown(name)}: shape {shown(shape)} is too large")
     return shape
 
 
@@ -91,7 +96,7 @@ def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
             f"input {shown(name)}: datatype must be one of {', '.join(DTYPES)}, "
             f"got {shown(datatype)}"
         )
-    shape = _check_shape(name, spec.get("shape"))
+    shape = check_shape(name, spec.get("shape"))
     count = _element_count(shape)
     if raw is not None:
         if datatype == "BYTES":
@@ -222,6 +227,7 @@ def decode_v2_body(
     """A V2 request body: the request without its tensors' data, and the tensors as arrays.
     A decoder for ``Offload`` (the data is dropped so that only arrays travel back)."""
     request, binary = split_request(body, header_length)
+    parameters(request)  # what infer and explain both refuse, before any tensor is decoded
     arrays = decode_inputs(request, binary)
     request["inputs"] = [
         {k: v for k, v in spec.items() if k != "data"} for spec in request["inputs"]

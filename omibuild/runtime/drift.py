@@ -73,9 +73,13 @@ class DriftMonitor:
         """Queue an answered request's inputs for accounting. Cheap: no conversion here."""
         n = _row_count(inputs)
         with self._lock:
-            if self._pending + n > MAX_PENDING_ROWS:
-                self.dropped += n
-                return
+            room = MAX_PENDING_ROWS - self._pending
+            if n > room:  # keep what fits, as documented; drop and count the rest
+                head = _first_rows(inputs, room) if room > 0 else None
+                self.dropped += n if head is None else n - room
+                if head is None:
+                    return
+                inputs, n = head, room
             self._pending += n
             self._queue.append((n, inputs))
             full = self._pending >= self.window
@@ -282,6 +286,18 @@ class DriftMonitor:
                 for f in last["features"]:
                     lines.append(f'{metric}{{feature="{label(f["name"])}"}} {float(f[key]):.6g}')
         return lines
+
+
+def _first_rows(inputs: Any, count: int) -> Any:
+    """The first ``count`` rows of a request's inputs, in the same form; None where they are
+    not rows this can cut (the whole request is then dropped)."""
+    if hasattr(inputs, "iloc"):  # pandas
+        return inputs.iloc[:count]
+    if isinstance(inputs, list | np.ndarray):
+        return inputs[:count]
+    if isinstance(inputs, dict) and all(isinstance(v, list | np.ndarray) for v in inputs.values()):
+        return {k: v[:count] for k, v in inputs.items()}
+    return None
 
 
 def _row_count(inputs: Any) -> int:

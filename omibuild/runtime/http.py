@@ -12,9 +12,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from omibuild.runtime import log
 from omibuild.runtime.codec import json_document
-from omibuild.runtime.model import InputError, ModelService, PredictError, brief, detach
+from omibuild.runtime.model import (
+    InputError,
+    ModelService,
+    PredictError,
+    detach,
+    unexpected,
+)
 
 JSON = "application/json"
 ErrorBody = Callable[[int, str], dict[str, Any]]
@@ -76,6 +81,53 @@ def error_status(exc: Exception) -> tuple[int, str] | None:
     if isinstance(exc, RecursionError):  # a JSON document nested deeper than Python recurses
         return 400, "the request is nested too deeply"
     return None
+
+
+def known_or_unexpected(exc: Exception, route: str) -> tuple[int, str]:
+    """The status and message to answer ``exc`` with: its own where a protocol knows it, else
+    a 500 naming a request id that one JSON line of the log carries (a bug of ours: the
+    server keeps serving)."""
+    known = error_status(exc)
+    if known is not None:
+        return known
+    rid = unexpected(exc, route=route)
+    return 500, f"internal error (request id {rid})"
+
+
+class ErrorGuard:
+    """The outermost ASGI layer: an error nothing below answered (a route outside every
+    adapter's handlers, a middleware's) becomes a JSON 500 with a request id and one log
+    line, never Starlette's plain-text page and a traceback over many lines."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if getattr(exc, "_omi_request_id", None):  # answered and logged below already
+                return
+            rid = unexpected(exc, route=scope.get("path", "")[:100])
+            if started:  # the reply is on its way: nothing better to do than end it
+                return
+            body = json.dumps({"error": f"internal error (request id {rid})"}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", JSON.encode()),
+                                    (b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -148,8 +200,8 @@ def endpoint(route: str, metrics: Metrics, error_body: ErrorBody) -> Callable[[H
             start = time.perf_counter()
             try:
                 response = await fn(request)
-            except (HTTPError, InputError, PredictError, RecursionError) as exc:
-                status, message = error_status(exc) or (500, brief(exc))
+            except Exception as exc:  # every error in the protocol's own shape, never text
+                status, message = known_or_unexpected(exc, route)
                 response = json_response(error_body(status, message), status)
             metrics.observe(route, response.status_code, time.perf_counter() - start)
             return response
@@ -236,12 +288,6 @@ class HotRoute:
         self.metrics.observe(self.route, status, time.perf_counter() - start)
 
     def _error(self, exc: Exception) -> Payload:
-        known = error_status(exc)
-        if known is None:  # a bug of ours: answer like any other 500 and keep serving
-            log.error(
-                "request failed", route=self.route, error=f"{type(exc).__name__}: {brief(exc)}"
-            )
-            known = 500, f"internal error: {type(exc).__name__}: {brief(exc)}"
-        status, message = known
+        status, message = known_or_unexpected(exc, self.route)
         body = json.dumps(self.error_body(status, message), separators=(",", ":")).encode()
         return status, body, JSON, []

@@ -8,6 +8,7 @@ import gc
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,17 @@ def fault(kind: type[Exception], prefix: str, exc: BaseException) -> Exception:
     message = f"{prefix}: {type(exc).__name__}: {brief(exc)}"
     detach(exc)
     return kind(message)
+
+
+def unexpected(exc: BaseException, **fields: Any) -> str:
+    """Log an error no handler expected as one JSON line, detached from its frames, under a
+    new request id; the id goes back to the client, so one line of the log answers for it."""
+    rid = uuid.uuid4().hex[:16]
+    log.error(
+        "request failed", request_id=rid, error=f"{type(exc).__name__}: {brief(exc)}", **fields
+    )
+    detach(exc)
+    return rid
 
 
 class InputError(Exception):
@@ -282,6 +294,9 @@ class ModelService:
         if self.explainer is None:
             raise NotInImage(f"model {self.name!r} has no explainer (omi.yaml has no explain)")
         with self._slots:
+            # what infer would refuse, explain refuses the same way: the rows go through the
+            # one predict path first (a 400 names what is wrong), and only then to SHAP
+            self.predict(instances)
             try:
                 return self.explainer.explain(self.flavor, instances, self.predict)
             except ExplainError as exc:

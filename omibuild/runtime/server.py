@@ -18,7 +18,7 @@ from typing import Any
 from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import ModelService, load_failure_line
+from omibuild.runtime.model import ModelService, load_failure_line, unexpected
 from omibuild.runtime.outputs import built_outputs, describe, learn
 from omibuild.runtime.protocol import TimedHttpTools
 
@@ -43,7 +43,7 @@ def create_app(
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
-    from omibuild.runtime.http import HotRoute, Metrics
+    from omibuild.runtime.http import ErrorGuard, HotRoute, Metrics
 
     config = config or load_config()
     service = service or ModelService(config)
@@ -87,6 +87,13 @@ def create_app(
             adapter.error_body(status, message), status, headers=getattr(exc, "headers", None)
         )
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """What escaped every handler (Starlette answers it here, then raises it on to the
+        ErrorGuard around the app, which keeps it out of uvicorn's multi-line log)."""
+        rid = unexpected(exc, route=request.url.path[:100])
+        exc._omi_request_id = rid  # type: ignore[attr-defined]
+        return JSONResponse(adapter.error_body(500, f"internal error (request id {rid})"), 500)
+
     async def drift_route(request: Request) -> Response:
         """The drift detector's status (omi.yaml's drift), on every HTTP interface."""
         if service.drift is None:
@@ -99,7 +106,7 @@ def create_app(
     app: Any = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: routing_error, 405: routing_error},
+        exception_handlers={404: routing_error, 405: routing_error, Exception: server_error},
     )
     app.state.service = service
     app.state.adapter = adapter
@@ -108,7 +115,7 @@ def create_app(
         app = HotRoute(
             app, prefix, suffix, handler, route, metrics, error_body, config.max_body_bytes
         )
-    return app
+    return ErrorGuard(app)
 
 
 def worker_app() -> Any:
@@ -261,6 +268,7 @@ def serve(config: RuntimeConfig) -> int:
         http="omibuild.runtime.protocol:TimedHttpTools",
         limit_concurrency=config.max_connections,
         log_level="warning",
+        log_config=log.uvicorn_config("warning"),
         access_log=config.access_log,
         timeout_graceful_shutdown=GRACE_SECONDS,
         server_header=False,

@@ -188,15 +188,19 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str | bytes) -> None:
     """Write through a temporary file and a rename. The file gets the permissions any new file
     gets under the umask (0644 by default): mkstemp's 0600 would hide omi.lock and saved plans
     from a team's other users and tools."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # read per write: a test or a caller may change it
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
         os.replace(name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

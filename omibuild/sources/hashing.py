@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+from omibuild.errors import UsageError
 
 BLOCK = 4 * 1024 * 1024
 
@@ -22,7 +25,9 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
 
 
 def copy_and_hash(src: Path, dst: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    """Copy src to dst, hashing the bytes on the way (one read of the data)."""
+    """Copy src to dst, hashing the bytes on the way (one read of the data). A copy that
+    cannot fit is refused before it starts, naming the directory and the bytes it needs."""
+    ensure_space(dst.parent, src.stat().st_size)
     h = hashlib.sha256()
     buf = bytearray(BLOCK)
     view = memoryview(buf)
@@ -33,3 +38,25 @@ def copy_and_hash(src: Path, dst: Path, on_bytes: Callable[[int], None] | None =
             if on_bytes:
                 on_bytes(n)
     return h.hexdigest()
+
+
+def ensure_space(directory: Path, needed: int) -> None:
+    """Refuse (one line, exit 2) to write ``needed`` bytes into ``directory`` when its file
+    system has less free: a write that fills the disk half-way helps nobody."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # not there yet, or not a real file system: the write will say
+    if needed > free:
+        raise UsageError(
+            f"{directory}: no space for {_size(needed)} (the file system has {_size(free)} free)",
+            hint="free some space, or `omibuild cache prune --keep 5GB`",
+        )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"

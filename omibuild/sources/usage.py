@@ -113,6 +113,10 @@ def entries(cache: Cache) -> list[Entry]:
     if memos.is_dir():
         size, newest = _tree(memos)
         found.append(Entry("layer digests", "layers", memos, size, newest))
+    states = cache.root / "plans"  # the plans of images built here, by their state's sha256
+    if states.is_dir():
+        size, newest = _tree(states)
+        found.append(Entry("plan states", "plans", states, size, newest))
     for path in (cache.root / "tmp").iterdir() if (cache.root / "tmp").is_dir() else ():
         size, newest = _tree(path) if path.is_dir() else (path.stat().st_size, path.stat().st_mtime)
         found.append(Entry("scratch", path.name, path, size, newest))

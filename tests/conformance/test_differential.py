@@ -105,6 +105,16 @@ MLFLOW_CASES: dict[str, Case] = {
     "unsupported content type": ("POST", "/invocations", b"x", "application/x-npy"),
     "no content type": ("POST", "/invocations", b'{"instances": [[1, 2, 3, 4]]}', ""),
     "the model rejects it": ("POST", "/invocations", b'{"instances": [[1, 2, 3]]}'),
+    "split with too few columns": (
+        "POST",
+        "/invocations",
+        json.dumps({"dataframe_split": {"columns": COLUMNS[:3], "data": ROWS}}).encode(),
+    ),
+    "split with columns not a list": (
+        "POST",
+        "/invocations",
+        json.dumps({"dataframe_split": {"columns": "sepal", "data": ROWS}}).encode(),
+    ),
     "GET on invocations": ("GET", "/invocations", None),
     "unknown route": ("GET", "/nothing", None),
 }
@@ -144,6 +154,8 @@ def shape_of(status: int, body: bytes) -> tuple[int, Any]:
         return status, (sorted(doc), tensors)
     if status == 200 and "predictions" in doc:
         return status, (sorted(doc), doc["predictions"])
+    if "error_code" in doc:  # MLflow's errors: the code a client branches on, too
+        return status, (sorted(doc), doc["error_code"])
     return status, sorted(doc)
 
 

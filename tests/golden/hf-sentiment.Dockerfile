@@ -21,6 +21,7 @@ COPY --link --from=deps /opt/omi/venv /opt/omi/venv
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
+COPY --link plan-state.json.gz /opt/omi/plan-state.json.gz
 ENV HTTP_PORT="8080"
 ENV INTERFACE="kfserving"
 ENV MALLOC_MMAP_THRESHOLD_="131072"
@@ -38,7 +39,7 @@ LABEL "io.omibuild.origin.id"="df82d7244147796b6a6486dc21c4502c0c4d67a8"
 LABEL "io.omibuild.origin.source"="huggingface"
 LABEL "io.omibuild.origin.uri"="huggingface:sentiment"
 LABEL "io.omibuild.plan.digest"="sha256:1590595afd3a09139df730857db512fe0df90aece836275b735545b1c519b8ee"
-LABEL "io.omibuild.plan.state"="H4sIAAAAAAACA61YbW/iOBD+KyifISQmJCFSV+q29FqpLVWP1WlVUOQ4DvhIYi4xXLmK/35jO4QEtvtyPaRCMn4yM56Xx5O+GREuacgyvKBGYPCMRRuWxmbKCU77651Y8jwYmLbdK1OWGV2D8JiGCUtpaQQv865B8y1cvBi30+lT+DR5ngLGt3zLmHdfjLvH6fj55vJqDMJVUtJiy/KFWnm4vL+fXIUPD5dP4fT2efz77eT+OgSYPbAtD2nM5Hp8Hz5ePsjHS5oLlsGXWpo83IVXk8ebu99gqc/Xog+eyz/zz5LnCvJ0Ob1tLm7B037E8qC/KYu+3l95cl/fHhfUhb6FL635eTKdXE3uQftWe/r0dXo7ebyePE7/eL6bjj9/nY6vwHm5ncb6qUfFRm0pqAUytg38l8fPX25uxs/ja60Iop3wIsPCCOyukeKIpqWKPeNmnbiYJniTih7LBS0STOhZ6Jto+ipoXjKelwB7mRlbWgj6OjPmZ8gMfEvNmC1oKWQ6lhgN3YBG/ggNo4g62KaRjX3HcZHjkAR7nhtHAzSIfBQlOEZ45CArSvwRIbGXRAjFycCPzszwgi1YbrIYbMSJj2IP1NmO543cyMWu47sxQTZxhhYiFnFi18P+e0pKvinU/pebBdwvVDTewW4K1gYG7YLLUpOvaQ4/KhBhjjOpeXasy5nRAqpw1Umowlsn4hDhFnrNC9HsnvZiwQUnPFWaZKbsmdGFHwSqtC5eLBSe8FxgltOiNFVbm7LDzzIXffDzEyarGP2IU76rKGUEClTF73KNyZL2kGl9/xHBRErPGONdOJS8bAB4ADRL3dBmOsdVyIL/rdgPilO8A6PQum/GgUnfjDUWS7Clsy2p5pAqEP5sJ2BKiOvEvosjoNERcofWgAzpQOpi/wDB22jg7Lu1sYL+tWEFlUEqTfEqmjYHdEgG1tBFI8seRNj1Y8clhIIR2KwDJpE1dIiNSOz6DjgUuSPPAwcd5MXIT+LaJrL28z0EVZVD0EiLKo1QEXZgvM3yTmdmVPQV1p0zM4JOq3G6GghsHlbgUmLU83KhPoj0k7Kbqofkan0ifVuvhByPHY1pdHiNORwBGiGbUK7sD7694mydKtdfDk8cuqCT4RUtO5XZDsXlrqFXLGlHwxIMlRF38AKKVWufV9qTFG95oS2LAuelPBSgnurQ6ENCAuxKsuR81Y7SmpcCKAWYScnzTZrWTqwLerLU3NyR01oKG5GspVK+KNYklMwm5ZAMu3tca4itpvhAdY0A6hVNek1BFXn5meuLfb2Pw2HW8uc/2Tw10YyHathWKDRvVMXz/1BHo0QUY7S8fGu6Kztbm66Z5CRm2iWN+SixnKqGhld1BzRzkO+7P/DzlIS+4+5HOekdd5FVO6sv5mcJViNvq1NmitC+TRHQ7mqsaJUFi38t5o2cZ1TgGAt8UssNnmn5cNoIehDSsMaI0zAA48/ZcvAt4qtOSw322rQHvBEzIjQ3NeJUzbmtYGT4NYywIMvwkASr21rj8S6MdkKXuuvZlu+7TguSYphdyS7MFGRoHhX8zYuVIkSoxKaDAperijdh8O2RFJclSxjBQm2pQrW2qGYCuU2ojMYsEx6mhsCwTBumhm6VcT2P//L0+u6o+qO59Di9eGpyWUNUJP9Xb2eS7eSlYjvJvlKmBjDwXF/I4QAIn5cMMrcDsY08uWnTDoaWZfWrIiv7zYO72bOg3igJWzHRSyku8osL2xyaCFDN0+nThWM6Mk5ghSw/XSBTvjodauNs1rI++DGOqs98FbhIqRBUOmpbKnmbLSNcum6ZQ6eSpJyvpQANlGApxFpwOCGkbKRE+SZb7z6BFuTAnTzpGJdK/aE5qAW9JcWpWPZgdiUrSGIFsI+AgiYpJbIG6zWIjJqNA1FsaLcqjxAogIaQKgKzm+ovo9yVgmYhTMYrmGWrpAu8UBv9hQo0NlCzgQ2BgzfLDZzk+n8B8g23LnQ9Hu//BQAVik8yEAAA"
+LABEL "io.omibuild.plan.state"="{\"file\": \"/opt/omi/plan-state.json.gz\", \"sha256\": \"97efc8ac16051e2365f141ca346f00a5165c176f98ce1de1e944bc8f009e420b\"}"
 LABEL "ml.openml.model_name"="\"sentiment\""
 LABEL "ml.openmodel.interfaces"="[\"kfserving\"]"
 LABEL "ml.openmodel.port"="8080"

@@ -21,6 +21,7 @@ COPY --link --from=deps /opt/omi/venv /opt/omi/venv
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
+COPY --link plan-state.json.gz /opt/omi/plan-state.json.gz
 ENV HTTP_PORT="8080"
 ENV INTERFACE="mlflow"
 ENV MALLOC_MMAP_THRESHOLD_="131072"
@@ -38,7 +39,7 @@ LABEL "io.omibuild.origin.id"="51b0ddb9b8a4d221bf2be8f45950684e"
 LABEL "io.omibuild.origin.source"="mlflow"
 LABEL "io.omibuild.origin.uri"="mlflow:iris-mlflow"
 LABEL "io.omibuild.plan.digest"="sha256:343301df7230ce0a92997fcd1f5899033c69574eeed78877ab1df2efa0b9c327"
-LABEL "io.omibuild.plan.state"="H4sIAAAAAAACA61XbW+jOBD+KxWfE2ITSAjSntRt02ultql6WZ1WTYUMmMQXwBw42War/Pcb20AgfdtTN1KLmRmP5/Xx8GwEpKQ+S8mSGp7BUxZsWBKZCQ9JMsh3YsUzb2hi3C8Tlho9I+QR9WOW0NLwHh57Bs22sHgwLufzO/9udj8HGRe5yHjsPRhXt/Pp/cXp2RSIaRIn/Ici35xeX8/O/Jub0zt/fnk//etydn3ugwweYjS2tMzsfHrt357eyL2sYGW/pWB2c+WfzW4vrv4E5oDnYgCGyz/zn5JnSuTudH7ZZm7B0EHAMm+wKYuBdq88em9eDwy10K/wT2u+n81nZ7Nr0L7FmvJ9fjm7PZ/dzv++v5pPv36fT8/AfOlQi39sUbHJBEup1xBkaFvy326/fru4mN5Pz7UiCHbMi5QIw8M9IyEBTUoVesbNJm8RjckmEX2WCVrEJKTdyLdF6ZOgWcl4VoLMw6ISWxiPLyRTMCwxI7akpQDZckUsZ+QNY2w5OA7wxI3sUeg4QRDjaDyJXDIeDWk8gQeKaISw7YyC2CaTgISjIKCT4WRkB+jFMbxgS5aZLIIzHBygKAomgUvsyLJwEFsBdWPbmTho5Nr0rc0l3xTvOV2JbQrWyHjH1ZUmJs9pBg/luJ+RVGpctMtwYXREVYCamFcBXcclLbYsW9Yx7UjnvBDtXukyCy54yBOlCVRtLdChlfBiqQRDngnCMlqUpupeUzbyiyQFn/z9wpFVeD6CjncVCSYS+kqjv7lhC0soXdkZJjKR6g6drSoC3m8r01pxQnZwKHTcs1Hj37ORE7GCs3TWJELUkQfiRzXsRsRxMXUthMZxZA/jIQmteIysiTMaTSJ5csl+Aixja2jve81hBf13wwqa0kyUpngS7TNRNBmNnIkFGq2QgEo7Ao3Icil2HRK51HZHCAywY5cGFkTFsiKbuGBkFKEAO82ZFto/7iGoKrteJzEq175CWs94XmQnJwujwh2/6YGF4Z0cMKWnpQCD/UqylAJqs2Q0t4feJpui2iS5zTXyilLJP9wVWqDTp41UjdtaZosXhuTsa9OeSJonyuwHvaN6nJw4Ju7V66HpNGts2s0amZZePsrHY6U0TsiWF/rAfBdvsrAJhYZyycIVZcX5uhuVnJcCkAAARdGzTZI03uQFPWK1vTlAUUdhC5EaqqQvizz0JSBJOgT/4K80oiGjNrlGqFbENEdiVf3+qBf7xuw6K53j//8R+OURbfdVO3Y816igM/GbgKFVWgoPOlY+t82VfVuVbo0TzWYtoU3SMp+FjWPV0M6qzABEavq+94GdxxDzjrmfRZw3zLVQY2yrsToJVmNopzEWCq7eAoGFoW//TmGw6Nei3sp2SgWJiCBHVdxCkKPTj5tADylvgBmMJm2O9zqYVfeflhx3oQygIWKh0MDTik01cHbcT8mTHxARrvw68KjX4fFo5wc7oct7NMbIdUd2RyQhMEeGOz9VIo55UPCDF2uwU1Vf20BByvWRbR1/1JUufYLUtyYLv7704ZozQUayVEL1FPzLY+NrM+K7A+Fh2BirQSMHlyV+V59AEr7kUsGXRE9JU+MPWKoXQ9gLgM1LBmnZARlbY+mkiT0HITSoaqccdO/ZdhvCAUYZsjUT/YSSIvvyBZuOaTVW98s1y7IdvOcki0gJltcZfzEToU/+jIPqFyYKUiRUCCrtw0hlabNlIZcWI9OxK0rCeS4J1lARVkLkggPWS9pEkbJNmu/+AC2WDW/yimJcKnUdc9gQ+itKErHqhysagv/LSgAfBAoaJzQUkL+GB5FRI6knig3tVfXgQ0tTH3IUwoylKtMod6WgqZ+TcA0zZ5VtQZbK0Q9LDb6VV5BVpj5IjQ3Up4chdvDttoFbWH9sy2/Ipqj1JLv/D2tmBGiTDwAA"
+LABEL "io.omibuild.plan.state"="{\"file\": \"/opt/omi/plan-state.json.gz\", \"sha256\": \"558b0a2c66d96e10da9a5c9817042258a91e9db3bb6581a914948eaa087ad5b7\"}"
 LABEL "ml.openml.model_name"="\"iris-mlflow\""
 LABEL "ml.openmodel.interfaces"="[\"kfserving\"]"
 LABEL "ml.openmodel.port"="8080"

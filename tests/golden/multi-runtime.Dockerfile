@@ -21,6 +21,7 @@ COPY --link --from=deps /opt/omi/venv /opt/omi/venv
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
+COPY --link plan-state.json.gz /opt/omi/plan-state.json.gz
 ENV HTTP_PORT="8080"
 ENV INTERFACE="kfserving"
 ENV MALLOC_MMAP_THRESHOLD_="131072"
@@ -38,7 +39,7 @@ LABEL "io.omibuild.origin.id"="sha256:87e3ede37d221523f8d62a4319957ac497ebc6ad3d
 LABEL "io.omibuild.origin.source"="local"
 LABEL "io.omibuild.origin.uri"="local:iris-everywhere"
 LABEL "io.omibuild.plan.digest"="sha256:d4d1537176fc7d07d5516c3cf0d2e367e4363b92383e3c7e1f78c482c11ff438"
-LABEL "io.omibuild.plan.state"="H4sIAAAAAAACA7VYbW+jOBD+KxWfE4J5CQRpT+q26bVS21S9rE6rpkIGTOIN4Bw4abNV//uNbSCQNN3VtRepjZkZZsbz8nicFy3EJQlohudE8zWW0XBN01hPWYTTwWrLFyz3LR2hfpnSTOtpEYtJkNCUlJr/8NjTSL6BxYN2OZ3eBXeT+ynIeIZnaI+9B+3qdjq+vzg9GwNxmZSk2NB8Ljk3p9fXk7Pg5ub0Lphe3o//upxcnwcghixkuKaSmZyPr4Pb0xvxOi1o2ScbUmyfFqQgUmBycxWcTW4vrv4EgQFb8QH4L/70HyXLpcjd6fSyzdyAv4OQ5v5gXRYDtcty77l53DHkQj3CP6X5fjKdnE2uQftG+Xv3fXo5uT2f3E7/vr+ajr9+n47PYAtiUy3+vkfFOuc0I35DEBFuyX+7/frt4mJ8Pz5XiiDmCSsyzDUf9bQUhyQtZQYo05v0xSTB65T3ac5JkeCIHCSgLU2eOclLyvISxB5mWgnFkOElKWZab6ZBzDl5lsssTVL2NNMeD1Rk4HSqx3ROSg5KygU2naGPRqMwHGLPxbHlJKMQmRib4dCMXWIlowgbdmi6YWzaoWMZQ2RjOzE803E9zyDYHpEDM6ygc5rrNN7Z8EAXiYnlxqaJHNNKvHhoYtsC246LI3vkkjAaggNx7GEUxTYUp2m7DhmZyE5i+5iNkq0LGTdZFMek1gWtRfy3SjRLdbYiOXzJCAU5zoTO2X49z7SOuIxmk7wqLU0CVS5Y/HNbp6Lz3ooVvN2FXWbBOItYKnWC0g1SSTZnQrZaKKWsmENp4GyVEp0TLLo/S/urFHNRgI2I0B2xnGOak6LUJZToAlUOyiH84Oc3TFbx/RWOvauIU56SI5Bz9CUQEx0kelQ3dEP2qUp5FQX/05qiVpziLRiF3n/RakB+0VaYL8CWSrbAqjr6QPxwq4Au+hPOCWRa9muvMVaQf9a0IBnJeanzZ962aceJjcwRcVzbBHV2HCHsxWACD6OQuCM7wq4zGiHLxuYw9hLLdJAJsZCOEtdrbJrG6+MrBFVm2D9Ijsx5IHHf115m+cnJTKtQMGgaaab5J3t9JAXhUAgq4VLIyPcFoznV1JuipaqXBLc53t7WK0R2Z5iSOWj7RrI+T5ScaEPBea09VH0omA/qjerr5MTRUa9eW7rTrJFuN2tDN9XyUXw9VkqTFG9YoQyWy5TgIm9Cos4YwUMVZcHYshudFSs54AkAlKTn6zRttrMqyB6rvZ0dtHUUtiLYUAV9XqyiQMCaoEMSdhsWTjRko02uca4VMsVRiNcmVLFu4lP7KZj1kdfx5z/ZPG5CIfmbFmzHMH7TxHu7aJ3o/+NG6knh8020a0dCW6dsFMJWdfw5INtqTImtHS9f2u4KDFSmG8zdqy/lUoUgH4TgfdUAjbJHAZBr+mvvF37uw/U77n4UvY+4axqNsy1Y6iRY3jE6qDKT0P8ejM40NZV1ioPGncL4tASAn4TjGHO8V/AtqH7D0YPOlGOmEpbDSssADJcthn/87KiGDyXsdk8OAOKYRlzhfCuY1b2jE6sMPwch5tEiqDNl9Do8Fm+DcMtVPwxdZHje0O6IwHQI09E2yKSIo+8UPLECAEiSUdtBjsvlnm+d/ch5SuwJaqU12gX1xOVrhg4ygiWzry5Dn31DeOM68KvZfzcSunIcrCfn6uYsgFEsJTDKQ02CveDIcRU2phYWaIDTlJUUsrgFMjJdERMd+eKFQVVw5eBwJmq3OpjSyoguKe/Lo/7LF6Q7uri61rVwMKoaH/xoO9UHnnBcpIRzItxAhszfekMjJhwzdMeuKCljK0EwLUlYcL7iDI4NQRtJUr7OVts/QIspBtQfLExpKB/hSQwOlAkTnqNbDaG/IDjli360INESxo1KAO0ECpKkJOKQvoYHcZJ3B58Xa9KrCiIAACABJCeCQVhWsFZuS06yYIWjJZy6VbI5nqtty8D2P2ESF40mL1eb6sIB0YKq9xHEHcEaJin1g44QaVpFyb7+CyUN+dL3EQAA"
+LABEL "io.omibuild.plan.state"="{\"file\": \"/opt/omi/plan-state.json.gz\", \"sha256\": \"5fb4bf03227e0e909f14047fd555c6cf63765ce66b1cd04480bfc8ef06e62119\"}"
 LABEL "ml.openml.model_name"="\"iris-everywhere\""
 LABEL "ml.openmodel.interfaces"="[\"kfserving\",\"modzy\"]"
 LABEL "ml.openmodel.port"="8080"

@@ -21,6 +21,7 @@ COPY --link --from=deps /opt/omi/venv /opt/omi/venv
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
+COPY --link plan-state.json.gz /opt/omi/plan-state.json.gz
 ENV HTTP_PORT="8080"
 ENV INTERFACE="kfserving"
 ENV MALLOC_MMAP_THRESHOLD_="131072"
@@ -38,7 +39,7 @@ LABEL "io.omibuild.origin.id"="sha256:b58899d6539c9b789bb1ad3c76a6bb445d2b1cb240
 LABEL "io.omibuild.origin.source"="local"
 LABEL "io.omibuild.origin.uri"="local:iris-onnx"
 LABEL "io.omibuild.plan.digest"="sha256:ca8034e45ec48215074cd43d2aab443c04378b4db51547a96ac25c6a4a90f033"
-LABEL "io.omibuild.plan.state"="H4sIAAAAAAACA61YbU/jOBD+Kyif2zSvTRppT2KhHEhAEdfVaUVRZDtu6yOJc4nbpYf47ze2kzRpYfdOUAnqzkxmxvPyzLQvBkYVjVmGVtSIDJ4xvGFpYqacoHRU7MSa55Fr2vawSllmDAzCExovWUorI3p4HBg038Lhwbicz+/iu9n9HGRCK7SMx8GDcXU7n95fnJ5Ngfi0rGi5ZflKcW5Or69nZ/HNzeldPL+8n/5xObs+j0HMdm0rcLTM7Hx6Hd+e3sjHWcmqIc/zZ8Wa3VzFZ7Pbi6vfgTXihRiB5/LP/KviuRK5O51fdplb8HSEWR6NNlU50verDj63H/cMddAf4Z/WfD+bz85m16B9qz29+z6/nN2ez27nf95fzadfv8+nZ+C8vE6Hf+hRuckFy2jUEmRsO/Lfbr9+u7iY3k/PtSKI9pKXGRJGZA+MFGGaVir2jJtt4hK6RJtUDFkuaLlEhB6FvitNnwXNK8bzCsQeFkYFZZChJ1oujMcj4QzcS82ErWglQLxaI8cfR6HnB2Pfw/6S2C7C/hjjgEy8yZiObRIA158sPc+e+H6CXUpJklhOOE6wHzguJp53ZIaXbMVykyV7G9gPw8kkGfvuhExwEE4wtlHikmCMwJzn+YmDbYIdz3KWfmJ5hNiB7YVjjKwkTNDyPRsV35QqQir970ltStaIRP0yzFKTFzSHNxWbOEeZ1LbYV+vC6AmqCLapqYPepqcJek+64KXo9lSfWXLBCU+VJlC1dUCHVsLLlRIkPBeI5bSsTNXlpmz4oyziD77+g8k6OL+CmJ8qEkyk9AgN3hXfwhGKW7aPaZmWaiGdqfr+0adVcaM4RTswCm35YjQo+WIUSKzBls6ZhJEm7kD8cG2DLvYPgLftuN7roDVW0r83rKQZzUVlimfRtblE8KiF8Dj0QBkhnpX4S8fyHExs7CS+52EM5gPiJsjGeBIGGJxz/XEymYShj1ubjvX6+ApBVbmNOmlReY4VGEfGyyI/OVkYNTTFbf0vjOikV/4DLQhIHdfClZRRz0tGO2T0k7In6ockt502b+uVIvuRomU6fdrKNPCuJWRHSc5r49szyopUuf6gn6jfTk580x40Z9f027Nteu3ZMh19fJRvj7XSZYq2vNQGO94saryXDLumrDl/6gel4JUAHAA4UfR8k6btXYqSHrC6d9kDUU9hJ3AtVdJXZUFiCUeSDrHf31Y60ZKtLrnBp068NKeJaxuLxi3J7Iyhngf/34p9bKUbAdWRvctrYNCp+CRs6NSWgoSely9dd2XratMtVLQP15FRLmmZjyLHoWroaFVpgCMN/XXwCz8PUeYn7n4UdN5x17FaZzud1Uuw2ld7vbFQiPU2BkALqrnfKwuW9Eri00IPHlKBEiTQQal3cKbn4lGrqBVGi6mJ2lENi0uHEb0FdvWE1GJBH+oAPBJGhAamTujqvbUXnww9xxgJso6bvFiDHo8nuxjvhK7+cWBbYTj2eiIpgl2U7OJMifjmXsEPXgIWKLLddVCg6unAt9591NCXd4LK6GwecbMWRIZlgoxkqYzrZfqz9843lsz3N8r9xhKobaWAqMghUH/bkgAojwoAJQRLmtqg4DL64MKzgPq8YpC5HZBtJ5BxMO3ItyxrVBdWNeoO624bg3qjIuyJiWFKUZl/+WKbvunIKIFwnfzfgGiDi4OmGo42KuuDL2Ov+sg7gcqUCkGla7alMrjZMsKls5bpezUl5byQBMdVhLUQheAwJiRtokj5Jit28i6O9+b9BmroMS4Nhb7ptoThmqJUrIdkTckTjMpawN4LlHSZUiIgmS0PoqVW3EiUGzqoCyOG5qcxJIzA1qYq2ah2laBZXCDyBIOwTr1AK315Fd7hJ5SmsYFaj2yINXyd3MDM1z8AyK+1bYPovfn1X3gfoAAnEAAA"
+LABEL "io.omibuild.plan.state"="{\"file\": \"/opt/omi/plan-state.json.gz\", \"sha256\": \"1426d5410300254fcb99d73d8cae4edc3f80cc6f51c3141b5413a1693a29b0f0\"}"
 LABEL "ml.openml.model_name"="\"iris-onnx\""
 LABEL "ml.openmodel.interfaces"="[\"kfserving\"]"
 LABEL "ml.openmodel.port"="8080"

@@ -21,6 +21,7 @@ COPY --link --from=deps /opt/omi/venv /opt/omi/venv
 COPY --link --from=code /opt/omi/runtime /opt/omi/runtime
 COPY --link --from=code /opt/omi/code /opt/omi/code
 COPY --link omi.json /opt/omi/omi.json
+COPY --link plan-state.json.gz /opt/omi/plan-state.json.gz
 ENV HTTP_PORT="8080"
 ENV INTERFACE="kfserving"
 ENV MALLOC_MMAP_THRESHOLD_="131072"
@@ -38,7 +39,7 @@ LABEL "io.omibuild.origin.id"="sha256:274172862e513b902efcd374e29f4648ee16d8ecd8
 LABEL "io.omibuild.origin.source"="local"
 LABEL "io.omibuild.origin.uri"="local:iris-classifier"
 LABEL "io.omibuild.plan.digest"="sha256:cf227d60feb396b301eedd58c21c3a58b470550eefc324cea5776a7ca7cfea01"
-LABEL "io.omibuild.plan.state"="H4sIAAAAAAACA7VYbU/jOBD+K1U+t2neEyLtSSyUYyWgiOvqtKIochKn9TaJe7HbpYv47ze2kzRpgV0dHNql7ng8M56XZ8Y8aTFiOCIFWmAt1GhB4g3JUz2nCcrH6x1f0jK0ddMcsZwU2lBLaIqjjOSYaeH9w1DD5RYW99rlbHYb3U7vZsATGIGhPQzvtS83s8ndxenZBIirjOFqS8qF3Lk+vbqankXX16e30ezybvLX5fTqPAI20zYN31I80/PJVXRzei2Ok4qwUZIjxkhGcCUZptdforPpzcWXP4FhTNd8DPaL//p3RkvJcns6u+xubsHecUzKcLxh1Vjdkh18b7/uN+RCfYVfSvLddDY9m16B9K2y9/bb7HJ6cz69mf1992U2+fxtNjmDK4hLdfYPLao2JScFDluC8HCH/+vN568XF5O7ybkSBD7PaFUgroXmUMtRjHMmI0Co3oYvxRna5HxESo6rDCX4KABdbvzIcckILRmw3c81BslQoBWu5tpwrm1xxfGjXBZ5ltMfc+3hSEQBRud6ShaYcRDClshyvdCxE99CiRPEOE7NEzdw/Tj2YwsnOPCRZ2EPZX7gu8FJZrjINz03zpzY8e3UCDLfyY7U0IosSKmTdK/D8h3TtwIQ5pp2fGJYOEtS23ewdZI5nhNgbHppgJM0sA3Pdu3Ai7MApY5nJJ4f4PQ1HYxuKuk3mRSvcW0q0rCEL6Voket0jUv4kB6KSlQImfPDfJ5rPXbpzTZ4dVjaAKpY0PTnrglF79yaVrxbhf3NinKa0FzKBKFbUwXZmgveeqGE0mohDya05IiUuGK6xAkdbQAWKiGhcccAP6JiLUDhzYMCa46SJH7nz2+orL3+K3R7U1CKWVKRNYcyAVFXdEEYJ8mgwosKM1E8A/jHl3ggIjtIEUcDhrn+ttCcJFB5MsCna5Qs8cjSjbePcMJz/AogvnoIapgpw03dEBoARVRC1tEIP6xkG8E52oFSQKYnrWkXT9oa8SXoUqkokLTJAiC+u5BBFvkJXcy0bOd52Cqr8D8bUuECl5zp/JF3daZwKS8xPCdFQRZ7AYj1DDtI4bKpZ2IcgOLsxMLifkmGLeMktk0XW15g+aYDfarRaRnPD8/gVJlp4VFwZO5FsiuF2tO8HAzmWo3RUVvmcy0cHFS5ZISWFdXMTPDI82Kj7bnqpCj4+pDYbZvvy3IFy77DKp4jUGo5m26n+ARIiJ3nxkJV/WLzXp2oPwYDVzeHzdrW3XZt6k67NnRLLR+GB6c93e+cNoZ7qVa7tnS7Pi0+HmqTshxtaaXMZasco6psHar6p9gza8qS0lXft2vKOGAlgK+kl5s8b52xrvDBVtcZe9juCez4v6UK+qJaJ5GAbEGHEO7dJYxoyUaX3GB4x+FqR6F5l1BHqvVPY6fYbNp5z57/pPN1FapLvajBcQ3jN1W8dYvOtPI/XqSZgj5eRTd3JDD20kbhc53HHwPRnbKWyNyz8qlrrkBQpbpF7IP8UiYpnvcC+KFoAFZZowDnDf15+As7D8H+DXPfi/2vmGsZrbEdWOoFWL6feqgyl43jLRCea2ri7CUHSXuJ8WEBADsxR2KGOUj4DtC/YOhRZcoRWjHLkaujAAbnzkb4euepRxfF7Pf7DgBxShKucL7jzPpN1fNVgR6jGPFkGTWRMoa9PZruonjHVT14vmkEgef0WHIE76RkFxWSxdX3An7QCgBIks2ugRyx1YFtvfvIaUzcCXKlM6BGzbwWaoYOPGJLRl899D769fPCU+dX75r9QOnLYXINvhFttf6rgABGsZTAKJuaBHuxI4duuJha2CABuillBKK4A7Jp+cInuhmKA+PmXTE+nqi6pQ6qNJaQFeEj2eo/fTJ1mBHA1CYXjgZd450/2l70kSUcVTnmHAszTEPGb7MlCRWGGbrr1JSc0rUgWLYkLDlfcwptQ9BOJKncFOvdHyDFcuDbdxrnJJZf4ZsYHAgVKgJXt1vCaIlRzpcjeEwkKxg3agZzz1DhLMeJeMi0e+An+QIKebXBwzohIgAAHEFwEhijZQZrbMc4LiJ4qqyg69bB5mihri0dO/qAOV4UGsQKZG8g2UMT3G3CGgYo9Tcq8TeXtkLUi+b5X/LESNbKEgAA"
+LABEL "io.omibuild.plan.state"="{\"file\": \"/opt/omi/plan-state.json.gz\", \"sha256\": \"9f161bce5b4c82d8bb4d61d7b068dc84b5756b08369d94247ad70a6e3fe241e3\"}"
 LABEL "ml.openml.model_name"="\"iris-classifier\""
 LABEL "ml.openmodel.interfaces"="[\"kfserving\",\"modzy\"]"
 LABEL "ml.openmodel.port"="8080"

@@ -281,3 +281,29 @@ def test_check_and_run_exercise_what_the_image_carries(built: tuple[Path, str]) 
     answer = json.loads(ran.stdout)
     assert answer["status"] == 200
     assert_additive(answer["response"], EXAMPLE, repo)
+
+
+def test_the_image_s_explain_refuses_what_its_infer_refuses(
+    built: tuple[Path, str], kfserving: Container
+) -> None:
+    """The hostile cases of tests/unit/test_runtime_hostile.py against the built image: the
+    same status from infer and explain, in JSON, never a plain-text 500."""
+    from tests.unit.test_runtime_hostile import EXPLAIN_LIKE_INFER
+
+    name = built[0].name
+    for case, (infer, explain, body) in EXPLAIN_LIKE_INFER.items():
+        paths = [p.replace("/models/m", f"/models/{name}") for p in (infer, explain)]
+        answers = []
+        for path in paths:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{kfserving.port}{path}", data=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    answers.append((resp.status, resp.read()))
+            except urllib.error.HTTPError as err:
+                answers.append((err.code, err.read()))
+        (infer_status, _), (explain_status, reply) = answers
+        assert 400 <= infer_status < 500 and explain_status == infer_status, (case, answers)
+        assert json.loads(reply), (case, reply[:300])

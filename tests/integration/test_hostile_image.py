@@ -282,6 +282,7 @@ def test_the_image_gives_each_hostile_request_its_4xx_and_stays_up(boxes: dict) 
     hostile.test_a_model_rejection_does_not_echo_the_input(boxes)
     hostile.test_csv_and_npy_bodies_that_lie_are_400s(boxes)
     hostile.test_malformed_grpc_requests_are_invalid_argument(boxes)
+    hostile.test_a_json_lines_record_that_does_not_parse_is_named_by_its_line(boxes)
     for server in boxes.values():
         assert server.proc.poll() is None
 

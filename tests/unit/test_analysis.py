@@ -356,3 +356,13 @@ def test_a_category_coded_as_a_number_is_one_category_in_a_csv_and_in_a_request(
     assert {category_key(v) for v in ("1", 1, 1.0, np.float64(1.0), " 1")} == {"1"}
     assert category_key("gold") == "gold" and category_key(float("nan")) is None
     assert category_key(2.5) == "2.5" and category_key(True) == "true"
+
+
+def test_an_oversized_request_keeps_the_rows_that_fit_in_drift_s_queue() -> None:
+    from omibuild.runtime.drift import MAX_PENDING_ROWS
+
+    m = monitor(np.random.default_rng(2).normal(size=(500, 4)), window=MAX_PENDING_ROWS * 2)
+    m.offer(np.zeros((MAX_PENDING_ROWS + 50_000, 4)))  # a window it never completes
+    assert m.dropped == 50_000  # the part over the bound, not the whole request
+    m.offer(np.zeros((10, 4)))  # the queue is full now: this one goes whole
+    assert m.dropped == 50_010

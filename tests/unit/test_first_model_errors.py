@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from omibuild.cli import main
+from omibuild.errors import UsageError
 from omibuild.manifest.validate import validate_file
 
 HEAD = """apiVersion: omibuild/v1
@@ -207,3 +208,33 @@ def test_every_verb_help_has_a_description_and_examples(capsys: pytest.CaptureFi
         assert text.count("\n") > 5 and "omibuild " in text, verb
         if verb != "schema":
             assert "examples:" in text, verb
+
+
+def test_a_full_disk_names_the_directory_and_what_is_free(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write() that fills the disk names no file: the line names omibuild's cache, where
+    it writes, and the space left there; a copy that cannot fit says what it needs first."""
+    import errno
+
+    from omibuild import cli
+    from omibuild.sources.hashing import copy_and_hash
+
+    monkeypatch.setenv("OMIBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+
+    def full(args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("omibuild.commands.validate.run", full)
+    assert cli.main(["validate", str(tmp_path / "omi.yaml")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"omibuild: error: {tmp_path / 'cache'}: No space left on device (")
+    assert "MB free" in line and "omibuild cache prune" in line
+
+    big = tmp_path / "weights.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 42)  # sparse: 4 TiB that take no room
+    with pytest.raises(UsageError, match=r"no space for 4\.4 TB \(the file system has "):
+        copy_and_hash(big, tmp_path / "copy.bin")
+    assert not (tmp_path / "copy.bin").exists()

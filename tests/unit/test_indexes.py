@@ -19,6 +19,8 @@ from omibuild.sources.requirements import as_cpu_build
 from tests.conftest import EXAMPLES
 from tests.unit.test_plan import canonical_inputs
 
+pytestmark = pytest.mark.usefixtures("example_models")
+
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:

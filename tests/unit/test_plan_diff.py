@@ -15,7 +15,14 @@ import pytest
 
 from omibuild import contract
 from omibuild.planning.diff import diff_plans, target_tag, unrecorded
-from omibuild.planning.plan import Layer, Plan, plan_from_labels, state_label
+from omibuild.planning.plan import (
+    Layer,
+    Plan,
+    plan_from_labels,
+    plan_from_state,
+    state_file,
+    state_label,
+)
 from omibuild.reports.plans import FORMATS, to_markdown
 from omibuild.sources.base import ModelFile
 
@@ -126,12 +133,19 @@ def test_nothing_to_compare_is_a_new_image_and_an_older_image_is_compared_by_dig
     assert unrecorded("img", "sha256:other", old).changed
 
 
-def test_the_state_label_gives_the_plan_back(old: Plan) -> None:
+def test_the_state_file_gives_the_plan_back_and_the_label_stays_small(old: Plan) -> None:
     labels = dict(old.labels)
     assert labels[contract.PLAN_STATE_LABEL] == state_label(old)  # what make_plan wrote
-    back = plan_from_labels(labels)
+    assert len(labels[contract.PLAN_STATE_LABEL]) < 150  # a pointer, whatever the model
+    data = state_file(old)
+    assert data == state_file(old)  # the same plan, the same bytes (gzip's mtime is 0)
+    back = plan_from_state(data, labels)
     assert back is not None and back.to_dict() == replace(old, options=back.options).to_dict()
     assert not diff_plans(back, old, "x").changed
+    assert plan_from_state(data + b"x", labels) is None  # not the file the label names
+    # an image from before 0.2 holds the state in the label itself: still read
+    legacy = {**labels, contract.PLAN_STATE_LABEL: base64.b64encode(data).decode()}
+    assert plan_from_labels(legacy) is not None and plan_from_labels(labels) is None
 
 
 def test_a_hostile_state_label_is_refused_not_inflated() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,6 +169,8 @@ def test_json_nested_too_deep_is_a_400_everywhere(servers: dict, key: tuple[str,
 
 MALFORMED_TENSORS = [
     ("shape product overflows", tensor(shape=[2**40, 2**40], data=[1]), "too large"),
+    ("a zero beside a huge dimension", tensor(shape=[0, 2**70], data=[]), "too large"),
+    ("a zero beside two huge ones", tensor(shape=[0, 2**62, 2**62], data=[]), "too large"),
     ("INT8 out of range", tensor(datatype="INT8", data=[300, 1, 2, 3]), "does not fit INT8"),
     ("UINT64 negative", tensor(datatype="UINT64", data=[-1, 1, 2, 3]), "does not fit UINT64"),
     ("boolean dimension", tensor(shape=[True, 4]), "non-negative integers"),
@@ -370,6 +373,7 @@ def test_malformed_grpc_requests_are_invalid_argument(servers: dict) -> None:
     cases = {
         "undecodable bytes": b"\xff\xff\xff\xff not a protobuf",
         "shape overflows": request(shape=[2**40, 2**40], fp64_contents=[1.0]),
+        "a zero beside huge dimensions": request(shape=[0, 2**62, 2**62]),
         "negative dimension": request(shape=[-1, 4], fp64_contents=[1.0] * 4),
         "INT8 out of range": request("INT8", int_contents=[300, 1, 2, 3]),
         "unknown datatype": request("FLOAT", fp64_contents=[1.0] * 4),
@@ -382,3 +386,118 @@ def test_malformed_grpc_requests_are_invalid_argument(servers: dict) -> None:
         assert len(details) < 400, (case, details)
     assert _grpc_infer(server.grpc_port, request(fp64_contents=[5.1, 3.5, 1.4, 0.2]))[0] == "OK"
     assert server.proc.poll() is None
+
+
+# -- explain validates as infer does; nothing escapes as text ---------------------------------
+@pytest.fixture(scope="module")
+def explaining(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same model with SHAP's explainer baked in (its background in analysis/)."""
+    import shutil
+
+    from sklearn.datasets import load_iris
+
+    root = tmp_path_factory.mktemp("explaining")
+    shutil.copytree(bundle / "model", root / "model")
+    (root / "analysis" / "explain").mkdir(parents=True)
+    rows = load_iris(return_X_y=True)[0][::5].tolist()
+    (root / "analysis" / "explain" / "background.json").write_text(
+        json.dumps({"columns": ["a", "b", "c", "d"], "rows": rows})
+    )
+    spec = {"method": "shap", "background": "explain/background.json", "output": "auto"}
+    omi_json(root, INTERFACES, model_file="model.joblib", explain=spec)
+    server = Server(root, "kfserving", "v2")
+    yield server
+    server.stop()
+
+
+EXPLAIN_LIKE_INFER = {
+    "a zero beside a huge dimension": (
+        "/v2/models/m/infer", "/v2/models/m/explain", tensor(shape=[0, 2**70], data=[])
+    ),
+    "parameters as a list": (
+        "/v2/models/m/infer", "/v2/models/m/explain", tensor(parameters=[1])
+    ),
+    "a row predict rejects": (
+        "/v1/models/m:predict", "/v1/models/m:explain",
+        b'{"instances": [[1e999, -1e999, 1e999, -1e999]]}',  # infinities: sklearn refuses
+    ),
+    "a flat list of instances": (
+        "/v1/models/m:predict", "/v1/models/m:explain",
+        json.dumps({"instances": [1.0, 2.0, 3.0, 4.0]}).encode(),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(EXPLAIN_LIKE_INFER))
+def test_explain_refuses_what_infer_refuses_in_json(explaining: Server, case: str) -> None:
+    infer, explain, body = EXPLAIN_LIKE_INFER[case]
+    status, reply = explaining.request("POST", infer, body)
+    assert 400 <= status < 500, (status, reply[:300])
+    refused = assert_refused(explaining, explain, body)
+    assert json.loads(refused)  # the protocol's JSON error, never a plain-text page
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Server]]:
+    """A predictor whose answer no encoder can write: every route fails where no handler
+    expects it."""
+    root = tmp_path_factory.mktemp("broken")
+    (root / "model").mkdir()
+    (root / "code").mkdir()
+    (root / "code" / "broken.py").write_text(
+        "class Broken:\n    def predict(self, inputs):\n        return [object() for _ in inputs]\n"
+    )
+    omi_json(root, INTERFACES, flavor="custom", predictor="broken:Broken")
+    extra = {"PYTHONPATH": str(root / "code")}
+    started = {key: Server(root, *key, **extra) for key in PREDICT}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.mark.parametrize("key", list(PREDICT), ids=lambda k: "-".join(k))
+def test_an_unexpected_failure_is_a_json_500_with_a_request_id_and_one_log_line(
+    broken: dict[tuple[str, str], Server], key: tuple[str, str]
+) -> None:
+    server = broken[key]
+    body = json.dumps({"instances": [[1.0, 2.0]]}).encode()
+    if key == ("kfserving", "v2"):
+        body = tensor(shape=[1, 2], data=[1.0, 2.0])
+    status, reply = server.request("POST", PREDICT[key], body)
+    assert status == 500, (status, reply[:300])
+    text = json.dumps(json.loads(reply))  # JSON, in the protocol's shape
+    rid = re.search(r"request id ([0-9a-f]{16})", text)
+    assert rid, text
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
+    assert server.proc.stderr is not None
+    log = server.proc.stderr.read().decode()  # the fixture closes it
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert all(ln.startswith("{") for ln in lines), log[-2000:]  # one JSON object a line
+    [failed] = [json.loads(ln) for ln in lines if rid.group(1) in ln]
+    assert failed["msg"] == "request failed" and "TypeError" in failed["error"]
+
+
+def test_uvicorn_s_own_warnings_are_json_lines(bundle: Path) -> None:
+    server = Server(bundle, "kfserving", "v2")
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        sock.recv(1024)
+        sock.close()
+        assert server.get("/v2/health/live")[0] == 200
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
+    assert server.proc.stderr is not None
+    with server.proc.stderr:
+        lines = [ln for ln in server.proc.stderr.read().decode().splitlines() if ln.strip()]
+    assert any("Invalid HTTP request" in ln for ln in lines), lines
+    assert all(ln.startswith("{") and json.loads(ln) for ln in lines), lines
+
+
+def test_a_json_lines_record_that_does_not_parse_is_named_by_its_line(servers: dict) -> None:
+    body = b'[5.1, 3.5, 1.4, 0.2]\n\n{"not": json}\n'
+    reply = assert_refused(servers[("sagemaker", "v1")], "/invocations", body,
+                           "application/jsonlines")  # fmt: skip
+    assert "record on line 3" in reply

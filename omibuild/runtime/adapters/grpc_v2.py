@@ -10,7 +10,7 @@ import grpc
 from omibuild import __version__
 from omibuild.runtime.adapters.kserve import EXTENSIONS, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
-from omibuild.runtime.model import InputError, PredictError, detach, shown
+from omibuild.runtime.model import InputError, PredictError, detach, shown, unexpected
 from omibuild.runtime.protos import INFERENCE
 
 if TYPE_CHECKING:
@@ -171,7 +171,15 @@ def handler(name: str, impl: Any, service: str, table: dict[str, Any]) -> grpc.R
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         if request is _UNDECODABLE:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {name}Request")
-        return impl(request, context)
+        try:
+            return impl(request, context)
+        except Exception as exc:
+            if context.code() not in (None, grpc.StatusCode.OK):
+                raise  # context.abort's own exception: the status is set already
+            # a bug of ours: INTERNAL with a request id (grpcio would say UNKNOWN, and log a
+            # traceback over many lines), one JSON line in the log
+            rid = unexpected(exc, route=f"grpc {name}")
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
 
     return grpc.unary_unary_rpc_method_handler(
         guarded,

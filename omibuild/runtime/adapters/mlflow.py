@@ -21,7 +21,7 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import InputError, ModelService, to_jsonable
+from omibuild.runtime.model import InputError, ModelService, shown, to_jsonable
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -67,6 +67,33 @@ def mlflow_error(code: str, message: str) -> dict[str, Any]:
     }
 
 
+def split_frame(value: Any) -> tuple[list[Any] | None, list[Any]]:
+    """``dataframe_split`` checked as pandas' split orient reads it for MLflow's scoring
+    server: an object of ``columns`` (a list), ``data`` (rows, each a list as long as the
+    columns) and an optional ``index``, nothing else."""
+    if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+        raise HTTPError(400, "dataframe_split needs {columns, data}, data a list of rows")
+    unknown = sorted(set(value) - {"columns", "data", "index"})
+    if unknown:
+        raise HTTPError(400, f"dataframe_split has unexpected keys {shown(unknown)}")
+    columns, rows = value.get("columns"), value["data"]
+    if columns is not None and not (
+        isinstance(columns, list) and all(isinstance(c, str | int) for c in columns)
+    ):
+        raise HTTPError(400, "dataframe_split's columns must be a list of names")
+    width = len(columns) if columns is not None else None
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise HTTPError(400, f"dataframe_split's data row {i} is not a list")
+        if width is None:
+            width = len(row)
+        if len(row) != width:
+            raise HTTPError(
+                400, f"dataframe_split's data row {i} has {len(row)} values for {width} columns"
+            )
+    return columns, rows
+
+
 class MlflowAdapter:
     http = True
 
@@ -105,9 +132,8 @@ class MlflowAdapter:
             )
         key, value = keys[0], body[keys[0]]
         if key == "dataframe_split":
-            if not isinstance(value, dict) or not isinstance(value.get("data"), list):
-                raise HTTPError(400, "dataframe_split needs {columns, data}")
-            return self._frame(value.get("columns"), value["data"])
+            columns, rows = split_frame(value)
+            return self._frame(columns, rows)
         if key == "dataframe_records":
             if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
                 raise HTTPError(400, "dataframe_records must be a list of objects")
@@ -158,8 +184,8 @@ class MlflowAdapter:
                 data = self.parse(json_document(raw))
             try:
                 predictions = await self.service.apredict(data)
-            except InputError as err:  # as MLflow: the input breaks the model's signature
-                return json_response(mlflow_error("INVALID_PARAMETER_VALUE", str(err)), 400)
+            except InputError as err:  # mlflow models serve's code for what the model rejects
+                return json_response(mlflow_error("BAD_REQUEST", str(err)), 400)
             return json_response({"predictions": to_jsonable(predictions)})
 
         return [

@@ -10,7 +10,7 @@ from typing import Any
 
 from omibuild.runtime.codec import json_document
 from omibuild.runtime.http import HTTPError
-from omibuild.runtime.model import as_array, brief
+from omibuild.runtime.model import InputError, as_array, brief
 
 
 def _number(text: str) -> Any:
@@ -88,7 +88,14 @@ def instances_body(body: bytes, arrays: bool, vertex: bool = False) -> Any:
 def jsonlines_rows(body: bytes) -> list[Any]:
     """JSON Lines: one record per line, as SageMaker batch transform sends a multi-record
     mini-batch (SplitType Line); blank lines are no records."""
-    rows = [json_document(line) for line in body.split(b"\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json_document(line))
+        except InputError as exc:  # json's position is inside the record: name its line
+            raise HTTPError(400, f"JSON Lines record on line {number}: {exc}") from None
     if not rows:
         raise HTTPError(400, "empty JSON Lines body")
     return rows
