@@ -12,6 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "manifests"
+SETUP_ENGINE = (
+    Path(os.environ.get("OMI_DEV_STATE", "/var/lib/omibuild-dev")) / "engine-started-by-setup"
+)
 
 
 @pytest.fixture(scope="session")
@@ -40,27 +43,34 @@ def images_to_remove() -> Path:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller removes everything once all have finished
-    # the strangers' omibuild cache (tests/integration/test_first_model.py): ~700 MB a model
-    shutil.rmtree(ROOT / ".cache" / "test-strangers", ignore_errors=True)
     # the wheel, omibuild's venvs made from it and the strangers' training venvs
     # (tests/integration/strangers.py)
     shutil.rmtree(ROOT / ".cache" / "test-envs", ignore_errors=True)
     # BuildKit's exported test caches (tests that ask for a local cache directory)
     shutil.rmtree(ROOT / ".cache" / "test-buildkit", ignore_errors=True)
     _remove_images()
-    if os.environ.get("OMI_TEST_PRUNE_ENGINE") == "1":
-        # CI's machine only (.ci/run): the engine's build cache the run filled (on a
-        # developer's machine it is theirs, and makes the next build fast)
+    if os.environ.get("OMI_TEST_PRUNE_ENGINE") == "1" or SETUP_ENGINE.exists():
+        # an engine that setup started (a fresh machine, CI) or CI's (.ci/run): the build
+        # cache the run filled and the images its rebuilds left untagged, ~20 GB. An engine
+        # that was there before setup is its owner's, and its cache makes their next build fast
         subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
+        subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=False)
 
 
 def _remove_images() -> None:
     listing = images_to_remove()
     if not listing.exists():
         return
-    listed = set(listing.read_text().split())
+    remove_images(set(listing.read_text().split()))
+    listing.unlink()
+
+
+def remove_images(listed: set[str]) -> None:
+    """Remove the images ``listed`` and every other tag of their repositories."""
     # every tag of a listed repository: the origin tag `apply` adds beside the one a test knows
     repositories = {_repository(ref) for ref in listed}
+    if not repositories:
+        return
     present = subprocess.run(
         ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
         capture_output=True,
@@ -74,7 +84,6 @@ def _remove_images() -> None:
             capture_output=True,
             check=False,
         )
-    listing.unlink()
 
 
 def _repository(ref: str) -> str:

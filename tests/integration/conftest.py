@@ -69,6 +69,19 @@ def image_cleanup() -> Iterator[list[str]]:
             fh.write("".join(f"{ref}\n" for ref in refs))
 
 
+@pytest.fixture
+def own_images() -> Iterator[list[str]]:
+    """Images of gigabytes (torch's, CatBoost's) that only their test builds: removed when the
+    test ends, not the run, or six torch images fill the disk a run has. Nothing else builds
+    their venv layers, so removing them cannot pull a blob from under another build (a load
+    that still races containerd's collector is loaded again once: engine/apply.py)."""
+    from tests.conftest import remove_images
+
+    refs: list[str] = []
+    yield refs
+    remove_images(set(refs))
+
+
 # BuildKit's exported layer caches outlive a test run, as they would on a user's machine: a
 # second `make test` imports them instead of writing every layer again. BuildKit locks the
 # directory's index itself, so parallel workers may share it.

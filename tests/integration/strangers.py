@@ -25,7 +25,6 @@ from tests.conftest import ROOT
 # CUDA build, 3 GB with its libraries
 TORCH_CPU_WHEEL = next(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"), Path("/nonexistent"))
 RUN_ENVS = ROOT / ".cache" / "test-envs"  # removed by tests/conftest.py when the run ends
-STRANGERS_CACHE = ROOT / ".cache" / "test-strangers"
 
 
 def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -101,7 +100,9 @@ class Stranger:
         env = clean_env()
         env["VIRTUAL_ENV"] = str(self.venv)  # as `source .venv/bin/activate` leaves it
         env["PATH"] = f"{self.venv / 'bin'}:{self.omibuild.parent}:{env['PATH']}"
-        env["OMIBUILD_CACHE_DIR"] = str(STRANGERS_CACHE)
+        # the stranger's own omibuild cache, in the test's temporary directory: it goes with
+        # the test (a run's strangers once left 12 GB of image layouts in a shared one)
+        env["OMIBUILD_CACHE_DIR"] = str(self.repo.parent / ".omibuild-cache")
         return env | self.extra_env
 
     def train(self, script: str) -> None:

@@ -19,7 +19,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 OMIBUILD = str(Path(sys.executable).with_name("omibuild"))
-STRANGERS_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "test-strangers"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
@@ -31,9 +30,13 @@ def cli(
         cwd=repo,
         capture_output=True,
         text=True,
-        # one omibuild cache for every stranger's build in a run, removed when the run ends:
-        # each model name gets its own BuildKit cache directory there (about 700 MB)
-        env={"OMIBUILD_CACHE_DIR": str(STRANGERS_CACHE), **os.environ, **(env or {})},
+        # the stranger's own omibuild cache, beside the repository in the test's temporary
+        # directory, so that it goes with the test
+        env={
+            "OMIBUILD_CACHE_DIR": str(repo.parent / ".omibuild-cache"),
+            **os.environ,
+            **(env or {}),
+        },
         timeout=900,
         check=False,
     )

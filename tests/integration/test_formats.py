@@ -101,11 +101,11 @@ def answered(s: Stranger, body: object, name: str = "request.json") -> tuple[int
 
 
 def served(
-    s: Stranger, image_cleanup: list[str], good: object, bad: object
+    s: Stranger, own_images: list[str], good: object, bad: object
 ) -> tuple[str, object, object]:
     """init (no edit) → apply → a good and a bad request → check; (image, answers)."""
     s.ok("init")
-    image = built(s, image_cleanup)
+    image = built(s, own_images)
     status, answer = answered(s, good)
     assert status == 200, answer
     status, refused = answered(s, bad, "bad.json")
@@ -131,12 +131,12 @@ def image_bytes(image: str) -> int:
 
 @pytest.mark.parametrize("script", [XGBOOST, XGBOOST_PICKLE], ids=["save_model", "joblib"])
 def test_xgboost_serves_from_its_cpu_build(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], script: str
+    tmp_path: Path, unique: str, engine: None, own_images: list[str], script: str
 ) -> None:
     venv = training_venv("xgboost", ["xgboost-cpu", "scikit-learn", "joblib"])
     s = new_stranger(tmp_path, f"fmt-xgb-{unique}-{len(script)}", venv)
     s.train(script)
-    image, answer, refused = served(s, image_cleanup, {"instances": ROWS}, {"instances": [[1.0]]})
+    image, answer, refused = served(s, own_images, {"instances": ROWS}, {"instances": [[1.0]]})
     manifest = (s.repo / "omi.yaml").read_text()
     assert "- xgboost-cpu==" in manifest, manifest  # the CPU build: no NCCL, no CUDA
     assert _outputs(answer) == [0, 2]
@@ -151,25 +151,23 @@ def test_xgboost_serves_from_its_cpu_build(
 
 
 def test_lightgbm_s_text_model_serves_with_its_openmp_library(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
+    tmp_path: Path, unique: str, engine: None, own_images: list[str]
 ) -> None:
     venv = training_venv("lightgbm", ["lightgbm", "scikit-learn", "pandas", "joblib"])
     s = new_stranger(tmp_path, f"fmt-lgb-{unique}", venv)
     s.train(LIGHTGBM)
-    _, answer, refused = served(s, image_cleanup, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
+    _, answer, refused = served(s, own_images, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
     manifest = (s.repo / "omi.yaml").read_text()
     assert "flavor: lightgbm" in manifest and "system_packages: [libgomp1]" in manifest
     assert _outputs(answer) == [0, 2]
     assert "LightGBMError" in json.dumps(refused) or "features" in json.dumps(refused)
 
 
-def test_catboost_serves(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
-) -> None:
+def test_catboost_serves(tmp_path: Path, unique: str, engine: None, own_images: list[str]) -> None:
     venv = training_venv("catboost", ["catboost", "scikit-learn"])
     s = new_stranger(tmp_path, f"fmt-cb-{unique}", venv)
     s.train(CATBOOST)
-    _, answer, _ = served(s, image_cleanup, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
+    _, answer, _ = served(s, own_images, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
     manifest = (s.repo / "omi.yaml").read_text()
     assert "flavor: catboost" in manifest and "catboost==" in manifest and "release" in manifest
     assert _outputs(answer) == [0, 2]
@@ -186,7 +184,7 @@ def test_pytorch_programs_serve_on_the_cpu_build(
     tmp_path: Path,
     unique: str,
     engine: None,
-    image_cleanup: list[str],
+    own_images: list[str],
     cpu_index: str,
     script: str,
 ) -> None:
@@ -194,7 +192,7 @@ def test_pytorch_programs_serve_on_the_cpu_build(
     s.train(script)
     v2 = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
                       "data": [v for r in ROWS for v in r]}]}  # fmt: skip
-    image, answer, refused = served(s, image_cleanup, v2, {"instances": [[1.0, 2.0]]})
+    image, answer, refused = served(s, own_images, v2, {"instances": [[1.0, 2.0]]})
     assert answer["outputs"][0]["shape"] == [2, 3]  # type: ignore[index]
     assert "the model rejected the input" in json.dumps(refused)
     installed = subprocess.run(
@@ -208,35 +206,35 @@ def test_pytorch_programs_serve_on_the_cpu_build(
 
 
 def test_pytorch_through_mlflow_s_flavor_serves(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], cpu_index: str
+    tmp_path: Path, unique: str, engine: None, own_images: list[str], cpu_index: str
 ) -> None:
     s = torch_stranger(tmp_path, f"fmt-mlflow-torch-{unique}", cpu_index, "mlflow")
     s.train(MLFLOW_PYTORCH)
     # MLflow 3 saves a torch.export program whose batch is its input example's (one row)
-    _, answer, refused = served(s, image_cleanup, {"instances": ROWS[:1]}, {"instances": ROWS})
+    _, answer, refused = served(s, own_images, {"instances": ROWS[:1]}, {"instances": ROWS})
     assert "flavor: pyfunc" in (s.repo / "omi.yaml").read_text()
     assert answer["outputs"][0]["shape"] == [1, 3]  # type: ignore[index]
     assert "Guard failed" in json.dumps(refused)
 
 
 def test_a_keras_model_serves_on_the_backend_it_was_trained_with(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], cpu_index: str
+    tmp_path: Path, unique: str, engine: None, own_images: list[str], cpu_index: str
 ) -> None:
     s = torch_stranger(tmp_path, f"fmt-keras-{unique}", cpu_index)
     s.train(KERAS)
-    _, answer, _ = served(s, image_cleanup, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
+    _, answer, _ = served(s, own_images, {"instances": ROWS}, {"instances": [[1.0, 2.0]]})
     manifest = (s.repo / "omi.yaml").read_text()
     assert "flavor: keras" in manifest and 'KERAS_BACKEND: "torch"' in manifest, manifest
     assert answer["outputs"][0]["shape"] == [2, 3]  # type: ignore[index]
 
 
 def test_a_transformers_directory_builds_and_serves(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], cpu_index: str
+    tmp_path: Path, unique: str, engine: None, own_images: list[str], cpu_index: str
 ) -> None:
     s = torch_stranger(tmp_path, f"fmt-hf-{unique}", cpu_index)
     s.train(TRANSFORMERS)
     _, answer, _refused = served(
-        s, image_cleanup, {"instances": ["good build", "build failed"]}, {"instances": [[1, 2]]}
+        s, own_images, {"instances": ["good build", "build failed"]}, {"instances": [[1, 2]]}
     )
     manifest = (s.repo / "omi.yaml").read_text()
     assert "path: sentiment\n" in manifest and "flavor: transformers" in manifest
@@ -248,7 +246,7 @@ def test_a_transformers_directory_builds_and_serves(
 
 
 def test_plan_warns_of_torch_s_cuda_build_and_the_cpu_index_in_omi_yaml_builds_small(
-    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str], cpu_index: str
+    tmp_path: Path, unique: str, engine: None, own_images: list[str], cpu_index: str
 ) -> None:
     """Without a CPU index, torch resolves to PyPI's CUDA build: plan says how much that
     weighs, which wheels, and where the CPU build is. The commented option init wrote, pointed
@@ -270,7 +268,7 @@ def test_plan_warns_of_torch_s_cuda_build_and_the_cpu_index_in_omi_yaml_builds_s
     light = s.cli("plan")
     [line] = [ln for ln in light.stderr.splitlines() if "the image's venv" in ln]
     assert "MB of wheels" in line and "heaviest" not in line, line
-    image = built(s, image_cleanup)
+    image = built(s, own_images)
     version = subprocess.run(
         ["docker", "run", "--rm", "--entrypoint", "python", image, "-c",
          "import torch; print(torch.__version__)"],
