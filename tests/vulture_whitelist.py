@@ -4,7 +4,7 @@ registry. `make lint` runs vulture over omibuild/ with this file."""
 # ruff: noqa
 # mypy: ignore-errors
 from omibuild.runtime.adapters import grpc_v2, mlflow, modzy, sagemaker, vertex
-from omibuild.runtime import flavors, server
+from omibuild.runtime import flavors, log, server
 from omibuild.sources import huggingface, local, mlflow as mlflow_source, progress
 
 # gRPC methods, dispatched by their service's method names
@@ -52,3 +52,5 @@ _.persistent_load
 _.metastack
 # io.RawIOBase's protocol (detect/pickles.py's zlib reader)
 _.readable
+# logging's dictConfig builds uvicorn's handler from its dotted name (runtime/log.py)
+log.JsonHandler
