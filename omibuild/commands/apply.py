@@ -86,6 +86,9 @@ def _record(
         "venv_bytes": r.venv_bytes,
         "venv_wheel_bytes_expected": weight.wheel_bytes if weight else None,
         "error": r.error,
+        # what kind of failure: disk, memory, requirements, base, missing file, registry, auth,
+        # example, build (BuildKit's); model files changed, image, load, push, write (omibuild's)
+        "failure_kind": r.failure_kind,
     }
 
 

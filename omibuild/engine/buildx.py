@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
 
+from omibuild.engine.failures import diagnose
 from omibuild.engine.progress import (
     Events,
     GithubView,
     LineView,
     Steps,
     TtyView,
-    diagnose,
     new_log,
     view_kind,
 )
@@ -397,6 +397,7 @@ class BuildxExecutor:
                     digest=digest,
                     log_tail=overall.log_tail,
                     error=None if ok else overall.error,
+                    failure_kind=None if ok else overall.failure_kind,
                     cached_steps=overall.cached_steps,
                     total_steps=overall.total_steps,
                 )
@@ -450,6 +451,7 @@ class BuildxExecutor:
             ok=code == 0,
             log_tail=lines,
             error=error,
+            failure_kind=None if code == 0 else "build",
             cached_steps=len((cached | (fetched - said)) & steps),
             total_steps=len(steps),
         )
@@ -499,6 +501,7 @@ class BuildxExecutor:
             ok=code == 0,
             log_tail=steps.tail(),
             error=str(failure) if failure else None,
+            failure_kind=failure.kind if failure else None,
             cached_steps=sum(1 for s in dockerfile if s.cached),
             total_steps=len(dockerfile),
             log_path=str(log_path),

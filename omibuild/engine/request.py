@@ -56,6 +56,7 @@ class BuildResult:
     digest: str | None = None
     log_tail: list[str] = field(default_factory=list)
     error: str | None = None
+    failure_kind: str | None = None  # engine/failures.py's kinds, or assembly's own
     cached_steps: int = 0
     total_steps: int = 0
     log_path: str | None = None  # the whole build log (structured progress modes)

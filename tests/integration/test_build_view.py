@@ -178,6 +178,9 @@ def test_an_impossible_pin_is_pip_s_own_line(tmp_path: Path, unique: str, engine
         "distribution found for scikit-learn==0.0.1 (hint: check image.requirements in omi.yaml"
     ), line
     assert tags(f"omibuild.local/{name}") == []
+    # a pipeline reads the kind of failure from apply's JSON
+    record = json.loads(cli(repo, "apply", "--progress", "quiet", "--format", "json").stdout)
+    assert [(r["status"], r["failure_kind"]) for r in record] == [("failed", "requirements")]
     # under GitHub Actions the same line is also an annotation on the run
     github = cli(repo, "apply", env={"GITHUB_ACTIONS": "true"})
     assert github.returncode == 1

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from omibuild.engine.failures import diagnose
 from omibuild.engine.progress import (
     Events,
     GithubView,
     LineView,
     Step,
     Steps,
-    diagnose,
     label,
     words,
 )

@@ -1,0 +1,304 @@
+"""Image assembly after BuildKit: the model layers omibuild makes from the staged files
+(beside the build), appended to the image BuildKit wrote as a layout; then loaded into the
+engine (only the blobs it lacks), the example predicted there, and pushed or written as an
+OCI file. A failure is one line with its kind; nothing is tagged here."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from omibuild.contract import OUTPUTS_FILE, PLAN_STATE_LABEL
+from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
+from omibuild.engine.jobs import Job
+from omibuild.engine.oci import Appended, Layout, LayoutError, reset
+from omibuild.engine.progress import report_step, view_kind
+from omibuild.engine.registry import Client, RegistryError, split_reference
+from omibuild.engine.registry import push as push_image
+from omibuild.engine.request import BuildResult, Executor
+from omibuild.planning.plan import OMI, Plan
+from omibuild.render.dockerfile import CTX_MODEL
+from omibuild.sources.cache import Cache
+from omibuild.sources.layers import (
+    Blob,
+    Entry,
+    Layer,
+    LayerFileChanged,
+    known_blob,
+    layer_blob,
+    pushed_to,
+    remember_blob,
+    tar_chunks,
+)
+from omibuild.sources.usage import human
+
+Made = futures.Future[tuple[list[Appended], int, float]]
+
+
+def model_layers(
+    ctx: Path, plan: Plan, cache: Cache, *, upload: bool = False
+) -> tuple[list[Appended], int, float]:
+    """The plan's model layers as omibuild makes them from the staged files, the model bytes
+    read to learn digests not seen before, and the seconds it took. Runs beside the build. A
+    layer not seen before is read once, which also hashes every file of it against the plan
+    (what vouched for them before, the cache's stat memo or omi.lock offline, is a hint taken
+    to skip reads); with ``upload`` (a push), that same pass uploads it to the first target
+    repository, its digest closing the upload. A layer seen before is only named: a push
+    uploads it later if the repository lacks it."""
+    appended, read = [], 0
+    started = time.perf_counter()
+    client = Client(*split_reference(plan.image_refs[0])[:2]) if upload else None
+    count = len(plan.model_layers)
+    for index, group in enumerate(plan.model_layers):
+        layer = Layer(group.files, ctx / CTX_MODEL)
+        if client is None:
+            blob, was_read = layer_blob(cache, layer)
+        elif (known := known_blob(cache, layer)) is not None:
+            blob, was_read = known, False
+        else:
+            digest = client.upload_hashing(layer.size, layer.chunks())
+            blob, was_read = remember_blob(cache, layer, digest), True
+        read += layer.model_bytes if was_read else 0
+        what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
+        created = f"omibuild: model layer {index + 1}/{count} ({what}, {human(group.size)})"
+        appended.append(Appended(blob, created, layer=layer))
+    return appended, read, time.perf_counter() - started
+
+
+def engine_name(ref: str) -> str:
+    """A reference as the engine's image store names it (``docker.io/library/x:tag``)."""
+    host, path, tag = split_reference(ref)
+    return f"{'docker.io' if host == 'registry-1.docker.io' else host}/{path}:{tag}"
+
+
+class _Failed(Exception):
+    """An assembly step failed: ``failure`` says why (raised inside this module only)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def _changed(err: LayerFileChanged, cache: Cache) -> _Failed:
+    cache.forget_hashes()  # the memo vouched for bytes it had not seen
+    return _Failed(Failure("model files changed", str(err)))
+
+
+def _registry_failure(err: RegistryError) -> _Failed:
+    """A push omibuild made itself that failed, said as a failed BuildKit push is."""
+    if err.status in (401, 403):
+        return _Failed(Failure("auth", f"the registry refused the push: {err}", LOGIN_HINT))
+    if err.status == 0:
+        return _Failed(Failure("registry", str(err), REGISTRY_HINT))
+    return _Failed(Failure("push", f"the push failed: {err}"))
+
+
+def _outputs_layer(outputs: bytes) -> Appended:
+    """outputs.json, as the one-file layer appended after the dry prediction."""
+    parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
+    entries = [Entry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
+    entries.append(Entry("/".join(parts), len(outputs), data=outputs))
+    data = b"".join(tar_chunks(entries))
+    blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)
+
+
+@dataclass
+class _Steps:
+    """omibuild's own steps after BuildKit's, numbered and shown as the build view shows
+    BuildKit's (engine/progress.py); each also goes to the build's log."""
+
+    kind: str
+    stream: TextIO
+    total: int
+    log_path: str | None
+    done: int = 0
+
+    def report(self, what: str, seconds: float | None, logs: tuple[str, ...] = ()) -> None:
+        self.done += 1
+        name = f"[model {self.done}/{self.total}] {what}"
+        report_step(self.kind, self.stream, name, seconds, logs)
+        self.log((name, *logs, "CACHED" if seconds is None else f"DONE {seconds:.1f}s"))
+
+    def log(self, lines: tuple[str, ...]) -> None:
+        if self.log_path:
+            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+                log.write("".join(f"#model {ln}\n" for ln in lines))
+
+
+@dataclass
+class _Assembly:
+    """One image being assembled: the job, the engine, and where its layout is."""
+
+    job: Job
+    executor: Executor
+    cache: Cache
+    steps: _Steps
+    layout: Layout
+    annotations: dict[str, str]
+
+    @property
+    def plan(self) -> Plan:
+        return self.job.plan
+
+    def model(self, made: Made, uploading: bool) -> list[Appended]:
+        """The model layers made beside the build (hashed, or uploaded while hashed)."""
+        try:
+            model, self.job.result.model_bytes_read, seconds = made.result()
+        except LayerFileChanged as err:
+            raise _changed(err, self.cache) from None
+        except RegistryError as err:
+            raise _registry_failure(err) from None
+        size = human(sum(a.layer.model_bytes for a in model if a.layer))
+        if uploading:
+            self.job.result.model_bytes_sent = self.job.result.model_bytes_read
+        read = self.job.result.model_bytes_read
+        what = "uploading" if uploading else "hashing"
+        self.steps.report(f"{what} the model layers ({size})", seconds if read else None)
+        return model
+
+    def load(self, top: dict[str, Any], have: frozenset[str]) -> tuple[int, float]:
+        """Load the image into the engine under the temporary tag, less the blobs ``have``:
+        (model bytes sent, seconds)."""
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent += n
+
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            sent = 0
+            entries, _ = self.layout.archive(
+                top, engine_name(self.job.temp), skip=have, on_bytes=count
+            )
+            try:
+                error = self.executor.load(tar_chunks(entries))
+            except LayerFileChanged as err:
+                raise _changed(err, self.cache) from None
+            if error is None or attempt == 2 or not LOST_SNAPSHOT.search(error):
+                break
+        if error is not None:
+            if sent:  # the engine refused the layer: what vouched for its bytes goes too
+                self.cache.forget_hashes()
+            raise _Failed(Failure("load", error))
+        return sent, time.perf_counter() - started
+
+    def into_engine(self, top: dict[str, Any], blobs_here: bool) -> dict[str, Any]:
+        if not self.plan.dry_run:
+            top = self.layout.indexed(top, self.annotations)
+        # what the engine has already (the blobs of the images now at the target's tags) is
+        # left out of the load: a code-only rebuild sends no model bytes
+        have = (
+            frozenset(d for ref in self.plan.image_refs for d in self.executor.image_layers(ref))
+            if blobs_here
+            else frozenset()
+        )
+        sent, seconds = self.load(top, have)
+        self.job.result.model_bytes_sent = sent
+        what = f"{human(sent)} of model layers" if sent else "no model bytes: it has them"
+        self.steps.report(f"loading into the engine ({what})", seconds)
+        return top
+
+    def dry_predict(self, top: dict[str, Any]) -> dict[str, Any]:
+        """Predict the example in the loaded image; its answer becomes one more layer."""
+        started = time.perf_counter()
+        outputs, said = self.executor.describe(self.job.temp)
+        lines = tuple(ln for ln in said.splitlines() if ln.strip())
+        if outputs is None:
+            self.steps.log(("predicting the example input", *lines, "ERROR"))
+            last = (lines or ("the dry prediction failed",))[-1]
+            raise _Failed(Failure("example", last.removeprefix("omibuild: ")[:400]))
+        loaded = frozenset(d for d, _ in self.layout.blobs(top))
+        top = self.layout.indexed(
+            self.layout.append(top, [_outputs_layer(outputs)]), self.annotations
+        )
+        self.load(top, loaded)
+        self.steps.report("predicting the example input", time.perf_counter() - started, lines)
+        return top
+
+    def write_oci(self, top: dict[str, Any], dest: str) -> None:
+        started = time.perf_counter()
+        try:
+            self.layout.write_tarball(top, Path(dest), self.plan.image_refs[0])
+        except LayerFileChanged as err:
+            raise _Failed(Failure("model files changed", str(err))) from None
+        except OSError as err:
+            raise _Failed(Failure("write", f"cannot write {dest}: {err.strerror or err}")) from None
+        self.steps.report(f"writing {dest}", time.perf_counter() - started)
+
+    def push(self, top: dict[str, Any], model: list[Appended]) -> None:
+        started = time.perf_counter()
+        cache, refs = self.cache, self.plan.image_refs
+        mounts = {a.blob.digest: list(pushed_to(cache, a.layer)) for a in model if a.layer}
+        try:
+            pushed = push_image(refs, *self.layout.push_parts(top), mount_from=mounts)
+        except RegistryError as err:
+            raise _registry_failure(err) from None
+        except LayerFileChanged as err:
+            raise _changed(err, cache) from None
+        self.job.result.model_bytes_sent += sum(
+            a.layer.model_bytes for a in model if a.layer and a.blob.digest in pushed.uploaded
+        )
+        where = {f"{h}/{r}" for h, r, _ in map(split_reference, refs)}
+        for a in model:  # where the next push of this layer to another repository can mount it
+            if a.layer is not None:
+                kept = tuple(w for w in pushed_to(cache, a.layer) if w not in where)
+                remember_blob(cache, a.layer, a.blob.digest, (*kept, *sorted(where)))
+        moved = f"{human(pushed.uploaded_bytes)} uploaded, {pushed.present} blobs already there"
+        if pushed.mounted:
+            moved += f", {pushed.mounted} mounted from another repository"
+        self.steps.report(f"pushing to the registry ({moved})", time.perf_counter() - started)
+
+
+def finish(
+    job: Job,
+    result: BuildResult,
+    made: Made,
+    executor: Executor,
+    cache: Cache,
+    progress: str,
+    blobs_here: bool,
+) -> None:
+    """BuildKit built everything but the model: append the model layers, load the image into
+    the engine (only the blobs it lacks), run the dry prediction, then push or write the OCI
+    file. A failure sets ``result`` (nothing is tagged)."""
+    assert job.layout is not None
+    plan = job.plan
+    engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
+    total = 1 + engine + plan.dry_run + (job.output != "load")
+    steps = _Steps(view_kind(progress, sys.stderr), sys.stderr, total, result.log_path)
+    annotations = {k: v for k, v in plan.labels if k != PLAN_STATE_LABEL}
+    build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
+    try:
+        model = build.model(made, uploading=job.output == "push" and not engine)
+        try:
+            rest = build.layout.top()
+            top = build.layout.append(rest, model)
+        except (LayoutError, OSError, ValueError, KeyError) as err:
+            reset(job.layout)  # a cache: the next build fills it again
+            line = f"the image BuildKit wrote is unusable ({err}); run again"
+            raise _Failed(Failure("image", line)) from None
+        if engine:
+            top = build.into_engine(top, blobs_here)
+        if plan.dry_run:
+            top = build.dry_predict(top)
+        top = build.layout.indexed(top, annotations)
+        result.digest = str(top["digest"])
+        with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
+            job.result.venv_bytes = build.layout.step_bytes(top, "/opt/omi/venv")
+        if job.output.startswith("oci:"):
+            build.write_oci(top, job.output[4:])
+        elif job.output == "push":
+            build.push(top, model)
+    except _Failed as failed:
+        result.ok, result.error = False, str(failed.failure)
+        result.failure_kind = failed.failure.kind
+        return
+    build.layout.collect([rest])  # what the next build's export can reuse; nothing else
