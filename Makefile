@@ -27,6 +27,7 @@ lint:
 	$(VENV)/bin/ruff format --check omibuild tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture omibuild tests/vulture_whitelist.py --min-confidence 60
+	bash scripts/max-lines.sh
 
 fmt:
 	$(VENV)/bin/ruff format omibuild tests bench

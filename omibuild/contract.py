@@ -41,3 +41,9 @@ def origin_tag(origin_id: str) -> str:
 # Beside omi.json in the image: each output's name, datatype and shape, as the build's dry
 # prediction on the example input learnt them (omibuild.runtime.outputs keeps the same name).
 OUTPUTS_FILE = "outputs.json"
+
+
+# In a source's metadata: the outputs and inputs the model's own metadata declares (its MLflow
+# signature), as V2 tensor specs in JSON. The plan moves them to omi.json's "outputs"/"inputs".
+OUTPUTS_KEY = "signature.outputs"
+INPUTS_KEY = "signature.inputs"

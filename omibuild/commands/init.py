@@ -23,8 +23,8 @@ from omibuild.detect.model import Found, find_model
 from omibuild.detect.needs import Needs, format_needs, pickle_needs
 from omibuild.detect.pickles import PickleScanError, input_width, scan_pickle, scan_skops
 from omibuild.errors import EXIT_OK, UsageError
+from omibuild.manifest.requirements import read_requirements
 from omibuild.runtime.modelfiles import transformers_task
-from omibuild.sources.requirements import read_requirements
 
 SCHEMA_URL = "https://omibuild.dev/schema/omi.schema.json"
 PREDICTOR_FILE = "predictor.py"

@@ -11,8 +11,8 @@ from pathlib import Path
 from omibuild.detect.environment import KNOWN_DISTRIBUTIONS, STDLIB, Environment
 from omibuild.detect.formats import Format
 from omibuild.detect.pickles import Scan
+from omibuild.manifest.requirements import cpu_build
 from omibuild.sources.local import ignored
-from omibuild.sources.requirements import cpu_build
 
 MAX_DIRS_SEEN = 5_000  # a bounded look for the repository's own modules
 # Debian packages a distribution's wheel loads at run time without shipping them.

@@ -17,8 +17,8 @@ from packaging.utils import canonicalize_name
 from omibuild.manifest.issues import Issue, json_path
 from omibuild.manifest.load import PathKey, RawManifest
 from omibuild.manifest.model import INTERFACE_DEFAULTS, requirements_of
+from omibuild.manifest.requirements import read_requirements
 from omibuild.manifest.tables import TableError, read_table
-from omibuild.sources.requirements import read_requirements
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

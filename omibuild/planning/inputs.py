@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omibuild.errors import OmiError
 from omibuild.manifest.model import LocalSource, Manifest
+from omibuild.manifest.requirements import read_requirements
 from omibuild.manifest.tables import TableError
 from omibuild.planning.analysis import reduce
 from omibuild.planning.plan import BuildInputs
@@ -18,7 +19,6 @@ from omibuild.sources.base import ModelFile, ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.local import walk
 from omibuild.sources.remote import redact
-from omibuild.sources.requirements import read_requirements
 from omibuild.sources.runtime import runtime_digest
 
 

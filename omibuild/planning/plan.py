@@ -22,11 +22,11 @@ from packaging.utils import canonicalize_name
 
 from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
+from omibuild.manifest.requirements import as_cpu_build
 from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.runtime.requirements import runtime_requirements
 from omibuild.settings import any_loopback
-from omibuild.sources.base import INPUTS_KEY, OUTPUTS_KEY, ModelFile, ResolvedSource, model_digest
-from omibuild.sources.requirements import as_cpu_build
+from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
@@ -384,8 +384,12 @@ def _interfaces(m: Manifest) -> dict[str, dict[str, Any]]:
 def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str]) -> str:
     m, src = inputs.manifest, inputs.source
     metadata = dict(src.metadata)
-    declared = metadata.pop(OUTPUTS_KEY, None)  # the model's signature: checked by the build
-    takes = metadata.pop(INPUTS_KEY, None)  # the signature's inputs: V2 metadata states them
+    declared = metadata.pop(
+        contract.OUTPUTS_KEY, None
+    )  # the model's signature: checked by the build
+    takes = metadata.pop(
+        contract.INPUTS_KEY, None
+    )  # the signature's inputs: V2 metadata states them
     config = {
         "format": 1,
         "name": m.name,

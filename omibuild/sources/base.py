@@ -9,11 +9,6 @@ from typing import Any, Protocol
 
 from omibuild.manifest.model import SourceSpec
 
-# In a source's metadata: the outputs the model's own metadata declares (its MLflow
-# signature), as V2 tensor specs in JSON. The plan moves them to omi.json's "outputs".
-OUTPUTS_KEY = "signature.outputs"
-INPUTS_KEY = "signature.inputs"
-
 
 @dataclass(frozen=True, order=True)
 class ModelFile:

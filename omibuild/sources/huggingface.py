@@ -16,6 +16,7 @@ from omibuild.errors import SourceError
 from omibuild.manifest.model import HuggingFaceSource, SourceSpec
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
+from omibuild.sources.metadata import model_metadata
 from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
     Transient,
@@ -26,7 +27,6 @@ from omibuild.sources.remote import (
     publish_tree,
     with_retries,
 )
-from omibuild.sources.requirements import model_metadata
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 

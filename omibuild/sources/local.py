@@ -12,8 +12,8 @@ from omibuild.manifest.model import LocalSource, SourceSpec
 from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
 from omibuild.sources.cache import Cache
 from omibuild.sources.hashing import copy_and_hash
+from omibuild.sources.metadata import model_metadata
 from omibuild.sources.progress import Progress
-from omibuild.sources.requirements import model_metadata
 
 # Never model or code files: version control and tool state, virtual environments (also
 # found by their pyvenv.cfg, whatever their name), and omibuild's own files, whose content

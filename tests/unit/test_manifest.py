@@ -134,7 +134,7 @@ def test_cli_never_prints_a_traceback_on_junk(tmp_path: Path) -> None:
 
 def test_a_models_own_requirements_lose_local_version_labels(tmp_path: Path) -> None:
     """MLflow writes `torch==2.13.0+cpu`; PyPI serves no such version."""
-    from omibuild.sources.requirements import model_metadata
+    from omibuild.sources.metadata import model_metadata
 
     (tmp_path / "requirements.txt").write_text(
         "mlflow==3.17.2\ntorch==2.13.0+cpu\n"

@@ -13,7 +13,7 @@ import pytest
 
 from omibuild import contract
 from omibuild.runtime import outputs
-from omibuild.sources.requirements import model_metadata, signature_outputs
+from omibuild.sources.metadata import model_metadata, signature_outputs
 from tests.unit.runtime_config import omi_json
 from tests.unit.test_runtime_hostile import Server, runtime_env, start_failing
 

@@ -3,18 +3,16 @@ raw_output_contents (the binary form), plus the typed contents fields for JSON-l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from omibuild import __version__
-from omibuild.runtime.adapters.kserve import EXTENSIONS, outputs_of
+from omibuild.runtime.adapters.kserve import EXTENSIONS, V2Model, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
-from omibuild.runtime.model import InputError, PredictError, detach, shown, unexpected
+from omibuild.runtime.grpc_methods import handler
+from omibuild.runtime.model import InputError, PredictError, detach, shown
 from omibuild.runtime.protos import INFERENCE
-
-if TYPE_CHECKING:
-    from omibuild.runtime.adapters.kfserving import KServeAdapter
 
 SERVICE = "inference.GRPCInferenceService"
 _CONTENTS = {
@@ -34,7 +32,7 @@ _CONTENTS = {
 
 
 class InferenceServicer:
-    def __init__(self, adapter: KServeAdapter) -> None:
+    def __init__(self, adapter: V2Model) -> None:
         self.adapter = adapter
         self.service = adapter.service
 
@@ -154,41 +152,7 @@ class InferenceServicer:
             context.abort(grpc.StatusCode.INTERNAL, str(detach(exc)))
 
 
-_UNDECODABLE = object()
-
-
-def handler(name: str, impl: Any, service: str, table: dict[str, Any]) -> grpc.RpcMethodHandler:
-    """A unary method. A request that is not the message it should be is the client's error
-    (INVALID_ARGUMENT): grpcio itself answers INTERNAL when a deserializer raises."""
-    message = table[f"{name}Request"]
-
-    def decode(raw: bytes) -> Any:
-        try:
-            return message.FromString(raw)
-        except Exception:  # protobuf's DecodeError, or anything a malformed buffer raises
-            return _UNDECODABLE
-
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        if request is _UNDECODABLE:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {name}Request")
-        try:
-            return impl(request, context)
-        except Exception as exc:
-            if context.code() not in (None, grpc.StatusCode.OK):
-                raise  # context.abort's own exception: the status is set already
-            # a bug of ours: INTERNAL with a request id (grpcio would say UNKNOWN, and log a
-            # traceback over many lines), one JSON line in the log
-            rid = unexpected(exc, route=f"grpc {name}")
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
-
-    return grpc.unary_unary_rpc_method_handler(
-        guarded,
-        request_deserializer=decode,
-        response_serializer=table[f"{name}Response"].SerializeToString,
-    )
-
-
-def servicer(adapter: KServeAdapter) -> tuple[str, grpc.GenericRpcHandler]:
+def servicer(adapter: V2Model) -> tuple[str, grpc.GenericRpcHandler]:
     impl = InferenceServicer(adapter)
     methods = (
         "ServerLive",

@@ -3,14 +3,27 @@ module, so that neither imports the other for it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from omibuild.runtime.codec import HEADER
 
+if TYPE_CHECKING:
+    from omibuild.runtime.config import RuntimeConfig
+    from omibuild.runtime.model import ModelService
+
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_KEY = HEADER.lower().encode()
+
+
+class V2Model(Protocol):
+    """What the gRPC servicer needs of the adapter that serves V2 (kfserving's)."""
+
+    service: ModelService
+    config: RuntimeConfig
+
+    def metadata(self) -> dict[str, Any]: ...
 
 
 def outputs_of(result: Any) -> dict[str, Any]:

@@ -268,7 +268,7 @@ class ModzyAdapter:
             return []
         import grpc
 
-        from omibuild.runtime.adapters.grpc_v2 import handler
+        from omibuild.runtime.grpc_methods import handler
         from omibuild.runtime.protos import MODZY
 
         def status(request: Any, context: Any) -> Any:
