@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from omibuild.runtime.model import InputError, brief, shown
+from omibuild.runtime.faults import InputError, brief, shown
 
 DTYPES: dict[str, str] = {
     "BOOL": "bool",

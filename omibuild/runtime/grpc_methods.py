@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from omibuild.runtime.model import unexpected
+from omibuild.runtime.faults import unexpected
 
 _UNDECODABLE = object()
 

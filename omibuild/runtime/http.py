@@ -13,13 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from omibuild.runtime.codec import json_document
-from omibuild.runtime.model import (
-    InputError,
-    ModelService,
-    PredictError,
-    detach,
-    unexpected,
-)
+from omibuild.runtime.faults import InputError, PredictError, detach, unexpected
+from omibuild.runtime.model import ModelService
 
 JSON = "application/json"
 ErrorBody = Callable[[int, str], dict[str, Any]]

@@ -21,7 +21,8 @@ from omibuild.runtime import log
 from omibuild.runtime.adapters.kserve import outputs_of
 from omibuild.runtime.codec import encode_output
 from omibuild.runtime.config import DEFAULT_CONFIG, ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import MissingModule, ModelService, brief, load_failure_line
+from omibuild.runtime.faults import MissingModule, brief, load_failure_line
+from omibuild.runtime.model import ModelService
 
 OUTPUTS_FILE = "outputs.json"
 

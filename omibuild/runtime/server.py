@@ -18,7 +18,8 @@ from typing import Any
 from omibuild.runtime import log
 from omibuild.runtime.adapters import get_adapter
 from omibuild.runtime.config import ConfigError, RuntimeConfig, load_config
-from omibuild.runtime.model import ModelService, load_failure_line, unexpected
+from omibuild.runtime.faults import load_failure_line, unexpected
+from omibuild.runtime.model import ModelService
 from omibuild.runtime.outputs import built_outputs, describe, learn
 from omibuild.runtime.protocol import TimedHttpTools
 

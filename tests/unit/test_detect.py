@@ -26,7 +26,7 @@ from omibuild.detect.environment import find_environment, read_environment
 from omibuild.detect.needs import Needs, pickle_needs, repository_module
 from omibuild.detect.pickles import PickleScanError, input_width, scan_pickle, scan_skops
 from omibuild.manifest.validate import validate_file
-from omibuild.runtime.model import load_failure_line
+from omibuild.runtime.faults import load_failure_line
 
 
 class Ratio(BaseEstimator, TransformerMixin):  # pickled as tests.unit.test_detect.Ratio

@@ -15,8 +15,9 @@ import pytest
 from sklearn.datasets import load_iris
 
 from omibuild.detect.formats import recognise
+from omibuild.runtime.faults import InputError
 from omibuild.runtime.flavors import FLAVORS
-from omibuild.runtime.model import InputError, ModelService
+from omibuild.runtime.model import ModelService
 
 X, Y = load_iris(return_X_y=True)
 

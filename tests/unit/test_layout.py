@@ -41,6 +41,7 @@ HEAVY |= {"packaging", "pip"}
 BUILT_ON_HEAVY = {
     "omibuild.runtime.protos": "google",
     "omibuild.runtime.adapters.grpc_v2": "grpc",
+    "omibuild.runtime.grpc_methods": "grpc",
     "omibuild.runtime.http": "starlette",
 }
 

@@ -253,13 +253,15 @@ CASES: list[tuple[str, str | bytes, int, str]] = [
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.joblib").write_bytes(b"x")
-    (tmp_path / "hooks.py").write_text("def preprocess(x):\n    return x\n")
-    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    root = tmp_path / "repo"
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "model.joblib").write_bytes(b"x")
+    (root / "hooks.py").write_text("def preprocess(x):\n    return x\n")
+    # beside the repository, inside the test's own directory (which goes when it passes)
+    outside = tmp_path / "outside"
     outside.mkdir()
-    os.symlink(outside, tmp_path / "escape")
-    return tmp_path
+    os.symlink(outside, root / "escape")
+    return root
 
 
 @pytest.mark.parametrize(

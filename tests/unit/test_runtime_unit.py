@@ -14,8 +14,9 @@ import pytest
 
 from omibuild.runtime.codec import decode_input, encode_output, split_request
 from omibuild.runtime.config import ConfigError, load_config
+from omibuild.runtime.faults import InputError
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor
-from omibuild.runtime.model import InputError, PredictLane
+from omibuild.runtime.lane import PredictLane
 from tests.conftest import EXAMPLES, ROOT
 from tests.unit.runtime_config import omi_json as _omi_json
 
@@ -496,7 +497,7 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(
 
 
 def test_the_load_failure_hint_names_the_distribution_to_install() -> None:
-    from omibuild.runtime.model import load_failure_line
+    from omibuild.runtime.faults import load_failure_line
 
     err = ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
     assert load_failure_line(err) == (

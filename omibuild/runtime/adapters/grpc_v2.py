@@ -10,8 +10,8 @@ import grpc
 from omibuild import __version__
 from omibuild.runtime.adapters.kserve import EXTENSIONS, V2Model, outputs_of
 from omibuild.runtime.codec import decode_input, encode_output
+from omibuild.runtime.faults import InputError, PredictError, detach, shown
 from omibuild.runtime.grpc_methods import handler
-from omibuild.runtime.model import InputError, PredictError, detach, shown
 from omibuild.runtime.protos import INFERENCE
 
 SERVICE = "inference.GRPCInferenceService"

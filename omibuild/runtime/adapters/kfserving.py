@@ -14,6 +14,7 @@ from omibuild import __version__
 from omibuild.runtime.adapters.kserve import EXTENSIONS, HEADER_KEY, outputs_of
 from omibuild.runtime.codec import HEADER, decode_v2_body, encode_output, json_document, parameters
 from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.faults import InputError, NotInImage, shown
 from omibuild.runtime.http import (
     HTTPError,
     Metrics,
@@ -24,14 +25,7 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import (
-    InputError,
-    ModelService,
-    NotInImage,
-    as_array,
-    shown,
-    to_jsonable,
-)
+from omibuild.runtime.model import ModelService, as_array, to_jsonable
 from omibuild.runtime.offload import Offload
 
 

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from omibuild.runtime.adapters.payloads import csv_rows
 from omibuild.runtime.codec import json_document
 from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.faults import InputError, shown
 from omibuild.runtime.http import (
     HTTPError,
     Metrics,
@@ -21,7 +22,7 @@ from omibuild.runtime.http import (
     read_body,
     require_ready,
 )
-from omibuild.runtime.model import InputError, ModelService, shown, to_jsonable
+from omibuild.runtime.model import ModelService, to_jsonable
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 

@@ -19,14 +19,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.faults import InputError, PredictError, detach
 from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, read_json
-from omibuild.runtime.model import (
-    InputError,
-    ModelService,
-    PredictError,
-    detach,
-    to_jsonable,
-)
+from omibuild.runtime.model import ModelService, to_jsonable
 
 SERVICE = "ModzyModel"
 RESULTS = "results.json"

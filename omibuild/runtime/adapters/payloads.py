@@ -9,8 +9,9 @@ import json
 from typing import Any
 
 from omibuild.runtime.codec import json_document
+from omibuild.runtime.faults import InputError, brief
 from omibuild.runtime.http import HTTPError
-from omibuild.runtime.model import InputError, as_array, brief
+from omibuild.runtime.model import as_array
 
 
 def _number(text: str) -> Any:
