@@ -29,6 +29,8 @@ PLAN_STATE_LABEL = "io.omibuild.plan.state"
 # the plan, less its labels (the image has those) and how it is built: JSON, gzip (mtime 0).
 # `omibuild plan` diffs a new plan against it, read from the engine or the registry.
 PLAN_STATE_FILE = "/opt/omi/plan-state.json.gz"
+# the labels made from the plan itself: left out of what its digest and its state cover
+DERIVED_LABELS = (PLAN_DIGEST_LABEL, PLAN_STATE_LABEL)
 
 
 def origin_tag(origin_id: str) -> str:

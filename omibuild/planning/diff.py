@@ -17,7 +17,6 @@ from omibuild.planning.plan import Plan
 from omibuild.sources.base import ModelFile
 
 # labels every new plan changes; the diff says what moved underneath them instead
-_DERIVED_LABELS = {contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL}
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
 
 
@@ -200,8 +199,8 @@ def _code(old: Plan, new: Plan) -> StageDiff:
 def _image(old: Plan, new: Plan) -> StageDiff:
     reasons, changes = [], []
     labels = _keyed(
-        {k: v for k, v in old.labels if k not in _DERIVED_LABELS},
-        {k: v for k, v in new.labels if k not in _DERIVED_LABELS},
+        {k: v for k, v in old.labels if k not in contract.DERIVED_LABELS},
+        {k: v for k, v in new.labels if k not in contract.DERIVED_LABELS},
     )
     if labels:
         reasons.append(f"{len(labels)} label(s) changed")

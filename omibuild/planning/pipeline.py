@@ -10,7 +10,8 @@ from pathlib import Path
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.validate import load_manifest
 from omibuild.planning.inputs import gather
-from omibuild.planning.plan import BuildInputs, Plan, make_plan
+from omibuild.planning.make import make_plan
+from omibuild.planning.plan import BuildInputs, Plan
 from omibuild.sources.base import ResolvedSource
 from omibuild.sources.cache import Cache
 from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest, write_lock

@@ -1,4 +1,5 @@
-"""Manifest + resolved inputs → Plan. Pure: no I/O, no clock, no environment.
+"""The Plan: frozen data, made from a manifest and its resolved inputs by planning/make.py,
+and kept in the image as its state file (read back here, from the file or an older label).
 
 The plan is frozen data. Its digest covers everything that determines the image (and the
 omibuild version that renders it), not how it is built (cache, builder, push), so equal
@@ -12,25 +13,16 @@ import gzip
 import hashlib
 import json
 import re
-import time
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from omibuild import __version__, contract
 from omibuild.manifest.model import Manifest
-from omibuild.manifest.requirements import as_cpu_build
-from omibuild.planning.analysis import BACKGROUND, REFERENCE
-from omibuild.runtime.requirements import runtime_requirements
-from omibuild.settings import any_loopback
-from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
+from omibuild.sources.base import ModelFile, ResolvedSource
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -235,7 +227,6 @@ class Plan:
         )
 
 
-_DERIVED_LABELS = (contract.PLAN_DIGEST_LABEL, contract.PLAN_STATE_LABEL)
 MAX_STATE_BYTES = 32 << 20  # a plan state label is decompressed no further than this
 
 
@@ -245,7 +236,7 @@ def state_file(plan: Plan) -> bytes:
     the same bytes). Its own labels are in it, because an image's config also holds the
     labels of its base image."""
     body = {k: v for k, v in plan.to_dict().items() if k not in ("options", "digest")}
-    body["labels"] = [kv for kv in body["labels"] if kv[0] not in _DERIVED_LABELS]
+    body["labels"] = [kv for kv in body["labels"] if kv[0] not in contract.DERIVED_LABELS]
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return gzip.compress(raw, mtime=0)
 
@@ -285,7 +276,7 @@ def _plan_of(gz: bytes, labels: dict[str, str]) -> Plan | None:
         if inflate.unconsumed_tail:
             return None
         body = json.loads(raw)
-        derived = [[k, labels[k]] for k in _DERIVED_LABELS if k in labels]
+        derived = [[k, labels[k]] for k in contract.DERIVED_LABELS if k in labels]
         body["labels"] = sorted([*body["labels"], *derived])
         body["digest"] = labels.get(contract.PLAN_DIGEST_LABEL, "")
         return Plan.from_dict(body)
@@ -311,297 +302,6 @@ def compute_digest(plan: Plan) -> str:
     body = plan.to_dict()
     body.pop("digest")
     body.pop("options")
-    body["labels"] = [kv for kv in body["labels"] if kv[0] not in _DERIVED_LABELS]
+    body["labels"] = [kv for kv in body["labels"] if kv[0] not in contract.DERIVED_LABELS]
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def split_layers(files: tuple[ModelFile, ...], threshold: int) -> tuple[Layer, ...]:
-    """Group files (in path order) into layers of about ``threshold`` bytes.
-
-    Registries and containerd pull layers in parallel (3 at a time by default), so a 4 GiB
-    model in 512 MiB layers downloads several times faster than as one blob, and a change to
-    one shard re-pushes only its layer. Below the threshold, one layer: per-layer overhead
-    (a request, a gzip/zstd stream, a snapshot) is not worth paying for small models."""
-    layers: list[list[ModelFile]] = [[]]
-    size = 0
-    for f in sorted(files):
-        if layers[-1] and size + f.size > threshold:
-            layers.append([])
-            size = 0
-        layers[-1].append(f)
-        size += f.size
-    return tuple(Layer(tuple(group)) for group in layers if group)
-
-
-def _dedupe(items: list[str]) -> tuple[str, ...]:
-    seen: dict[str, None] = {}
-    for item in items:
-        seen.setdefault(item.strip(), None)
-    return tuple(k for k in seen if k)
-
-
-def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
-    """The model's own requirements, then the manifest's. MLflow models list ``mlflow``; the
-    skinny client serves them and is a fraction of the size. A framework with a CPU build on
-    PyPI gets it (``xgboost`` → ``xgboost-cpu``, which installs the same module)."""
-    reqs = []
-    for line in (
-        *inputs.source.requirements,
-        *inputs.manifest.image.packages,
-        *inputs.requirement_lines,
-    ):
-        if line.startswith("mlflow==") or line == "mlflow":
-            line = line.replace("mlflow", "mlflow-skinny", 1)
-        reqs.append(as_cpu_build(line))
-    if inputs.manifest.flavor == "pyfunc":
-        # mlflow.pyfunc imports pandas, which full mlflow brings and the skinny client does not.
-        names = {_name(r) for r in reqs}
-        if not names & {"mlflow", "mlflow-skinny"}:
-            reqs.append("mlflow-skinny")
-        if not names & {"mlflow", "pandas"}:
-            reqs.append("pandas")
-    return _dedupe(reqs)
-
-
-def _name(line: str) -> str:
-    try:
-        return str(canonicalize_name(Requirement(line).name))
-    except InvalidRequirement:
-        return line
-
-
-def _interfaces(m: Manifest) -> dict[str, dict[str, Any]]:
-    out = {}
-    for i in m.runtimes.interfaces:
-        body: dict[str, Any] = {"protocols": list(i.protocols), "port": i.port}
-        if i.grpc_port is not None and "v2" in i.protocols:
-            body["grpc_port"] = i.grpc_port
-        out[i.name] = body
-    return out
-
-
-def _omi_json(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str, str]) -> str:
-    m, src = inputs.manifest, inputs.source
-    metadata = dict(src.metadata)
-    declared = metadata.pop(
-        contract.OUTPUTS_KEY, None
-    )  # the model's signature: checked by the build
-    takes = metadata.pop(
-        contract.INPUTS_KEY, None
-    )  # the signature's inputs: V2 metadata states them
-    config = {
-        "format": 1,
-        "name": m.name,
-        "version": m.version,
-        "flavor": m.flavor,
-        "predictor": m.predictor,
-        "task": m.task,
-        "model_file": m.model_file,
-        "hooks": {"preprocess": m.preprocess, "postprocess": m.postprocess},
-        "interfaces": _interfaces(m),
-        "default_interface": m.runtimes.default,
-        "env_defaults": env,
-        "runtime": {
-            "workers": m.runtimes.workers,
-            "max_body_bytes": m.runtimes.max_body_bytes,
-            "max_batch_size": m.runtimes.max_batch_size,
-            "max_latency_ms": m.runtimes.max_latency_ms,
-        },
-        "origin": {
-            "source": src.kind,
-            "uri": src.uri,
-            "id": src.origin_id,
-            "version": src.version,
-            "metadata": metadata,
-        },
-        "model": {
-            "digest": model_digest(tuple(f for layer in layers for f in layer.files)),
-            "files": [
-                {"path": f.path, "size": f.size, "sha256": f.sha256}
-                for layer in layers
-                for f in layer.files
-            ],
-        },
-        "example": m.example,
-    }
-    if declared:
-        config["outputs"] = json.loads(declared)
-    if takes:
-        config["inputs"] = json.loads(takes)
-    if m.explain is not None:
-        config["explain"] = (
-            {"method": "hook", "hook": m.explain.hook}
-            if m.explain.hook
-            else {"method": m.explain.method, "output": m.explain.output, "background": BACKGROUND}
-        )
-    if m.drift is not None:
-        config["drift"] = {
-            "reference": REFERENCE,
-            "window": m.drift.window,
-            "threshold": m.drift.threshold,
-            "correction": m.drift.correction,
-        }
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
-
-
-def _labels(
-    inputs: BuildInputs, plan_interfaces: dict[str, dict[str, Any]], default_port: int
-) -> dict[str, str]:
-    m, src = inputs.manifest, inputs.source
-    spec = [name for name in plan_interfaces if name in contract.SPEC_INTERFACES]
-    ext = [name for name in plan_interfaces if name not in contract.SPEC_INTERFACES]
-    labels = {
-        contract.INTERFACES_LABEL: json.dumps(spec, separators=(",", ":")),
-        contract.PROTOCOLS_LABEL: json.dumps(
-            [plan_interfaces[n]["protocols"] for n in spec], separators=(",", ":")
-        ),
-        contract.PORT_LABEL: str(default_port),
-        contract.MODEL_NAME_LABEL: json.dumps(m.name),
-        contract.EXTENSIONS_LABEL: json.dumps(ext, separators=(",", ":")),
-        contract.ORIGIN_SOURCE_LABEL: src.kind,
-        contract.ORIGIN_URI_LABEL: src.uri,
-        contract.ORIGIN_ID_LABEL: src.origin_id,
-        contract.MODEL_DIGEST_LABEL: src.digest,
-        contract.DEFAULT_INTERFACE_LABEL: m.runtimes.default,
-        "org.opencontainers.image.title": m.name,
-        "org.opencontainers.image.version": m.version,
-        "org.opencontainers.image.base.name": m.image.base,
-    }
-    optional = {
-        "org.opencontainers.image.description": m.description or None,
-        "org.opencontainers.image.licenses": m.license,
-        "org.opencontainers.image.authors": ", ".join(m.authors) or None,
-        "org.opencontainers.image.source": inputs.git_url,
-        "org.opencontainers.image.revision": inputs.git_revision,
-        "org.opencontainers.image.base.digest": inputs.base_digest,
-        "org.opencontainers.image.created": _rfc3339(inputs.source_date_epoch),
-    }
-    if m.explain is not None:
-        optional[contract.EXPLAIN_LABEL] = m.explain.method
-    if m.drift is not None:
-        optional[contract.DRIFT_LABEL] = json.dumps(
-            {
-                "window": m.drift.window,
-                "threshold": m.drift.threshold,
-                "correction": m.drift.correction,
-            },
-            separators=(",", ":"),
-        )
-    labels |= {k: v for k, v in optional.items() if v}
-    return dict(m.image.labels) | labels  # the user's own labels never override ours
-
-
-def _rfc3339(epoch: int | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def make_plan(inputs: BuildInputs) -> Plan:
-    m = inputs.manifest
-    layers = split_layers(inputs.source.files, m.image.layer_split_bytes)
-    interfaces = _interfaces(m)
-    default = m.runtimes.get(m.runtimes.default)
-    env = {
-        "INTERFACE": default.name,
-        "PROTOCOL": default.protocols[-1] if default.protocols else "v1",
-        "HTTP_PORT": str(default.port),
-        "MODEL_NAME": m.name,
-    }
-    image_env = {
-        # glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so
-        # a server that decoded a few large bodies keeps their size in its heap for good
-        # (measured: +100 MB after two 42 MB bodies); fixed at glibc's start value, freed
-        # buffers go back to the kernel. image.env can set another.
-        "MALLOC_MMAP_THRESHOLD_": "131072",
-        **dict(m.image.env),
-        **env,
-        "OMI_CONFIG": f"{OMI}/omi.json",
-        "PATH": f"{OMI}/venv/bin:{SYSTEM_PATH}",
-        "PYTHONPATH": f"{OMI}/runtime:{OMI}/code",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    ports = sorted(
-        {p for body in interfaces.values() for p in (body["port"], body.get("grpc_port")) if p}
-    )
-    repository = m.image.repository or f"omibuild.local/{m.name}"
-    tags = []
-    if m.origin_tag == "id":
-        tags.append(contract.origin_tag(inputs.source.origin_id))
-    tags += [t for t in m.tags if t not in tags]
-    if not tags:
-        tags.append(m.version)
-    protocols = {name: body["protocols"] for name, body in interfaces.items()}
-    caches: list[CacheSpec] = []
-    # By default no cache is exported: the engine's own build cache serves local rebuilds (an
-    # export to a directory cost 7-17 s per changed apply and grew without bound). A registry
-    # cache serves runners that start empty; a local directory is there when asked for.
-    if m.build.cache_enabled:
-        if m.build.cache_registry:
-            caches.append(CacheSpec("registry", m.build.cache_registry))
-        elif m.build.cache_local:
-            caches.append(CacheSpec("local", m.build.cache_local))
-    plan = Plan(
-        name=m.name,
-        version=m.version,
-        repository=repository,
-        tags=tuple(tags),
-        base_image=m.image.base,
-        python=m.image.python,
-        user=m.image.user,
-        uid=m.image.uid,
-        model_layers=layers,
-        model_digest=inputs.source.digest,
-        code_files=tuple(sorted(inputs.code)),
-        requirements=_model_requirements(inputs),
-        runtime_requirements=runtime_requirements(
-            protocols,
-            m.flavor,
-            explain=m.explain is not None and not m.explain.hook,
-            drift=m.drift is not None,
-        ),
-        system_packages=tuple(sorted(m.image.system_packages)),
-        env=tuple(sorted(image_env.items())),
-        ports=tuple(ports),
-        labels=tuple(sorted(_labels(inputs, interfaces, default.port).items())),
-        platforms=m.image.platforms,
-        omi_json=_omi_json(inputs, layers, env),
-        origin=(
-            ("id", inputs.source.origin_id),
-            ("source", inputs.source.kind),
-            ("uri", inputs.source.uri),
-            ("version", inputs.source.version),
-        ),
-        source_date_epoch=inputs.source_date_epoch,
-        runtime_digest=inputs.runtime_digest,
-        slim=m.image.slim,
-        analysis_files=tuple(
-            ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
-            for path, body in inputs.analysis
-        ),
-        index_url=m.image.index_url,
-        extra_index_urls=m.image.extra_index_urls,
-        options=BuildOptions(
-            caches=tuple(caches),
-            cache_enabled=m.build.cache_enabled,
-            builder=m.build.builder,
-            push=m.build.push,
-            secrets=("ca", "pipconf", *(s.id for s in m.build.secrets)),
-            host_network=any_loopback(
-                [
-                    *filter(None, [m.image.index_url]),
-                    *m.image.extra_index_urls,
-                    *inputs.host_index_urls,
-                ]
-            ),
-        ),
-    )
-    digest = compute_digest(plan)
-    labels = (
-        *plan.labels,
-        (contract.PLAN_DIGEST_LABEL, digest),
-        (contract.PLAN_STATE_LABEL, state_label(plan)),
-    )
-    return replace(plan, digest=digest, labels=tuple(sorted(labels)))

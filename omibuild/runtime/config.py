@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omibuild.runtime.document import DocumentError, OmiDocument
+
 DEFAULT_CONFIG = "/opt/omi/omi.json"
 
 
@@ -31,7 +33,8 @@ class RuntimeConfig:
     model_version: str
     model_dir: Path
     code_dir: Path
-    raw: dict[str, Any]
+    raw: dict[str, Any]  # omi.json as JSON: what a flavor's load (a user's predictor) reads
+    document: OmiDocument
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
     protocols: tuple[str, ...] = ()
     workers: int = 1
@@ -50,7 +53,7 @@ class RuntimeConfig:
 
     @property
     def flavor(self) -> str:
-        return str(self.raw["flavor"])
+        return self.document.flavor
 
 
 def _port(value: str, name: str) -> int:
@@ -92,16 +95,20 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
         raw: dict[str, Any] = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from None
-    interfaces: dict[str, Any] = raw["interfaces"]
-    defaults: dict[str, str] = raw.get("env_defaults", {})
-    interface = env.get("INTERFACE") or raw["default_interface"]
+    try:
+        document = OmiDocument.from_dict(raw)
+    except DocumentError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    interfaces = document.interfaces
+    defaults = document.env_defaults
+    interface = env.get("INTERFACE") or document.default_interface
     interface = {"kserve": "kfserving"}.get(interface, interface)  # KFServing's name since 2021
     if interface not in interfaces:
         raise ConfigError(
             f"INTERFACE={interface!r} is not in this image; it has: {', '.join(interfaces)}"
         )
     body = interfaces[interface]
-    protocols = tuple(body["protocols"])
+    protocols = body.protocols
     protocol = env.get("PROTOCOL") or defaults.get("PROTOCOL") or protocols[-1]
     if protocol not in protocols:
         if env.get("PROTOCOL") and env.get("PROTOCOL") != defaults.get("PROTOCOL"):
@@ -110,40 +117,37 @@ def load_config(env: Mapping[str, str] | None = None) -> RuntimeConfig:
                 f"{', '.join(protocols)}"
             )
         protocol = protocols[-1]
-    is_default = interface == raw["default_interface"]
-    runtime = raw.get("runtime", {})
-    grpc_port = body.get("grpc_port")
+    is_default = interface == document.default_interface
+    limits = document.limits
+    grpc_port = body.grpc_port
     if grpc_port and env.get("GRPC_PORT"):
         grpc_port = _port(env["GRPC_PORT"], "GRPC_PORT")
     return _checked(
         RuntimeConfig(
             interface=interface,
             protocol=protocol,
-            port=_chosen_port(interface, body["port"], env, defaults, is_default),
+            port=_chosen_port(interface, body.port, env, defaults, is_default),
             grpc_port=grpc_port,
-            model_name=env.get("MODEL_NAME") or raw["name"],
-            model_version=str(raw.get("version", "1")),
+            model_name=env.get("MODEL_NAME") or document.name,
+            model_version=document.version,
             model_dir=Path(env.get("OMI_MODEL_DIR", str(path.parent / "model"))),
             code_dir=Path(env.get("OMI_CODE_DIR", str(path.parent / "code"))),
             analysis_dir=path.parent / "analysis",
             raw=raw,
+            document=document,
             env=env,
             protocols=protocols,
             # each worker holds its own model: more than a few per core only fills memory
             workers=_count(
                 env,
                 "OMI_WORKERS",
-                runtime.get("workers", 1),
+                limits.workers,
                 minimum=1,
                 maximum=4 * (os.cpu_count() or 1),
             ),
-            max_body_bytes=_count(
-                env, "OMI_MAX_BODY_BYTES", runtime.get("max_body_bytes", 64 << 20), minimum=1
-            ),
-            max_batch_size=_count(
-                env, "OMI_MAX_BATCH_SIZE", runtime.get("max_batch_size", 0), minimum=0
-            ),
-            max_latency_ms=_millis(env, "OMI_MAX_LATENCY_MS", runtime.get("max_latency_ms", 5.0)),
+            max_body_bytes=_count(env, "OMI_MAX_BODY_BYTES", limits.max_body_bytes, minimum=1),
+            max_batch_size=_count(env, "OMI_MAX_BATCH_SIZE", limits.max_batch_size, minimum=0),
+            max_latency_ms=_millis(env, "OMI_MAX_LATENCY_MS", limits.max_latency_ms),
             verify=_flag(env, "OMI_VERIFY_MODEL", True),
             predict_threads=_count(env, "OMI_PREDICT_THREADS", 1, minimum=1, maximum=256),
             coalesce_rows=_count(env, "OMI_COALESCE_ROWS", 256, minimum=0),

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from omibuild.runtime.categories import category_key
+from omibuild.runtime.document import OmiDocument
 
 MAX_PENDING_ROWS = 100_000
 MAX_WINDOW_CHUNKS = 10_000  # requests drained into one batch of columns at most
@@ -61,8 +62,8 @@ class DriftMonitor:
         self.busy = False
 
     @classmethod
-    def from_config(cls, raw: dict[str, Any], analysis_dir: Path) -> DriftMonitor | None:
-        spec = raw.get("drift")
+    def from_config(cls, document: OmiDocument, analysis_dir: Path) -> DriftMonitor | None:
+        spec = document.drift
         if not spec:
             return None
         reference = json.loads((analysis_dir / spec["reference"]).read_bytes())

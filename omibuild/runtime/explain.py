@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from omibuild.runtime.document import OmiDocument
 from omibuild.runtime.flavors import import_object
 
 MAX_ROWS = 64  # rows per explanation request: each costs thousands of model evaluations
@@ -49,10 +50,10 @@ class Explainer:
 
     @classmethod
     def from_config(
-        cls, raw: dict[str, Any], analysis_dir: Path, code_dir: Path
+        cls, document: OmiDocument, analysis_dir: Path, code_dir: Path
     ) -> Explainer | None:
-        spec = raw.get("explain")
-        return cls(spec, analysis_dir, code_dir, str(raw["flavor"])) if spec else None
+        spec = document.explain
+        return cls(spec, analysis_dir, code_dir, document.flavor) if spec else None
 
     # -- SHAP ------------------------------------------------------------------------------
     def _function(self, flavor: Any) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:

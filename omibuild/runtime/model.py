@@ -40,13 +40,11 @@ class ModelService:
         )
         self.stats: dict[str, Any] = {}
         # a list of rows reaches the model as one array (see predict): decoders may make it so
-        self.takes_arrays = bool(
-            self.flavor.vectorised and not config.raw.get("hooks", {}).get("preprocess")
-        )
+        self.takes_arrays = bool(self.flavor.vectorised and not config.document.hooks.preprocess)
         mergeable = (
             self.flavor.vectorised
-            and not config.raw.get("hooks", {}).get("preprocess")
-            and not config.raw.get("hooks", {}).get("postprocess")
+            and not config.document.hooks.preprocess
+            and not config.document.hooks.postprocess
         )
         batching = mergeable and config.max_batch_size > 1
         # At most OMI_PREDICT_THREADS predict calls at once, whoever calls: the lane's threads
@@ -89,19 +87,20 @@ class ModelService:
             start = time.perf_counter()
             if self.config.verify:
                 self.stats["verify"] = verify_model(
-                    self.config.model_dir, self.config.raw["model"]["files"]
+                    self.config.model_dir, self.config.document.files
                 )
                 log.info("model files verified", **self.stats["verify"])
-            hooks = self.config.raw.get("hooks", {})
-            if hooks.get("preprocess"):
-                self.preprocess = import_object(hooks["preprocess"], self.config.code_dir)
-            if hooks.get("postprocess"):
-                self.postprocess = import_object(hooks["postprocess"], self.config.code_dir)
+            hooks = self.config.document.hooks
+            if hooks.preprocess:
+                self.preprocess = import_object(hooks.preprocess, self.config.code_dir)
+            if hooks.postprocess:
+                self.postprocess = import_object(hooks.postprocess, self.config.code_dir)
+            # a flavor (and a user's predictor) reads omi.json as the JSON it is
             self.flavor.load(self.config.model_dir, self.config.raw)
             self.explainer = Explainer.from_config(
-                self.config.raw, self.config.analysis_dir, self.config.code_dir
+                self.config.document, self.config.analysis_dir, self.config.code_dir
             )
-            self.drift = DriftMonitor.from_config(self.config.raw, self.config.analysis_dir)
+            self.drift = DriftMonitor.from_config(self.config.document, self.config.analysis_dir)
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn

@@ -33,7 +33,7 @@ class OutputsChanged(Exception):
 
 def example_input(config: RuntimeConfig) -> Any:
     """omi.yaml's example input, as the model takes it (rows of numbers as one array)."""
-    example = config.raw.get("example")
+    example = config.document.example
     if isinstance(example, list) and example and isinstance(example[0], list):
         try:
             array = np.asarray(example)
@@ -89,7 +89,7 @@ def learn(service: ModelService) -> None:
     outputs. If the image was built knowing other outputs, raise (the server stops). What
     the build learnt is already the service's outputs (read once, when the app was made)."""
     built = service.outputs
-    if not service.config.raw.get("example"):
+    if not service.config.document.example:
         return
     try:
         # through the predict slots: requests may already be in flight, and a model that is
@@ -136,7 +136,7 @@ def describe(out: Path | None) -> int:
             file=sys.stderr,
         )
         return 3
-    declared = config.raw.get("outputs")
+    declared = config.document.outputs
     problem = conflict(declared, learnt) if declared else None
     if problem:
         print(

@@ -98,7 +98,7 @@ def create_app(
     async def drift_route(request: Request) -> Response:
         """The drift detector's status (omi.yaml's drift), on every HTTP interface."""
         if service.drift is None:
-            status = 503 if not service.ready and config.raw.get("drift") else 404
+            status = 503 if not service.ready and config.document.drift else 404
             message = "model is not ready" if status == 503 else "this image has no drift detector"
             return JSONResponse(adapter.error_body(status, message), status)
         return JSONResponse(service.drift.status())

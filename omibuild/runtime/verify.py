@@ -5,21 +5,22 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+
+from omibuild.runtime.document import File
 
 
 class ModelTampered(Exception):
     pass
 
 
-def verify_model(model_dir: Path, files: list[dict[str, Any]]) -> dict[str, float]:
+def verify_model(model_dir: Path, files: tuple[File, ...]) -> dict[str, float]:
     """Raise ModelTampered on any difference; return what it cost (files, bytes, seconds)."""
     start = time.perf_counter()
     total = 0
     buf = bytearray(4 << 20)
     view = memoryview(buf)
     for entry in files:
-        path = model_dir / entry["path"]
+        path = model_dir / entry.path
         h = hashlib.sha256()
         try:
             with open(path, "rb", buffering=0) as fh:
@@ -27,7 +28,7 @@ def verify_model(model_dir: Path, files: list[dict[str, Any]]) -> dict[str, floa
                     h.update(view[:n])
                     total += n
         except OSError as err:
-            raise ModelTampered(f"model file {entry['path']}: {err.strerror}") from None
-        if h.hexdigest() != entry["sha256"]:
-            raise ModelTampered(f"model file {entry['path']} does not match its build-time sha256")
+            raise ModelTampered(f"model file {entry.path}: {err.strerror}") from None
+        if h.hexdigest() != entry.sha256:
+            raise ModelTampered(f"model file {entry.path} does not match its build-time sha256")
     return {"files": len(files), "bytes": total, "seconds": round(time.perf_counter() - start, 4)}

@@ -15,7 +15,8 @@ def omi_json(directory: Path, interfaces: dict[str, object], **extra: object) ->
         "default_interface": "kfserving",
         "env_defaults": {"HTTP_PORT": "8080", "PROTOCOL": "v2"},
         "interfaces": interfaces,
-        "model": {"files": []},
+        "model": {"digest": "sha256:" + "0" * 64, "files": []},
+        "origin": {"source": "local", "uri": "local:m", "id": "m"},
         **extra,
     }
     path = directory / "omi.json"

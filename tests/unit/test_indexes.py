@@ -13,7 +13,7 @@ import pytest
 from omibuild.manifest.requirements import as_cpu_build
 from omibuild.manifest.validate import load_manifest, validate_file
 from omibuild.planning.diff import diff_plans
-from omibuild.planning.plan import make_plan
+from omibuild.planning.make import make_plan
 from omibuild.render.dockerfile import render
 from omibuild.sources.cache import Cache
 from tests.conftest import EXAMPLES

@@ -14,7 +14,8 @@ import pytest
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.validate import load_manifest, validate_file
 from omibuild.planning.inputs import gather
-from omibuild.planning.plan import BuildInputs, Plan, make_plan
+from omibuild.planning.make import make_plan
+from omibuild.planning.plan import BuildInputs, Plan
 from omibuild.render.dockerfile import render
 from omibuild.render.quoting import UnsafeValue
 from omibuild.sources.base import ModelFile, ResolvedSource

@@ -125,13 +125,17 @@ def test_liveness_stays_fast_while_a_large_v1_body_decodes(bundle: Path) -> None
         prober = threading.Thread(target=probe)
         prober.start()
         try:
+            started = time.perf_counter()
             status, reply = server.request("POST", PREDICT[("kfserving", "v1")], body)
+            took = time.perf_counter() - started
         finally:
             stop.set()
             prober.join()
         assert status == 200 and reply.count(b",") == 2_600_000 - 1
-        # Kubernetes' default probe timeout is 1 s; decoding in place took 2.6 s here
-        assert worst[0] < 1.0, f"liveness took {worst[0]:.2f} s"
+        # Kubernetes' default probe timeout is 1 s; decoding in place took 2.6 s here, and held
+        # every probe for about that long. Measured against the request itself, so that a busy
+        # machine (both slower) does not fail it: a probe waits a small part of the request.
+        assert worst[0] < max(1.0, took / 3), f"liveness took {worst[0]:.2f} s of {took:.2f} s"
     finally:
         server.stop()
 

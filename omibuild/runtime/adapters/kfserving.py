@@ -106,7 +106,8 @@ class KServeAdapter:
     # -- V2 (Open Inference Protocol) ------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         # the model's signature where it has one (MLflow), else what the example shows
-        inputs = self.config.raw.get("inputs") or inputs_of_example(self.config.raw.get("example"))
+        document = self.config.document
+        inputs = document.inputs or inputs_of_example(document.example)
         return {
             "name": self.service.name,
             "versions": [self.config.model_version],
@@ -178,11 +179,11 @@ class KServeAdapter:
     def extensions(self) -> list[str]:
         """The protocol extensions served: ``explain`` (POST .../explain) and ``drift`` (GET
         /drift, Prometheus omi_drift_*) when the image was built with them."""
-        config = self.config.raw
+        document = self.config.document
         return [
             *EXTENSIONS,
-            *(["explain"] if config.get("explain") else []),
-            *(["drift"] if config.get("drift") else []),
+            *(["explain"] if document.explain else []),
+            *(["drift"] if document.drift else []),
         ]
 
     async def v2_infer(self, name: str, body: bytes, header_length: str | None) -> Payload:

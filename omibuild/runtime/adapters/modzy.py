@@ -271,7 +271,7 @@ class ModzyAdapter:
             response = MODZY["StatusResponse"](**s)
             response.model_info.model_name = self.service.name
             response.model_info.model_version = self.config.model_version
-            response.model_info.model_author = ", ".join(self.config.raw.get("authors", []) or [])
+            response.model_info.model_author = ", ".join(self.config.document.authors)
             response.model_info.model_type = "grpc"
             response.model_info.source = "omibuild"
             response.inputs.add(
@@ -281,9 +281,9 @@ class ModzyAdapter:
             )
             response.outputs.add(filename=RESULTS, media_type="application/json", max_size="64M")
             response.features.batch_size = 1
-            if self.config.raw.get("explain"):
+            if self.config.document.explain:
                 response.features.explanation_format = EXPLANATION_FORMAT
-            if self.config.raw.get("drift"):
+            if self.config.document.drift:
                 response.features.drift_format = DRIFT_FORMAT
             return response
 
