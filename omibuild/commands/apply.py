@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
-from omibuild.engine.buildx import BuildxExecutor, docker_context
+from omibuild.engine.buildx import BuildxExecutor
+from omibuild.engine.images import docker_context
 from omibuild.engine.progress import workflow_text
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare

@@ -10,18 +10,15 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
-import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from omibuild.engine.failures import diagnose
+from omibuild.engine.images import EngineImages
 from omibuild.engine.progress import (
     Events,
     GithubView,
@@ -31,13 +28,10 @@ from omibuild.engine.progress import (
     new_log,
     view_kind,
 )
-from omibuild.engine.registry import RegistryError, file_in_layer
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
-from omibuild.errors import UsageError
-from omibuild.sources.cache import default_cache_dir
 
 if TYPE_CHECKING:
-    from python_on_whales import DockerClient
+    pass
 
 _STEP = re.compile(r"^#(\d+) \[(.+?)\] (.*)$")
 _CACHED = re.compile(r"^#(\d+) CACHED$")
@@ -83,230 +77,9 @@ def _annotations(req: BuildRequest) -> list[tuple[str, str, str]]:
     return [(kind, k, v) for k, v in req.annotations for kind in kinds]
 
 
-def engine_error(err: Exception) -> UsageError:
-    """The one line every verb gives when the engine does not answer (exit 2)."""
-    text = str(err)
-    where = os.environ.get("DOCKER_HOST") or "the local socket"
-    if "Cannot connect" in text or "connection refused" in text.lower() or "dial unix" in text:
-        return UsageError(
-            f"cannot reach the Docker engine at {where}",
-            hint="start Docker (or `make setup` on this repository's machines), or set DOCKER_HOST",
-        )
-    said = re.search(r"Error response from daemon: ([^\n']+)", text)
-    if said and "address already in use" in said.group(1):
-        port = re.search(r":(\d+): bind: address already in use", said.group(1))
-        return UsageError(
-            f"port {port.group(1) if port else '(one of them)'} is already in use on this machine",
-            hint="pick another --port, or stop what listens there",
-        )
-    if said:
-        return UsageError(f"the Docker engine refused: {said.group(1).strip()[:300]}")
-    last = [ln for ln in text.splitlines() if ln.strip()]
-    return UsageError(f"the Docker engine refused: {(last or ['no message'])[-1][:300]}")
-
-
-def docker_context(name: str) -> str | None:
-    """``name`` if it is a docker context (another engine), else None. buildx builds on
-    another engine's own BuildKit only from that context: ``--builder`` alone refuses."""
-    exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
-    try:
-        proc = subprocess.run(
-            [exe, "context", "inspect", name], capture_output=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return name if proc.returncode == 0 else None
-
-
-class BuildxExecutor:
-    """python-on-whales is imported on first use: it costs ~0.3 s, and `plan` needs only
-    one quick query of the engine. With ``context``, everything (the build, the image
-    store, tags) happens on that docker context's engine."""
-
-    def __init__(
-        self, stream: TextIO | None = None, context: str | None = None, log_dir: Path | None = None
-    ) -> None:
-        self.stream = stream or sys.stderr
-        self.context = context
-        self.log_dir = log_dir or default_cache_dir() / "logs"  # each build's full log
-        self._docker: DockerClient | None = None
-
-    @property
-    def docker(self) -> DockerClient:
-        if self._docker is None:
-            from python_on_whales import DockerClient
-
-            self._docker = DockerClient(context=self.context)
-        return self._docker
-
-    # -- queries ---------------------------------------------------------------------------
-    def _cli(self) -> list[str]:
-        """The docker CLI, on this executor's context."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
-        return [exe, *self._context_args()]
-
-    def _query(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """A fast query through the docker CLI (no client library import); OSError or
-        SubprocessError when the CLI cannot run."""
-        return subprocess.run(
-            [*self._cli(), *args], capture_output=True, text=True, timeout=30, check=False
-        )
-
-    def _inspect(self, ref: str, fmt: str) -> str | None:
-        try:
-            proc = self._query("image", "inspect", "--format", fmt, ref)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    def image_labels(self, ref: str) -> dict[str, str] | None:
-        out = self._inspect(ref, "{{json .Config.Labels}}")
-        if out is None:
-            return None
-        labels: dict[str, str] = json.loads(out) or {}
-        return labels
-
-    def image_digest(self, ref: str) -> str | None:
-        return self._inspect(ref, "{{.Id}}")
-
-    def image_file(self, ref: str, path: str, limit: int) -> bytes | None:
-        """One file of an image in the engine, read without running it: a container is
-        created (never started), the file copied out as a tar, the container removed."""
-        try:
-            created = self._query("create", ref)
-            if created.returncode != 0:
-                return None
-            cid = created.stdout.strip()
-            try:
-                copied = subprocess.run(
-                    [*self._cli(), "cp", f"{cid}:{path}", "-"],
-                    capture_output=True, timeout=60, check=False,
-                )  # fmt: skip
-            finally:
-                self._query("rm", "-f", cid)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if copied.returncode != 0 or len(copied.stdout) > limit + (1 << 20):
-            return None
-        try:
-            return file_in_layer(copied.stdout, PurePosixPath(path).name, limit)
-        except (RegistryError, KeyError, tarfile.TarError):
-            return None
-
-    def unreachable(self) -> UsageError | None:
-        """The one engine-unreachable error every verb gives (exit 2), or None when the engine
-        answers: asked before a build would fail on it with BuildKit's own words."""
-        try:
-            proc = self._query("version", "--format", "{{.Server.Version}}")
-        except (OSError, subprocess.SubprocessError) as err:
-            return engine_error(err)
-        return engine_error(RuntimeError(proc.stderr)) if proc.returncode != 0 else None
-
-    def image_size(self, ref: str) -> int | None:
-        out = self._inspect(ref, "{{.Size}}")
-        return int(out) if out and out.isdigit() else None
-
-    def remote_annotations(self, ref: str) -> dict[str, str] | None:
-        cmd = [*self._docker_cmd(), "buildx", "imagetools", "inspect", "--raw", ref]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            return None
-        try:
-            annotations: dict[str, str] = json.loads(proc.stdout).get("annotations") or {}
-        except ValueError:
-            return None
-        return annotations
-
-    def remote_labels(self, ref: str) -> dict[str, str] | None:
-        fmt = "{{json .Image}}"
-        cmd = [*self._docker_cmd(), "buildx", "imagetools", "inspect", ref, "--format", fmt]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-            image = json.loads(proc.stdout) if proc.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
-        if isinstance(image, dict) and "config" not in image and image:
-            image = next(iter(image.values()))  # an index: one config per platform, same labels
-        if not isinstance(image, dict):
-            return None
-        labels = (image.get("config") or {}).get("Labels") or {}
-        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
-
-    def tag(self, source: str, target: str) -> None:
-        self.docker.image.tag(source, target)
-
-    def image_layers(self, ref: str) -> list[str]:
-        """The diff ids of a local image's layers (none when there is no such image)."""
-        out = self._inspect(ref, "{{json .RootFS.Layers}}")
-        try:
-            layers = json.loads(out) if out else []
-        except ValueError:
-            return []
-        return [str(x) for x in layers] if isinstance(layers, list) else []
-
-    def keeps_blobs(self) -> bool:
-        """Does the engine keep the blobs of the images it holds (the containerd image store),
-        so a load may leave out the ones it has? The classic store needs every layer."""
-        try:
-            proc = self._query("info", "--format", "{{json .DriverStatus}}")
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return "io.containerd.snapshotter" in proc.stdout
-
-    def load(self, chunks: Iterator[bytes]) -> str | None:
-        """Stream an OCI archive into the engine (``docker load``): None, or why it failed.
-        Cut short (an error in ``chunks``, Ctrl-C), the engine commits no image."""
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                [*self._cli(), "load", "--quiet"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-            assert proc.stdin is not None
-            try:
-                try:
-                    for chunk in chunks:
-                        proc.stdin.write(chunk)
-                finally:
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.close()
-                code = proc.wait()
-            except BrokenPipeError:
-                code = proc.wait()
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise
-            err.seek(0)
-            said = err.read(64 << 10).decode(errors="replace")
-        if code == 0:
-            return None
-        return f"loading the image into the engine failed: {_last_line(said)}"
-
-    def describe(self, image: str) -> tuple[bytes | None, str]:
-        """The dry prediction on omi.yaml's example, run in the image with no network:
-        (outputs.json, what it said) or (None, what it said: its last line says why)."""
-        cmd = [*self._cli(), "run", "--rm", "--network", "none"]
-        cmd += ["-e", "OMI_VERIFY_MODEL=0", image, "describe", "-"]
-        proc = subprocess.run(cmd, capture_output=True, check=False, start_new_session=True)
-        said = proc.stderr.decode(errors="replace")[-(64 << 10) :]
-        return (proc.stdout, said) if proc.returncode == 0 else (None, said)
-
-    def remove_tag(self, ref: str) -> None:
-        from python_on_whales.exceptions import DockerException
-
-        with contextlib.suppress(DockerException):
-            self.docker.image.remove(ref, force=False, prune=False)
-
-    # -- building --------------------------------------------------------------------------
-    def _context_args(self) -> list[str]:
-        return ["--context", self.context] if self.context else []
-
-    def _docker_cmd(self) -> list[str]:
-        return [str(part) for part in self.docker.client_config.docker_cmd]
+class BuildxExecutor(EngineImages):
+    """Builds through ``docker buildx`` on the engine whose image store it queries
+    (engine/images.py): one build, or several as one bake."""
 
     def command(self, req: BuildRequest, metadata: Path) -> list[str]:
         cmd = [
@@ -507,11 +280,6 @@ class BuildxExecutor:
             log_path=str(log_path),
             failed_step=failed if code != 0 else None,
         )
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines or ["no message"])[-1][:400]
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

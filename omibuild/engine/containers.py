@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from typing import Any
 
-from omibuild.engine.buildx import engine_error
+from omibuild.engine.images import engine_error
 
 
 class Containers:
