@@ -72,7 +72,7 @@ def io_floor(src: Path, dst: Path) -> float:
 
 def bench_hashing(work: Path, big: Path, reps: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from omibuild.sources.hashing import sha256_file
+    from omibuild.store.hashing import sha256_file
 
     size = big.stat().st_size
     samples = []

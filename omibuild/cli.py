@@ -25,7 +25,7 @@ from omibuild.errors import (
     OmiError,
     Terminated,
 )
-from omibuild.sources.cache import default_cache_dir
+from omibuild.store.cache import default_cache_dir
 
 VERBS = {
     "init": "write a commented omi.yaml for a model file or directory",

@@ -5,7 +5,8 @@ registry. `make lint` runs vulture over omibuild/ with this file."""
 # mypy: ignore-errors
 from omibuild.runtime.adapters import grpc_v2, mlflow, modzy, sagemaker, vertex
 from omibuild.runtime import flavors, log, server
-from omibuild.sources import huggingface, local, mlflow as mlflow_source, progress
+from omibuild import progress
+from omibuild.sources import huggingface, local, mlflow as mlflow_source
 
 # gRPC methods, dispatched by their service's method names
 grpc_v2.InferenceServicer.ServerLive
@@ -39,7 +40,7 @@ _.__context__
 _.downloaded_bytes
 # used by the tests: a progress that prints nothing
 progress.QUIET
-# tarfile.TarInfo fields set for deterministic layer headers (sources/layers.py)
+# tarfile.TarInfo fields set for deterministic layer headers (store/layers.py)
 _.mtime
 _.gid
 _.uname

@@ -18,9 +18,9 @@ from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
 from omibuild.planning.weight import HEAVY_BYTES, Weighing, Weight, note
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import Progress
-from omibuild.sources.usage import human
+from omibuild.progress import Progress
+from omibuild.store.cache import Cache
+from omibuild.store.usage import human
 
 if TYPE_CHECKING:
     from omibuild.engine.apply import ApplyResult, Target

@@ -1,7 +1,7 @@
 """omibuild cache [prune --keep SIZE] — what omibuild keeps on disk (source files, BuildKit
 cache directories, build contexts, image layouts, model layer digests, scratch), with sizes
 and last use; prune keeps the most
-recently used within a size, and leaves BuildKit's cache directories (sources/usage.py says
+recently used within a size, and leaves BuildKit's cache directories (store/usage.py says
 why, and why this is safe while builds run)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 import time
 
 from omibuild.errors import EXIT_OK, UsageError
-from omibuild.sources.cache import Cache
-from omibuild.sources.usage import KINDS, Entry, entries, human, parse_size, prune
+from omibuild.store.cache import Cache
+from omibuild.store.usage import KINDS, Entry, entries, human, parse_size, prune
 
 
 def _table(rows: list[Entry], title: str) -> None:

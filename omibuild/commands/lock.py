@@ -12,10 +12,10 @@ from omibuild.engine.buildx import BuildxExecutor
 from omibuild.errors import EXIT_INVALID, EXIT_OK
 from omibuild.manifest.validate import load_manifest
 from omibuild.planning.pipeline import pin_base
-from omibuild.sources.cache import Cache
+from omibuild.progress import Progress
 from omibuild.sources.lock import lock_drift, lock_path, write_lock
-from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import resolve
+from omibuild.store.cache import Cache
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,10 +25,10 @@ from omibuild.planning.plan import (
     state_pointer,
 )
 from omibuild.planning.weight import note, weigh
+from omibuild.progress import Progress
 from omibuild.render.dockerfile import render
 from omibuild.reports.plans import FORMATS, to_json
-from omibuild.sources.cache import Cache, atomic_write
-from omibuild.sources.progress import Progress
+from omibuild.store.cache import Cache, atomic_write
 
 EXIT_CHANGES = 2  # --detailed-exitcode: changes are pending (terraform plan's convention)
 

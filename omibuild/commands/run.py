@@ -26,8 +26,8 @@ from omibuild.conformance.probe import (
 from omibuild.engine.containers import Containers
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
 from omibuild.planning.pipeline import prepare
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import Progress
+from omibuild.progress import Progress
+from omibuild.store.cache import Cache
 
 
 def _image_and_example(target: str) -> tuple[str, Any]:

@@ -25,8 +25,8 @@ from omibuild.engine.request import BuildRequest, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
 from omibuild.planning.plan import CacheSpec, Plan
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import Progress
+from omibuild.progress import Progress
+from omibuild.store.cache import Cache
 
 __all__ = ["ApplyOptions", "ApplyResult", "Target", "apply_all"]
 

@@ -24,8 +24,8 @@ from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildResult, Executor
 from omibuild.planning.plan import OMI, Plan
 from omibuild.render.dockerfile import CTX_MODEL
-from omibuild.sources.cache import Cache
-from omibuild.sources.layers import (
+from omibuild.store.cache import Cache
+from omibuild.store.layers import (
     Blob,
     Entry,
     Layer,
@@ -36,7 +36,7 @@ from omibuild.sources.layers import (
     remember_blob,
     tar_chunks,
 )
-from omibuild.sources.usage import human
+from omibuild.store.usage import human
 
 Made = futures.Future[tuple[list[Appended], int, float]]
 

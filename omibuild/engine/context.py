@@ -3,7 +3,7 @@
 The context lives at a stable path per manifest under the cache (``contexts/<key>``), so
 BuildKit's file sync sends only what changed between builds. Model files are staged as hard
 links (same inode as the verified cache entry or the repository file) under ``model/``, for the
-model layers omibuild makes from them (sources/layers.py); ``.dockerignore`` keeps them out of
+model layers omibuild makes from them (store/layers.py); ``.dockerignore`` keeps them out of
 what BuildKit reads. It is rebuilt in a sibling ``.new`` directory and swapped in whole,
 so an interrupted run never leaves a half-written context: only a ``.new`` directory, removed
 at once (or by the next run if the process was killed)."""
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from omibuild.planning.plan import Plan, state_file
+from omibuild.progress import Progress
 from omibuild.render.dockerfile import (
     CTX_ANALYSIS,
     CTX_CODE,
@@ -29,10 +30,9 @@ from omibuild.render.dockerfile import (
     render,
 )
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache, atomic_write, link_or_copy
-from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import stage
 from omibuild.sources.runtime import runtime_files
+from omibuild.store.cache import Cache, atomic_write, link_or_copy
 
 STALE_SECONDS = 3600
 

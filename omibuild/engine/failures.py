@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from omibuild.engine.progress import Step, Steps, words
 from omibuild.engine.request import BuildRequest, BuildResult, Executor
-from omibuild.sources.progress import Progress
+from omibuild.progress import Progress
 
 
 @dataclass(frozen=True)

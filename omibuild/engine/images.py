@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from omibuild.engine.registry import RegistryError, file_in_layer
 from omibuild.errors import UsageError
-from omibuild.sources.cache import default_cache_dir
+from omibuild.store.cache import default_cache_dir
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.sources.layers import Blob, Entry, Layer, tar_chunks
+from omibuild.store.layers import Blob, Entry, Layer, tar_chunks
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",

@@ -16,10 +16,10 @@ from omibuild.planning.analysis import reduce
 from omibuild.planning.plan import BuildInputs
 from omibuild.settings import host_index_urls
 from omibuild.sources.base import ModelFile, ResolvedSource
-from omibuild.sources.cache import Cache
 from omibuild.sources.local import walk
 from omibuild.sources.remote import redact
 from omibuild.sources.runtime import runtime_digest
+from omibuild.store.cache import Cache
 
 
 def code_files(m: Manifest, cache: Cache) -> tuple[ModelFile, ...]:

@@ -12,11 +12,11 @@ from omibuild.manifest.validate import load_manifest
 from omibuild.planning.inputs import gather
 from omibuild.planning.make import make_plan
 from omibuild.planning.plan import BuildInputs, Plan
+from omibuild.progress import Progress
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache
 from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest, write_lock
-from omibuild.sources.progress import Progress
 from omibuild.sources.resolve import resolve
+from omibuild.store.cache import Cache
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omibuild.planning.plan import Plan
 from omibuild.settings import host_index_urls
-from omibuild.sources.cache import Cache, atomic_write
+from omibuild.store.cache import Cache, atomic_write
 
 HEAVY_BYTES = 1 << 30  # above this much of wheels, plan warns and names what weighs most
 PIP_SECONDS = 120

@@ -7,9 +7,9 @@ import importlib
 import importlib.util
 
 from omibuild.errors import UsageError
+from omibuild.progress import Progress
 from omibuild.sources.base import ModelFile, ResolvedSource, Source
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import Progress
+from omibuild.store.cache import Cache
 
 # name (the key under model.source in omi.yaml) → "module:Class"
 SOURCES: dict[str, str] = {

@@ -14,10 +14,9 @@ from typing import Any
 
 from omibuild.errors import SourceError
 from omibuild.manifest.model import HuggingFaceSource, SourceSpec
+from omibuild.progress import Progress
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache
 from omibuild.sources.metadata import model_metadata
-from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
     Transient,
     fetch_from_cache,
@@ -27,6 +26,7 @@ from omibuild.sources.remote import (
     publish_tree,
     with_retries,
 )
+from omibuild.store.cache import Cache
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 

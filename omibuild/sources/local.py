@@ -9,11 +9,11 @@ from pathlib import Path, PurePosixPath
 
 from omibuild.errors import SourceError
 from omibuild.manifest.model import LocalSource, SourceSpec
+from omibuild.progress import Progress
 from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
-from omibuild.sources.cache import Cache
-from omibuild.sources.hashing import copy_and_hash
 from omibuild.sources.metadata import model_metadata
-from omibuild.sources.progress import Progress
+from omibuild.store.cache import Cache
+from omibuild.store.hashing import copy_and_hash
 
 # Never model or code files: version control and tool state, virtual environments (also
 # found by their pyvenv.cfg, whatever their name), and omibuild's own files, whose content

@@ -15,7 +15,7 @@ from typing import Any
 from omibuild.errors import OmiError, UsageError
 from omibuild.manifest.model import Manifest
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import atomic_write
+from omibuild.store.cache import atomic_write
 
 LOCK_VERSION = 1
 

@@ -17,10 +17,9 @@ from typing import Any
 from omibuild.contract import INPUTS_KEY, OUTPUTS_KEY
 from omibuild.errors import SourceError
 from omibuild.manifest.model import MlflowSource, SourceSpec
+from omibuild.progress import Progress
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache
 from omibuild.sources.metadata import model_metadata
-from omibuild.sources.progress import Progress
 from omibuild.sources.remote import (
     Transient,
     fetch_from_cache,
@@ -31,6 +30,7 @@ from omibuild.sources.remote import (
     redact,
     with_retries,
 )
+from omibuild.store.cache import Cache
 
 _MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _RUNS = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>.+)$")

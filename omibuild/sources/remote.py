@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from omibuild.errors import SourceError
 from omibuild.sources.base import ModelFile
-from omibuild.sources.cache import Cache
+from omibuild.store.cache import Cache
 
 T = TypeVar("T")
 SECRET_ENV = (

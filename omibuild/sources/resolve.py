@@ -7,12 +7,12 @@ from pathlib import Path
 
 from omibuild.errors import UsageError
 from omibuild.manifest.model import LocalSource, Manifest
+from omibuild.progress import Progress
 from omibuild.sources import get_source
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.cache import Cache
 from omibuild.sources.lock import LockMismatch, describe_drift, lock_path, read_lock, write_lock
-from omibuild.sources.progress import Progress
 from omibuild.sources.remote import fetch_from_cache
+from omibuild.store.cache import Cache
 
 
 def resolve(

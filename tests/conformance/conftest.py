@@ -20,8 +20,8 @@ from omibuild.conformance.images import free_port
 from omibuild.conformance.probe import Target, wait_ready
 from omibuild.manifest.validate import load_manifest
 from omibuild.planning.pipeline import prepare
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import QUIET
+from omibuild.progress import QUIET
+from omibuild.store.cache import Cache
 from tests.conftest import EXAMPLES, ROOT
 
 CLIENTS = ROOT / ".clients"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from omibuild.sources.base import ModelFile
-from omibuild.sources.cache import Cache
-from omibuild.sources.hashing import sha256_file
-from omibuild.sources.layers import Layer, layer_blob
+from omibuild.store.cache import Cache
+from omibuild.store.hashing import sha256_file
+from omibuild.store.layers import Layer, layer_blob
 from tests.integration.conftest import docker
 from tests.integration.test_first_model import OMIBUILD, cli, new_repo, train_joblib
 

@@ -17,11 +17,11 @@ import pytest
 
 from omibuild.errors import SourceError, UsageError
 from omibuild.manifest.validate import load_manifest
+from omibuild.progress import QUIET
 from omibuild.sources import get_source
-from omibuild.sources.cache import Cache
 from omibuild.sources.lock import LockMismatch
-from omibuild.sources.progress import QUIET
 from omibuild.sources.resolve import resolve, stage
+from omibuild.store.cache import Cache
 from tests.fakehub import FakeHub
 
 # one worker runs these together: they share one mlflow server
@@ -322,8 +322,8 @@ def test_hf_download_killed_halfway_leaves_no_cache_entry(
     script = textwrap.dedent(f"""
         from pathlib import Path
         from omibuild.manifest.validate import load_manifest
-        from omibuild.sources.cache import Cache
-        from omibuild.sources.progress import QUIET
+        from omibuild.store.cache import Cache
+        from omibuild.progress import QUIET
         from omibuild.sources.resolve import resolve
         cache = Cache(Path({str(cache_root)!r}))
         resolve(load_manifest(Path({str(path)!r}), env={{}}), cache, QUIET)

@@ -286,8 +286,8 @@ def test_a_raising_hook_is_a_one_line_500_and_the_server_keeps_serving(tmp_path:
     from sklearn.linear_model import LogisticRegression
 
     from omibuild.planning.pipeline import prepare
-    from omibuild.sources.cache import Cache
-    from omibuild.sources.progress import QUIET
+    from omibuild.progress import QUIET
+    from omibuild.store.cache import Cache
     from tests.conformance.conftest import start_process
 
     repo = tmp_path / "repo"

@@ -17,8 +17,8 @@ from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
 from omibuild.planning.pipeline import prepare
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import QUIET
+from omibuild.progress import QUIET
+from omibuild.store.cache import Cache
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/

@@ -14,7 +14,7 @@ from omibuild.manifest.validate import load_manifest
 from omibuild.planning.make import make_plan
 from omibuild.runtime.config import ConfigError, load_config
 from omibuild.runtime.document import FORMAT, DocumentError, OmiDocument
-from omibuild.sources.cache import Cache
+from omibuild.store.cache import Cache
 from tests.conftest import example_manifests
 from tests.unit.test_plan import canonical_inputs
 

@@ -12,7 +12,7 @@ from omibuild.engine.apply import ApplyOptions, _local_cache_dirs, cache_refs
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.engine.request import BuildRequest, BuildSecret
 from omibuild.planning.plan import BuildOptions, CacheSpec, Plan
-from omibuild.sources.cache import Cache
+from omibuild.store.cache import Cache
 
 
 @pytest.mark.parametrize(

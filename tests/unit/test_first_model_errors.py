@@ -218,7 +218,7 @@ def test_a_full_disk_names_the_directory_and_what_is_free(
     import errno
 
     from omibuild import cli
-    from omibuild.sources.hashing import copy_and_hash
+    from omibuild.store.hashing import copy_and_hash
 
     monkeypatch.setenv("OMIBUILD_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()

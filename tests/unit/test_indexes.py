@@ -15,7 +15,7 @@ from omibuild.manifest.validate import load_manifest, validate_file
 from omibuild.planning.diff import diff_plans
 from omibuild.planning.make import make_plan
 from omibuild.render.dockerfile import render
-from omibuild.sources.cache import Cache
+from omibuild.store.cache import Cache
 from tests.conftest import EXAMPLES
 from tests.unit.test_plan import canonical_inputs
 

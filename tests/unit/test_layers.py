@@ -1,4 +1,4 @@
-"""Model layers made by omibuild (sources/layers.py) and the images assembled from them
+"""Model layers made by omibuild (store/layers.py) and the images assembled from them
 (engine/oci.py): deterministic bytes, digests known from the files alone, nothing trusted
 after an interrupted pass."""
 
@@ -15,8 +15,8 @@ import pytest
 
 from omibuild.engine.oci import ATTESTS, Appended, Layout
 from omibuild.sources.base import ModelFile
-from omibuild.sources.cache import Cache
-from omibuild.sources.layers import (
+from omibuild.store.cache import Cache
+from omibuild.store.layers import (
     MODEL_ROOT,
     Layer,
     LayerFileChanged,

@@ -16,12 +16,12 @@ from omibuild.manifest.validate import load_manifest, validate_file
 from omibuild.planning.inputs import gather
 from omibuild.planning.make import make_plan
 from omibuild.planning.plan import BuildInputs, Plan
+from omibuild.progress import QUIET
 from omibuild.render.dockerfile import render
 from omibuild.render.quoting import UnsafeValue
 from omibuild.sources.base import ModelFile, ResolvedSource
-from omibuild.sources.cache import Cache
-from omibuild.sources.progress import QUIET
 from omibuild.sources.resolve import resolve
+from omibuild.store.cache import Cache
 from tests.conftest import ROOT, example_manifests
 
 pytestmark = pytest.mark.usefixtures("example_models")  # reads examples/
@@ -262,7 +262,7 @@ def test_files_omibuild_writes_get_ordinary_permissions(tmp_path: Path) -> None:
     import os
     import stat
 
-    from omibuild.sources.cache import atomic_write
+    from omibuild.store.cache import atomic_write
 
     previous = os.umask(0o022)
     try:

@@ -1,5 +1,5 @@
 """`omibuild cache`: what omibuild keeps, and pruning it to a size without breaking a build
-that is running (sources/usage.py)."""
+that is running (store/usage.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.sources.cache import Cache
-from omibuild.sources.usage import entries, parse_size, prune
+from omibuild.store.cache import Cache
+from omibuild.store.usage import entries, parse_size, prune
 
 DAY = 86400
 
@@ -98,7 +98,7 @@ def test_prune_leaves_what_a_running_command_holds(tmp_path: Path) -> None:
             "-c",
             "import time\n"
             "from pathlib import Path\n"
-            "from omibuild.sources.cache import Cache\n"
+            "from omibuild.store.cache import Cache\n"
             f"cache = Cache(Path({str(root)!r}))\n"  # as apply holds it
             "print('held', flush=True)\n"
             "time.sleep(60)\n",

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from omibuild.sources.cache import Cache
+from omibuild.store.cache import Cache
 
 KINDS = ("source file", "build cache", "build context", "image layout", "layer digests", "scratch")
 

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from omibuild.sources.base import ModelFile
-from omibuild.sources.cache import Cache, atomic_write
+from omibuild.store.cache import Cache, atomic_write
 
 FORMAT = "omibuild-layer/1"  # bump when the tar layout changes: old memos are then unused
 MODEL_ROOT = "opt/omi/model"

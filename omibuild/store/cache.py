@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omibuild.sources.hashing import sha256_file
+from omibuild.store.hashing import sha256_file
 
 STALE_TMP_SECONDS = 3600
 
@@ -49,7 +49,7 @@ class Cache:
         for sub in ("blobs/sha256", "index", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # Held shared for this object's life: `omibuild cache prune` removes source files,
-        # contexts and scratch only when it can take this lock alone (sources/usage.py).
+        # contexts and scratch only when it can take this lock alone (store/usage.py).
         self._in_use = None
         if hold:
             self._in_use = open(self.in_use_lock, "a")  # noqa: SIM115 (held, not scoped)
