@@ -20,7 +20,7 @@ from omibuild.planning.plan import Plan
 from omibuild.planning.weight import HEAVY_BYTES, Weighing, Weight, note
 from omibuild.progress import Progress
 from omibuild.store.cache import Cache
-from omibuild.store.usage import human
+from omibuild.units import human
 
 if TYPE_CHECKING:
     from omibuild.engine.apply import ApplyResult, Target

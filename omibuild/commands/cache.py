@@ -13,7 +13,8 @@ import time
 
 from omibuild.errors import EXIT_OK, UsageError
 from omibuild.store.cache import Cache
-from omibuild.store.usage import KINDS, Entry, entries, human, parse_size, prune
+from omibuild.store.usage import KINDS, Entry, entries, parse_size, prune
+from omibuild.units import human
 
 
 def _table(rows: list[Entry], title: str) -> None:

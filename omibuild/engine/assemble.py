@@ -36,7 +36,7 @@ from omibuild.store.layers import (
     remember_blob,
     tar_chunks,
 )
-from omibuild.store.usage import human
+from omibuild.units import human
 
 Made = futures.Future[tuple[list[Appended], int, float]]
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from omibuild.store.usage import human
+from omibuild.units import human
 
 LOG_LINES = 400  # kept per step for diagnosis; the file has everything
 DOCKERFILE_STEP = re.compile(r"^\[(?P<where>[^\]]+)\] (?P<what>.*)$", re.DOTALL)

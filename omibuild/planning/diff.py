@@ -15,6 +15,7 @@ from packaging.utils import canonicalize_name
 from omibuild import contract
 from omibuild.planning.plan import Plan
 from omibuild.sources.base import ModelFile
+from omibuild.units import human
 
 # labels every new plan changes; the diff says what moved underneath them instead
 BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
@@ -62,15 +63,6 @@ def target_tag(plan: Plan) -> str:
     return (moving or list(plan.tags))[0]
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _keyed(old: dict[str, str], new: dict[str, str]) -> list[Change]:
     out = []
     for key in sorted(old.keys() | new.keys()):
@@ -99,7 +91,7 @@ def requirement_changes(old: Iterable[str], new: Iterable[str]) -> list[Change]:
 
 def _files(old: Iterable[ModelFile], new: Iterable[ModelFile]) -> list[Change]:
     def show(f: ModelFile) -> str:
-        return f"{human_size(f.size)}, sha256 {f.sha256[:12]}"
+        return f"{human(f.size)}, sha256 {f.sha256[:12]}"
 
     return _keyed({f.path: show(f) for f in old}, {f.path: show(f) for f in new})
 
@@ -130,7 +122,7 @@ def diff_plans(old: Plan | None, new: Plan, against: str) -> PlanDiff:
         a = old.model_layers[i].files if i < len(old.model_layers) else ()
         b = new.model_layers[i].files if i < len(new.model_layers) else ()
         count, size = _bytes_moved(a, b)
-        reasons = (f"{count} model file(s) changed, {human_size(size)} to send",) if count else ()
+        reasons = (f"{count} model file(s) changed, {human(size)} to send",) if count else ()
         name = "model" if max(len(old.model_layers), len(new.model_layers)) == 1 else f"model {i}"
         stages.append(StageDiff(name, bool(count), reasons, tuple(_files(a, b))))
     if old.analysis_files or new.analysis_files:  # explain's background, drift's reference

@@ -26,6 +26,7 @@ from pathlib import Path
 from omibuild.planning.plan import Plan
 from omibuild.settings import host_index_urls
 from omibuild.store.cache import Cache, atomic_write
+from omibuild.units import human
 
 HEAVY_BYTES = 1 << 30  # above this much of wheels, plan warns and names what weighs most
 PIP_SECONDS = 120
@@ -47,14 +48,6 @@ class Weight:
 
     def line(self) -> str:
         return f"about {human(self.wheel_bytes)} of wheels ({self.packages} packages)"
-
-
-def human(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
-    return f"{size} B"
 
 
 def _pip_args(plan: Plan, env: Mapping[str, str]) -> list[str]:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import TextIO
 
 from omibuild import contract
-from omibuild.planning.diff import Change, PlanDiff, human_size, target_tag
+from omibuild.planning.diff import Change, PlanDiff, target_tag
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import render
+from omibuild.units import human
 
 
 def _label(key: str, value: str) -> str:
@@ -22,11 +23,11 @@ def _label(key: str, value: str) -> str:
 def stages(plan: Plan) -> list[tuple[str, str, str]]:
     """(stage, from, what it holds) rows for the stage table."""
     model = ", ".join(
-        f"layer {i}: {len(layer.files)} file(s), {human_size(layer.size)}"
+        f"layer {i}: {len(layer.files)} file(s), {human(layer.size)}"
         for i, layer in enumerate(plan.model_layers)
     )
     analysis = "".join(
-        f"; {f.path} ({human_size(f.size)})" for f in plan.analysis_files
+        f"; {f.path} ({human(f.size)})" for f in plan.analysis_files
     )  # explain's background, drift's reference: their own layer
     return [
         (

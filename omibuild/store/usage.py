@@ -186,9 +186,3 @@ def parse_size(text: str) -> int:
     return int(number * factor)
 
 
-def human(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"

@@ -74,9 +74,9 @@ def test_a_model_change_counts_files_and_bytes(old: Plan) -> None:
     changed = ModelFile(layer.files[0].path, 5000, "f" * 64)
     new = replace(old, model_layers=(Layer((changed, *layer.files[1:])),), digest="sha256:new")
     model = stage(diff_plans(old, new, "x"), "model")
-    assert model.rebuilt and model.reasons == ("1 model file(s) changed, 4.9 KiB to send",)
+    assert model.rebuilt and model.reasons == ("1 model file(s) changed, 5.0 kB to send",)
     [c] = model.changes
-    assert (c.op, c.name) == ("~", changed.path) and c.new == "4.9 KiB, sha256 ffffffffffff"
+    assert (c.op, c.name) == ("~", changed.path) and c.new == "5.0 kB, sha256 ffffffffffff"
 
 
 def test_code_changes_name_the_files(old: Plan) -> None:
