@@ -14,7 +14,8 @@ import hashlib
 import json
 import re
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from omibuild import __version__, contract
@@ -141,7 +142,7 @@ class Plan:
     platforms: tuple[str, ...]
     omi_json: str
     origin: tuple[tuple[str, str], ...]
-    source_date_epoch: int | None
+    source_date_epoch: int | None = None
     runtime_digest: str = ""
     slim: bool = True  # strip debug sections, leave pip out (render: deps stage)
     analysis_files: tuple[ModelFile, ...] = ()  # under /opt/omi/analysis, in their own layer
@@ -179,52 +180,59 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
-        def files(items: list[dict[str, Any]]) -> tuple[ModelFile, ...]:
-            return tuple(ModelFile(i["path"], int(i["size"]), i["sha256"]) for i in items)
+        """The plan ``to_dict`` wrote: each field read by its entry in ``_READ`` (as it is when
+        it has none), a field left out taking its default. KeyError names a required field."""
+        values = {}
+        for f in fields(cls):
+            if f.name in d:
+                values[f.name] = _READ.get(f.name, _same)(d[f.name])
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise KeyError(f.name)
+        return cls(**values)
 
-        def pairs(items: list[list[str]]) -> tuple[tuple[str, str], ...]:
-            return tuple((str(a), str(b)) for a, b in items)
 
-        opts = d.get("options", {})
-        return cls(
-            name=d["name"],
-            version=d["version"],
-            repository=d["repository"],
-            tags=tuple(d["tags"]),
-            base_image=d["base_image"],
-            python=d["python"],
-            user=d["user"],
-            uid=int(d["uid"]),
-            model_layers=tuple(Layer(files(layer["files"])) for layer in d["model_layers"]),
-            model_digest=d["model_digest"],
-            code_files=files(d["code_files"]),
-            requirements=tuple(d["requirements"]),
-            runtime_requirements=tuple(d["runtime_requirements"]),
-            system_packages=tuple(d["system_packages"]),
-            env=pairs(d["env"]),
-            ports=tuple(int(p) for p in d["ports"]),
-            labels=pairs(d["labels"]),
-            platforms=tuple(d["platforms"]),
-            omi_json=d["omi_json"],
-            origin=pairs(d["origin"]),
-            source_date_epoch=d.get("source_date_epoch"),
-            runtime_digest=d.get("runtime_digest", ""),
-            slim=bool(d.get("slim", True)),
-            analysis_files=files(d.get("analysis_files", [])),
-            index_url=d.get("index_url"),
-            extra_index_urls=tuple(d.get("extra_index_urls", ())),
-            options=BuildOptions(
-                caches=tuple(CacheSpec.parse(s) for s in opts.get("cache_to", ())),
-                cache_enabled=bool(opts.get("cache_enabled", True)),
-                builder=opts.get("builder"),
-                push=bool(opts.get("push", False)),
-                secrets=tuple(opts.get("secrets", ())),
-                host_network=bool(opts.get("host_network", False)),
-            ),
-            digest=d["digest"],
-            format=d["format"],
-            omibuild_version=d["omibuild_version"],
-        )
+def _same(value: Any) -> Any:
+    return value
+
+
+def _files(items: list[dict[str, Any]]) -> tuple[ModelFile, ...]:
+    return tuple(ModelFile(i["path"], int(i["size"]), i["sha256"]) for i in items)
+
+
+def _pairs(items: list[list[str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((str(a), str(b)) for a, b in items)
+
+
+def _options(opts: dict[str, Any]) -> BuildOptions:
+    return BuildOptions(
+        caches=tuple(CacheSpec.parse(s) for s in opts.get("cache_to", ())),
+        cache_enabled=bool(opts.get("cache_enabled", True)),
+        builder=opts.get("builder"),
+        push=bool(opts.get("push", False)),
+        secrets=tuple(opts.get("secrets", ())),
+        host_network=bool(opts.get("host_network", False)),
+    )
+
+
+# How each field of a Plan is read back from its JSON (to_dict): the one declared mapping
+_READ: dict[str, Callable[[Any], Any]] = {
+    "tags": tuple,
+    "uid": int,
+    "model_layers": lambda layers: tuple(Layer(_files(layer["files"])) for layer in layers),
+    "code_files": _files,
+    "requirements": tuple,
+    "runtime_requirements": tuple,
+    "system_packages": tuple,
+    "env": _pairs,
+    "ports": lambda ports: tuple(int(p) for p in ports),
+    "labels": _pairs,
+    "platforms": tuple,
+    "origin": _pairs,
+    "slim": bool,
+    "analysis_files": _files,
+    "extra_index_urls": tuple,
+    "options": _options,
+}
 
 
 MAX_STATE_BYTES = 32 << 20  # a plan state label is decompressed no further than this
