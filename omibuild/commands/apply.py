@@ -7,90 +7,42 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.engine.images import docker_context
-from omibuild.engine.progress import workflow_text
+from omibuild.engine.jobs import ApplyResult, ApplyStatus
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
-from omibuild.planning.weight import HEAVY_BYTES, Weighing, Weight, note
+from omibuild.planning.weight import Weighing, Weight
 from omibuild.progress import Progress
+from omibuild.reports.applies import FORMATS, Applied
 from omibuild.store.cache import Cache
-from omibuild.units import human
 
 if TYPE_CHECKING:
-    from omibuild.engine.apply import ApplyResult, Target
     from omibuild.planning.pipeline import Prepared
 
 
-def _summary(results: list[ApplyResult], stream: TextIO) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="omibuild apply")
-    for col in ("model", "status", "image", "seconds", "cached steps"):
-        table.add_column(col)
-    for r in results:
-        steps = f"{r.cached_steps}/{r.total_steps}" if r.total_steps else "-"
-        table.add_row(r.name, r.status, "\n".join(r.refs), f"{r.seconds:.1f}", steps)
-    Console(file=stream, width=160).print(table)
-
-
-def _next_steps(r: ApplyResult, output: str, executor: Any, weight: Weight | None) -> None:
-    """What a person sees after a build: size, digest, cache hits, and how to try it."""
-    facts = []
-    size = executor.image_size(r.refs[0]) if output == "load" and r.refs else None
-    if size:
-        facts.append(f"{human(size)}")
-    if r.venv_bytes:
-        expected = f" (plan: {weight.line()})" if weight else ""
-        facts.append(f"venv {human(r.venv_bytes)}{expected}")
-    if r.digest:
-        facts.append(f"digest {r.digest}")
-    if r.total_steps:
-        facts.append(f"{r.cached_steps}/{r.total_steps} steps cached")
-    if facts:
-        print("  " + ", ".join(facts))
-    if r.refs and output in ("load", "push"):
-        ref = next((t for t in r.refs if t.endswith(":latest")), r.refs[-1])
-        pull = f"docker pull {ref} && " if output == "push" else ""  # pushed, not loaded here
-        print(f"  try it: {pull}omibuild run {ref} --predict request.json")
-
-
-def _record(
-    r: ApplyResult, plan_digest: str, output: str, executor: Any, weight: Weight | None
-) -> dict[str, Any]:
-    """One target as CI reads it: what was built, its digest, and where it went."""
-    digest = r.digest
-    if digest is None and r.status == "up to date" and output == "load":
+def _applied(
+    r: ApplyResult,
+    plan: Plan,
+    output: str,
+    executor: Any,
+    weights: dict[str, Weight | None],
+    count: int,
+) -> Applied:
+    """A target's outcome with what its report shows: the image's size in the engine (one
+    target built and loaded), the digest of an image that was up to date already."""
+    size = None
+    if count == 1 and r.status == ApplyStatus.BUILT and output == "load" and r.refs:
+        size = executor.image_size(r.refs[0])
+    digest = None
+    if r.digest is None and r.status == ApplyStatus.UP_TO_DATE and output == "load":
         digest = executor.image_digest(r.refs[0])
-    return {
-        "name": r.name,
-        "status": r.status,
-        "image_digest": digest,
-        "plan_digest": plan_digest,
-        "tags": list(r.refs),
-        "pushed": list(r.refs) if output == "push" and r.status != "failed" else [],
-        "output": output,
-        "seconds": round(r.seconds, 3),
-        "downloaded_bytes": r.downloaded_bytes,
-        # model bytes read to learn new layers' digests, and streamed to the engine or a file
-        "model_bytes_read": r.model_bytes_read,
-        "model_bytes_sent": r.model_bytes_sent,
-        "cached_steps": r.cached_steps,
-        "total_steps": r.total_steps,
-        # the venv's layer as built, and the wheels plan expected it from (pip's resolution)
-        "venv_bytes": r.venv_bytes,
-        "venv_wheel_bytes_expected": weight.wheel_bytes if weight else None,
-        "error": r.error,
-        # what kind of failure: disk, memory, requirements, base, missing file, registry, auth,
-        # example, build (BuildKit's); model files changed, image, load, push, write (omibuild's)
-        "failure_kind": r.failure_kind,
-    }
+    return Applied(r, plan.digest, output, weights.get(r.name), size, digest)
 
 
 def target_of(prepared: Prepared) -> Target:
@@ -157,35 +109,14 @@ def run(args: argparse.Namespace) -> int:
         raise no_engine  # exit 2, the same line as every verb
     weighing = Weighing([p.plan for p in prepared], cache)  # beside the build, off its path
     results = apply_all([target_of(p) for p in prepared], executor, cache, progress, options)
-    built = {r.name for r in results if r.status == "built"}
+    built = {r.name for r in results if r.status == ApplyStatus.BUILT}
     weights = weighing.results(built)
-    failed = [r for r in results if r.status == "failed"]
-    if args.format == "json":
-        plans = {p.plan.name: p.plan for p in prepared}
-        report = [
-            _record(r, plans[r.name].digest, options.output, executor, weights.get(r.name))
-            for r in results
-        ]
-        print(json.dumps(report, indent=2))
-        return EXIT_INVALID if failed else EXIT_OK
-    if len(results) == 1 and not failed:
-        r = results[0]
-        print(
-            f"{r.name}: {r.status}"
-            + ("" if r.status == "up to date" else f" in {r.seconds:.1f}s")
-            + f": {', '.join(r.refs)}"
-        )
-        if r.status == "built":
-            _next_steps(r, options.output, executor, weights.get(r.name))
-            weight = weights.get(r.name)
-            if weight is not None and weight.wheel_bytes >= HEAVY_BYTES:
-                print(f"omibuild: warning: {note(weight)}", file=sys.stderr)
-    elif len(results) > 1:
-        _summary(results, sys.stdout)
-    for r in failed:
-        print(f"omibuild: error: {r.name}: {r.error}", file=sys.stderr)
-        if os.environ.get("GITHUB_ACTIONS") == "true":  # an annotation on the run's summary
-            print(f"::error title=omibuild apply {r.name}::{workflow_text(r.error or '')}")
+    plans = {p.plan.name: p.plan for p in prepared}
+    applied = [
+        _applied(r, plans[r.name], options.output, executor, weights, len(results)) for r in results
+    ]
+    FORMATS[args.format](applied, sys.stdout, sys.stderr)
+    failed = [r for r in results if r.status == ApplyStatus.FAILED]
     return EXIT_INVALID if failed else EXIT_OK
 
 

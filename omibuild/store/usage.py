@@ -184,5 +184,3 @@ def parse_size(text: str) -> int:
     base = unit[:1]
     factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgt".index(base or "b")
     return int(number * factor)
-
-

@@ -14,7 +14,7 @@ from omibuild.cli import build_parser
 from omibuild.conformance.check import Finding, check_labels
 from omibuild.manifest.issues import Issue
 from omibuild.manifest.validate import Result
-from omibuild.reports import checks, plans, validation
+from omibuild.reports import applies, checks, plans, validation
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,7 @@ from omibuild.reports import checks, plans, validation
         ("plan", plans.FORMATS, []),
         ("validate", validation.FORMATS, []),
         ("check", checks.FORMATS, ["some/image"]),
+        ("apply", applies.FORMATS, ["omi.yaml"]),
     ],
 )
 def test_every_format_the_cli_offers_has_a_reporter(verb: str, formats: dict, args: list) -> None:
@@ -155,3 +156,39 @@ def test_gitlab_code_quality_report() -> None:
         ("m/omi.yaml", 9, "minor"),
     ]
     assert len({r["fingerprint"] for r in report}) == 2  # one per problem
+
+
+def _applied(status: str, **more: object) -> applies.Applied:
+    from omibuild.engine.jobs import ApplyResult, ApplyStatus
+
+    result = ApplyResult("iris", ("omibuild.local/iris:1", "omibuild.local/iris:latest"),
+                         ApplyStatus(status), seconds=2.5, total_steps=13, cached_steps=12,
+                         **more)  # type: ignore[arg-type]  # fmt: skip
+    return applies.Applied(result, "sha256:plan", "load", image_bytes=123_456_789)
+
+
+def test_apply_s_text_says_the_outcome_and_how_to_try_it() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    applies.FORMATS["text"]([_applied("built", digest="sha256:img")], out, err)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "iris: built in 2.5s: omibuild.local/iris:1, omibuild.local/iris:latest"
+    assert lines[1] == "  123.5 MB, digest sha256:img, 12/13 steps cached"
+    assert lines[2] == "  try it: omibuild run omibuild.local/iris:latest --predict request.json"
+    assert err.getvalue() == ""
+
+
+def test_apply_s_failure_is_one_line_and_an_annotation_under_github(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    out, err = io.StringIO(), io.StringIO()
+    failed = _applied("failed", error="pip could not install x", failure_kind="requirements")
+    applies.FORMATS["text"]([failed], out, err)
+    assert err.getvalue() == "omibuild: error: iris: pip could not install x\n"
+    assert out.getvalue() == "::error title=omibuild apply iris::pip could not install x\n"
+    out = io.StringIO()
+    applies.FORMATS["json"]([failed], out, io.StringIO())
+    [record] = json.loads(out.getvalue())
+    assert (record["status"], record["failure_kind"], record["pushed"]) == (
+        "failed", "requirements", [],
+    )  # fmt: skip
