@@ -14,7 +14,7 @@ from omibuild.cli import build_parser
 from omibuild.conformance.check import Finding, check_labels
 from omibuild.manifest.issues import Issue
 from omibuild.manifest.validate import Result
-from omibuild.reports import applies, checks, plans, validation
+from omibuild.reports import applies, caches, checks, plans, validation
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,8 @@ from omibuild.reports import applies, checks, plans, validation
         ("validate", validation.FORMATS, []),
         ("check", checks.FORMATS, ["some/image"]),
         ("apply", applies.FORMATS, ["omi.yaml"]),
+        ("cache", caches.LISTINGS, []),
+        ("cache", caches.PRUNES, ["prune"]),
     ],
 )
 def test_every_format_the_cli_offers_has_a_reporter(verb: str, formats: dict, args: list) -> None:
