@@ -27,6 +27,7 @@ from omibuild.engine.containers import Containers
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.progress import Progress
+from omibuild.reports.runs import ANSWERS, SERVING
 from omibuild.store.cache import Cache
 
 
@@ -125,22 +126,16 @@ def run(args: argparse.Namespace) -> int:
                 )
             status, response = answer
             record |= {"status": status, "response": response}
-            print(json.dumps(record if args.format == "json" else response, indent=2))
+            ANSWERS[args.format](record, sys.stdout)
             return EXIT_OK if status < 400 else EXIT_INVALID
         if request is not None:
             status, response = predict(target, request)
             record |= {"status": status, "response": response}
-            print(json.dumps(record if args.format == "json" else response, indent=2))
+            ANSWERS[args.format](record, sys.stdout)
             return EXIT_OK if status < 400 else EXIT_INVALID
         curl = curl_example(target, example) if example is not None else None
         carries = _carries(config["labels"], target, example)
-        if args.format == "json":
-            print(json.dumps(record | {"curl": curl} | carries), flush=True)
-        else:
-            if curl is not None:
-                print(curl)
-            for what, line in carries.items():
-                print(f"# {what}\n{line}")
+        SERVING[args.format](record | {"curl": curl} | carries, sys.stdout)
         print("press Ctrl-C to stop", file=sys.stderr)
         threading.Event().wait()
         return EXIT_OK

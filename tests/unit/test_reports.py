@@ -14,7 +14,7 @@ from omibuild.cli import build_parser
 from omibuild.conformance.check import Finding, check_labels
 from omibuild.manifest.issues import Issue
 from omibuild.manifest.validate import Result
-from omibuild.reports import applies, caches, checks, plans, validation
+from omibuild.reports import applies, caches, checks, plans, runs, validation
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,8 @@ from omibuild.reports import applies, caches, checks, plans, validation
         ("apply", applies.FORMATS, ["omi.yaml"]),
         ("cache", caches.LISTINGS, []),
         ("cache", caches.PRUNES, ["prune"]),
+        ("run", runs.ANSWERS, ["some/image"]),
+        ("run", runs.SERVING, ["some/image"]),
     ],
 )
 def test_every_format_the_cli_offers_has_a_reporter(verb: str, formats: dict, args: list) -> None:
@@ -194,3 +196,15 @@ def test_apply_s_failure_is_one_line_and_an_annotation_under_github(
     assert (record["status"], record["failure_kind"], record["pushed"]) == (
         "failed", "requirements", [],
     )  # fmt: skip
+
+
+def test_run_says_how_to_call_what_it_serves() -> None:
+    record = {"image": "i", "url": "http://127.0.0.1:1", "curl": "curl -s http://127.0.0.1:1"}
+    out = io.StringIO()
+    runs.SERVING["text"](record | {"drift": "curl -s http://127.0.0.1:1/drift"}, out)
+    assert (
+        out.getvalue() == "curl -s http://127.0.0.1:1\n# drift\ncurl -s http://127.0.0.1:1/drift\n"
+    )
+    out = io.StringIO()
+    runs.ANSWERS["text"](record | {"status": 200, "response": {"predictions": [1]}}, out)
+    assert json.loads(out.getvalue()) == {"predictions": [1]}
