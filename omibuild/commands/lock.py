@@ -13,7 +13,7 @@ from omibuild.errors import EXIT_INVALID, EXIT_OK
 from omibuild.manifest.validate import load_manifest
 from omibuild.planning.pipeline import pin_base
 from omibuild.progress import Progress
-from omibuild.sources.lock import lock_drift, lock_path, write_lock
+from omibuild.sources.lock import lock_drift, read_lock_file, write_lock
 from omibuild.sources.resolve import resolve
 from omibuild.store.cache import Cache
 
@@ -23,16 +23,17 @@ def run(args: argparse.Namespace) -> int:
     stale = 0
     for file in expand_targets(args.files):
         manifest = load_manifest(Path(file))
-        resolved = resolve(manifest, cache, progress, update_lock=False)
-        base = pin_base(manifest, executor.image_digest)
-        path = lock_path(manifest)
-        drift = lock_drift(manifest, resolved, base)
+        lock = read_lock_file(manifest)  # once, for all that reads it
+        resolved = resolve(manifest, cache, progress, update_lock=False, lock_file=lock)
+        base = pin_base(manifest, executor.image_digest, lock=lock)
+        path = lock.path
+        drift = lock_drift(manifest, resolved, base, lock)
         if drift is None:
             print(f"{path}: up to date")
         elif args.check:
             print(f"{path}: out of date: {drift} (hint: run `omibuild lock`)", file=sys.stderr)
             stale += 1
         else:
-            write_lock(manifest, resolved, base)
+            write_lock(manifest, resolved, base, lock)
             print(f"{path}: written ({drift})")
     return EXIT_INVALID if stale else EXIT_OK

@@ -14,7 +14,7 @@ from omibuild.planning.make import make_plan
 from omibuild.planning.plan import BuildInputs, Plan
 from omibuild.progress import Progress
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.lock import LockMismatch, lock_path, read_base_digest, write_lock
+from omibuild.sources.lock import LockFile, LockMismatch, read_lock_file, write_lock
 from omibuild.sources.resolve import resolve
 from omibuild.store.cache import Cache
 
@@ -41,10 +41,14 @@ def prepare(
     """The plan for one manifest. Only ``save_lock`` (apply, lock) writes omi.lock: a plan is
     a dry run and leaves the repository as it found it."""
     manifest = load_manifest(path)
-    resolved = resolve(manifest, cache, progress, locked=locked, offline=offline, update_lock=False)
-    base = pin_base(manifest, None if offline else base_digest, locked=locked, notes=notes)
+    lock = read_lock_file(manifest)  # once: resolving, pinning the base and writing read it
+    resolved = resolve(
+        manifest, cache, progress, locked=locked, offline=offline, update_lock=False, lock_file=lock
+    )
+    engine = None if offline else base_digest
+    base = pin_base(manifest, engine, locked=locked, notes=notes, lock=lock)
     if save_lock and not (locked or offline):
-        write_lock(manifest, resolved, base)
+        write_lock(manifest, resolved, base, lock)
     inputs = gather(manifest, resolved, cache, base_digest=lambda _: base)
     plan = make_plan(inputs)
     return Prepared(manifest, resolved, inputs, plan)
@@ -56,11 +60,13 @@ def pin_base(
     *,
     locked: bool = False,
     notes: bool = True,
+    lock: LockFile | None = None,
 ) -> str | None:
     """The base image's digest: the engine's when it answers, else the one omi.lock pins, so
     a plan made without an engine (a reviewer's laptop, a lint-only CI job) is the same plan.
     Says on stderr when neither knows it."""
-    pinned = read_base_digest(manifest)
+    lock = lock or read_lock_file(manifest)
+    pinned = lock.base_digest
     found = engine(manifest.image.base) if engine else None
     if locked and pinned and found and found != pinned:
         raise LockMismatch(
@@ -73,7 +79,7 @@ def pin_base(
         return None
     print(
         f"omibuild: note: the digest of base image {manifest.image.base} is unknown (not in "
-        f"the local engine, not in {lock_path(manifest).name}); the plan does not pin it",
+        f"the local engine, not in {lock.path.name}); the plan does not pin it",
         file=sys.stderr,
     )
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,73 +31,77 @@ def spec_fingerprint(manifest: Manifest) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _read(manifest: Manifest) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class LockFile:
+    """omi.lock as read once for a manifest: what it pins for this manifest's source and
+    base image (None where it pins nothing for them), and its text as it is on disk."""
+
+    path: Path
+    present: bool  # a lock of this version is there (perhaps for another source)
+    resolved: ResolvedSource | None  # the model it pins, when made for this source
+    base_digest: str | None  # the digest it pins for this manifest's base image
+    text: str | None = None
+
+
+def read_lock_file(manifest: Manifest) -> LockFile:
+    """omi.lock next to the manifest; an unreadable one is a UsageError naming it."""
     path = lock_path(manifest)
     try:
-        data = json.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
-        return None
+        return LockFile(path, False, None, None)
     except (OSError, ValueError) as err:
         raise UsageError(
             f"{path}: unreadable lock file ({err})",
             hint="delete it and run `omibuild lock` to write it again",
         ) from None
     if not isinstance(data, dict) or data.get("lockVersion") != LOCK_VERSION:
-        return None
-    return data
-
-
-def read_lock(manifest: Manifest) -> ResolvedSource | None:
-    data = _read(manifest)
-    if data is None or data.get("source_spec") != spec_fingerprint(manifest):
-        return None
-    return ResolvedSource.from_dict(data["resolved"])
-
-
-def read_base_digest(manifest: Manifest) -> str | None:
-    """The digest omi.lock pins for the manifest's base image, if it pins that image."""
-    data = _read(manifest)
-    base = data.get("base") if data else None
+        return LockFile(path, False, None, None, text)
+    resolved = None
+    if data.get("source_spec") == spec_fingerprint(manifest):
+        resolved = ResolvedSource.from_dict(data["resolved"])
+    base, digest = data.get("base"), None
     if isinstance(base, dict) and base.get("image") == manifest.image.base:
-        digest = base.get("digest")
-        return digest if isinstance(digest, str) else None
-    return None
+        digest = base.get("digest") if isinstance(base.get("digest"), str) else None
+    return LockFile(path, True, resolved, digest, text)
 
 
 def write_lock(
-    manifest: Manifest, resolved: ResolvedSource, base_digest: str | None = None
+    manifest: Manifest,
+    resolved: ResolvedSource,
+    base_digest: str | None = None,
+    lock: LockFile | None = None,
 ) -> bool:
-    """Write omi.lock if its content changes; returns whether it did."""
-    path = lock_path(manifest)
+    """Write omi.lock if its content changes; returns whether it did. ``lock`` is the file as
+    read before (read again when not given)."""
+    lock = lock or read_lock_file(manifest)
     body: dict[str, Any] = {
         "lockVersion": LOCK_VERSION,
         "source_spec": spec_fingerprint(manifest),
         "resolved": resolved.to_dict(),
     }
-    base_digest = base_digest or read_base_digest(manifest)  # keep a pin nobody re-resolved
+    base_digest = base_digest or lock.base_digest  # keep a pin nobody re-resolved
     if base_digest:
         body["base"] = {"image": manifest.image.base, "digest": base_digest}
     text = json.dumps(body, indent=2, sort_keys=True) + "\n"
-    try:
-        if path.read_text("utf-8") == text:
-            return False
-    except OSError:
-        pass
-    atomic_write(path, text)
+    if lock.text == text:
+        return False
+    atomic_write(lock.path, text)
     return True
 
 
-def lock_drift(manifest: Manifest, resolved: ResolvedSource, base_digest: str | None) -> str | None:
+def lock_drift(
+    manifest: Manifest, resolved: ResolvedSource, base_digest: str | None, lock: LockFile
+) -> str | None:
     """What writing the lock now would change, in a few words; None when it is current."""
-    if _read(manifest) is None:
-        return f"there is no {lock_path(manifest).name} yet"
-    old = read_lock(manifest)
-    if old is None:
+    if not lock.present:
+        return f"there is no {lock.path.name} yet"
+    if lock.resolved is None:
         return "it was made for another model source"
-    moved = [] if old == resolved else [describe_drift(old, resolved)]
-    pinned = read_base_digest(manifest)
-    if base_digest and pinned != base_digest:
-        was = pinned[:19] if pinned else "unpinned"
+    moved = [] if lock.resolved == resolved else [describe_drift(lock.resolved, resolved)]
+    if base_digest and lock.base_digest != base_digest:
+        was = lock.base_digest[:19] if lock.base_digest else "unpinned"
         moved.append(f"base image {manifest.image.base} {was} → {base_digest[:19]}")
     return "; ".join(moved) or None
 

@@ -10,7 +10,7 @@ from omibuild.manifest.model import LocalSource, Manifest
 from omibuild.progress import Progress
 from omibuild.sources import get_source
 from omibuild.sources.base import ResolvedSource
-from omibuild.sources.lock import LockMismatch, describe_drift, lock_path, read_lock, write_lock
+from omibuild.sources.lock import LockFile, LockMismatch, describe_drift, read_lock_file, write_lock
 from omibuild.sources.remote import fetch_from_cache
 from omibuild.store.cache import Cache
 
@@ -23,12 +23,16 @@ def resolve(
     locked: bool = False,
     offline: bool = False,
     update_lock: bool = True,
+    lock_file: LockFile | None = None,
 ) -> ResolvedSource:
-    lock = read_lock(manifest)
+    """The manifest's model: from the source, checked against omi.lock with ``locked``, or
+    from the lock alone ``offline``. ``lock_file`` is omi.lock as read already, if it was."""
+    lock_file = lock_file or read_lock_file(manifest)
+    lock = lock_file.resolved
     if offline:
         if lock is None:
             raise UsageError(
-                f"--offline needs an up-to-date {lock_path(manifest)}",
+                f"--offline needs an up-to-date {lock_file.path}",
                 hint="run `omibuild lock` once with access to the model source",
             )
         return _with_location(lock, manifest)
@@ -38,7 +42,7 @@ def resolve(
     if locked:
         if lock is None:
             raise LockMismatch(
-                f"--locked: {lock_path(manifest)} is missing or was made for another source",
+                f"--locked: {lock_file.path} is missing or was made for another source",
                 hint="run `omibuild lock` to write it",
             )
         if lock != fresh:
@@ -48,7 +52,7 @@ def resolve(
                 hint="review the change, then run `omibuild lock` to update omi.lock",
             )
     elif update_lock:
-        write_lock(manifest, fresh)
+        write_lock(manifest, fresh, lock=lock_file)
     return fresh
 
 
