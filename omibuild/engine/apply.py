@@ -195,17 +195,7 @@ def apply_all(
         for job in pending:
             t = job.target
             ctx, downloaded = stack.enter_context(
-                staged_context(
-                    job.plan,
-                    t.resolved,
-                    t.manifest_root,
-                    t.code_path,
-                    cache,
-                    progress,
-                    t.manifest_file,
-                    offline=options.offline,
-                    analysis=t.analysis,
-                )
+                staged_context(t, job.plan, cache, progress, offline=options.offline)
             )
             job.layout = cache.root / "images" / context_dir(cache, t.manifest_file).name
             stack.enter_context(_cache_dir_lock(job.layout, progress))

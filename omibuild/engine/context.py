@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from omibuild.engine.jobs import Target
 from omibuild.planning.plan import Plan, state_file
 from omibuild.progress import Progress
 from omibuild.render.dockerfile import (
@@ -29,7 +30,6 @@ from omibuild.render.dockerfile import (
     CTX_STATE,
     render,
 )
-from omibuild.sources.base import ResolvedSource
 from omibuild.sources.resolve import stage
 from omibuild.sources.runtime import runtime_files
 from omibuild.store.cache import Cache, atomic_write, link_or_copy
@@ -52,27 +52,17 @@ def _sweep(parent: Path) -> None:
 
 @contextlib.contextmanager
 def staged_context(
-    plan: Plan,
-    resolved: ResolvedSource,
-    manifest_root: Path,
-    code_path: str | None,
-    cache: Cache,
-    progress: Progress,
-    manifest_file: Path,
-    *,
-    offline: bool = False,
-    analysis: tuple[tuple[str, bytes], ...] = (),
+    target: Target, plan: Plan, cache: Cache, progress: Progress, *, offline: bool = False
 ) -> Iterator[tuple[Path, int]]:
-    """Yield (context dir, bytes downloaded). The Dockerfile is at context/Dockerfile."""
-    final = context_dir(cache, manifest_file)
+    """Yield (context dir, bytes downloaded) for the target, built as ``plan`` (the target's
+    plan with this run's platforms). The Dockerfile is at context/Dockerfile."""
+    final = context_dir(cache, target.manifest_file)
     final.parent.mkdir(parents=True, exist_ok=True)
     _sweep(final.parent)
     new = final.with_name(f"{final.name}.new-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
     try:
-        downloaded = _populate(
-            new, plan, resolved, manifest_root, code_path, cache, progress, offline, analysis
-        )
+        downloaded = _populate(new, target, plan, cache, progress, offline)
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         if final.exists():
             os.rename(final, old)
@@ -84,22 +74,14 @@ def staged_context(
 
 
 def _populate(
-    ctx: Path,
-    plan: Plan,
-    resolved: ResolvedSource,
-    root: Path,
-    code_path: str | None,
-    cache: Cache,
-    progress: Progress,
-    offline: bool,
-    analysis: tuple[tuple[str, bytes], ...],
+    ctx: Path, target: Target, plan: Plan, cache: Cache, progress: Progress, offline: bool
 ) -> int:
     ctx.mkdir(parents=True)
-    downloaded = stage(resolved, cache, progress, ctx / CTX_MODEL, offline=offline)
+    downloaded = stage(target.resolved, cache, progress, ctx / CTX_MODEL, offline=offline)
     for rel, path in runtime_files():
         link_or_copy(path, ctx / CTX_RUNTIME / rel)
-    if code_path is not None:
-        base = root / code_path
+    if target.code_path is not None:
+        base = target.manifest_root / target.code_path
         for f in plan.code_files:
             link_or_copy(base / f.path, ctx / CTX_CODE / f.path)
     (ctx / CTX_CODE).mkdir(exist_ok=True)
@@ -107,10 +89,10 @@ def _populate(
     reqs.mkdir()
     (reqs / "runtime.txt").write_text("\n".join(plan.runtime_requirements) + "\n")
     (reqs / "model.txt").write_text("".join(f"{r}\n" for r in plan.requirements))
-    for rel, body in analysis:
-        target = ctx / CTX_ANALYSIS / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(body)
+    for rel, body in target.analysis:
+        dest = ctx / CTX_ANALYSIS / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(body)
     (ctx / "omi.json").write_text(plan.omi_json)
     state = state_file(plan)
     (ctx / CTX_STATE).write_bytes(state)
