@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from omibuild.runtime.faults import InputError, brief, shown
+from omibuild.runtime.faults import InputError, brief, detach, shown
 
 DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -120,6 +120,7 @@ def decode_input(spec: dict[str, Any], raw: bytes | None = None) -> np.ndarray:
         else:
             array = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
     except (ValueError, TypeError, OverflowError) as exc:  # 300 for INT8, -1 for UINT64
+        detach(exc)  # its frames hold the body: no cycle through this frame
         raise InputError(
             f"input {shown(name)}: data does not fit {datatype}: {brief(exc)}"
         ) from None
@@ -174,6 +175,7 @@ def json_document(raw: bytes | str) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
+        detach(exc)  # its frames hold the body: no cycle through this frame
         raise InputError(f"malformed JSON: {brief(exc)}") from None
     except RecursionError:
         raise InputError("malformed JSON: nested too deeply") from None

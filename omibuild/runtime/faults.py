@@ -36,12 +36,12 @@ def detach(exc: BaseException) -> BaseException:
     return exc
 
 
-def fault(kind: type[Exception], prefix: str, exc: BaseException) -> Exception:
-    """``kind`` with a bounded message about ``exc``; ``exc`` is detached from its frames.
-    Raise it ``from None``."""
+def fault(kind: type[Exception], prefix: str, exc: BaseException, **more: Any) -> Exception:
+    """``kind`` with a bounded message about ``exc`` (and ``more`` of its own arguments);
+    ``exc`` is detached from its frames. Raise it ``from None``."""
     message = f"{prefix}: {type(exc).__name__}: {brief(exc)}"
     detach(exc)
-    return kind(message)
+    return kind(message, **more)
 
 
 def unexpected(exc: BaseException, **fields: Any) -> str:
@@ -56,7 +56,17 @@ def unexpected(exc: BaseException, **fields: Any) -> str:
 
 
 class InputError(Exception):
-    """The request's data does not fit the model (400)."""
+    """The request's data does not fit the model (400). ``signature``: it does not fit the
+    signature the model was saved with (MLflow's scoring server says INVALID_PARAMETER_VALUE
+    for that, and BAD_REQUEST for what the model itself refuses)."""
+
+    def __init__(self, message: str, *, signature: bool = False) -> None:
+        super().__init__(message)
+        self.signature = signature
+
+
+class SignatureMismatch(ValueError):
+    """A flavor's word that the input does not fit the model's saved signature."""
 
 
 class PredictError(Exception):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from omibuild.runtime.faults import SignatureMismatch, detach
 from omibuild.runtime.frameworks import (
     CatBoostFlavor,
     KerasFlavor,
@@ -137,19 +138,23 @@ class PyfuncFlavor:
         except self.rejected as exc:
             if exc.error_code != "INVALID_PARAMETER_VALUE":
                 raise
-            # MLflow's message quotes the request's data: say what the model takes instead
-            schema = self.model.metadata.get_input_schema()
-            names = [str(n) for n in schema.input_names()] if schema else []
-            if schema is not None and schema.is_tensor_spec():
-                names = [
-                    f"{t.name or 'a tensor'} of {t.type} {list(t.shape)}" for t in schema.inputs
-                ]
-            takes = ", ".join(names[:8]) or "what its signature says"
-            if len(names) > 8:
-                takes += f", … ({len(names)} in all)"
-            raise ValueError(
-                f"the input does not fit the model's signature (inputs: {takes})"
-            ) from None
+            # its frames hold the request's data, and this frame holds it: a cycle that only a
+            # full collection frees (rare once the heap is frozen). Raised after this block.
+            detach(exc)
+        del inputs
+        raise SignatureMismatch(self._takes())
+
+    def _takes(self) -> str:
+        """What the model's signature takes, in words (MLflow's own message quotes the
+        request's data)."""
+        schema = self.model.metadata.get_input_schema()
+        names = [str(n) for n in schema.input_names()] if schema else []
+        if schema is not None and schema.is_tensor_spec():
+            names = [f"{t.name or 'a tensor'} of {t.type} {list(t.shape)}" for t in schema.inputs]
+        takes = ", ".join(names[:8]) or "what its signature says"
+        if len(names) > 8:
+            takes += f", … ({len(names)} in all)"
+        return f"the input does not fit the model's signature (inputs: {takes})"
 
 
 class OnnxFlavor:

@@ -18,6 +18,7 @@ from omibuild.runtime.faults import (
     MissingModule,
     NotInImage,
     PredictError,
+    SignatureMismatch,
     fault,
     load_failure_line,
     missing_module_line,
@@ -154,7 +155,10 @@ class ModelService:
         except ModuleNotFoundError as exc:  # not the input's fault: the image lacks a module
             raise MissingModule(missing_module_line(exc)) from None
         except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise fault(InputError, "the model rejected the input", exc) from None
+            signature = isinstance(exc, SignatureMismatch)  # MLflow's scoring says so apart
+            raise fault(
+                InputError, "the model rejected the input", exc, signature=signature
+            ) from None
         except Exception as exc:
             if self._rejects(exc):  # the framework's own word for a wrong input
                 raise fault(InputError, "the model rejected the input", exc) from None

@@ -32,7 +32,15 @@ from pathlib import Path
 
 from omibuild.store.cache import Cache
 
-KINDS = ("source file", "build cache", "build context", "image layout", "layer digests", "scratch")
+KINDS = (
+    "source file",
+    "build cache",
+    "build context",
+    "image layout",
+    "layer digests",
+    "plan states",
+    "scratch",
+)
 
 
 @dataclass(frozen=True)

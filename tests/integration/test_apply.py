@@ -110,9 +110,11 @@ def test_model_only_and_code_only_changes(
     assert plan2["model_digest"] != plan1["model_digest"]
     assert len(first) == len(second)
     changed = {i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b}
-    omi_json_layer = min(model_layers) - 1  # the last is outputs.json: the model answers as before
+    # omi.json and the plan's state name the model's files; the last layer is outputs.json:
+    # the model answers as before
+    omi_json_layer, state_layer = min(model_layers) - 2, min(model_layers) - 1
     assert changed & model_layers, (changed, model_layers)
-    assert changed <= {*model_layers, omi_json_layer}, (changed, model_layers)
+    assert changed <= {*model_layers, omi_json_layer, state_layer}, (changed, model_layers)
     # code-only change: the model layer keeps its digest
     hooks = manifest.parent / "src" / "hooks.py"
     hooks.write_text(hooks.read_text() + f"\n# code change {unique}\n")
@@ -131,9 +133,9 @@ def _layers_of_base() -> list[str]:
 
 def _model_layer_indexes(plan: dict) -> set[int]:  # type: ignore[type-arg]
     """Positions of the model layers in the final image: after what BuildKit built (the base,
-    user, venv, runtime, code and omi.json layers), before outputs.json."""
+    user, venv, runtime, code, omi.json and plan-state layers), before outputs.json."""
     base = len(_layers_of_base())
-    return {base + 5 + i for i in range(len(plan["model_layers"]))}
+    return {base + 6 + i for i in range(len(plan["model_layers"]))}
 
 
 def test_noop_apply_performs_no_build(repo: Path, image_cleanup: list[str]) -> None:

@@ -142,3 +142,20 @@ def test_sizes(text: str, size: int) -> None:
 def test_sizes_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a size"):
         parse_size(text)
+
+
+def test_the_listing_a_person_reads_has_a_row_for_every_kind(tmp_path: Path) -> None:
+    """`omibuild cache` (text) groups by kind: each kind the cache holds, the plans' states
+    among them, has its place in the table (a kind without one stopped the verb)."""
+    import io
+
+    from omibuild.reports.caches import LISTINGS
+
+    cache = filled(tmp_path / "cache")
+    aged(_write(cache.root / "plans" / f"{'c' * 64}.json.gz", 700), 3)
+    aged(_write(cache.root / "tmp" / "half-written", 50), 4)
+    found = entries(cache)
+    assert {e.kind for e in found} >= {"plan states", "scratch", "build cache"}
+    out = io.StringIO()
+    LISTINGS["text"](str(cache.root), found, out)
+    assert "plan states" in out.getvalue() and "in all;" in out.getvalue()

@@ -185,8 +185,10 @@ class MlflowAdapter:
                 data = self.parse(json_document(raw))
             try:
                 predictions = await self.service.apredict(data)
-            except InputError as err:  # mlflow models serve's code for what the model rejects
-                return json_response(mlflow_error("BAD_REQUEST", str(err)), 400)
+            except InputError as err:
+                # mlflow models serve's codes: what the signature refuses, what the model does
+                code = "INVALID_PARAMETER_VALUE" if err.signature else "BAD_REQUEST"
+                return json_response(mlflow_error(code, str(err)), 400)
             return json_response({"predictions": to_jsonable(predictions)})
 
         return [

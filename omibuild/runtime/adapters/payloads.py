@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from omibuild.runtime.codec import json_document
-from omibuild.runtime.faults import InputError, brief
+from omibuild.runtime.faults import InputError, brief, detach
 from omibuild.runtime.http import HTTPError
 from omibuild.runtime.model import as_array
 
@@ -34,6 +34,7 @@ def csv_rows(body: bytes) -> list[list[Any]]:
             [_number(cell.strip()) for cell in row] for row in csv.reader(io.StringIO(text)) if row
         ]
     except csv.Error as exc:  # a field over the csv module's 128 KiB limit, a stray NUL
+        detach(exc)  # its frames hold the body: no cycle through this frame
         raise HTTPError(400, f"malformed CSV: {exc}") from None
     if not rows:
         raise HTTPError(400, "empty CSV body")
@@ -59,6 +60,7 @@ def npy_array(body: bytes) -> Any:
         stream.seek(0)
         return np.load(stream, allow_pickle=False)
     except (ValueError, OSError, EOFError, TypeError) as exc:
+        detach(exc)  # its frames hold the body: no cycle through this frame
         raise HTTPError(400, f"body is not a .npy array: {brief(exc)}") from None
 
 
@@ -96,6 +98,7 @@ def jsonlines_rows(body: bytes) -> list[Any]:
         try:
             rows.append(json_document(line))
         except InputError as exc:  # json's position is inside the record: name its line
+            detach(exc)  # its frames hold the body: no cycle through this frame
             raise HTTPError(400, f"JSON Lines record on line {number}: {exc}") from None
     if not rows:
         raise HTTPError(400, "empty JSON Lines body")
