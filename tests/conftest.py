@@ -40,6 +40,12 @@ def images_to_remove() -> Path:
     return Path(tempfile.gettempdir()) / f"omibuild-test-images-{os.environ['OMI_TEST_RUN']}"
 
 
+def remember_image(ref: str) -> None:
+    """An image (every tag of its repository) this run made: removed when the run ends."""
+    with images_to_remove().open("a") as fh:
+        fh.write(f"{ref}\n")
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller removes everything once all have finished

@@ -22,7 +22,7 @@ from omibuild.manifest.validate import load_manifest
 from omibuild.planning.pipeline import prepare
 from omibuild.progress import QUIET
 from omibuild.store.cache import Cache
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, remember_image
 
 CLIENTS = ROOT / ".clients"
 
@@ -195,6 +195,7 @@ def everywhere_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     registry = os.environ.get("OMI_REGISTRY_ADDR", "127.0.0.1:5000")
     tmp = tmp_path_factory.mktemp("everywhere")
     repository = f"{registry}/omibuild-test/everywhere"
+    remember_image(repository)  # its tags go when the run ends
     manifest = copy_example(
         "multi-runtime", tmp, repository, **{"  push: true\n": "  push: false\n"}
     )

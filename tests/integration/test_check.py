@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import remember_image
+
 from .conftest import BASE_IMAGE, docker
 from .helpers import copy_example, omibuild
 
@@ -176,6 +178,7 @@ def test_image_that_runs_as_root(fakes) -> None:  # type: ignore[no-untyped-def]
 def example_image(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     tmp = tmp_path_factory.mktemp("everywhere")
     repository = f"{registry}/omibuild-test/everywhere"
+    remember_image(repository)  # its tags go when the run ends
     manifest = copy_example(
         "multi-runtime", tmp, repository, **{"  push: true\n": "  push: false\n"}
     )
