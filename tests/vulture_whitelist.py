@@ -3,7 +3,7 @@ registry. `make lint` runs vulture over omibuild/ with this file."""
 
 # ruff: noqa
 # mypy: ignore-errors
-from omibuild.runtime.adapters import grpc_v2, mlflow, modzy, sagemaker, vertex
+from omibuild.runtime.adapters import grpc_v2, kfserving, mlflow, modzy, sagemaker, vertex
 from omibuild.runtime import flavors, log, server
 from omibuild import progress
 from omibuild.sources import huggingface, local, mlflow as mlflow_source
@@ -16,6 +16,7 @@ grpc_v2.InferenceServicer.ServerMetadata
 grpc_v2.InferenceServicer.ModelMetadata
 grpc_v2.InferenceServicer.ModelInfer
 # plugin families: loaded from "module:Class" strings in their registries
+kfserving.KServeAdapter
 mlflow.MlflowAdapter
 modzy.ModzyAdapter
 sagemaker.SageMakerAdapter
