@@ -61,6 +61,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         # that was there before setup is its owner's, and its cache makes their next build fast
         subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
         subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=False)
+        _empty_test_registry()
+
+
+# setup's loopback registry (scripts/start-registry.sh): the tests push under omibuild-test/
+REGISTRY_STATE = SETUP_ENGINE.parent / "registry"
+REGISTRY_CONFIG = SETUP_ENGINE.parent / "registry.yml"
+
+
+def _empty_test_registry() -> None:
+    """The repositories the tests pushed to setup's registry, and then the blobs nothing
+    references any more (the registry's own collector; it keeps no blob cache, and nothing
+    pushes once the run has ended). About 1.5 GB a run."""
+    repositories = REGISTRY_STATE / "docker" / "registry" / "v2" / "repositories"
+    if not REGISTRY_CONFIG.is_file() or not (repositories / "omibuild-test").is_dir():
+        return
+    shutil.rmtree(repositories / "omibuild-test", ignore_errors=True)
+    collector = shutil.which("docker-registry") or shutil.which("registry")
+    if collector:
+        subprocess.run(
+            [collector, "garbage-collect", str(REGISTRY_CONFIG)],
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
 
 
 def _remove_images() -> None:
