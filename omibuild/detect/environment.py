@@ -14,36 +14,6 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-# Import names whose distribution is spelled otherwise, for when no environment at hand has
-# the module installed (then the name is only a guess, and init says so).
-KNOWN_DISTRIBUTIONS = {
-    "sklearn": "scikit-learn",
-    "skimage": "scikit-image",
-    "cv2": "opencv-python-headless",
-    "PIL": "pillow",
-    "yaml": "pyyaml",
-    "bs4": "beautifulsoup4",
-    "mlflow": "mlflow-skinny",
-    "attr": "attrs",
-    "dateutil": "python-dateutil",
-    "lightgbm": "lightgbm",
-    "xgboost": "xgboost",
-    "catboost": "catboost",
-    "torch": "torch",
-    "numpy": "numpy",
-    "scipy": "scipy",
-    "pandas": "pandas",
-    "joblib": "joblib",
-    "skops": "skops",
-    "onnxruntime": "onnxruntime",
-    "transformers": "transformers",
-    "keras": "keras",
-    "tensorflow": "tensorflow-cpu",
-    "statsmodels": "statsmodels",
-    "category_encoders": "category-encoders",
-    "imblearn": "imbalanced-learn",
-}
-
 
 @dataclass
 class Environment:

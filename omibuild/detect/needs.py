@@ -8,10 +8,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omibuild.detect.environment import KNOWN_DISTRIBUTIONS, STDLIB, Environment
+from omibuild.detect.environment import STDLIB, Environment
 from omibuild.detect.formats import Format
 from omibuild.detect.pickles import Scan
 from omibuild.manifest.requirements import cpu_build
+
+# import names whose distribution is spelled otherwise, for when no environment at hand has the
+# module (then the name is a guess, and init says so): the runtime's own table, so that init and
+# a missing module's hint in the image name the same distribution
+from omibuild.runtime.faults import KNOWN_DISTRIBUTIONS
 from omibuild.sources.local import ignored
 
 MAX_DIRS_SEEN = 5_000  # a bounded look for the repository's own modules

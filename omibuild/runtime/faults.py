@@ -82,9 +82,10 @@ class NotInImage(Exception):
     detector (501)."""
 
 
-# Import names of well-known distributions, spelled as PyPI spells them. Only these are ever
-# named as a requirement: any other missing module may as well be the repository's own code.
-_DISTRIBUTIONS = {
+# Import names of well-known distributions, spelled as PyPI spells them (init reads this too,
+# for when no environment at hand has the module). Only these are ever named as a
+# requirement: any other missing module may as well be the repository's own code.
+KNOWN_DISTRIBUTIONS = {
     "sklearn": "scikit-learn",
     "skimage": "scikit-image",
     "cv2": "opencv-python-headless",
@@ -94,8 +95,12 @@ _DISTRIBUTIONS = {
     "mlflow": "mlflow-skinny",
     "attr": "attrs",
     "dateutil": "python-dateutil",
+    "tensorflow": "tensorflow-cpu",
+    "category_encoders": "category-encoders",
+    "imblearn": "imbalanced-learn",
     **{n: n for n in ("numpy", "scipy", "pandas", "joblib", "skops", "xgboost", "lightgbm",
-                      "catboost", "torch", "transformers", "keras", "onnxruntime")},
+                      "catboost", "torch", "transformers", "keras", "onnxruntime",
+                      "statsmodels")},
 }  # fmt: skip
 
 
@@ -114,8 +119,8 @@ def missing_module_line(exc: ModuleNotFoundError) -> str:
     missing = getattr(exc, "name", None)
     if missing:
         top = missing.split(".")[0]
-        if top in _DISTRIBUTIONS:
-            dist = _DISTRIBUTIONS[top]
+        if top in KNOWN_DISTRIBUTIONS:
+            dist = KNOWN_DISTRIBUTIONS[top]
             return f"{line} (hint: add {dist} to image.requirements in omi.yaml and apply again)"
         return (
             f"{line} (hint: if {top} is your repository's own code, list it under code: in "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,35 +46,43 @@ _V2_TYPES = {
 }
 
 
+def _specs(signature: object, key: str) -> list[dict[str, Any]] | None:
+    """The signature's ``inputs`` or ``outputs``: MLflow keeps each as a JSON list of specs."""
+    if not isinstance(signature, dict) or not isinstance(signature.get(key), str):
+        return None
+    try:
+        specs = json.loads(signature[key])
+    except ValueError:
+        return None
+    if not isinstance(specs, list) or not specs or not all(isinstance(x, dict) for x in specs):
+        return None
+    return specs
+
+
+def _tensor(spec: dict[str, Any], default_name: str) -> dict[str, object] | None:
+    """A tensor spec as a V2 tensor of any batch size; None without a V2 datatype or shape."""
+    tensor = spec.get("tensor-spec") or {}
+    datatype, shape = _V2_TYPES.get(str(tensor.get("dtype"))), tensor.get("shape")
+    if not datatype or not isinstance(shape, list) or not shape:
+        return None
+    return {"name": str(spec.get("name") or default_name), "datatype": datatype,
+            "shape": [-1, *shape[1:]]}  # fmt: skip
+
+
 def signature_outputs(signature: object) -> list[dict[str, object]] | None:
     """The V2 outputs an MLflow signature declares: one unnamed column (what a predict returning
     one value per row declares), or tensors. None for anything else (several columns, types
     without a V2 datatype): the build's dry prediction alone then says what the model answers."""
-    if not isinstance(signature, dict) or not isinstance(signature.get("outputs"), str):
-        return None
-    try:
-        specs = json.loads(signature["outputs"])
-    except ValueError:
-        return None
-    if not isinstance(specs, list) or not specs:
+    specs = _specs(signature, "outputs")
+    if specs is None:
         return None
     out: list[dict[str, object]] = []
     for index, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            return None
         if spec.get("type") == "tensor":
-            tensor = spec.get("tensor-spec") or {}
-            datatype = _V2_TYPES.get(str(tensor.get("dtype")))
-            shape = tensor.get("shape")
-            if not datatype or not isinstance(shape, list) or not shape:
+            tensor = _tensor(spec, f"output-{index}")
+            if tensor is None:
                 return None
-            out.append(
-                {
-                    "name": str(spec.get("name") or f"output-{index}"),
-                    "datatype": datatype,
-                    "shape": [-1, *shape[1:]],
-                }
-            )
+            out.append(tensor)
         elif len(specs) == 1 and spec.get("type") in _V2_TYPES:
             out.append({"name": "output-0", "datatype": _V2_TYPES[spec["type"]], "shape": [-1]})
         else:
@@ -84,25 +93,16 @@ def signature_outputs(signature: object) -> list[dict[str, object]] | None:
 def signature_inputs(signature: object) -> list[dict[str, object]] | None:
     """The V2 inputs an MLflow signature declares: a named column is a tensor of one value
     per row, a tensor spec keeps its shape. None where a type has no V2 datatype."""
-    if not isinstance(signature, dict) or not isinstance(signature.get("inputs"), str):
-        return None
-    try:
-        specs = json.loads(signature["inputs"])
-    except ValueError:
-        return None
-    if not isinstance(specs, list) or not specs:
+    specs = _specs(signature, "inputs")
+    if specs is None:
         return None
     out: list[dict[str, object]] = []
     for index, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            return None
         if spec.get("type") == "tensor":
-            tensor = spec.get("tensor-spec") or {}
-            datatype, shape = _V2_TYPES.get(str(tensor.get("dtype"))), tensor.get("shape")
-            if not datatype or not isinstance(shape, list) or not shape:
+            tensor = _tensor(spec, f"input-{index}")
+            if tensor is None:
                 return None
-            out.append({"name": str(spec.get("name") or f"input-{index}"),
-                        "datatype": datatype, "shape": [-1, *shape[1:]]})  # fmt: skip
+            out.append(tensor)
         elif spec.get("type") in _V2_TYPES and spec.get("name"):
             out.append({"name": str(spec["name"]), "datatype": _V2_TYPES[spec["type"]],
                         "shape": [-1]})  # fmt: skip
