@@ -305,6 +305,35 @@ def workflow_text(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+_PIP = re.compile(
+    r"^(Collecting|Downloading|Building wheel for|Installing collected packages)\b:? ?(\S*)"
+)
+_PIP_WORDS = {
+    "Collecting": "resolving",
+    "Downloading": "downloading",
+    "Building wheel for": "building",
+    "Installing collected packages": "installing",
+}
+
+
+def pip_doing(step: Step) -> str:
+    """What pip is at in a running pip step, from its last words: ": downloading torch-2.13.0
+    ...whl", or nothing for any other step."""
+    if "pip install" not in step.name:
+        return ""
+    for line in reversed(list(step.logs)[-20:]):  # a copy: the build's thread appends
+        m = _PIP.match(line.strip())
+        if m:
+            what = m[2].rsplit("/", 1)[-1]
+            word = _PIP_WORDS[m[1]]
+            return (
+                f": {word} {what}"[:70]
+                if what and m[1] != "Installing collected packages"
+                else f": {word}"
+            )
+    return ""
+
+
 class TtyView:
     """On a terminal: a live view, one line per running step with its time, the count of
     steps done and bytes moved; a short record stays in the scrollback. Build text is passed
@@ -317,8 +346,15 @@ class TtyView:
         self.console = Console(file=stream)
         self.title = title
         self.start = time.time()
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True)
         self.steps: Steps | None = None
+        # drawn afresh at every refresh, not only when BuildKit says something: a long step's
+        # time ticks, and pip's current package shows, while the build is quiet
+        self.live = Live(
+            console=self.console,
+            refresh_per_second=4,
+            transient=True,
+            get_renderable=self._render,
+        )
         self.live.start()
 
     def _render(self) -> Any:
@@ -328,25 +364,24 @@ class TtyView:
         steps = self.steps
         lines = [Text(f"building {self.title}", style="bold")]
         if steps is not None:
-            dockerfile = steps.dockerfile_steps()
+            every = list(steps.steps.values())  # the build's thread adds steps meanwhile
+            dockerfile = [s for s in every if s.dockerfile_step]
             done = [s for s in dockerfile if s.completed is not None]
             cached = sum(1 for s in done if s.cached)
-            moved = sum(s.bytes for s in steps.steps.values())
+            moved = sum(s.bytes for s in every)
             summary = f"  {len(done)}/{len(dockerfile)} steps done, {cached} cached"
             if moved >= 1_000_000:
                 summary += f", {human(moved)} moved"
             summary += f", {time.time() - self.start:.0f}s"
             lines.append(Text(summary, style="dim"))
-            running = [
-                s for s in steps.steps.values() if s.started is not None and s.completed is None
-            ]
+            running = [s for s in every if s.started is not None and s.completed is None]
             for step in [s for s in running if s.shown][-8:]:
-                lines.append(Text(f"  {label(step)}  {step.seconds:.0f}s"))
+                doing = pip_doing(step)
+                lines.append(Text(f"  {label(step)}{doing}  {step.seconds:.0f}s"))
         return Group(*lines)
 
     def update(self, steps: Steps, finished: list[Step]) -> None:
-        self.steps = steps
-        self.live.update(self._render())
+        self.steps = steps  # the next refresh draws it
 
     def close(self, steps: Steps) -> None:
         from rich.text import Text

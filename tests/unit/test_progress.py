@@ -245,3 +245,31 @@ def test_the_step_buildx_names_at_the_end_is_the_fault() -> None:
         trailer=(f"ERROR: failed to solve: {error}",),
     )
     assert diagnose(steps).kind == "requirements"
+
+
+def test_the_live_view_names_pip_s_current_package_and_keeps_time() -> None:
+    import io
+
+    from omibuild.engine.progress import TtyView, pip_doing
+
+    steps = build(
+        vertex("p", PIP, started=T0),
+        log("p", "Collecting scikit-learn==1.9.1 (from -r /r/model.txt (line 1))\n"),
+        log("p", "  Downloading torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl (190 MB)\n"),
+        log("p", "     ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 12.0/190.0 MB 40 MB/s eta 0:00:05\n"),
+    )
+    running = steps.steps["p"]
+    assert pip_doing(running) == ": downloading torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"
+    running.logs.append("Installing collected packages: numpy, torch")
+    assert pip_doing(running) == ": installing"
+    assert pip_doing(Step("x", "[deps 2/6] RUN python3 -m venv /opt/omi/venv", 2)) == ""
+    view = TtyView(io.StringIO(), "omibuild.local/m")
+    try:
+        view.update(steps, [])
+        drawn = io.StringIO()
+        from rich.console import Console
+
+        Console(file=drawn, width=160).print(view._render())
+        assert "installing the requirements: installing" in drawn.getvalue()
+    finally:
+        view.close(steps)
