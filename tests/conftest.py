@@ -72,7 +72,8 @@ REGISTRY_CONFIG = SETUP_ENGINE.parent / "registry.yml"
 def _empty_test_registry() -> None:
     """The repositories the tests pushed to setup's registry, and then the blobs nothing
     references any more (the registry's own collector; it keeps no blob cache, and nothing
-    pushes once the run has ended). About 1.5 GB a run."""
+    pushes once the run has ended), and the revisions of what stays (the examples' registry
+    caches) that a later push replaced. About 1.5 GB a run."""
     repositories = REGISTRY_STATE / "docker" / "registry" / "v2" / "repositories"
     if not REGISTRY_CONFIG.is_file() or not (repositories / "omibuild-test").is_dir():
         return
@@ -80,7 +81,8 @@ def _empty_test_registry() -> None:
     collector = shutil.which("docker-registry") or shutil.which("registry")
     if collector:
         subprocess.run(
-            [collector, "garbage-collect", str(REGISTRY_CONFIG)],
+            # untagged: the caches' and images' revisions that a later push replaced
+            [collector, "garbage-collect", "--delete-untagged", str(REGISTRY_CONFIG)],
             capture_output=True,
             timeout=600,
             check=False,
