@@ -95,6 +95,7 @@ def keep_previous(groups_rerun: set[str]) -> None:
         "layers": "model layers:",
         "size": "image size",
         "formats": "formats",
+        "files": "files",
         "serving": ("serving", "cold start"),
         "analysis": "explain and drift",
         "soak": "soak",
