@@ -57,6 +57,13 @@ def bench_many_files(
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         times[count]["config"] = len(config.encode())
+        # every tag apply gave it (latest, the origin tag): the bench leaves no image behind
+        tags = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
+             f"omibuild.local/files-{count}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        subprocess.run(["docker", "image", "rm", "-f", *tags], capture_output=True, check=False)
     for name in ("plan", "apply", "plan diff", "no-op apply"):
         record(
             "files",
