@@ -82,29 +82,29 @@ def machine() -> dict[str, str]:
     }
 
 
+# every group, in the order it runs, with how its figures' group names begin (the report
+# keeps a group's figures from the last run when --only leaves it out)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "cli": ("cli",),
+    "hashing": ("hashing",),
+    "build": ("build:",),
+    "layers": ("model layers:",),
+    "files": ("files",),
+    "size": ("image size",),
+    "formats": ("formats",),
+    "serving": ("serving", "cold start"),
+    "analysis": ("explain and drift",),
+    "soak": ("soak",),
+}
+
+
 def keep_previous(groups_rerun: set[str]) -> None:
     """With --only, keep the figures of the groups not re-run from the last report."""
     try:
         previous = json.loads((RESULTS / "latest.json").read_text())["figures"]
     except (OSError, ValueError, KeyError):
         return
-    prefixes = {
-        "cli": "cli",
-        "hashing": "hashing",
-        "build": "build:",
-        "layers": "model layers:",
-        "size": "image size",
-        "formats": "formats",
-        "files": "files",
-        "serving": ("serving", "cold start"),
-        "analysis": "explain and drift",
-        "soak": "soak",
-    }
-    rerun = tuple(
-        p
-        for g in groups_rerun
-        for p in (prefixes[g] if isinstance(prefixes[g], tuple) else (prefixes[g],))
-    )
+    rerun = tuple(p for g in groups_rerun for p in GROUPS[g])
     kept = [f for f in previous if not f["group"].startswith(rerun)]
     for f in kept:
         f.pop("ratio", None)
@@ -218,18 +218,7 @@ def main() -> int:
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
         "--only",
-        choices=[
-            "cli",
-            "hashing",
-            "build",
-            "layers",
-            "files",
-            "size",
-            "formats",
-            "serving",
-            "analysis",
-            "soak",
-        ],
+        choices=list(GROUPS),
         action="append",
     )
     parser.add_argument(
@@ -238,21 +227,7 @@ def main() -> int:
         help="model sizes in GiB for the layers group (10 GiB runs once)",
     )
     args = parser.parse_args()
-    only = set(
-        args.only
-        or [
-            "cli",
-            "hashing",
-            "build",
-            "layers",
-            "files",
-            "size",
-            "formats",
-            "serving",
-            "analysis",
-            "soak",
-        ]
-    )
+    only = set(args.only or GROUPS)
     start = time.perf_counter()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="omibuild-bench-", dir="/var/tmp") as tmp:
