@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
+from omibuild.contract import DERIVED_LABELS
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.engine.images import docker_context
@@ -156,7 +156,6 @@ def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
     )
 
 
-_DERIVED = {PLAN_DIGEST_LABEL, PLAN_STATE_LABEL}  # labels made from the plan itself
 _COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
 _IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
 
@@ -172,7 +171,7 @@ def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
     changes = []
     old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
     for key in sorted(set(old_labels) | set(new_labels)):
-        if key not in _DERIVED and old_labels.get(key) != new_labels.get(key):
+        if key not in DERIVED_LABELS and old_labels.get(key) != new_labels.get(key):
             changes.append(
                 f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
             )

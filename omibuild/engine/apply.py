@@ -15,7 +15,7 @@ from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 
-from omibuild.contract import PLAN_DIGEST_LABEL, PLAN_STATE_LABEL
+from omibuild.contract import PLAN_DIGEST_LABEL
 from omibuild.engine.assemble import finish, model_layers
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.failures import retry_transient_failures
@@ -113,8 +113,7 @@ def _request(
         context=ctx,
         dockerfile=ctx / "Dockerfile",
         tags=(job.temp,),
-        # every label but the plan state, which the config holds: manifests stay small
-        annotations=tuple(kv for kv in plan.labels if kv[0] != PLAN_STATE_LABEL),
+        annotations=plan.annotations,  # manifests stay small: the state is the config's
         output=f"layout:{job.layout}",
         platforms=plan.platforms,
         cache_from=cache_from,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from omibuild.contract import OUTPUTS_FILE, PLAN_STATE_LABEL
+from omibuild.contract import OUTPUTS_FILE
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import Job
 from omibuild.engine.oci import Appended, Layout, LayoutError, reset
@@ -274,7 +274,7 @@ def finish(
     engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
     total = 1 + engine + plan.dry_run + (job.output != "load")
     steps = _Steps(view_kind(progress, sys.stderr), sys.stderr, total, result.log_path)
-    annotations = {k: v for k, v in plan.labels if k != PLAN_STATE_LABEL}
+    annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
     try:
         model = build.model(made, uploading=job.output == "push" and not engine)

@@ -306,7 +306,7 @@ def workflow_text(text: str) -> str:
 
 
 _PIP = re.compile(
-    r"^(Collecting|Downloading|Building wheel for|Installing collected packages)\b:? ?(\S*)"
+    r"^(?:(Collecting|Downloading|Building wheel for) (\S+)|(Installing collected packages))"
 )
 _PIP_WORDS = {
     "Collecting": "resolving",
@@ -323,14 +323,10 @@ def pip_doing(step: Step) -> str:
         return ""
     for line in reversed(list(step.logs)[-20:]):  # a copy: the build's thread appends
         m = _PIP.match(line.strip())
+        if m and m[2]:  # a package (a URL's last part, for older pips)
+            return f": {_PIP_WORDS[m[1]]} {m[2].rsplit('/', 1)[-1]}"[:70]
         if m:
-            what = m[2].rsplit("/", 1)[-1]
-            word = _PIP_WORDS[m[1]]
-            return (
-                f": {word} {what}"[:70]
-                if what and m[1] != "Installing collected packages"
-                else f": {word}"
-            )
+            return f": {_PIP_WORDS[m[3]]}"
     return ""
 
 

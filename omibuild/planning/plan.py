@@ -159,6 +159,12 @@ class Plan:
         return bool(json.loads(self.omi_json).get("example")) if self.omi_json else False
 
     @property
+    def annotations(self) -> tuple[tuple[str, str], ...]:
+        """Every label but the plan's state pointer, which the config alone holds: what the
+        image's manifest and index carry as annotations."""
+        return tuple(kv for kv in self.labels if kv[0] != contract.PLAN_STATE_LABEL)
+
+    @property
     def image_refs(self) -> tuple[str, ...]:
         return tuple(f"{self.repository}:{t}" for t in self.tags)
 
