@@ -40,10 +40,10 @@ def images_to_remove() -> Path:
     return Path(tempfile.gettempdir()) / f"omibuild-test-images-{os.environ['OMI_TEST_RUN']}"
 
 
-def remember_image(ref: str) -> None:
-    """An image (every tag of its repository) this run made: removed when the run ends."""
+def remember_image(*refs: str) -> None:
+    """Images (every tag of their repositories) this run made: removed when the run ends."""
     with images_to_remove().open("a") as fh:
-        fh.write(f"{ref}\n")
+        fh.write("".join(f"{ref}\n" for ref in refs))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -370,7 +370,7 @@ Ours = Server | Built
 def build_image(sklearn_root: Path, tmp: Path) -> str:
     """A stranger's repository named m holding the model file, `omibuild init` and `apply`
     as the README says, with the example input added."""
-    from tests.conftest import images_to_remove
+    from tests.conftest import remember_image
     from tests.integration.test_first_model import cli, without_example
 
     repo = tmp / "m"
@@ -380,8 +380,7 @@ def build_image(sklearn_root: Path, tmp: Path) -> str:
     manifest = repo / "omi.yaml"
     example = "model:\n  example: {instances: [[5.1, 3.5, 1.4, 0.2]]}\n"
     manifest.write_text(without_example(manifest.read_text()).replace("model:\n", example, 1))
-    with images_to_remove().open("a") as fh:
-        fh.write("omibuild.local/m\n")
+    remember_image("omibuild.local/m")
     built = cli(repo, "apply", "--format", "json", "--progress", "quiet")
     assert built.returncode == 0, built.stderr[-3000:]
     [record] = json.loads(built.stdout)

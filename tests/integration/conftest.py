@@ -60,13 +60,11 @@ def image_cleanup() -> Iterator[list[str]]:
     """Images a test creates; removed when the whole run ends (tests/conftest.py). Removing
     an image lets the engine collect blobs that a build running in parallel may be about to
     export, so nothing is removed while builds can still be running."""
-    from tests.conftest import images_to_remove
+    from tests.conftest import remember_image
 
     refs: list[str] = []
     yield refs
-    if refs:
-        with images_to_remove().open("a") as fh:
-            fh.write("".join(f"{ref}\n" for ref in refs))
+    remember_image(*refs)
 
 
 @pytest.fixture

@@ -132,10 +132,9 @@ def new_stranger(
     tmp_path: Path, name: str, venv: Path, extras: str = "", files: dict[str, str] | None = None
 ) -> Stranger:
     """A fresh git repository named ``name`` (its images are removed when the run ends)."""
-    from tests.conftest import images_to_remove
+    from tests.conftest import remember_image
 
-    with images_to_remove().open("a") as fh:
-        fh.write(f"omibuild.local/{name}\n")
+    remember_image(f"omibuild.local/{name}")
     repo = tmp_path / name
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)

@@ -54,14 +54,13 @@ def write_table(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """(repository, image) built once for the module."""
-    from tests.conftest import images_to_remove
+    from tests.conftest import remember_image
 
     unique = tmp_path_factory.mktemp("u").name[-6:].replace("_", "")
     repo = new_repo(tmp_path_factory.mktemp("analysis"), f"stranger-explain-{unique}", write)
     cleanup: list[str] = []
     yield repo, build(repo, cleanup)
-    with images_to_remove().open("a") as fh:
-        fh.write("".join(f"{ref}\n" for ref in cleanup))
+    remember_image(*cleanup)
 
 
 def write(repo: Path) -> None:

@@ -91,10 +91,9 @@ def train_mlflow(repo: Path) -> None:
 def new_repo(tmp_path: Path, name: str, train: Callable[[Path], None]) -> Path:
     """A git repository holding a freshly trained model. Every image of the repository
     ``omibuild.local/<name>`` that `omibuild init` names goes when the test run ends."""
-    from tests.conftest import images_to_remove
+    from tests.conftest import remember_image
 
-    with images_to_remove().open("a") as fh:
-        fh.write(f"omibuild.local/{name}\n")
+    remember_image(f"omibuild.local/{name}")
     repo = tmp_path / name
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
