@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omibuild.contract import DERIVED_LABELS
 from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.engine.images import docker_context
 from omibuild.engine.jobs import ApplyResult, ApplyStatus
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, UsageError
+from omibuild.planning.diff import diff_plans, stale_reasons
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import Plan
 from omibuild.planning.weight import Weighing, Weight
@@ -121,64 +121,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_reviewed_plan(reviewed: Plan, current: Plan) -> None:
-    """apply --plan: refuse when anything that shapes the image changed since the review."""
+    """apply --plan: refuse when anything that shapes the image changed since the review, by
+    the same comparison `plan --diff` shows."""
     if reviewed.digest == current.digest:
         return
-    reasons = []
-    if reviewed.model_digest != current.model_digest:
-        reasons.append(
-            f"the model changed ({reviewed.model_digest[:19]} → {current.model_digest[:19]})"
-        )
-    if dict(reviewed.origin) != dict(current.origin):
-        reasons.append(
-            f"the origin changed ({dict(reviewed.origin).get('id', '')[:16]} → "
-            f"{dict(current.origin).get('id', '')[:16]})"
-        )
-    if reviewed.code_files != current.code_files:
-        reasons.append("the code changed")
-    if reviewed.requirements != current.requirements:
-        reasons.append("the requirements changed")
-    if (
-        reviewed.omibuild_version != current.omibuild_version
-        or reviewed.runtime_digest != current.runtime_digest
-    ):
-        reasons.append("omibuild itself changed")
-    reasons += _other_changes(reviewed, current)
-    if not reasons:
-        reasons.append(
-            "the runtime config (omi.json) changed"
-            if reviewed.omi_json != current.omi_json
-            else "the plan format changed"
-        )
+    reasons = stale_reasons(diff_plans(reviewed, current, "the reviewed plan"))
     raise BuildError(
-        f"the reviewed plan {reviewed.digest[:19]} is stale: " + "; ".join(reasons),
+        f"the reviewed plan {reviewed.digest[:19]} is stale: "
+        + "; ".join(reasons or ["the plan format changed"]),
         hint="run `omibuild plan --out plan.json` again and have it reviewed",
     )
-
-
-_COVERED = {"model_digest", "model_layers", "origin", "code_files", "requirements"}
-_IGNORED = {"digest", "options", "omibuild_version", "runtime_digest", "omi_json"}
-
-
-def _short(value: Any) -> str:
-    text = "(none)" if value in (None, "", [], ()) else str(value)
-    return text if len(text) <= 40 else text[:37] + "…"
-
-
-def _other_changes(reviewed: Plan, current: Plan) -> list[str]:
-    """What else moved, by name: each label by its key, every other field by its own."""
-    old, new = reviewed.to_dict(), current.to_dict()
-    changes = []
-    old_labels, new_labels = dict(reviewed.labels), dict(current.labels)
-    for key in sorted(set(old_labels) | set(new_labels)):
-        if key not in DERIVED_LABELS and old_labels.get(key) != new_labels.get(key):
-            changes.append(
-                f"label {key}: {_short(old_labels.get(key))} → {_short(new_labels.get(key))}"
-            )
-    for key in sorted(set(old) - _COVERED - _IGNORED - {"labels"}):
-        if old[key] != new.get(key):
-            changes.append(f"{key.replace('_', ' ')}: {_short(old[key])} → {_short(new.get(key))}")
-    return changes
 
 
 def expand_targets(paths: list[str]) -> list[Path]:

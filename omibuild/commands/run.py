@@ -14,7 +14,7 @@ from omibuild import contract
 from omibuild.conformance.bodies import read_body
 from omibuild.conformance.images import free_port, interfaces_of
 from omibuild.conformance.probe import (
-    Target,
+    Endpoint,
     container_env,
     curl_example,
     exit_reason,
@@ -41,7 +41,7 @@ def _image_and_example(target: str) -> tuple[str, Any]:
     return target, None
 
 
-def _carries(labels: dict[str, str], target: Target, example: Any) -> dict[str, str]:
+def _carries(labels: dict[str, str], target: Endpoint, example: Any) -> dict[str, str]:
     """How to reach the explainer and drift detector the image was built with."""
     out = {}
     if (
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     )
     env, port = container_env(interface, protocol, info.model_name)
     host_port = args.port or free_port()
-    target = Target(interface, protocol, info.model_name or "model", host_port)
+    target = Endpoint(interface, protocol, info.model_name or "model", host_port)
     try:
         cid = containers.start(image, env, {port: host_port})
         seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))

@@ -12,7 +12,7 @@ from typing import Any
 from omibuild import contract
 from omibuild.conformance.images import ImageInterfaces, free_port, interfaces_of, label_json
 from omibuild.conformance.probe import (
-    Target,
+    Endpoint,
     additivity_gap,
     container_env,
     drift_status,
@@ -176,7 +176,7 @@ def _probe(
         env = {"INTERFACE": interface, "PROTOCOL": protocol}
         port = int(str(info.port).strip('"'))
     host_port = free_port()
-    target = Target(interface, protocol, info.model_name or "model", host_port)
+    target = Endpoint(interface, protocol, info.model_name or "model", host_port)
     cid = containers.start(image, env, {port: host_port})
     seconds = wait_ready(target, timeout, alive=lambda: containers.running(cid))
     if seconds is None:

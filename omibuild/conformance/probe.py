@@ -19,7 +19,7 @@ CONTAINER_PORT = 8080
 
 
 @dataclass(frozen=True)
-class Target:
+class Endpoint:
     interface: str
     protocol: str
     model_name: str
@@ -72,7 +72,7 @@ def _http(
         return err.code, err.read().decode("utf-8", "replace")
 
 
-def ready_url(t: Target) -> str:
+def ready_url(t: Endpoint) -> str:
     if t.interface == "kfserving":
         return (
             f"{t.base}/v2/models/{t.model_name}/ready"
@@ -87,7 +87,7 @@ def ready_url(t: Target) -> str:
     }[t.interface]
 
 
-def _modzy_call(t: Target, method: str, request: Any, timeout: float) -> Any:
+def _modzy_call(t: Endpoint, method: str, request: Any, timeout: float) -> Any:
     import grpc
 
     from omibuild.runtime.protos import MODZY
@@ -101,7 +101,7 @@ def _modzy_call(t: Target, method: str, request: Any, timeout: float) -> Any:
         return call(request, timeout=timeout)
 
 
-def is_ready(t: Target) -> bool:
+def is_ready(t: Endpoint) -> bool:
     try:
         if t.grpc:
             from omibuild.runtime.protos import MODZY
@@ -112,7 +112,7 @@ def is_ready(t: Target) -> bool:
         return False
 
 
-def wait_ready(t: Target, timeout: float, alive: Any = None) -> float | None:
+def wait_ready(t: Endpoint, timeout: float, alive: Any = None) -> float | None:
     """Seconds until ready, or None on timeout (or when ``alive()`` says it died)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -133,7 +133,7 @@ def exit_reason(logs: str) -> str | None:
     return lines[-1].removeprefix(RUNTIME_PREFIX) if lines else None
 
 
-def http_request(t: Target, body: Body) -> tuple[str, Any, str]:
+def http_request(t: Endpoint, body: Body) -> tuple[str, Any, str]:
     """(URL, body, content type) of one prediction in an HTTP interface's own request shape:
     a body already in that shape goes as it is, any other as the rows it means."""
     native = (
@@ -163,7 +163,7 @@ def native_interface(body: Body, interfaces: Collection[str]) -> str | None:
     return interface if interface in interfaces else None
 
 
-def predict(t: Target, request: list[Any] | Body, timeout: float = 30.0) -> tuple[int, Any]:
+def predict(t: Endpoint, request: list[Any] | Body, timeout: float = 30.0) -> tuple[int, Any]:
     """Send one prediction in the interface's own request shape: (status, parsed response)."""
     body = request if isinstance(request, Body) else Body.of_rows(request)
     if t.grpc:
@@ -183,7 +183,7 @@ def predict(t: Target, request: list[Any] | Body, timeout: float = 30.0) -> tupl
         return status, text
 
 
-def curl_example(t: Target, instances: list[Any]) -> str:
+def curl_example(t: Endpoint, instances: list[Any]) -> str:
     if t.grpc:
         payload = json.dumps({"inputs": [{"input": json.dumps({"instances": instances})}]})
         return (
@@ -195,7 +195,7 @@ def curl_example(t: Target, instances: list[Any]) -> str:
     return f"curl -s -X POST -H 'Content-Type: {content_type}' {url} -d '{body}'"
 
 
-def explain(t: Target, instances: list[Any], timeout: float = 120.0) -> tuple[int, Any] | None:
+def explain(t: Endpoint, instances: list[Any], timeout: float = 120.0) -> tuple[int, Any] | None:
     """Ask for an explanation where the interface has a place for one (KServe V1 ``:explain``,
     the V2 ``explain`` extension, Modzy's ``explain`` flag): (status, explanation document), or
     None when it has none."""
@@ -239,7 +239,7 @@ def additivity_gap(document: Any) -> float | None:
     return max(gaps) if gaps else None
 
 
-def drift_status(t: Target, timeout: float = 10.0) -> tuple[int, Any]:
+def drift_status(t: Endpoint, timeout: float = 10.0) -> tuple[int, Any]:
     status, text = _http("GET", f"{t.base}/drift", timeout=timeout)
     try:
         return status, json.loads(text)

@@ -27,9 +27,9 @@ from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.store.cache import Cache
 from omibuild.store.layers import (
     Blob,
-    Entry,
-    Layer,
     LayerFileChanged,
+    StagedLayer,
+    TarEntry,
     known_blob,
     layer_blob,
     pushed_to,
@@ -56,7 +56,7 @@ def model_layers(
     client = Client(*split_reference(plan.image_refs[0])[:2]) if upload else None
     count = len(plan.model_layers)
     for index, group in enumerate(plan.model_layers):
-        layer = Layer(group.files, ctx / CTX_MODEL)
+        layer = StagedLayer(group.files, ctx / CTX_MODEL)
         if client is None:
             blob, was_read = layer_blob(cache, layer)
         elif (known := known_blob(cache, layer)) is not None:
@@ -102,8 +102,8 @@ def _registry_failure(err: RegistryError) -> _Failed:
 def _outputs_layer(outputs: bytes) -> Appended:
     """outputs.json, as the one-file layer appended after the dry prediction."""
     parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
-    entries = [Entry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
-    entries.append(Entry("/".join(parts), len(outputs), data=outputs))
+    entries = [TarEntry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
+    entries.append(TarEntry("/".join(parts), len(outputs), data=outputs))
     data = b"".join(tar_chunks(entries))
     blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
     return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.store.layers import Blob, Entry, Layer, tar_chunks
+from omibuild.store.layers import Blob, StagedLayer, TarEntry, tar_chunks
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -48,7 +48,7 @@ class Appended:
 
     blob: Blob
     created_by: str
-    layer: Layer | None = None
+    layer: StagedLayer | None = None
     data: bytes | None = None
 
 
@@ -267,7 +267,7 @@ class Layout:
         *,
         skip: frozenset[str] = frozenset(),
         on_bytes: Callable[[int], None] | None = None,
-    ) -> tuple[list[Entry], int]:
+    ) -> tuple[list[TarEntry], int]:
         """The entries of an OCI archive of ``top`` (named ``name``) holding every blob it
         reaches except those in ``skip``, and how many model bytes stream from files."""
         annotations = dict(top.get("annotations") or {})
@@ -280,20 +280,20 @@ class Layout:
             "manifests": [descriptor],
         }
         entries = [
-            Entry("oci-layout", len(_OCI_LAYOUT), data=_OCI_LAYOUT),
-            Entry("blobs/", directory=True),
-            Entry("blobs/sha256/", directory=True),
+            TarEntry("oci-layout", len(_OCI_LAYOUT), data=_OCI_LAYOUT),
+            TarEntry("blobs/", directory=True),
+            TarEntry("blobs/sha256/", directory=True),
         ]
         streamed = 0
         for digest, size in self.blobs(top):
             if digest in skip:
                 continue
             name_ = "blobs/sha256/" + digest.removeprefix("sha256:")
-            entries.append(Entry(name_, size, stream=self._source(digest, on_bytes)))
+            entries.append(TarEntry(name_, size, stream=self._source(digest, on_bytes)))
             appended = self.streamed.get(digest)
             streamed += appended.layer.model_bytes if appended and appended.layer else 0
         data = _canonical(index)
-        entries.append(Entry("index.json", len(data), data=data))
+        entries.append(TarEntry("index.json", len(data), data=data))
         return entries, streamed
 
     def write_tarball(self, top: dict[str, Any], dest: Path, name: str | None) -> None:

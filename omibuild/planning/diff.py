@@ -231,3 +231,40 @@ def _settings(plan: Plan) -> dict[str, str]:
 
 def _omi_json(old: Plan, new: Plan) -> list[Change]:
     return _keyed(_settings(old), _settings(new))
+
+
+def _said(change: Change) -> str:
+    if change.op == "+":
+        return f"{change.name} added ({_short(change.new)})"
+    if change.op == "-":
+        return f"{change.name} removed"
+    return f"{change.name}: {_short(change.old)} → {_short(change.new)}"
+
+
+def _short(value: str | None) -> str:
+    text = "(none)" if value in (None, "") else str(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+_WHOLE = {"model": "the model changed", "analysis": "the analysis files changed"}
+
+
+def stale_reasons(diff: PlanDiff) -> list[str]:
+    """What moved since a reviewed plan, in one line's worth of phrases: the model and the
+    analysis files as a whole (how many files, how many bytes), the code by its files, and
+    every other change by name (a requirement, a label, the user, an omi.json field)."""
+    reasons: list[str] = []
+    for stage in (s for s in diff.stages if s.rebuilt):
+        whole = _WHOLE.get(stage.stage.split(" ")[0])
+        if whole:
+            reasons.append(f"{whole} ({'; '.join(stage.reasons)})")
+        elif stage.stage == "code":  # the files' reason comes first when files changed
+            names = ", ".join(c.name for c in stage.changes[:3])
+            more = f" and {len(stage.changes) - 3} more" if len(stage.changes) > 3 else ""
+            files = [f"the code changed ({names}{more})"] if stage.changes else []
+            reasons += files + list(stage.reasons[len(files) :])
+        elif not stage.changes:
+            reasons += stage.reasons
+        else:
+            reasons += [_said(c) for c in stage.changes]
+    return reasons

@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from omibuild.store.usage import KINDS, Entry, Pruned
+from omibuild.store.usage import KINDS, CacheEntry, Pruned
 from omibuild.units import human
 
 
-def _table(rows: list[Entry], title: str, out: TextIO) -> None:
+def _table(rows: list[CacheEntry], title: str, out: TextIO) -> None:
     from rich.console import Console  # rich: a table a person reads
     from rich.markup import escape
     from rich.table import Table
@@ -36,7 +36,7 @@ def _ago(seconds: float) -> str:
 SUMMED = {"source file": "model file(s)", "build context": "context(s)", "scratch": "item(s)"}
 
 
-def _by_kind(rows: list[Entry]) -> list[Entry]:
+def _by_kind(rows: list[CacheEntry]) -> list[CacheEntry]:
     """One row per BuildKit cache directory (the big ones, one per model); the many small
     entries of the other kinds summed into one row each."""
     out = [e for e in rows if e.kind not in SUMMED]
@@ -44,11 +44,11 @@ def _by_kind(rows: list[Entry]) -> list[Entry]:
         some = [e for e in rows if e.kind == kind]
         if some:
             size, newest = sum(e.size for e in some), max(e.last_use for e in some)
-            out.append(Entry(kind, f"{len(some)} {noun}", some[0].path.parent, size, newest))
+            out.append(CacheEntry(kind, f"{len(some)} {noun}", some[0].path.parent, size, newest))
     return sorted(out, key=lambda e: (KINDS.index(e.kind), -e.last_use))
 
 
-def list_text(root: str, rows: list[Entry], out: TextIO) -> None:
+def list_text(root: str, rows: list[CacheEntry], out: TextIO) -> None:
     total = sum(e.size for e in rows)
     _table(_by_kind(rows), f"omibuild cache: {root}", out)
     out.write(
@@ -56,7 +56,7 @@ def list_text(root: str, rows: list[Entry], out: TextIO) -> None:
     )
 
 
-def list_json(root: str, rows: list[Entry], out: TextIO) -> None:
+def list_json(root: str, rows: list[CacheEntry], out: TextIO) -> None:
     report = {"root": root, "entries": [e.to_dict() for e in rows]}
     out.write(json.dumps(report, indent=2) + "\n")
 
@@ -90,7 +90,7 @@ def prune_json(done: Pruned, out: TextIO, err: TextIO) -> None:
     out.write(json.dumps(report, indent=2) + "\n")
 
 
-LISTINGS: dict[str, Callable[[str, list[Entry], TextIO], None]] = {
+LISTINGS: dict[str, Callable[[str, list[CacheEntry], TextIO], None]] = {
     "text": list_text,
     "json": list_json,
 }

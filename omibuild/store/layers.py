@@ -56,7 +56,7 @@ def _padding(size: int) -> int:
 
 
 @dataclass(frozen=True)
-class Entry:
+class TarEntry:
     """One tar entry: a name, a size and where its bytes come from (none for a directory)."""
 
     name: str
@@ -76,12 +76,12 @@ class Entry:
         return len(self.header) + self.size + _padding(self.size)
 
 
-def tar_size(entries: Iterable[Entry]) -> int:
+def tar_size(entries: Iterable[TarEntry]) -> int:
     return sum(e.stored_size for e in entries) + len(_END)
 
 
 def tar_chunks(
-    entries: Iterable[Entry],
+    entries: Iterable[TarEntry],
     on_bytes: Callable[[int], None] | None = None,
     *,
     verify: bool = True,
@@ -103,7 +103,7 @@ def tar_chunks(
 
 
 def _file_chunks(
-    entry: Entry, on_bytes: Callable[[int], None] | None, verify: bool
+    entry: TarEntry, on_bytes: Callable[[int], None] | None, verify: bool
 ) -> Iterator[bytes]:
     assert entry.path is not None
     digest = hashlib.sha256() if verify and entry.sha256 else None
@@ -133,7 +133,7 @@ def _file_chunks(
 
 
 @dataclass(frozen=True)
-class Layer:
+class StagedLayer:
     """A model layer: where its files are on this machine, and what they must be."""
 
     files: tuple[ModelFile, ...]
@@ -148,15 +148,15 @@ class Layer:
         return h.hexdigest()
 
     @cached_property
-    def entries(self) -> tuple[Entry, ...]:
-        names: dict[str, Entry] = {}
+    def entries(self) -> tuple[TarEntry, ...]:
+        names: dict[str, TarEntry] = {}
         for f in self.files:
             parts = PurePosixPath(MODEL_ROOT, f.path).parts
             for depth in range(1, len(parts)):
                 name = "/".join(parts[:depth]) + "/"
-                names.setdefault(name, Entry(name, directory=True))
+                names.setdefault(name, TarEntry(name, directory=True))
             name = "/".join(parts)
-            names[name] = Entry(name, f.size, path=self.root / f.path, sha256=f.sha256)
+            names[name] = TarEntry(name, f.size, path=self.root / f.path, sha256=f.sha256)
         return tuple(names[n] for n in sorted(names))
 
     @cached_property
@@ -182,11 +182,11 @@ class Blob:
     media_type: str = LAYER_MEDIA_TYPE
 
 
-def memo_path(cache: Cache, layer: Layer) -> Path:
+def memo_path(cache: Cache, layer: StagedLayer) -> Path:
     return cache.root / "layers" / f"{layer.key}.json"
 
 
-def known_blob(cache: Cache, layer: Layer) -> Blob | None:
+def known_blob(cache: Cache, layer: StagedLayer) -> Blob | None:
     """The layer's digest when a whole earlier pass over the same files recorded it."""
     try:
         memo = json.loads(memo_path(cache, layer).read_text())
@@ -196,7 +196,9 @@ def known_blob(cache: Cache, layer: Layer) -> Blob | None:
     return blob if blob.size == layer.size and blob.digest.startswith("sha256:") else None
 
 
-def remember_blob(cache: Cache, layer: Layer, digest: str, pushed_to: tuple[str, ...] = ()) -> Blob:
+def remember_blob(
+    cache: Cache, layer: StagedLayer, digest: str, pushed_to: tuple[str, ...] = ()
+) -> Blob:
     """Record a digest learnt by a whole pass over the layer (written by rename), and the
     repositories (``host/path``) it was last pushed to, which a registry can mount it from."""
     blob = Blob(digest, layer.size)
@@ -207,7 +209,7 @@ def remember_blob(cache: Cache, layer: Layer, digest: str, pushed_to: tuple[str,
     return blob
 
 
-def pushed_to(cache: Cache, layer: Layer) -> tuple[str, ...]:
+def pushed_to(cache: Cache, layer: StagedLayer) -> tuple[str, ...]:
     try:
         where = json.loads(memo_path(cache, layer).read_text()).get("pushed_to") or []
     except (OSError, ValueError, AttributeError):
@@ -216,7 +218,7 @@ def pushed_to(cache: Cache, layer: Layer) -> tuple[str, ...]:
 
 
 def layer_blob(
-    cache: Cache, layer: Layer, on_bytes: Callable[[int], None] | None = None
+    cache: Cache, layer: StagedLayer, on_bytes: Callable[[int], None] | None = None
 ) -> tuple[Blob, bool]:
     """(the layer's digest and size, whether its files were read to learn them). A model seen
     before costs nothing; a new one costs one read of its files, which also verifies them."""

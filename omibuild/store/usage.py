@@ -44,7 +44,7 @@ KINDS = (
 
 
 @dataclass(frozen=True)
-class Entry:
+class CacheEntry:
     kind: str
     name: str
     path: Path
@@ -63,10 +63,10 @@ class Entry:
 
 @dataclass
 class Pruned:
-    removed: list[Entry]
-    kept: list[Entry]
-    busy: list[Entry]  # over the size, but in use by a running build
-    engine: list[Entry]  # BuildKit cache directories: the engine's records point into them
+    removed: list[CacheEntry]
+    kept: list[CacheEntry]
+    busy: list[CacheEntry]  # over the size, but in use by a running build
+    engine: list[CacheEntry]  # BuildKit cache directories: the engine's records point into them
 
 
 def _tree(path: Path) -> tuple[int, float]:
@@ -93,16 +93,16 @@ def _context_name(path: Path) -> str:
         return path.name
 
 
-def entries(cache: Cache) -> list[Entry]:
+def entries(cache: Cache) -> list[CacheEntry]:
     """Everything under the cache root that a prune may remove, most recently used first."""
-    found: list[Entry] = []
+    found: list[CacheEntry] = []
     blobs = cache.root / "blobs" / "sha256"
     for blob in blobs.iterdir() if blobs.is_dir() else ():
         try:
             st = blob.stat()
         except OSError:
             continue
-        found.append(Entry("source file", blob.name[:12], blob, st.st_size, st.st_mtime))
+        found.append(CacheEntry("source file", blob.name[:12], blob, st.st_size, st.st_mtime))
     for kind, sub in (
         ("build cache", "buildkit"),
         ("build context", "contexts"),
@@ -116,18 +116,18 @@ def entries(cache: Cache) -> list[Entry]:
             name = path.name
             if kind != "build cache":  # named by the manifest whose context has that key
                 name = _context_name(cache.root / "contexts" / path.name)
-            found.append(Entry(kind, name, path, size, newest))
+            found.append(CacheEntry(kind, name, path, size, newest))
     memos = cache.root / "layers"
     if memos.is_dir():
         size, newest = _tree(memos)
-        found.append(Entry("layer digests", "layers", memos, size, newest))
+        found.append(CacheEntry("layer digests", "layers", memos, size, newest))
     states = cache.root / "plans"  # the plans of images built here, by their state's sha256
     if states.is_dir():
         size, newest = _tree(states)
-        found.append(Entry("plan states", "plans", states, size, newest))
+        found.append(CacheEntry("plan states", "plans", states, size, newest))
     for path in (cache.root / "tmp").iterdir() if (cache.root / "tmp").is_dir() else ():
         size, newest = _tree(path) if path.is_dir() else (path.stat().st_size, path.stat().st_mtime)
-        found.append(Entry("scratch", path.name, path, size, newest))
+        found.append(CacheEntry("scratch", path.name, path, size, newest))
     return sorted(found, key=lambda e: e.last_use, reverse=True)
 
 
@@ -147,7 +147,7 @@ def _exclusive(lock: Path) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _remove(entry: Entry) -> None:
+def _remove(entry: CacheEntry) -> None:
     if entry.path.is_dir() and not entry.path.is_symlink():
         shutil.rmtree(entry.path, ignore_errors=True)
     else:
@@ -159,7 +159,7 @@ def prune(cache: Cache, keep_bytes: int) -> Pruned:
     running omibuild command uses. BuildKit cache directories are listed, never removed (see
     the module's docstring): they are reported in ``engine``."""
     result = Pruned([], [], [], [])
-    over: list[Entry] = []
+    over: list[CacheEntry] = []
     total = 0
     for entry in entries(cache):
         if entry.kind == "build cache":

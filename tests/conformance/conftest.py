@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from omibuild.conformance.images import free_port
-from omibuild.conformance.probe import Target, wait_ready
+from omibuild.conformance.probe import Endpoint, wait_ready
 from omibuild.manifest.validate import load_manifest
 from omibuild.planning.pipeline import prepare
 from omibuild.progress import QUIET
@@ -132,7 +132,7 @@ def start_process(
     if (
         wait
         and wait_ready(
-            Target(interface, protocol, model, port, health_route=health),
+            Endpoint(interface, protocol, model, port, health_route=health),
             60,
             alive=lambda: proc.poll() is None,
         )
@@ -180,7 +180,7 @@ def start_container(
 
     server = Server("image", interface, protocol, port, grpc_port, model, stop)
     health = (extra or {}).get("AIP_HEALTH_ROUTE", "/health")
-    if wait_ready(Target(interface, protocol, model, port, health_route=health), 60) is None:
+    if wait_ready(Endpoint(interface, protocol, model, port, health_route=health), 60) is None:
         logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stderr
         stop()
         pytest.fail(f"container did not start: {logs[-2000:]}")

@@ -19,7 +19,7 @@ import pytest
 from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache
 from omibuild.store.hashing import sha256_file
-from omibuild.store.layers import Layer, layer_blob
+from omibuild.store.layers import StagedLayer, layer_blob
 from tests.integration.conftest import docker
 from tests.integration.test_first_model import OMIBUILD, cli, new_repo, train_joblib
 
@@ -41,7 +41,7 @@ def _expected_layer(repo: Path, scratch: Path) -> str:
         for p in sorted(model.rglob("*"))
         if p.is_file()
     )
-    blob, _ = layer_blob(Cache(scratch, hold=False), Layer(files, model))
+    blob, _ = layer_blob(Cache(scratch, hold=False), StagedLayer(files, model))
     return blob.digest
 
 

@@ -170,8 +170,8 @@ def test_a_reviewed_plan_names_what_moved(
     [line] = [ln for ln in errors(capsys) if ln.startswith("omibuild: error:")]
     assert line == (
         f"omibuild: error: the reviewed plan {reviewed['digest'][:19]} is stale: label team: "
-        "search → ranking; uid: 10001 → 20000 (hint: run `omibuild plan --out plan.json` "
-        "again and have it reviewed)"
+        "search → ranking; user: omi (10001) → omi (20000) (hint: run `omibuild plan --out "
+        "plan.json` again and have it reviewed)"
     )
 
 

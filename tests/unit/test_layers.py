@@ -18,8 +18,8 @@ from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache
 from omibuild.store.layers import (
     MODEL_ROOT,
-    Layer,
     LayerFileChanged,
+    StagedLayer,
     known_blob,
     layer_blob,
     memo_path,
@@ -46,7 +46,7 @@ FILES = {
 }
 
 
-def _bytes(layer: Layer) -> bytes:
+def _bytes(layer: StagedLayer) -> bytes:
     return b"".join(layer.chunks())
 
 
@@ -56,8 +56,8 @@ def test_the_layer_tar_is_fixed_by_the_files_alone(tmp_path: Path) -> None:
     _model(two, dict(reversed(FILES.items())))  # written in another order, at other times
     os.utime(two / "config.json", (12345, 12345))
     os.chmod(two / "config.json", 0o600)
-    a, b = _bytes(Layer(files, one)), _bytes(Layer(tuple(reversed(files)), two))
-    assert a == b and len(a) == Layer(files, one).size
+    a, b = _bytes(StagedLayer(files, one)), _bytes(StagedLayer(tuple(reversed(files)), two))
+    assert a == b and len(a) == StagedLayer(files, one).size
     with tarfile.open(fileobj=io.BytesIO(a)) as tar:
         members = tar.getmembers()
         names = [m.name for m in members]
@@ -75,7 +75,7 @@ def test_the_digest_is_the_same_with_fresh_caches_and_a_seen_model_is_not_read(
     tmp_path: Path,
 ) -> None:
     files = _model(tmp_path / "m", FILES)
-    layer = Layer(files, tmp_path / "m")
+    layer = StagedLayer(files, tmp_path / "m")
     first, read = layer_blob(Cache(tmp_path / "c1", hold=False), layer)
     second, read2 = layer_blob(Cache(tmp_path / "c2", hold=False), layer)
     assert read and read2 and first == second
@@ -89,19 +89,19 @@ def test_a_changed_file_stops_the_stream_and_leaves_no_memo(tmp_path: Path) -> N
     files = _model(tmp_path / "m", FILES)
     (tmp_path / "m" / "weights" / "shard-1.bin").write_bytes(os.urandom(70_000))  # same size
     cache = Cache(tmp_path / "c", hold=False)
-    layer = Layer(files, tmp_path / "m")
+    layer = StagedLayer(files, tmp_path / "m")
     with pytest.raises(LayerFileChanged, match=r"weights/shard-1\.bin has sha256 "):
         layer_blob(cache, layer)
     assert known_blob(cache, layer) is None and not memo_path(cache, layer).exists()
     (tmp_path / "m" / "config.json").write_bytes(b"longer than it was")
     with pytest.raises(LayerFileChanged, match=r"config\.json is not the \d+ bytes"):
-        b"".join(Layer(files, tmp_path / "m").chunks(verify=False))  # size is always checked
+        b"".join(StagedLayer(files, tmp_path / "m").chunks(verify=False))  # size is always checked
 
 
 def test_an_interrupted_pass_leaves_nothing_trusted(tmp_path: Path) -> None:
     files = _model(tmp_path / "m", FILES)
     cache = Cache(tmp_path / "c", hold=False)
-    layer = Layer(files, tmp_path / "m")
+    layer = StagedLayer(files, tmp_path / "m")
 
     class Stop(Exception):
         pass
@@ -158,7 +158,7 @@ def test_layers_append_to_every_platform_and_attestations_follow(tmp_path: Path)
         "application/vnd.oci.image.index.v1+json",
     )
     files = _model(tmp_path / "m", {"w.bin": b"weights"})
-    layer = Layer(files, tmp_path / "m")
+    layer = StagedLayer(files, tmp_path / "m")
     blob, _ = layer_blob(Cache(tmp_path / "c", hold=False), layer)
     top = layout.append(index, [Appended(blob, "omibuild: model layer 1/1", layer=layer)])
     new = layout.read_json(top["digest"])

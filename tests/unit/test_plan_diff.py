@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from omibuild import contract
-from omibuild.planning.diff import diff_plans, target_tag, unrecorded
+from omibuild.planning.diff import diff_plans, stale_reasons, target_tag, unrecorded
 from omibuild.planning.plan import (
     Layer,
     Plan,
@@ -94,6 +94,28 @@ def test_a_runtime_change_says_whether_the_version_moved(old: Plan) -> None:
     newer = replace(same, omibuild_version="9.9.9")
     code = stage(diff_plans(old, newer, "x"), "code")
     assert code.reasons == (f"omibuild's runtime changed ({old.omibuild_version} → 9.9.9)",)
+
+
+def test_a_stale_review_is_said_by_the_same_comparison(old: Plan) -> None:
+    """apply --plan's refusal reads the diff `plan` shows: the model as a whole, the code by
+    its files, every other change by name."""
+    [layer] = old.model_layers
+    changed = ModelFile(layer.files[0].path, 5000, "f" * 64)
+    hook = ModelFile("hooks.py", 120, "a" * 64)
+    new = replace(
+        relabel(old, team="ranking"),
+        model_layers=(Layer((changed, *layer.files[1:])),),
+        code_files=(hook,),
+        requirements=(*old.requirements, "six==1.17.0"),
+        digest="sha256:new",
+    )
+    assert stale_reasons(diff_plans(old, new, "the reviewed plan")) == [
+        "six added (==1.17.0)",
+        "the model changed (1 model file(s) changed, 5.0 kB to send)",
+        "the code changed (hooks.py)",
+        "label team added (ranking)",
+    ]
+    assert stale_reasons(diff_plans(old, old, "the reviewed plan")) == []
 
 
 def test_analysis_files_are_their_own_stage(old: Plan) -> None:
