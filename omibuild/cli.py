@@ -219,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predict",
         metavar="FILE",
+        nargs="?",
+        const="",
         help='send one request, print the answer, stop: {"instances": [...]}, V2 '
         '{"inputs": [tensors]}, MLflow dataframe_split/dataframe_records/inputs, '
-        "SageMaker .csv or .jsonl",
+        "SageMaker .csv or .jsonl; without FILE, the example the image was built with",
     )
     p.add_argument(
         "--explain", metavar="FILE", help="ask the baked explainer about FILE's rows, print, stop"

@@ -1,5 +1,6 @@
 """omibuild run IMAGE|omi.yaml — start an image locally, wait until ready, show how to call
-it; --predict FILE sends one request, prints the answer and stops the container."""
+it; --predict FILE sends one request (--predict alone: the example the image was built with),
+prints the answer and stops the container."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omibuild import contract
-from omibuild.conformance.bodies import read_body
+from omibuild.conformance.bodies import Body, parse, read_body
 from omibuild.conformance.images import free_port, interfaces_of
 from omibuild.conformance.probe import (
     Endpoint,
@@ -26,6 +27,7 @@ from omibuild.conformance.probe import (
 from omibuild.engine.containers import Containers
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
 from omibuild.planning.pipeline import prepare
+from omibuild.planning.plan import OMI
 from omibuild.progress import Progress
 from omibuild.reports.runs import ANSWERS, SERVING
 from omibuild.store.cache import Cache
@@ -57,6 +59,24 @@ def _carries(labels: dict[str, str], target: Endpoint, example: Any) -> dict[str
     return out
 
 
+def _baked_example(containers: Containers, cid: str, image: str) -> Body:
+    """The example omi.json carries, read from the running container: what `--predict` alone
+    sends."""
+    from python_on_whales.exceptions import DockerException
+
+    try:
+        text = containers.exec(cid, ["cat", f"{OMI}/omi.json"])  # as `check` reads it
+        example = json.loads(text).get("example")
+    except (DockerException, ValueError, AttributeError):  # no readable example: the same
+        example = None
+    if example is None:
+        raise UsageError(
+            f"{image} holds no example input to send",
+            hint="pass a request: --predict request.json",
+        )
+    return parse({"instances": example})
+
+
 def _not_ready(containers: Any, cid: str, image: str, what: str, timeout: float) -> OmiError:
     """One line: why the container stopped (the runtime says), or that it never got ready."""
     logs = containers.logs(cid, tail=50)
@@ -76,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     asked = args.predict or args.explain
     request = read_body(asked) if asked else None  # before anything starts
     image, example = _image_and_example(args.target)
+    baked = args.predict == ""  # --predict alone: the example, from omi.yaml or the image
+    if baked and example is not None:
+        request = parse({"instances": example})
     containers = Containers()
     config = containers.image_config(image)
     if config is None:
@@ -128,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             record |= {"status": status, "response": response}
             ANSWERS[args.format](record, sys.stdout)
             return EXIT_OK if status < 400 else EXIT_INVALID
+        if baked and request is None:
+            request = _baked_example(containers, cid, image)
         if request is not None:
             status, response = predict(target, request)
             record |= {"status": status, "response": response}

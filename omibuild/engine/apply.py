@@ -26,6 +26,7 @@ from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
 from omibuild.planning.plan import CacheSpec, Plan
 from omibuild.progress import Progress
+from omibuild.render.dockerfile import step_ids
 from omibuild.store.cache import Cache
 
 __all__ = ["ApplyOptions", "ApplyResult", "Target", "apply_all"]
@@ -128,6 +129,7 @@ def _request(
         sbom=options.sbom,
         source_date_epoch=plan.source_date_epoch,
         progress=options.progress,
+        step_ids=step_ids(plan),
     )
 
 

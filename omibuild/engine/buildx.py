@@ -249,7 +249,7 @@ class BuildxExecutor(EngineImages):
         events = Events()
         view = self._view(req)
         with open(log_path, "w", encoding="utf-8") as log:
-            steps = Steps(log)
+            steps = Steps(log, req.step_ids)
             proc = _start(cmd, env)
             try:
                 assert proc.stdout is not None

@@ -29,6 +29,16 @@ LOG_LINES = 400  # kept per step for diagnosis; the file has everything
 DOCKERFILE_STEP = re.compile(r"^\[(?P<where>[^\]]+)\] (?P<what>.*)$", re.DOTALL)
 
 
+_POSITION = re.compile(r"^\[(?P<stage>\S+) (?P<n>\d+)/\d+\] (?!LINK )")
+
+
+def _position(name: str) -> str:
+    """A Dockerfile step's stage and number ("deps 3"), none for BuildKit's own work and the
+    merge a linked copy adds (LINK COPY ...)."""
+    m = _POSITION.match(name)
+    return f"{m['stage']} {m['n']}" if m else ""
+
+
 def _seconds(stamp: str | None) -> float | None:
     if not stamp:
         return None
@@ -69,6 +79,7 @@ class Step:
     digest: str
     name: str
     number: int
+    id: str | None = None  # the plan's id for a Dockerfile step (render/dockerfile.py step_ids)
     started: float | None = None
     completed: float | None = None
     cached: bool = False
@@ -119,8 +130,9 @@ class Step:
 class Steps:
     """Every vertex of a build, in the order BuildKit announced them."""
 
-    def __init__(self, log: TextIO | None = None) -> None:
+    def __init__(self, log: TextIO | None = None, ids: tuple[tuple[str, str], ...] = ()) -> None:
         self.steps: dict[str, Step] = {}
+        self.ids = dict(ids)  # "deps 3" → the plan's id of BuildKit's "[deps 3/6]"
         self.trailer: list[str] = []  # buildx's plain text after the events: its final error
         self.log = log
 
@@ -138,8 +150,9 @@ class Steps:
         for v in event.get("vertexes") or []:
             step = self.steps.get(v["digest"])
             if step is None:
+                name = v.get("name", "")
                 step = self.steps[v["digest"]] = Step(
-                    v["digest"], v.get("name", ""), len(self.steps) + 1
+                    v["digest"], name, len(self.steps) + 1, self.ids.get(_position(name))
                 )
                 self._write(f"#{step.number} {step.name}")
             was_done = step.completed is not None
@@ -182,26 +195,27 @@ class Steps:
         return (out + self.trailer)[-60:]
 
 
-# (what a step's text holds, what it does, in words)
-_WORDS = [
-    ("pip install", "installing the requirements"),
-    ("omi-slim.py", "slimming the virtualenv"),
-    ("-m venv", "creating the virtualenv"),
-    ("compileall", "byte-compiling the code"),
-    ("omibuild.runtime describe", "predicting the example input"),
-    ("apt-get", "installing system packages"),
-    ("useradd", "adding the non-root user"),
-    ("mkdir -p", "creating directories"),
-]
-_COPIES = [
-    (" model/", "copying the model"),
-    ("--from=deps", "copying the virtualenv"),
-    (" requirements/", "copying the requirements"),
-    ("outputs.json", "copying what the example answered"),
-    ("omi.json", "writing omi.json"),
-    ("runtime", "copying the runtime"),
-    ("code", "copying the code"),
-]
+# what each of the plan's steps does, in words (the Dockerfile text is in the log)
+_WORDS = {
+    "base": "starting from the base image",
+    "system-packages": "installing system packages",
+    "venv": "creating the virtualenv",
+    "requirements": "copying the requirements",
+    "install": "installing the requirements",
+    "slim-script": "copying the slimming script",
+    "slim": "slimming the virtualenv",
+    "runtime": "copying the runtime",
+    "code": "copying the code",
+    "code-directory": "creating the code directory",
+    "compile": "byte-compiling the code",
+    "user": "adding the non-root user",
+    "copy-venv": "copying the virtualenv",
+    "copy-runtime": "copying the runtime",
+    "copy-code": "copying the code",
+    "analysis": "copying the analysis files",
+    "omi-json": "writing omi.json",
+    "plan-state": "writing the plan's state",
+}
 _BUILDKIT = [
     ("exporting cache", "exporting the cache"),
     ("exporting to image", "exporting the image"),
@@ -217,18 +231,18 @@ _BUILDKIT = [
 
 
 def words(step: Step) -> str:
-    """What a step does, in words a person reads (the Dockerfile text is in the log)."""
+    """What a step does, in words a person reads: a Dockerfile step by its plan id, BuildKit's
+    own work by its name, anything else (a Dockerfile not omibuild's) by its first words."""
     m = DOCKERFILE_STEP.match(step.name)
     what = m["what"] if m else step.name
-    found = None
-    if what.startswith("COPY"):
-        found = next((w for key, w in _COPIES if key in what), "copying files")
-    elif what.startswith("RUN"):
-        found = next((w for key, w in _WORDS if key in what), "running a command")
-    elif what.startswith("FROM "):
-        found = "starting from " + what[5:].split("@")[0]
+    if step.id in _WORDS:
+        found: str | None = _WORDS[step.id]
+        if step.id == "base" and what.startswith("FROM "):
+            found = "starting from " + what[5:].split("@")[0]
     elif step.name.startswith("[internal] load metadata for "):
         found = "resolving " + step.name.removeprefix("[internal] load metadata for ")
+    elif what.startswith(("RUN ", "COPY ")):  # a step of a Dockerfile that is not the plan's
+        found = "running a command" if what.startswith("RUN ") else "copying files"
     else:
         found = next((w for key, w in _BUILDKIT if step.name.startswith(key)), None)
     text = found or what[:60]
@@ -319,7 +333,7 @@ _PIP_WORDS = {
 def pip_doing(step: Step) -> str:
     """What pip is at in a running pip step, from its last words: ": downloading torch-2.13.0
     ...whl", or nothing for any other step."""
-    if "pip install" not in step.name:
+    if step.id != "install":
         return ""
     for line in reversed(list(step.logs)[-20:]):  # a copy: the build's thread appends
         m = _PIP.match(line.strip())

@@ -48,6 +48,7 @@ class BuildRequest:
     source_date_epoch: int | None = None
     progress: str = "auto"
     host_network: bool = False  # a step may run on the host's network (RUN --network=host)
+    step_ids: tuple[tuple[str, str], ...] = ()  # the view's names (render/dockerfile.py)
 
 
 @dataclass

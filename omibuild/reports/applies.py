@@ -77,7 +77,7 @@ def _next_steps(a: Applied, out: TextIO) -> None:
     if r.refs and a.output in ("load", "push"):
         ref = next((t for t in r.refs if t.endswith(":latest")), r.refs[-1])
         pull = f"docker pull {ref} && " if a.output == "push" else ""  # pushed, not loaded here
-        out.write(f"  try it: {pull}omibuild run {ref} --predict request.json\n")
+        out.write(f"  try it: {pull}omibuild run {ref} --predict\n")
 
 
 def _summary(applied: list[Applied], out: TextIO) -> None:

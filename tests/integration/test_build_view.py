@@ -110,8 +110,14 @@ def test_the_terminal_view_shows_steps_in_words_and_a_summary(
     assert "--mount=" not in screen and "RUN " not in screen  # no raw Dockerfile text
     assert re.search(rf"omibuild\.local/{name}: built in [\d.]+s, \d+ steps \(\d+ cached\)", screen)
     assert re.search(r"digest sha256:[0-9a-f]{64}, \d+/\d+ steps cached", screen)
-    assert f"try it: omibuild run omibuild.local/{name}:latest --predict request.json" in screen
+    assert f"try it: omibuild run omibuild.local/{name}:latest --predict" in screen
     image_cleanup += tags(f"omibuild.local/{name}")
+    # the hint works as printed: --predict alone sends the example baked into the image
+    ran = cli(repo, "run", f"omibuild.local/{name}:latest", "--predict", "--format", "json")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    answer = json.loads(ran.stdout)
+    response = answer["response"]
+    assert answer["status"] == 200 and (response.get("predictions") or response["outputs"])
 
 
 def test_off_a_terminal_one_line_per_step_and_github_groups(
@@ -127,11 +133,14 @@ def test_off_a_terminal_one_line_per_step_and_github_groups(
     labels = {ln.rsplit(": ", 1)[0].strip() for ln in lines}
     assert {
         "[deps 4/6] installing the requirements",
+        "[code 3/3] byte-compiling the code",  # BuildKit's places, named by the plan's ids
+        "[stage-2 3/7] copying the virtualenv",
         "[model 3/3] predicting the example input",
         "exporting the image",
     } <= labels, labels
     # the model never reaches BuildKit: omibuild makes its layer and loads it
     assert not any("copying the model" in label for label in labels), labels
+    assert not any(w in x for x in labels for w in ("running a command", "copying files"))
     assert any(x.startswith("[model 1/3] hashing the model layers (") for x in labels), labels
     assert any(x.startswith("[model 2/3] loading into the engine (") for x in labels), labels
     assert "--mount" not in plain.stderr

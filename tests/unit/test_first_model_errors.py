@@ -238,3 +238,20 @@ def test_a_full_disk_names_the_directory_and_what_is_free(
     with pytest.raises(UsageError, match=r"no space for 4\.4 TB \(the file system has "):
         copy_and_hash(big, tmp_path / "copy.bin")
     assert not (tmp_path / "copy.bin").exists()
+
+
+def test_predict_alone_without_a_baked_example_says_to_pass_a_request() -> None:
+    from omibuild.commands.run import _baked_example
+
+    class Holds:
+        """A container whose omi.json has no example (the manifest gave none)."""
+
+        def exec(self, cid: str, command: list[str]) -> str:
+            assert command == ["cat", "/opt/omi/omi.json"]
+            return json.dumps({"name": "m", "example": None})
+
+    with pytest.raises(UsageError) as err:
+        _baked_example(Holds(), "c1", "r/m:1")  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "r/m:1 holds no example input to send (hint: pass a request: --predict request.json)"
+    )

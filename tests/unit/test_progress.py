@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,12 @@ from omibuild.engine.progress import (
     label,
     words,
 )
+from omibuild.planning.plan import Plan
+from omibuild.render.dockerfile import step_ids
 
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+# the steps of the sklearn example's golden plan, by the names BuildKit gives them
+IDS = step_ids(Plan.from_dict(json.loads((GOLDEN / "sklearn-iris.plan.json").read_text())))
 T0 = "2026-12-01T05:21:40.100000000Z"
 T1 = "2026-12-01T05:21:42.600000000Z"
 
@@ -44,7 +50,7 @@ PIP = "[deps 4/6] RUN --mount=type=cache,target=/root/.cache/pip pip install -r 
 
 
 def build(*events: dict[str, Any], trailer: tuple[str, ...] = ()) -> Steps:
-    steps = Steps()
+    steps = Steps(ids=IDS)
     reader = Events()
     for line in [*pretty(*events), *trailer]:
         for event in reader.feed(line):
@@ -92,8 +98,17 @@ def test_steps_keep_times_cache_hits_logs_and_bytes() -> None:
     ("name", "said"),
     [
         (PIP, "[deps 4/6] installing the requirements"),
-        ("[stage-3 4/8] COPY --link model/0/ /opt/omi/model/", "[stage-3 4/8] copying the model"),
-        ("[describe 3/3] RUN --network=none python -m omibuild.runtime describe /o", None),
+        (
+            "[stage-2 3/7] COPY --link --from=deps /opt/omi/venv /opt/omi/venv",
+            "[stage-2 3/7] copying the virtualenv",
+        ),
+        ("[code 2/3] RUN mkdir -p /opt/omi/code", "[code 2/3] creating the code directory"),
+        # named by its place, not its text: the plan's step 4 of deps is pip's
+        ("[deps 4/6] RUN anything at all", "[deps 4/6] installing the requirements"),
+        (
+            "[describe 3/3] RUN --network=none python -m x describe",
+            "[describe 3/3] running a command",
+        ),
         ("exporting cache to client directory", "exporting the cache"),
         ("exporting to image", "exporting the image"),
         ("[internal] load metadata for python:3.11-slim", "resolving python:3.11-slim"),
@@ -104,7 +119,8 @@ def test_steps_keep_times_cache_hits_logs_and_bytes() -> None:
     ],
 )
 def test_steps_in_words(name: str, said: str | None) -> None:
-    text = label(Step("x", name, 1))
+    steps = build(vertex("x", name))
+    text = label(steps.steps["x"])
     assert "--mount" not in text and "RUN " not in text
     if said:
         assert text == said
@@ -113,26 +129,25 @@ def test_steps_in_words(name: str, said: str | None) -> None:
 def test_the_line_view_prints_one_line_per_step_with_its_time() -> None:
     out = io.StringIO()
     view = LineView(out)
-    steps = Steps()
+    steps = Steps(ids=IDS)
     for event in [
         vertex("a", PIP, started=T0, completed=T1),
         vertex(
-            "b", "[stage-3 4/8] COPY --link model/0/ /opt/omi/model/", cached=True, completed=T1
+            "b", "[stage-2 6/7] COPY --link omi.json /opt/omi/omi.json", cached=True, completed=T1
         ),
-        vertex("c", "[stage-3 4/8] LINK COPY --link model/0/ /opt/omi/model/", completed=T1),
+        vertex("c", "[stage-2 6/7] LINK COPY --link omi.json /opt/omi/omi.json", completed=T1),
         vertex("d", "[internal] load .dockerignore", started=T0, completed=T1),
     ]:
         view.update(steps, steps.apply(event))
     assert out.getvalue() == (
-        "  [deps 4/6] installing the requirements: 2.5s\n"
-        "  [stage-3 4/8] copying the model: cached\n"
+        "  [deps 4/6] installing the requirements: 2.5s\n  [stage-2 6/7] writing omi.json: cached\n"
     )
 
 
 def test_the_github_view_folds_each_step_s_log() -> None:
     out = io.StringIO()
     view = GithubView(out)
-    steps = Steps()
+    steps = Steps(ids=IDS)
     for event in [log("a", "ignored: the step is not known yet\n"), vertex("a", PIP, started=T0)]:
         view.update(steps, steps.apply(event))
     view.update(steps, steps.apply(log("a", "Collecting numpy\n::set-output name=x::y\n")))
@@ -262,7 +277,7 @@ def test_the_live_view_names_pip_s_current_package_and_keeps_time() -> None:
     assert pip_doing(running) == ": downloading torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"
     running.logs.append("Installing collected packages: numpy, torch")
     assert pip_doing(running) == ": installing"
-    assert pip_doing(Step("x", "[deps 2/6] RUN python3 -m venv /opt/omi/venv", 2)) == ""
+    assert pip_doing(Step("x", "[deps 2/6] RUN python3 -m venv /opt/omi/venv", 2, "venv")) == ""
     view = TtyView(io.StringIO(), "omibuild.local/m")
     try:
         view.update(steps, [])

@@ -177,7 +177,7 @@ def test_apply_s_text_says_the_outcome_and_how_to_try_it() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == "iris: built in 2.5s: omibuild.local/iris:1, omibuild.local/iris:latest"
     assert lines[1] == "  123.5 MB, digest sha256:img, 12/13 steps cached"
-    assert lines[2] == "  try it: omibuild run omibuild.local/iris:latest --predict request.json"
+    assert lines[2] == "  try it: omibuild run omibuild.local/iris:latest --predict"
     assert err.getvalue() == ""
 
 
