@@ -62,12 +62,10 @@ def _carries(labels: dict[str, str], target: Endpoint, example: Any) -> dict[str
 def _baked_example(containers: Containers, cid: str, image: str) -> Body:
     """The example omi.json carries, read from the running container: what `--predict` alone
     sends."""
-    from python_on_whales.exceptions import DockerException
-
+    text = containers.read_text(cid, f"{OMI}/omi.json")
     try:
-        text = containers.exec(cid, ["cat", f"{OMI}/omi.json"])  # as `check` reads it
-        example = json.loads(text).get("example")
-    except (DockerException, ValueError, AttributeError):  # no readable example: the same
+        example = json.loads(text or "{}").get("example")
+    except (ValueError, AttributeError):  # not omi.json as the runtime writes it
         example = None
     if example is None:
         raise UsageError(

@@ -89,6 +89,15 @@ class Containers:
     def exec(self, cid: str, command: list[str]) -> str:
         return str(self.docker.container.execute(cid, command))
 
+    def read_text(self, cid: str, path: str) -> str | None:
+        """A file of a running container, or None when it cannot be read."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            return self.exec(cid, ["cat", path])
+        except DockerException:
+            return None
+
     def stop(self, cid: str, timeout: int = 20) -> int | None:
         """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""
         from python_on_whales.exceptions import DockerException

@@ -246,8 +246,8 @@ def test_predict_alone_without_a_baked_example_says_to_pass_a_request() -> None:
     class Holds:
         """A container whose omi.json has no example (the manifest gave none)."""
 
-        def exec(self, cid: str, command: list[str]) -> str:
-            assert command == ["cat", "/opt/omi/omi.json"]
+        def read_text(self, cid: str, path: str) -> str:
+            assert path == "/opt/omi/omi.json"
             return json.dumps({"name": "m", "example": None})
 
     with pytest.raises(UsageError) as err:
