@@ -104,15 +104,15 @@ class Echo:
 '''
 
 
-def synthetic_repo(work: Path, weights: Path) -> Path:
-    repo = work / "synthetic"
+def synthetic_repo(work: Path, weights: Path, name: str = "synthetic-1g") -> Path:
+    repo = work / name
     (repo / "model").mkdir(parents=True)
     (repo / "src").mkdir()
     os.link(weights, repo / "model" / "weights.bin")
     (repo / "src" / "predictor.py").write_text(SYNTH_PREDICTOR)
     (repo / "omi.yaml").write_text(f"""\
 apiVersion: omibuild/v1
-name: synthetic-1g
+name: {name}
 model:
   source: {{local: {{path: model}}}}
   flavor: custom
@@ -121,7 +121,7 @@ code: {{path: src}}
 runtimes:
   interfaces: {{kfserving: {{protocols: [v1]}}}}
 image:
-  repository: {REGISTRY}/bench/synthetic-1g
+  repository: {REGISTRY}/bench/{name}
 origin: {{tag: none, tags: [latest]}}
 """)
     return repo / "omi.yaml"
@@ -275,6 +275,9 @@ def bench_builds(work: Path, weights: Path, reps: int) -> None:
         baseline=floors,
         baseline_name="hash + copy in a Python loop",
     )
+    from inner_loop import bench_inner_loop  # bench/ is on sys.path: run.py runs from it
+
+    bench_inner_loop(work, reps)
 
 
 # -- image size -------------------------------------------------------------------------------

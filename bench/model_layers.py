@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +70,100 @@ def io_floor(model: Path, scratch: Path) -> float:
             os.fsync(fout.fileno())
         dst.unlink()
     return time.perf_counter() - start
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _one_layer_archive(model: Path, scratch: Path, name: str) -> tuple[Path, Path, str]:
+    """The baselines' image: the model's files as one uncompressed layer (under /models) in an
+    OCI archive named ``name``, written with the standard library. Returns the archive, the
+    layer's file and its digest."""
+    layer = scratch / "layer.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for f in sorted(model.glob("*.bin")):
+            tar.add(f, arcname=f"models/{f.name}")
+    digest, size = _sha256(layer), layer.stat().st_size
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {},
+         "rootfs": {"type": "layers", "diff_ids": [digest]}}
+    ).encode()  # fmt: skip
+    layer_type = "application/vnd.oci.image.layer.v1.tar"
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    config_desc = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": config_digest,
+        "size": len(config),
+    }
+    manifest = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": config_desc, "layers": [{"mediaType": layer_type, "digest": digest,
+                                            "size": size}]}
+    ).encode()  # fmt: skip
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    index = json.dumps(
+        {"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": manifest_digest, "size": len(manifest),
+             "annotations": {"io.containerd.image.name": name,
+                             "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]}}]}
+    ).encode()  # fmt: skip
+    archive = scratch / "image.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def small(arcname: str, data: bytes) -> None:
+            info = tarfile.TarInfo(arcname)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        small("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        small(f"blobs/sha256/{config_desc['digest'][7:]}", config)
+        small(f"blobs/sha256/{manifest_digest[7:]}", manifest)
+        tar.add(layer, arcname=f"blobs/sha256/{digest[7:]}")
+        small("index.json", index)
+    return archive, layer, digest
+
+
+def docker_load(archive: Path) -> float:
+    """`docker load` of the archive: the engine's own speed for the same bytes."""
+    start = time.perf_counter()
+    proc = subprocess.run(["docker", "load", "-q", "-i", str(archive)], capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"docker load failed: {proc.stderr[-2000:]!r}")
+    return time.perf_counter() - start
+
+
+def hashed_upload(layer: Path, registry: str, repository: str) -> float:
+    """The registry's own speed for the same bytes: hash the layer, then one monolithic
+    upload of it (POST, then curl's PUT of the file with its digest)."""
+    start = time.perf_counter()
+    digest = _sha256(layer)
+    post = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/blobs/uploads/", method="POST", data=b""
+    )
+    with urllib.request.urlopen(post, timeout=60) as resp:
+        location = resp.headers["Location"]
+    if location.startswith("/"):
+        location = f"http://{registry}{location}"
+    sep = "&" if "?" in location else "?"
+    subprocess.run(
+        ["curl", "-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
+         "--upload-file", str(layer), f"{location}{sep}digest={digest}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def disk_needed(size: int) -> int:
+    """What the group writes at its peak for a model of ``size`` bytes: the model, the
+    baselines' layer and archive, the engine's content and unpacked snapshot of two images
+    (omibuild's and the baseline's), and the registry's copy, with a 10% margin."""
+    return int(size * 7 * 1.1)
 
 
 def _du(path: Path) -> int:
@@ -200,6 +298,14 @@ def bench_model_layers(
             add(f"model{how}", seconds)
             add("rss", rss)
             add(f"plain model{how}", _plain(plain_cmd, plain, push))
+            # the engine's and the registry's own speed for the same model bytes
+            archive, layer, _ = _one_layer_archive(model, scratch, f"{plain}-load:latest")
+            if push:
+                add("hashed upload", hashed_upload(layer, registry, f"omibuild-bench/up-{label}"))
+            else:
+                add("docker load", docker_load(archive))
+            archive.unlink()
+            layer.unlink()
             # code-only: count what reached the engine's store and the registry
             new_code(i)
             before = (_du(CONTENT_STORE), _du(REGISTRY_STORE))
@@ -235,6 +341,22 @@ def bench_model_layers(
             "s",
             baseline=rows[f"plain {name}"],
             baseline_name="docker buildx build of FROM base + COPY model/",
+        )
+    for name, what, base, base_name, limit in (
+        ("model", "model-only rebuild into the local engine", "docker load",
+         "docker load of a one-layer archive of the same files", 1.0),
+        ("model with push", "model-only rebuild, pushed", "hashed upload",
+         "a hashed upload of the same bytes to the same registry", 1.2),
+    ):  # fmt: skip
+        record(
+            group,
+            f"{what} vs {base}",
+            rows[name],
+            "s",
+            baseline=rows[base],
+            baseline_name=base_name,
+            target=f"≤ {limit}x",
+            check=lambda v, r, limit=limit: r is not None and r <= limit,
         )
     for how in ("", " with push"):
         record(

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,9 +158,18 @@ def write_report(info: dict[str, str], seconds: float, rerun: set[str] | None = 
 
 def bench_layers(work: Path, sizes: str, reps: int) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
-    from model_layers import bench_model_layers
+    from model_layers import bench_model_layers, disk_needed
 
     for gib in (int(x) for x in sizes.split(",") if x.strip()):
+        need, free = disk_needed(gib << 30), shutil.disk_usage(work).free
+        if need > free:  # said and kept in the report, never skipped silently
+            FAILURES.append(
+                f"layers: {gib} GiB rows skipped: they need about {need / 1e9:.0f} GB free "
+                f"under {work}, which has {free / 1e9:.0f} GB (pass --layer-sizes 1 to leave "
+                "them out knowingly)"
+            )
+            log(FAILURES[-1])
+            continue
         bench_model_layers(
             work,
             gib << 30,
