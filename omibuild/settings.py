@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from omibuild.errors import UsageError
+from omibuild.units import parse_size
 
 # The official image for the Python the runtime is built and tested with.
 PUBLIC_BASE_IMAGE = "python:3.11-slim"
@@ -46,6 +47,26 @@ def _read(path: Path) -> dict[str, object]:
         return tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{path}: not valid TOML: {err}", hint="fix or delete the file") from None
+
+
+# What omibuild's own cache directories may weigh after an apply (a laptop's share of its
+# disk); the engine's build cache is the engine's to bound (its garbage collector).
+DEFAULT_CACHE_MAX = "10GB"
+
+
+def cache_max(env: Mapping[str, str]) -> int:
+    """The cap an apply prunes omibuild's cache to: ``OMIBUILD_CACHE_MAX``, else ``cache_max``
+    in the config file, else 10 GB."""
+    where, text = "OMIBUILD_CACHE_MAX", env.get("OMIBUILD_CACHE_MAX")
+    for path in [] if text else config_files(env):
+        value = _read(path).get("cache_max")
+        if value is not None:
+            where, text = f"{path}: cache_max", str(value)
+            break
+    try:
+        return parse_size(text or DEFAULT_CACHE_MAX)
+    except ValueError as err:
+        raise UsageError(f"{where}: {err}") from None
 
 
 def default_base_image(env: Mapping[str, str]) -> str:

@@ -20,7 +20,10 @@ from omibuild.planning.plan import Plan
 from omibuild.planning.weight import Weighing, Weight
 from omibuild.progress import Progress
 from omibuild.reports.applies import FORMATS, Applied
+from omibuild.reports.caches import bounded_text
+from omibuild.settings import cache_max
 from omibuild.store.cache import Cache
+from omibuild.store.usage import bound
 
 if TYPE_CHECKING:
     from omibuild.planning.pipeline import Prepared
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.push and args.output:
         raise UsageError("--push and --output cannot be combined")
     targets = expand_targets(args.files)
+    cap = cache_max(os.environ)  # a bad setting is said before anything is built
     if args.plan_file and len(targets) != 1:
         raise UsageError("--plan applies one reviewed plan: pass exactly one manifest")
     # a builder that is a docker context is another engine: build there, and keep the image
@@ -116,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         _applied(r, plans[r.name], options.output, executor, weights, len(results)) for r in results
     ]
     FORMATS[args.format](applied, sys.stdout, sys.stderr)
+    if built:  # something new came into the cache: keep it within its cap
+        cache.release()  # this apply is done with it: the prune may take it alone
+        pruned = bound(Cache(cache.root, hold=False), cap)
+        if pruned is not None and args.progress != "quiet":
+            bounded_text(pruned, cap, sys.stderr)
     failed = [r for r in results if r.status == ApplyStatus.FAILED]
     return EXIT_INVALID if failed else EXIT_OK
 

@@ -179,7 +179,7 @@ class _Assembly:
                 top, engine_name(self.job.temp), skip=have, on_bytes=count
             )
             try:
-                error = self.executor.load(tar_chunks(entries))
+                error = self.executor.load(tar_chunks(entries), max(1, len(self.plan.platforms)))
             except LayerFileChanged as err:
                 raise _changed(err, self.cache) from None
             if error is None or attempt == 2 or not LOST_SNAPSHOT.search(error):
@@ -203,7 +203,9 @@ class _Assembly:
         sent, seconds = self.load(top, have)
         self.job.result.model_bytes_sent = sent
         what = f"{human(sent)} of model layers" if sent else "no model bytes: it has them"
-        self.steps.report(f"loading into the engine ({what})", seconds)
+        single = len(self.plan.platforms) <= 1
+        via = "containerd's import" if single and self.executor.importer() else "docker load"
+        self.steps.report(f"loading into the engine ({what}, by {via})", seconds)
         return top
 
     def dry_predict(self, top: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +295,7 @@ def finish(
         result.digest = str(top["digest"])
         with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
             job.result.venv_bytes = build.layout.step_bytes(top, "/opt/omi/venv")
+            job.result.content_bytes = build.layout.content_bytes(top)
         if job.output.startswith("oci:"):
             build.write_oci(top, job.output[4:])
         elif job.output == "push":

@@ -15,15 +15,24 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TextIO
 
 from omibuild.engine.registry import RegistryError, file_in_layer
 from omibuild.errors import UsageError
 from omibuild.store.cache import default_cache_dir
+from omibuild.units import parse_size
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
+
+
+# Where Docker's containerd listens: its own (dockerd starts it) or the system's.
+CONTAINERD_SOCKETS = (
+    "/var/run/docker/containerd/containerd.sock",
+    "/run/containerd/containerd.sock",
+)
 
 
 def engine_error(err: Exception) -> UsageError:
@@ -46,6 +55,42 @@ def engine_error(err: Exception) -> UsageError:
         return UsageError(f"the Docker engine refused: {said.group(1).strip()[:300]}")
     last = [ln for ln in text.splitlines() if ln.strip()]
     return UsageError(f"the Docker engine refused: {(last or ['no message'])[-1][:300]}")
+
+
+@dataclass(frozen=True)
+class EngineCache:
+    """The engine's build cache: what omibuild's steps hold of it, and its whole size."""
+
+    omibuild: int  # bytes of the records whose step names omibuild's paths (/opt/omi)
+    records: int
+    total: int
+
+
+def engine_build_cache() -> EngineCache | None:
+    """Read from `docker buildx du --verbose` (the default builder); None when the engine does
+    not answer. A record is omibuild's when its step works under /opt/omi."""
+    exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+    try:
+        proc = subprocess.run(
+            [exe, "buildx", "du", "--verbose"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    ours = records = total = 0
+    for block in proc.stdout.split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
+        )
+        try:
+            size = parse_size(fields.get("Size", ""))
+        except ValueError:
+            continue  # the totals at the end, or a field buildx added
+        total += size
+        if "/opt/omi" in fields.get("Description", ""):
+            ours, records = ours + size, records + 1
+    return EngineCache(ours, records, total)
 
 
 def docker_context(name: str) -> str | None:
@@ -74,6 +119,7 @@ class EngineImages:
         self.context = context
         self.log_dir = log_dir or default_cache_dir() / "logs"  # each build's full log
         self._docker: DockerClient | None = None
+        self._importer: list[str] | None = None  # [] once known that there is none
 
     @property
     def docker(self) -> DockerClient:
@@ -197,12 +243,38 @@ class EngineImages:
             return False
         return "io.containerd.snapshotter" in proc.stdout
 
-    def load(self, chunks: Iterator[bytes]) -> str | None:
-        """Stream an OCI archive into the engine (``docker load``): None, or why it failed.
-        Cut short (an error in ``chunks``, Ctrl-C), the engine commits no image."""
+    def importer(self) -> list[str] | None:
+        """containerd's own import into the engine's image store (namespace ``moby``), where
+        this process can reach it: Docker's containerd image store on this machine's engine,
+        ``ctr`` installed and its socket writable; else None, and loads go through `docker
+        load`. Measured on a 1 GiB layer: `docker load` spools the upload, then hashes and
+        unpacks it through containerd; containerd's import writes and unpacks it once
+        (7.0 s against 11.5 s). ``OMIBUILD_LOAD=docker`` forces `docker load`."""
+        if self._importer is not None:
+            return self._importer or None
+        self._importer = []
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        ctr = shutil.which("ctr")
+        local = not self.context and host in (
+            "unix:///var/run/docker.sock",
+            "unix:///run/docker.sock",
+        )
+        if os.environ.get("OMIBUILD_LOAD", "auto") != "docker" and local and ctr:
+            sock = next((s for s in CONTAINERD_SOCKETS if os.access(s, os.W_OK)), None)
+            if sock and self.keeps_blobs():
+                self._importer = [ctr, "--address", sock, "--namespace", "moby", "images", "import"]
+        return self._importer or None
+
+    def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
+        """Stream an OCI archive into the engine: None, or why it failed. One platform's
+        image goes through containerd's import where it is reachable (``importer``), any
+        other through ``docker load``. Cut short (an error in ``chunks``, Ctrl-C), the engine
+        commits no image."""
+        importer = self.importer() if platforms == 1 else None
+        command = [*importer, "-"] if importer else [*self._cli(), "load", "--quiet"]
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                [*self._cli(), "load", "--quiet"],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=err,

@@ -62,6 +62,7 @@ class ApplyResult:
     # base, auth, ...), or the assembly's own (model files changed, image, load, write)
     failure_kind: str | None = None
     venv_bytes: int | None = None  # the venv's layer, as built
+    content_bytes: int | None = None  # the image's config and layers as stored: what a pull moves
 
 
 @dataclass

@@ -220,6 +220,16 @@ class Layout:
             return None
         return None
 
+    def content_bytes(self, top: dict[str, Any]) -> int | None:
+        """The config and layers of the first image manifest ``top`` reaches, as stored (what
+        a registry holds and a pull moves; `docker images` calls it the content size)."""
+        for desc in self.walk(top):
+            if desc.get("mediaType") in MANIFEST_TYPES:
+                manifest = self.read_json(desc["digest"])
+                parts = [manifest["config"], *(manifest.get("layers") or [])]
+                return sum(int(p["size"]) for p in parts)
+        return None
+
     def blobs(self, top: dict[str, Any]) -> list[tuple[str, int]]:
         """(digest, size) of every blob ``top`` reaches, as ``walk`` orders them."""
         return [(d["digest"], int(d["size"])) for d in self.walk(top)]

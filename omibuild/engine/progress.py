@@ -400,13 +400,9 @@ class TtyView:
         dockerfile = steps.dockerfile_steps()
         cached = sum(1 for s in dockerfile if s.cached)
         failed = any(s.failed for s in steps.steps.values())
-        verb = "failed after" if failed else "built in"
-        self.console.print(
-            Text(
-                f"{self.title}: {verb} {time.time() - self.start:.1f}s, "
-                f"{len(dockerfile)} steps ({cached} cached)"
-            )
-        )
+        # no time here: apply's own line gives the one total, model layers and load included
+        verb = "failed at one of its" if failed else "BuildKit ran its"
+        self.console.print(Text(f"{self.title}: {verb} {len(dockerfile)} steps ({cached} cached)"))
 
 
 def new_log(directory: Path, name: str) -> Path:

@@ -95,8 +95,13 @@ class Executor(Protocol):
         """Does the engine keep its images' blobs, so a load may leave out those it has?"""
         ...
 
-    def load(self, chunks: Iterator[bytes]) -> str | None:
-        """Stream an OCI archive into the engine: None, or why it failed."""
+    def importer(self) -> list[str] | None:
+        """containerd's import command when loads go through it, else None (`docker load`)."""
+        ...
+
+    def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
+        """Stream an OCI archive (of an image for ``platforms`` platforms) into the engine:
+        None, or why it failed."""
         ...
 
     def describe(self, image: str) -> tuple[bytes | None, str]:

@@ -48,6 +48,8 @@ def record(a: Applied) -> dict[str, Any]:
         "total_steps": r.total_steps,
         # the venv's layer as built, and the wheels plan expected it from (pip's resolution)
         "venv_bytes": r.venv_bytes,
+        "image_bytes": a.image_bytes,
+        "content_bytes": r.content_bytes,
         "venv_wheel_bytes_expected": a.weight.wheel_bytes if a.weight else None,
         "error": r.error,
         # what kind of failure: disk, memory, requirements, base, missing file, registry, auth,
@@ -63,8 +65,10 @@ def write_json(applied: list[Applied], out: TextIO, err: TextIO) -> None:
 def _next_steps(a: Applied, out: TextIO) -> None:
     """What a person sees after a build: size, digest, cache hits, and how to try it."""
     r, facts = a.result, []
-    if a.image_bytes:
-        facts.append(f"{human(a.image_bytes)}")
+    if a.image_bytes:  # both sizes, as `docker images` gives them
+        facts.append(f"{human(a.image_bytes)} unpacked")
+    if r.content_bytes:
+        facts.append(f"{human(r.content_bytes)} {'to pull' if a.output == 'push' else 'content'}")
     if r.venv_bytes:
         expected = f" (plan: {a.weight.line()})" if a.weight else ""
         facts.append(f"venv {human(r.venv_bytes)}{expected}")

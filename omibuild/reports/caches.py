@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TextIO
 
+from omibuild.engine.images import EngineCache
 from omibuild.store.usage import KINDS, CacheEntry, Pruned
 from omibuild.units import human
 
@@ -48,17 +50,45 @@ def _by_kind(rows: list[CacheEntry]) -> list[CacheEntry]:
     return sorted(out, key=lambda e: (KINDS.index(e.kind), -e.last_use))
 
 
-def list_text(root: str, rows: list[CacheEntry], out: TextIO) -> None:
+def list_text(root: str, rows: list[CacheEntry], engine: EngineCache | None, out: TextIO) -> None:
     total = sum(e.size for e in rows)
     _table(_by_kind(rows), f"omibuild cache: {root}", out)
     out.write(
-        f"{human(total)} in all; `omibuild cache prune --keep SIZE` keeps the most recently used\n"
+        f"{human(total)} in all; apply keeps it within cache_max (see the README); "
+        "`omibuild cache prune --keep SIZE` keeps the most recently used\n"
     )
+    if engine is None:
+        out.write("the engine's build cache: not read (the engine does not answer)\n")
+    else:
+        out.write(
+            f"the engine's build cache: {human(engine.omibuild)} in {engine.records} records of "
+            f"omibuild's steps, {human(engine.total)} in all (the engine's garbage collector "
+            "bounds it; `docker buildx prune` empties it)\n"
+        )
 
 
-def list_json(root: str, rows: list[CacheEntry], out: TextIO) -> None:
-    report = {"root": root, "entries": [e.to_dict() for e in rows]}
+def list_json(root: str, rows: list[CacheEntry], engine: EngineCache | None, out: TextIO) -> None:
+    report = {
+        "root": root,
+        "entries": [e.to_dict() for e in rows],
+        "engine_build_cache": None if engine is None else asdict(engine),
+    }
     out.write(json.dumps(report, indent=2) + "\n")
+
+
+def bounded_text(done: Pruned, cap: int, err: TextIO) -> None:
+    """apply's one line when it pruned omibuild's cache back to its cap."""
+    freed = sum(e.size for e in done.removed)
+    if done.removed:
+        err.write(
+            f"omibuild: the cache was over cache_max ({human(cap)}): removed {human(freed)} "
+            f"({len(done.removed)} least recently used entries)\n"
+        )
+    elif done.busy:
+        err.write(
+            f"omibuild: the cache is over cache_max ({human(cap)}), but another omibuild "
+            "command is using it; the next apply prunes it\n"
+        )
 
 
 def prune_text(done: Pruned, out: TextIO, err: TextIO) -> None:
@@ -90,7 +120,7 @@ def prune_json(done: Pruned, out: TextIO, err: TextIO) -> None:
     out.write(json.dumps(report, indent=2) + "\n")
 
 
-LISTINGS: dict[str, Callable[[str, list[CacheEntry], TextIO], None]] = {
+LISTINGS: dict[str, Callable[[str, list[CacheEntry], EngineCache | None, TextIO], None]] = {
     "text": list_text,
     "json": list_json,
 }

@@ -59,8 +59,13 @@ class Cache:
         self._sweep_tmp()
 
     def __del__(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Stop holding the cache: this object is done with it (a prune may then take it)."""
         if getattr(self, "_in_use", None) is not None:
             self._in_use.close()  # type: ignore[union-attr]
+            self._in_use = None
 
     @property
     def in_use_lock(self) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -154,6 +153,14 @@ def _remove(entry: CacheEntry) -> None:
         entry.path.unlink(missing_ok=True)
 
 
+def bound(cache: Cache, cap: int) -> Pruned | None:
+    """After an apply: when everything prunable weighs more than ``cap`` (omibuild's
+    ``cache_max`` setting), prune to it, least recently used first; None when under it."""
+    if sum(e.size for e in entries(cache) if e.kind != "build cache") <= cap:
+        return None
+    return prune(cache, cap)
+
+
 def prune(cache: Cache, keep_bytes: int) -> Pruned:
     """Keep the most recently used entries within ``keep_bytes``; remove the others that no
     running omibuild command uses. BuildKit cache directories are listed, never removed (see
@@ -177,18 +184,3 @@ def prune(cache: Cache, keep_bytes: int) -> Pruned:
             else:
                 result.busy.append(entry)
     return result
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_size(text: str) -> int:
-    """ "20GB", "500MiB", "0" → bytes; ValueError naming the forms it takes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size: use e.g. 20GB, 500MiB or 0")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    base = unit[:1]
-    factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgt".index(base or "b")
-    return int(number * factor)

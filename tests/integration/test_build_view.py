@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from omibuild.engine.images import CONTAINERD_SOCKETS
+
 from .test_first_model import OMIBUILD, cli, new_repo, train_joblib, without_example
 
 pytestmark = pytest.mark.integration
@@ -108,7 +110,9 @@ def test_the_terminal_view_shows_steps_in_words_and_a_summary(
     assert "[model 3/3] predicting the example input" in screen  # a running step, live
     assert re.search(r"\d+/\d+ steps done, \d+ cached", screen)  # the counter
     assert "--mount=" not in screen and "RUN " not in screen  # no raw Dockerfile text
-    assert re.search(rf"omibuild\.local/{name}: built in [\d.]+s, \d+ steps \(\d+ cached\)", screen)
+    assert re.search(rf"omibuild\.local/{name}: BuildKit ran its \d+ steps \(\d+ cached\)", screen)
+    assert len(re.findall(r"built in [\d.]+s", screen)) == 1, screen  # one total build time
+    assert re.search(r"[\d.]+ [kMG]B unpacked, [\d.]+ [kMG]B content", screen)
     assert re.search(r"digest sha256:[0-9a-f]{64}, \d+/\d+ steps cached", screen)
     assert f"try it: omibuild run omibuild.local/{name}:latest --predict" in screen
     image_cleanup += tags(f"omibuild.local/{name}")
@@ -159,6 +163,20 @@ def test_off_a_terminal_one_line_per_step_and_github_groups(
         depth += ln.startswith("::group::") - (ln == "::endgroup::")
         assert depth in (0, 1), out
     image_cleanup += tags(f"omibuild.local/{name}")
+
+    # two ways into the engine: containerd's own import where its socket is reachable (setup's
+    # machine), `docker load` when asked or elsewhere; the image answers either way
+    reachable = any(os.access(s, os.W_OK) for s in CONTAINERD_SOCKETS)
+    route = "containerd's import" if reachable else "docker load"
+    loaded = [x for x in labels if x.startswith("[model 2/3] loading into the engine (")]
+    assert loaded and loaded[0].endswith(f", by {route})"), loaded
+    (repo / "model" / "extra.txt").write_text(f"retrained twice {unique}\n")
+    forced = cli(repo, "apply", env={"OMIBUILD_LOAD": "docker"})
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "of model layers, by docker load): " in forced.stderr, forced.stderr
+    image_cleanup += tags(f"omibuild.local/{name}")
+    ran = cli(repo, "run", "--predict", "--format", "json")
+    assert ran.returncode == 0 and json.loads(ran.stdout)["status"] == 200, ran.stderr[-2000:]
 
 
 def failing(repo: Path, *args: str) -> tuple[str, Path]:

@@ -347,6 +347,8 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     for kind in ("build context", "image layout"):
         assert [e["name"] for e in entries if e["kind"] == kind] == [f"stranger-prune-{unique}"]
     assert [e["kind"] for e in entries].count("layer digests") == 1
+    engine_cache = json.loads(listed.stdout)["engine_build_cache"]  # the engine's, shown too
+    assert 0 < engine_cache["omibuild"] <= engine_cache["total"] and engine_cache["records"] > 0
 
     (repo / "model" / "extra.txt").write_text(f"retrained {unique}\n")  # a new build's work
     env = {**os.environ, **own}
@@ -383,3 +385,13 @@ def test_cache_lists_a_build_and_prune_beside_a_running_build_leaves_it_whole(
     again = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=own)
     assert again.returncode == 0, again.stderr[-3000:]
     image_cleanup += json.loads(again.stdout)[0]["tags"]
+
+    # bounded by default: an apply over cache_max prunes back to it and says so once
+    (repo / "model" / "extra.txt").write_text(f"retrained a third time {unique}\n")
+    capped = cli(repo, "apply", "--format", "json", env={**own, "OMIBUILD_CACHE_MAX": "1kB"})
+    assert capped.returncode == 0, capped.stderr[-3000:]
+    image_cleanup += json.loads(capped.stdout)[0]["tags"]
+    [said] = [ln for ln in capped.stderr.splitlines() if "cache_max" in ln]
+    assert said.startswith("omibuild: the cache was over cache_max (1.0 kB): removed "), said
+    left = json.loads(cli(repo, "cache", "--format", "json", env=own).stdout)["entries"]
+    assert sum(e["bytes"] for e in left) <= 1000, left

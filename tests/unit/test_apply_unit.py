@@ -80,7 +80,10 @@ class Recorder:
     def keeps_blobs(self) -> bool:
         return True
 
-    def load(self, chunks: Iterator[bytes]) -> str | None:
+    def importer(self) -> list[str] | None:
+        return None
+
+    def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
         """Read the OCI archive as an engine would: the name, and the config's labels."""
         with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
 
@@ -349,7 +352,7 @@ def test_a_snapshot_lost_during_a_load_loads_again_once(repo: Path, tmp_path: Pa
             super().__init__()
             self.failures, self.calls = failures, 0
 
-        def load(self, chunks: Iterator[bytes]) -> str | None:
+        def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
             self.calls += 1
             if self.failures:
                 b"".join(chunks)

@@ -173,10 +173,11 @@ def _applied(status: str, **more: object) -> applies.Applied:
 
 def test_apply_s_text_says_the_outcome_and_how_to_try_it() -> None:
     out, err = io.StringIO(), io.StringIO()
-    applies.FORMATS["text"]([_applied("built", digest="sha256:img")], out, err)
+    built = _applied("built", digest="sha256:img", content_bytes=60_000_000)
+    applies.FORMATS["text"]([built], out, err)
     lines = out.getvalue().splitlines()
     assert lines[0] == "iris: built in 2.5s: omibuild.local/iris:1, omibuild.local/iris:latest"
-    assert lines[1] == "  123.5 MB, digest sha256:img, 12/13 steps cached"
+    assert lines[1] == "  123.5 MB unpacked, 60.0 MB content, digest sha256:img, 12/13 steps cached"
     assert lines[2] == "  try it: omibuild run omibuild.local/iris:latest --predict"
     assert err.getvalue() == ""
 

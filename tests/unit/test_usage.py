@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from omibuild.engine.images import EngineCache
 from omibuild.store.cache import Cache
-from omibuild.store.usage import entries, parse_size, prune
+from omibuild.store.usage import bound, entries, prune
+from omibuild.units import parse_size
 
 DAY = 86400
 
@@ -157,5 +159,45 @@ def test_the_listing_a_person_reads_has_a_row_for_every_kind(tmp_path: Path) -> 
     found = entries(cache)
     assert {e.kind for e in found} >= {"plan states", "scratch", "build cache"}
     out = io.StringIO()
-    LISTINGS["text"](str(cache.root), found, out)
+    LISTINGS["text"](str(cache.root), found, EngineCache(2_500_000_000, 40, 3_000_000_000), out)
     assert "plan states" in out.getvalue() and "in all;" in out.getvalue()
+    assert (
+        "the engine's build cache: 2.5 GB in 40 records of omibuild's steps, 3.0 GB in all"
+        in out.getvalue()
+    )
+    out = io.StringIO()
+    LISTINGS["json"](str(cache.root), found, None, out)
+    assert json.loads(out.getvalue())["engine_build_cache"] is None
+
+
+def test_an_apply_bounds_the_cache_to_its_cap_oldest_first(tmp_path: Path) -> None:
+    """store/usage.py bound: nothing under the cap; over it, the least recently used go (the
+    BuildKit directories stay, as in every prune), and a running command's use defers it."""
+    cache = filled(tmp_path / "cache")  # prunable: 3000 + 1000 + 2000 (+ the index's bytes)
+    assert bound(cache, 10_000) is None
+    assert {e.path.name for e in entries(cache)} >= {"a" * 64, "b" * 64}
+    done = bound(cache, 3100)
+    assert done is not None
+    assert [e.name for e in done.removed] == ["a" * 12]  # the oldest source file
+    assert not cache.blob_path("a" * 64).exists() and cache.blob_path("b" * 64).exists()
+    held = Cache(cache.root)  # another command holds the cache: nothing is removed
+    busy = bound(cache, 0)
+    assert busy is not None and not busy.removed and busy.busy
+    held.release()
+
+
+def test_the_cache_cap_is_a_setting(tmp_path: Path) -> None:
+    from omibuild.errors import UsageError
+    from omibuild.settings import cache_max
+
+    config = tmp_path / "config.toml"
+    assert cache_max({"OMIBUILD_CONFIG": str(config)}) == 10**10  # the default: 10 GB
+    config.write_text('cache_max = "2GB"\n')
+    assert cache_max({"OMIBUILD_CONFIG": str(config)}) == 2 * 10**9
+    assert cache_max({"OMIBUILD_CONFIG": str(config), "OMIBUILD_CACHE_MAX": "500MiB"}) == 500 << 20
+    config.write_text('cache_max = "lots"\n')
+    with pytest.raises(UsageError) as err:
+        cache_max({"OMIBUILD_CONFIG": str(config)})
+    assert str(err.value) == (
+        f"{config}: cache_max: 'lots' is not a size: use e.g. 20GB, 500MiB or 0"
+    )
