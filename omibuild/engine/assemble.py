@@ -6,30 +6,28 @@ OCI file. A failure is one line with its kind; nothing is tagged here."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from omibuild.contract import OUTPUTS_FILE
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import Job
-from omibuild.engine.oci import Appended, Layout, LayoutError, reset
-from omibuild.engine.progress import report_step, view_kind
+from omibuild.engine.oci import Appended, Layout, LayoutError, outputs_layer, reset
+from omibuild.engine.progress import view_kind
 from omibuild.engine.registry import Client, RegistryError, split_reference
 from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildResult, Executor
-from omibuild.planning.plan import OMI, Plan
+from omibuild.engine.steps import OwnSteps
+from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_MODEL
+from omibuild.store.answers import known_answer, remember_answer
 from omibuild.store.cache import Cache
 from omibuild.store.layers import (
-    Blob,
     LayerFileChanged,
     StagedLayer,
-    TarEntry,
     known_blob,
     layer_blob,
     pushed_to,
@@ -99,39 +97,6 @@ def _registry_failure(err: RegistryError) -> _Failed:
     return _Failed(Failure("push", f"the push failed: {err}"))
 
 
-def _outputs_layer(outputs: bytes) -> Appended:
-    """outputs.json, as the one-file layer appended after the dry prediction."""
-    parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
-    entries = [TarEntry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
-    entries.append(TarEntry("/".join(parts), len(outputs), data=outputs))
-    data = b"".join(tar_chunks(entries))
-    blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-    return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)
-
-
-@dataclass
-class _Steps:
-    """omibuild's own steps after BuildKit's, numbered and shown as the build view shows
-    BuildKit's (engine/progress.py); each also goes to the build's log."""
-
-    kind: str
-    stream: TextIO
-    total: int
-    log_path: str | None
-    done: int = 0
-
-    def report(self, what: str, seconds: float | None, logs: tuple[str, ...] = ()) -> None:
-        self.done += 1
-        name = f"[model {self.done}/{self.total}] {what}"
-        report_step(self.kind, self.stream, name, seconds, logs)
-        self.log((name, *logs, "CACHED" if seconds is None else f"DONE {seconds:.1f}s"))
-
-    def log(self, lines: tuple[str, ...]) -> None:
-        if self.log_path:
-            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
-                log.write("".join(f"#model {ln}\n" for ln in lines))
-
-
 @dataclass
 class _Assembly:
     """One image being assembled: the job, the engine, and where its layout is."""
@@ -139,7 +104,7 @@ class _Assembly:
     job: Job
     executor: Executor
     cache: Cache
-    steps: _Steps
+    steps: OwnSteps
     layout: Layout
     annotations: dict[str, str]
 
@@ -208,21 +173,31 @@ class _Assembly:
         self.steps.report(f"loading into the engine ({what}, by {via})", seconds)
         return top
 
-    def dry_predict(self, top: dict[str, Any]) -> dict[str, Any]:
-        """Predict the example in the loaded image; its answer becomes one more layer."""
+    def dry_predict(
+        self, top: dict[str, Any], known: bytes | None, in_engine: bool
+    ) -> dict[str, Any]:
+        """Predict the example in the loaded image; its answer becomes one more layer. An
+        answer ``known`` for these very bytes is used as it is: the image is not started."""
         started = time.perf_counter()
-        outputs, said = self.executor.describe(self.job.temp)
-        lines = tuple(ln for ln in said.splitlines() if ln.strip())
-        if outputs is None:
-            self.steps.log(("predicting the example input", *lines, "ERROR"))
-            last = (lines or ("the dry prediction failed",))[-1]
-            raise _Failed(Failure("example", last.removeprefix("omibuild: ")[:400]))
+        seconds: float | None = None
+        if known is None:
+            outputs, said = self.executor.describe(self.job.temp)
+            lines = tuple(ln for ln in said.splitlines() if ln.strip())
+            if outputs is None:
+                self.steps.log(("predicting the example input", *lines, "ERROR"))
+                last = (lines or ("the dry prediction failed",))[-1]
+                raise _Failed(Failure("example", last.removeprefix("omibuild: ")[:400]))
+            remember_answer(self.cache, str(top["digest"]), outputs)
+            seconds = time.perf_counter() - started
+        else:
+            outputs, lines = known, ("the same image answered before: not started again",)
         loaded = frozenset(d for d, _ in self.layout.blobs(top))
         top = self.layout.indexed(
-            self.layout.append(top, [_outputs_layer(outputs)]), self.annotations
+            self.layout.append(top, [outputs_layer(outputs)]), self.annotations
         )
-        self.load(top, loaded)
-        self.steps.report("predicting the example input", time.perf_counter() - started, lines)
+        if in_engine:
+            self.load(top, loaded)
+        self.steps.report("predicting the example input", seconds, lines)
         return top
 
     def write_oci(self, top: dict[str, Any], dest: str) -> None:
@@ -275,7 +250,7 @@ def finish(
     plan = job.plan
     engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
     total = 1 + engine + plan.dry_run + (job.output != "load")
-    steps = _Steps(view_kind(progress, sys.stderr), sys.stderr, total, result.log_path)
+    steps = OwnSteps(view_kind(progress, sys.stderr), sys.stderr, total, result.log_path)
     annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
     try:
@@ -287,10 +262,14 @@ def finish(
             reset(job.layout)  # a cache: the next build fills it again
             line = f"the image BuildKit wrote is unusable ({err}); run again"
             raise _Failed(Failure("image", line)) from None
-        if engine:
+        known = known_answer(cache, str(top["digest"])) if plan.dry_run else None
+        in_engine = engine and (job.output == "load" or known is None)
+        if in_engine:
             top = build.into_engine(top, blobs_here)
+        elif engine:  # only the dry prediction needed the engine, and its answer is known
+            steps.report("loading into the engine: not needed, its answer is known", None)
         if plan.dry_run:
-            top = build.dry_predict(top)
+            top = build.dry_predict(top, known, in_engine)
         top = build.layout.indexed(top, annotations)
         result.digest = str(top["digest"])
         with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):

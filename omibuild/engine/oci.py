@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omibuild.contract import OUTPUTS_FILE
+from omibuild.planning.plan import OMI
 from omibuild.store.layers import Blob, StagedLayer, TarEntry, tar_chunks
 
 MANIFEST_TYPES = (
@@ -344,3 +346,13 @@ def _file_stream(path: Path) -> Iterator[bytes]:
 def reset(root: Path) -> None:
     """An unusable layout directory goes whole (it is a cache: BuildKit refills it)."""
     shutil.rmtree(root, ignore_errors=True)
+
+
+def outputs_layer(outputs: bytes) -> Appended:
+    """outputs.json, as the one-file layer appended after the dry prediction."""
+    parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
+    entries = [TarEntry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
+    entries.append(TarEntry("/".join(parts), len(outputs), data=outputs))
+    data = b"".join(tar_chunks(entries))
+    blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)

@@ -38,6 +38,7 @@ KINDS = (
     "image layout",
     "layer digests",
     "plan states",
+    "dry predictions",
     "scratch",
 )
 
@@ -120,6 +121,10 @@ def entries(cache: Cache) -> list[CacheEntry]:
     if memos.is_dir():
         size, newest = _tree(memos)
         found.append(CacheEntry("layer digests", "layers", memos, size, newest))
+    answers = cache.root / "answers"  # the dry predictions' answers, by image (engine/assemble)
+    if answers.is_dir():
+        size, newest = _tree(answers)
+        found.append(CacheEntry("dry predictions", "answers", answers, size, newest))
     states = cache.root / "plans"  # the plans of images built here, by their state's sha256
     if states.is_dir():
         size, newest = _tree(states)

@@ -173,6 +173,34 @@ def test_builds_tags_on_success_and_then_is_up_to_date(
     assert again[0].status == "up to date" and len(rec.built) == 1
 
 
+def test_the_same_image_built_again_is_not_started_again_for_its_answer(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The dry prediction's answer is kept by the image's bytes (store/answers.py): built
+    again after it left the engine, the same image is loaded but not started; a changed
+    model's image is started again."""
+
+    class Counts(Recorder):
+        asked = 0
+
+        def describe(self, image: str) -> tuple[bytes | None, str]:
+            self.asked += 1
+            return super().describe(image)
+
+    cache, rec = Cache(tmp_path / "c"), Counts()
+    target = _prepare(repo, cache)
+    assert target.plan.dry_run
+    [first] = apply_all([target], rec, cache, QUIET, ApplyOptions())
+    for ref in target.plan.image_refs:  # removed from the engine
+        rec.tags.pop(ref)
+    [again] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    assert (first.status, again.status, rec.asked) == ("built", "built", 1)
+    assert first.digest == again.digest and len(rec.loaded) == 4  # each time, and the answer
+    (repo.parent / "model" / "notes.txt").write_text("retrained\n")
+    [changed] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    assert changed.status == "built" and changed.digest != first.digest and rec.asked == 2
+
+
 def test_a_failed_build_leaves_no_tag(repo: Path, tmp_path: Path) -> None:
     cache, rec = Cache(tmp_path / "c"), Recorder(ok=False)
     [result] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
