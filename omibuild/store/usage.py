@@ -6,7 +6,7 @@ each build's cache export: since the model layers are omibuild's own, they hold 
 small layers), build contexts (contexts/KEY, the last context staged for each manifest), image
 layouts (images/KEY: the image BuildKit last built for each manifest, less the model, so the
 next export writes only new blobs), model layer digests (layers/, a few bytes per model seen)
-and scratch (tmp/).
+the plans' states (plans/), the dry predictions' answers (answers/) and scratch (tmp/).
 
 Pruning keeps the most recently used entries within a size and removes the rest, oldest first,
 and is safe while builds run: source files, contexts and scratch go only when no omibuild
