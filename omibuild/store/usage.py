@@ -1,11 +1,11 @@
 """What omibuild keeps on disk, and pruning it to a size (`omibuild cache`).
 
-Six kinds, under the cache root: source files (model files fetched from MLflow or the Hugging
+Eight kinds, under the cache root: source files (model files fetched from MLflow or the Hugging
 Face Hub, blobs/sha256), BuildKit cache directories (buildkit/NAME, one per model, written by
 each build's cache export: since the model layers are omibuild's own, they hold only the
 small layers), build contexts (contexts/KEY, the last context staged for each manifest), image
 layouts (images/KEY: the image BuildKit last built for each manifest, less the model, so the
-next export writes only new blobs), model layer digests (layers/, a few bytes per model seen)
+next export writes only new blobs), model layer digests (layers/, a few bytes per model seen),
 the plans' states (plans/), the dry predictions' answers (answers/) and scratch (tmp/).
 
 Pruning keeps the most recently used entries within a size and removes the rest, oldest first,
