@@ -196,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-to", help="registry cache ref (type=registry) or local dir")
     p.add_argument("--no-cache", action="store_true", help="do not use any build cache")
     p.add_argument(
-        "--sbom",
+        "--no-attest",
         action="store_true",
-        help="attach an SBOM attestation (the builder "
-        "must be able to run BuildKit's scanner image)",
+        help="leave out the SLSA provenance and SPDX SBOM that a pushed or written image "
+        "carries (each names the final image manifest)",
     )
     p.add_argument("--progress", choices=["auto", "plain", "tty", "quiet"], default="auto")
     _add_format(p, ["text", "json"], "text")

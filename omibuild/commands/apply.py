@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         offline=args.offline,
         progress=args.progress,
-        sbom=args.sbom,
+        attest=not args.no_attest,
     )
     if no_engine is not None:
         raise no_engine  # exit 2, the same line as every verb

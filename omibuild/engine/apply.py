@@ -126,7 +126,6 @@ def _request(
         # pushed layers: gzip, which every registry and runtime reads; loaded ones: none, as
         # weights do not compress (measured: no slower than zstd, and blobs match the cache's)
         compression="gzip" if job.output == "push" else "uncompressed",
-        sbom=options.sbom,
         source_date_epoch=plan.source_date_epoch,
         progress=options.progress,
         step_ids=step_ids(plan),
@@ -227,7 +226,7 @@ def apply_all(
             blobs_here = loads and executor.keeps_blobs()
             for job, result, made in zip(pending, results, layers, strict=True):
                 if result.ok:
-                    finish(job, result, made, executor, cache, options.progress, blobs_here)
+                    finish(job, result, made, executor, cache, options, blobs_here)
                 else:
                     futures.wait([made])
             with _deferred_interrupts():

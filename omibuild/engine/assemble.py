@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tarfile
 import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omibuild.engine.attest import Inputs, attach, manifest_sha256, model_sums
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
-from omibuild.engine.jobs import Job
+from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.oci import Appended, Layout, LayoutError, outputs_layer, reset
 from omibuild.engine.progress import view_kind
 from omibuild.engine.registry import Client, RegistryError, split_reference
@@ -200,6 +202,22 @@ class _Assembly:
         self.steps.report("predicting the example input", seconds, lines)
         return top
 
+    def attest(self, top: dict[str, Any], model: list[Appended]) -> dict[str, Any]:
+        """Provenance and SBOM statements naming each final image manifest (attest.py)."""
+        started = time.perf_counter()
+        manifest = self.job.target.manifest_file
+        try:
+            inputs = Inputs(
+                self.plan, manifest.name, manifest_sha256(manifest), model_sums(self.cache, model)
+            )
+            top = attach(self.layout, top, inputs)
+        except LayerFileChanged as err:
+            raise _changed(err, self.cache) from None
+        except (OSError, LayoutError, ValueError, KeyError, tarfile.TarError) as err:
+            raise _Failed(Failure("attest", f"cannot attest the image: {err}")) from None
+        self.steps.report("attesting: SLSA provenance v1, SPDX SBOM", time.perf_counter() - started)
+        return top
+
     def write_oci(self, top: dict[str, Any], dest: str) -> None:
         started = time.perf_counter()
         try:
@@ -240,7 +258,7 @@ def finish(
     made: Made,
     executor: Executor,
     cache: Cache,
-    progress: str,
+    options: ApplyOptions,
     blobs_here: bool,
 ) -> None:
     """BuildKit built everything but the model: append the model layers, load the image into
@@ -249,8 +267,9 @@ def finish(
     assert job.layout is not None
     plan = job.plan
     engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
-    total = 1 + engine + plan.dry_run + (job.output != "load")
-    steps = OwnSteps(view_kind(progress, sys.stderr), sys.stderr, total, result.log_path)
+    attesting = options.attest and job.output != "load"
+    total = 1 + engine + plan.dry_run + (job.output != "load") + attesting
+    steps = OwnSteps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
     annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
     try:
@@ -271,6 +290,8 @@ def finish(
         if plan.dry_run:
             top = build.dry_predict(top, known, in_engine)
         top = build.layout.indexed(top, annotations)
+        if attesting:
+            top = build.attest(top, model)
         result.digest = str(top["digest"])
         with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
             job.result.venv_bytes = build.layout.step_bytes(top, "/opt/omi/venv")

@@ -110,8 +110,6 @@ class BuildxExecutor(EngineImages):
             cmd += ["--annotation", f"{kind}:{key}={value}"]
         if req.source_date_epoch is not None:
             cmd += ["--build-arg", f"SOURCE_DATE_EPOCH={req.source_date_epoch}"]
-        if req.sbom:
-            cmd += ["--sbom=true"]
         cmd += ["--output", _output(req)]
         return cmd
 

@@ -21,7 +21,7 @@ class ApplyOptions:
     no_cache: bool = False
     offline: bool = False
     progress: str = "auto"
-    sbom: bool = False
+    attest: bool = True  # provenance and SBOM of a pushed or written image (attest.py)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,8 @@ class Layout:
     # -- appending -----------------------------------------------------------------------
     def append(self, top: dict[str, Any], layers: list[Appended]) -> dict[str, Any]:
         """``top`` with ``layers`` appended to every image manifest it reaches (each platform
-        shares the same blobs); attestation manifests are pointed at the new manifests."""
+        shares the same blobs); attestation manifests, whose statements name the manifests
+        replaced, are left out."""
         for a in layers:
             if a.layer is not None or a.data is not None:
                 self.streamed[a.blob.digest] = a
@@ -120,21 +121,14 @@ class Layout:
         if media not in INDEX_TYPES:
             raise LayoutError(f"cannot append layers to a {media}")
         index = self.read_json(top["digest"])
-        renamed: dict[str, str] = {}
         children = []
         for child in index.get("manifests") or []:
-            if child.get("mediaType") in MANIFEST_TYPES and ATTESTS not in (
-                child.get("annotations") or {}
-            ):
-                new = self._append_manifest(child, layers)
-                renamed[child["digest"]] = new["digest"]
-                children.append(new)
+            if ATTESTS in (child.get("annotations") or {}):
+                continue  # its statements name a manifest that is gone (attest.py makes new)
+            if child.get("mediaType") in MANIFEST_TYPES:
+                children.append(self._append_manifest(child, layers))
             else:
                 children.append(dict(child))
-        for child in children:
-            annotations = child.get("annotations") or {}
-            if annotations.get(ATTESTS) in renamed:
-                child["annotations"] = annotations | {ATTESTS: renamed[annotations[ATTESTS]]}
         index["manifests"] = children
         return self._descriptor_like(top, self.put_json(index, media))
 

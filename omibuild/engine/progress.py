@@ -204,6 +204,7 @@ _WORDS = {
     "install": "installing the requirements",
     "slim-script": "copying the slimming script",
     "slim": "slimming the virtualenv",
+    "record": "recording what the virtualenv holds",
     "runtime": "copying the runtime",
     "code": "copying the code",
     "code-directory": "creating the code directory",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.client
 import io
 import ipaddress
@@ -30,6 +29,8 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from omibuild.store.layers import SideHash
 
 TIMEOUT = 120.0  # seconds for any one socket operation
 UPLOADS_AT_ONCE = 3  # as the Docker engine pushes
@@ -286,24 +287,18 @@ class Client:
         status, headers, data = self.request("POST", f"/v2/{self.repository}/blobs/uploads/")
         if status != 202 or not headers.get("Location"):
             raise self._refused(f"pushing to {self.repository}", status, data)
-        digest = hashlib.sha256()
-
-        def hashed() -> Iterator[bytes]:
-            for chunk in chunks:
-                digest.update(chunk)
-                yield chunk
-
-        status, headers, data = self.request(
-            "PATCH",
-            headers["Location"],
-            headers={"Content-Type": "application/octet-stream"},
-            body=hashed,
-            length=size,
-        )
-        if status != 202 or not headers.get("Location"):
-            raise self._refused(f"uploading to {self.repository}", status, data)
+        with SideHash() as digest:  # hashed on a second thread while the last chunk is sent
+            status, headers, data = self.request(
+                "PATCH",
+                headers["Location"],
+                headers={"Content-Type": "application/octet-stream"},
+                body=lambda: digest.through(chunks),
+                length=size,
+            )
+            if status != 202 or not headers.get("Location"):
+                raise self._refused(f"uploading to {self.repository}", status, data)
+            done = f"sha256:{digest.hexdigest()}"
         location = headers["Location"]
-        done = f"sha256:{digest.hexdigest()}"
         sep = "&" if "?" in location else "?"
         status, _, data = self.request(
             "PUT", f"{location}{sep}{urllib.parse.urlencode({'digest': done})}", body=b""

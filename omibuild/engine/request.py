@@ -44,7 +44,6 @@ class BuildRequest:
     secrets: tuple[BuildSecret, ...] = ()
     builder: str | None = None
     compression: str = "uncompressed"  # of the image's layers; pushes ask for gzip
-    sbom: bool = False
     source_date_epoch: int | None = None
     progress: str = "auto"
     host_network: bool = False  # a step may run on the host's network (RUN --network=host)

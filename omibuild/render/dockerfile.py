@@ -61,6 +61,9 @@ def _system_stage(plan: Plan) -> list[Line]:
     ]
 
 
+PIP_REPORT = "/tmp/omi-pip-report.json"  # pip's --report, in the deps stage only
+
+
 def _start(plan: Plan) -> str:
     """What the deps and final stages start from: the base, or it with apt's packages."""
     return "system" if plan.system_packages else plan.base_image
@@ -87,19 +90,22 @@ def _deps_stage(plan: Plan) -> list[Line]:
             f"    {_PIP_ENV}\\\n"
             f"    {OMI}/venv/bin/pip install --disable-pip-version-check "
             f"--no-warn-script-location "
+            f"--report {PIP_REPORT} "
             f"{indexes}-r {OMI}/requirements/runtime.txt -r {OMI}/requirements/model.txt",
             "install",
         ),
     ]
-    if plan.slim:  # only the venv leaves this stage, so the removed bytes never reach a layer
-        lines += [
-            (f"COPY --link {CTX_RUNTIME}/{SLIM_SCRIPT} /tmp/omi-slim.py", "slim-script"),
-            (
-                f"RUN {OMI}/venv/bin/python /tmp/omi-slim.py {OMI}/venv "
-                f"{OMI}/requirements/runtime.txt {OMI}/requirements/model.txt",
-                "slim",
-            ),
-        ]
+    # only the venv leaves this stage, so the removed bytes never reach a layer; the script
+    # also records what the venv holds, with pip's archive hashes, for the SBOM (attest.py)
+    no_slim = "" if plan.slim else "--no-slim "
+    lines += [
+        (f"COPY --link {CTX_RUNTIME}/{SLIM_SCRIPT} /tmp/omi-slim.py", "slim-script"),
+        (
+            f"RUN {OMI}/venv/bin/python /tmp/omi-slim.py {no_slim}--pip-report {PIP_REPORT} "
+            f"{OMI}/venv {OMI}/requirements/runtime.txt {OMI}/requirements/model.txt",
+            "slim" if plan.slim else "record",
+        ),
+    ]
     return lines
 
 

@@ -24,8 +24,10 @@ Every rewrite goes to a temporary file that replaces the original only when comp
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -233,8 +235,59 @@ def removable_tools(
     return [*tools, "pip"] if "pip" in present and "pip" not in wanted else tools
 
 
+INSTALLED_FILE = ".omi-installed.json"  # in the venv: what the SBOM and provenance list
+
+
+def record_installed(venv: Path, pip_report: Path | None) -> int:
+    """Write ``VENV/.omi-installed.json``: every distribution the venv holds now (after any
+    slimming), each with the URL and sha256 of the archive pip installed it from where pip's
+    ``--report`` names one. Returns how many."""
+
+    def canonicalize_name(name: str) -> str:  # PEP 503 (pip may be gone by now)
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    got: dict[str, dict[str, str]] = {}
+    try:
+        report = json.loads(pip_report.read_text("utf-8")) if pip_report else {}
+    except (OSError, ValueError):
+        report = {}
+    for item in report.get("install") or ():
+        info = item.get("download_info") or {}
+        hashes = (info.get("archive_info") or {}).get("hashes") or {}
+        name = canonicalize_name(str((item.get("metadata") or {}).get("name", "")))
+        pairs = (("url", info.get("url")), ("sha256", hashes.get("sha256")))
+        got[name] = {k: str(v) for k, v in pairs if v}
+    site = [p for p in venv.glob("lib/python*/site-packages") if p.is_dir()]
+    dists = []
+    for dist in metadata.distributions(path=[str(p) for p in site]):
+        name, version = dist.metadata["Name"] or "", dist.version
+        dists.append({"name": name, "version": version, **got.get(canonicalize_name(name), {})})
+    dists.sort(key=lambda d: canonicalize_name(d["name"]))
+    data = json.dumps({"format": 1, "distributions": dists}, indent=1, sort_keys=True) + "\n"
+    tmp = venv / f"{INSTALLED_FILE}.tmp"
+    tmp.write_text(data, "utf-8")
+    os.replace(tmp, venv / INSTALLED_FILE)
+    return len(dists)
+
+
 def main(argv: list[str]) -> int:
+    """``slim.py [--no-slim] [--pip-report FILE] VENV REQS...``"""
+    slim, report = True, None
+    while argv and argv[0].startswith("--"):
+        flag = argv.pop(0)
+        if flag == "--no-slim":
+            slim = False
+        elif flag == "--pip-report":
+            report = Path(argv.pop(0))
     venv, requirements = Path(argv[0]), [Path(a) for a in argv[1:]]
+    if slim:
+        _slim(venv, requirements)
+    count = record_installed(venv, report)
+    print(f"omibuild: recorded {count} installed distributions for the SBOM")
+    return 0
+
+
+def _slim(venv: Path, requirements: list[Path]) -> None:
     tools = removable_tools(requirements)
     if tools:
         subprocess.run(
@@ -246,7 +299,6 @@ def main(argv: list[str]) -> int:
         f"omibuild slim: removed {removed}; stripped debug sections, Cython sources and "
         f"packaged test suites ({files} entries, {saved / 1e6:.1f} MB)"
     )
-    return 0
 
 
 if __name__ == "__main__":

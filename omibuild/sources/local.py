@@ -133,15 +133,12 @@ class LocalModelSource:
                 f"{base}: no model files (after include and ignore patterns)",
                 hint="check model.source.local.path, include and ignore in omi.yaml",
             )
-        total = sum(p.stat().st_size for _, p in entries)
-        files = []
-        with self.progress.task(f"hashing {spec.path}", total) as advance:
-            for rel, path in entries:
-                files.append(
-                    ModelFile(rel, path.stat().st_size, self.cache.hash_local(path, advance))
-                )
+        sizes = [p.stat().st_size for _, p in entries]
+        with self.progress.task(f"hashing {spec.path}", sum(sizes)) as advance:
+            digests = self.cache.hash_locals([p for _, p in entries], advance)
         self.cache.save()
-        files_t = tuple(sorted(files))
+        named = zip(entries, sizes, digests, strict=True)
+        files_t = tuple(sorted(ModelFile(rel, n, d) for (rel, _), n, d in named))
         digest = model_digest(files_t)
         model_dir = base if base.is_dir() else base.parent
         requirements, flavor_hint, meta = model_metadata(model_dir)

@@ -6,9 +6,9 @@ RUN python3 -m venv /opt/omi/venv
 COPY --link requirements/ /opt/omi/requirements/
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked --mount=type=secret,id=ca,required=false --mount=type=secret,id=pipconf,required=false \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca SSL_CERT_FILE=/run/secrets/ca REQUESTS_CA_BUNDLE=/run/secrets/ca; fi; if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi; \
-    /opt/omi/venv/bin/pip install --disable-pip-version-check --no-warn-script-location -r /opt/omi/requirements/runtime.txt -r /opt/omi/requirements/model.txt
+    /opt/omi/venv/bin/pip install --disable-pip-version-check --no-warn-script-location --report /tmp/omi-pip-report.json -r /opt/omi/requirements/runtime.txt -r /opt/omi/requirements/model.txt
 COPY --link runtime/omibuild/runtime/slim.py /tmp/omi-slim.py
-RUN /opt/omi/venv/bin/python /tmp/omi-slim.py /opt/omi/venv /opt/omi/requirements/runtime.txt /opt/omi/requirements/model.txt
+RUN /opt/omi/venv/bin/python /tmp/omi-slim.py --pip-report /tmp/omi-pip-report.json /opt/omi/venv /opt/omi/requirements/runtime.txt /opt/omi/requirements/model.txt
 
 FROM deps AS code
 COPY --link runtime/ /opt/omi/runtime/

@@ -244,8 +244,10 @@ def test_slim_is_a_deps_stage_step_that_can_be_turned_off(cache: Cache, tmp_path
     full = make_plan(canonical_inputs(load_manifest(repo / "omi.yaml", env={}), cache))
     assert slim.slim and not full.slim and slim.digest != full.digest
     deps, final = render(slim).split("\nFROM deps AS code")[0], render(slim).split("\n\n")[-1]
-    assert "omi-slim.py /opt/omi/venv" in deps and "omi-slim" not in final
-    assert "omi-slim" not in render(full)
+    assert "omi-slim.py --pip-report /tmp/omi-pip-report.json /opt/omi/venv" in deps
+    assert "omi-slim" not in final
+    # without slimming, the script only records what the venv holds (for the SBOM)
+    assert "omi-slim.py --no-slim --pip-report" in render(full)
 
 
 def test_the_source_label_names_only_a_remote_others_can_reach() -> None:

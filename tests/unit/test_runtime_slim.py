@@ -3,12 +3,13 @@ requirements files and the installed distributions' metadata, as packaging reads
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from omibuild.runtime.slim import removable_tools
+from omibuild.runtime.slim import INSTALLED_FILE, record_installed, removable_tools
 
 
 def dist(root: Path, name: str, *requires: str) -> metadata.Distribution:
@@ -63,3 +64,28 @@ def test_a_dependency_behind_an_extra_counts_only_when_the_extra_is_asked_for(
     removable = removable_tools(reqs(tmp_path, asked), [*tools, pkg])
     assert ("wheel" not in removable) is kept
     assert "setuptools" in removable and "pip" in removable
+
+
+def test_the_venv_s_distributions_are_recorded_with_the_archive_hashes_pip_reported(
+    tmp_path: Path,
+) -> None:
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    for name in ("Scikit_Learn", "numpy", "setuptools"):
+        dist(site, name)
+    report = tmp_path / "report.json"
+    wheel = "https://files.example/scikit_learn-1.0-py3-none-any.whl"
+    report.write_text(json.dumps({"version": "1", "install": [
+        {"metadata": {"name": "scikit-learn", "version": "1.0"},
+         "download_info": {"url": wheel, "archive_info": {"hashes": {"sha256": "ab" * 32}}}},
+        {"metadata": {"name": "numpy", "version": "1.0"}, "download_info": {"url": "file:///x"}},
+        {"metadata": {"name": "gone", "version": "1"}},  # uninstalled since: not in the venv
+    ]}))  # fmt: skip
+    assert record_installed(venv, report) == 3
+    recorded = json.loads((venv / INSTALLED_FILE).read_text())["distributions"]
+    assert recorded == [
+        {"name": "numpy", "version": "1.0", "url": "file:///x"},
+        {"name": "Scikit_Learn", "version": "1.0", "url": wheel, "sha256": "ab" * 32},
+        {"name": "setuptools", "version": "1.0"},  # in the venv before pip ran: no report
+    ]
+    assert record_installed(venv, tmp_path / "missing.json") == 3  # no report: names only
