@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-to", help="registry cache ref (type=registry) or local dir")
     p.add_argument("--no-cache", action="store_true", help="do not use any build cache")
     p.add_argument(
+        "--sign",
+        metavar="KEY",
+        help="sign the pushed image and its provenance and SBOM with this cosign key "
+        "(cosign on PATH; the key's password from COSIGN_PASSWORD)",
+    )
+    p.add_argument(
         "--no-attest",
         action="store_true",
         help="leave out the SLSA provenance and SPDX SBOM that a pushed or written image "
@@ -233,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(sub, "check")
     p.add_argument("image")
+    p.add_argument(
+        "--verify",
+        metavar="KEY.pub",
+        help="first verify the image's cosign signature and signed provenance and SBOM in its "
+        "registry, and that every attestation names this image; probe only if they hold",
+    )
     _add_format(p, ["text", "json", "junit"], "text")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
 

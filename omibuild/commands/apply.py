@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         progress=args.progress,
         attest=not args.no_attest,
+        sign=_signing_key(args.sign),
     )
     if no_engine is not None:
         raise no_engine  # exit 2, the same line as every verb
@@ -161,3 +162,16 @@ def expand_targets(paths: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _signing_key(given: str | None) -> Path | None:
+    """The cosign key ``--sign`` names: a readable file, or exit 2 naming it."""
+    if given is None:
+        return None
+    key = Path(given)
+    if not key.is_file():
+        raise UsageError(
+            f"--sign {given}: no such key file",
+            hint="make one with `cosign generate-key-pair`, or give the path to yours",
+        )
+    return key.resolve()

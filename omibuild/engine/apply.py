@@ -38,8 +38,10 @@ def up_to_date(plan: Plan, executor: Executor, output: str) -> bool:
         return False
     if output == "push":
         for ref in plan.image_refs:
-            annotations = executor.remote_annotations(ref)
-            if not annotations or annotations.get(PLAN_DIGEST_LABEL) != plan.digest:
+            # a docker-format manifest has no annotations: its config's labels say
+            docker = plan.image_format == "docker"
+            said = executor.remote_labels(ref) if docker else executor.remote_annotations(ref)
+            if not said or said.get(PLAN_DIGEST_LABEL) != plan.digest:
                 return False
         return True
     for ref in plan.image_refs:
@@ -97,6 +99,15 @@ def _job(target: Target, executor: Executor, options: ApplyOptions) -> Job:
     output = "push" if options.output == "load" and plan.options.push else options.output
     if output == "push" and plan.repository.startswith("omibuild.local/"):
         raise UsageError(f"{plan.name}: pushing needs image.repository in omi.yaml")
+    if options.sign is not None and output != "push":
+        raise UsageError(
+            f"{plan.name}: --sign signs what is pushed", hint="add --push (and image.repository)"
+        )
+    if plan.image_format == "docker" and len(plan.platforms) > 1:
+        raise UsageError(
+            f"{plan.name}: image.format docker holds one platform, not {len(plan.platforms)}",
+            hint="give one --platform, or leave image.format at oci",
+        )
     fresh = not options.no_cache and up_to_date(plan, executor, output)
     status = ApplyStatus.UP_TO_DATE if fresh else ApplyStatus.PENDING
     temp = f"{plan.repository}:omibuild-tmp-{uuid.uuid4().hex[:12]}"

@@ -10,11 +10,11 @@ import sys
 import tarfile
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.engine.attest import Inputs, attach, manifest_sha256, model_sums
+from omibuild.engine.attest import Inputs, Statement, attach, manifest_sha256, model_sums
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.oci import Appended, Layout, LayoutError, outputs_layer, reset
@@ -22,6 +22,7 @@ from omibuild.engine.progress import view_kind
 from omibuild.engine.registry import Client, RegistryError, split_reference
 from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildResult, Executor
+from omibuild.engine.signing import COSIGN_HINT, Attested, SigningError, sign
 from omibuild.engine.steps import OwnSteps
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_MODEL
@@ -109,6 +110,7 @@ class _Assembly:
     steps: OwnSteps
     layout: Layout
     annotations: dict[str, str]
+    statements: list[Statement] = field(default_factory=list)  # attest.py's, for signing
 
     @property
     def plan(self) -> Plan:
@@ -210,13 +212,36 @@ class _Assembly:
             inputs = Inputs(
                 self.plan, manifest.name, manifest_sha256(manifest), model_sums(self.cache, model)
             )
-            top = attach(self.layout, top, inputs)
+            top, self.statements = attach(self.layout, top, inputs)
         except LayerFileChanged as err:
             raise _changed(err, self.cache) from None
         except (OSError, LayoutError, ValueError, KeyError, tarfile.TarError) as err:
             raise _Failed(Failure("attest", f"cannot attest the image: {err}")) from None
         self.steps.report("attesting: SLSA provenance v1, SPDX SBOM", time.perf_counter() - started)
         return top
+
+    def docker(self, top: dict[str, Any], asked: bool) -> dict[str, Any]:
+        """One Docker v2 manifest for the image (image.format docker): no index to hold
+        attestations, which are then left out, and the step says so."""
+        try:
+            top = self.layout.docker_manifest(top)
+        except (LayoutError, KeyError, OSError, ValueError) as err:
+            raise _Failed(Failure("image", f"cannot write a docker-format image: {err}")) from None
+        left = ": the SLSA provenance and SBOM are left out (no index holds them)" if asked else ""
+        self.steps.report(f"one Docker v2 manifest, no index{left}", None)
+        return top
+
+    def sign(self, key: Path, digest: str) -> None:
+        """cosign signs what was pushed, and attaches each statement signed (signing.py)."""
+        started = time.perf_counter()
+        signed = [Attested(*st) for st in self.statements]
+        try:
+            sign(key, self.plan.repository, digest, signed)
+        except SigningError as err:
+            hint = COSIGN_HINT if "not on PATH" in str(err) else None
+            raise _Failed(Failure("sign", f"cosign: {err}", hint)) from None
+        what = f" and {len(signed)} signed statements" if signed else ""
+        self.steps.report(f"signing with cosign (the image{what})", time.perf_counter() - started)
 
     def write_oci(self, top: dict[str, Any], dest: str) -> None:
         started = time.perf_counter()
@@ -267,8 +292,10 @@ def finish(
     assert job.layout is not None
     plan = job.plan
     engine = job.output == "load" or plan.dry_run  # the dry prediction runs in the engine
-    attesting = options.attest and job.output != "load"
-    total = 1 + engine + plan.dry_run + (job.output != "load") + attesting
+    docker = plan.image_format == "docker" and job.output != "load"
+    attesting = options.attest and job.output != "load" and not docker
+    signing = options.sign is not None and job.output == "push"
+    total = 1 + engine + plan.dry_run + (job.output != "load") + attesting + docker + signing
     steps = OwnSteps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
     annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
@@ -292,6 +319,8 @@ def finish(
         top = build.layout.indexed(top, annotations)
         if attesting:
             top = build.attest(top, model)
+        elif docker:
+            top = build.docker(top, options.attest)
         result.digest = str(top["digest"])
         with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
             job.result.venv_bytes = build.layout.step_bytes(top, "/opt/omi/venv")
@@ -300,6 +329,8 @@ def finish(
             build.write_oci(top, job.output[4:])
         elif job.output == "push":
             build.push(top, model)
+            if options.sign is not None:
+                build.sign(options.sign, str(top["digest"]))
     except _Failed as failed:
         result.ok, result.error = False, str(failed.failure)
         result.failure_kind = failed.failure.kind

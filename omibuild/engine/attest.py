@@ -22,7 +22,6 @@ import hashlib
 import json
 import re
 import tarfile
-from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +66,15 @@ class Inputs:
     files: tuple[ModelFileSums, ...]
 
 
-def attach(layout: Layout, top: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
+Statement = tuple[str, str, dict[str, Any]]  # (the manifest it names, predicate type, predicate)
+
+
+def attach(
+    layout: Layout, top: dict[str, Any], inputs: Inputs
+) -> tuple[dict[str, Any], list[Statement]]:
     """``top`` (an index) with an attestation manifest for each image manifest it holds, and
-    none of the attestation manifests it had (BuildKit's name manifests that are gone)."""
+    none of the attestation manifests it had (BuildKit's name manifests that are gone); and
+    the statements made, for signing."""
     if top.get("mediaType") not in INDEX_TYPES:
         raise ValueError("attestations attach to an image index")
     index = layout.read_json(top["digest"])
@@ -79,6 +84,7 @@ def attach(layout: Layout, top: dict[str, Any], inputs: Inputs) -> dict[str, Any
         if m.get("mediaType") in MANIFEST_TYPES and ATTESTS not in (m.get("annotations") or {})
     ]
     children = list(images)
+    made: list[Statement] = []
     for image in images:
         manifest = layout.read_json(image["digest"])
         config = layout.read_json(manifest["config"]["digest"])
@@ -90,8 +96,9 @@ def attach(layout: Layout, top: dict[str, Any], inputs: Inputs) -> dict[str, Any
             (SPDX, spdx(inputs, image["digest"], installed, created, image.get("platform"))),
         ]
         children.append(_attestation_manifest(layout, image["digest"], subject, statements))
+        made += [(image["digest"], kind, predicate) for kind, predicate in statements]
     index["manifests"] = children
-    return {**top, **layout.put_json(index, top["mediaType"])}
+    return {**top, **layout.put_json(index, top["mediaType"])}, made
 
 
 def _attestation_manifest(
@@ -398,10 +405,3 @@ def _when(created: Any) -> str:
 
 def manifest_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def statements_in(layout: Layout, top: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every in-toto statement ``top`` reaches (for tests and ``check``)."""
-    for desc in layout.walk(top):
-        if desc.get("mediaType") == TOTO_MEDIA:
-            yield json.loads(layout.blob_path(desc["digest"]).read_bytes())

@@ -22,6 +22,7 @@ class ApplyOptions:
     offline: bool = False
     progress: str = "auto"
     attest: bool = True  # provenance and SBOM of a pushed or written image (attest.py)
+    sign: Path | None = None  # a cosign key: sign what is pushed (signing.py)
 
 
 @dataclass(frozen=True)

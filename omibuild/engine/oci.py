@@ -32,6 +32,19 @@ INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+DOCKER_MANIFEST = MANIFEST_TYPES[1]
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+# uncompressed layers keep their tar: Docker and containerd take the plain media type
+_DOCKER_GZIP, _DOCKER_TAR = (
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+)
+_DOCKER_LAYERS = {
+    "application/vnd.oci.image.layer.v1.tar+gzip": _DOCKER_GZIP,
+    _DOCKER_GZIP: _DOCKER_GZIP,
+    "application/vnd.oci.image.layer.v1.tar": _DOCKER_TAR,
+    _DOCKER_TAR: _DOCKER_TAR,
+}
 REF_NAME = "org.opencontainers.image.ref.name"
 IMAGE_NAME = "io.containerd.image.name"
 _OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -167,6 +180,38 @@ class Layout:
             "annotations": annotations,
         }
         return self.put_json(index, INDEX_TYPES[0])
+
+    def docker_manifest(self, top: dict[str, Any]) -> dict[str, Any]:
+        """The one image ``top`` holds as a Docker v2 schema 2 manifest (no index, no
+        attestations, no annotations: the config's labels carry the contract), for platforms
+        that take nothing else. The config and layers are the same blobs."""
+        index = self.read_json(top["digest"]) if top.get("mediaType") in INDEX_TYPES else None
+        images = [
+            m
+            for m in (index["manifests"] if index else [top])
+            if m.get("mediaType") in MANIFEST_TYPES and ATTESTS not in (m.get("annotations") or {})
+        ]
+        if len(images) != 1:
+            raise LayoutError(f"a docker-format image is one manifest, not {len(images)}")
+        manifest = self.read_json(images[0]["digest"])
+        layers = []
+        for layer in manifest.get("layers") or []:
+            media = _DOCKER_LAYERS.get(layer.get("mediaType", ""))
+            if media is None:
+                raise LayoutError(f"a docker-format image cannot hold a {layer.get('mediaType')}")
+            layers.append({"mediaType": media, "digest": layer["digest"], "size": layer["size"]})
+        config = manifest["config"]
+        docker = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {
+                "mediaType": DOCKER_CONFIG,
+                "digest": config["digest"],
+                "size": config["size"],
+            },
+            "layers": layers,
+        }
+        return self.put_json(docker, DOCKER_MANIFEST)
 
     def clear(self) -> None:
         """Forget which image the directory names (BuildKit's exporter adds each build's name

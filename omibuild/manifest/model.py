@@ -94,6 +94,7 @@ class Image:
     labels: tuple[tuple[str, str], ...] = ()
     layer_split_bytes: int = DEFAULT_LAYER_SPLIT
     slim: bool = True
+    format: str = "oci"  # oci | docker (one Docker v2 manifest, no index)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ def _image(spec: dict[str, Any], default_base: str) -> Image:
         labels=tuple(sorted(spec.get("labels", {}).items())),
         layer_split_bytes=spec.get("layer_split_bytes", DEFAULT_LAYER_SPLIT),
         slim=spec.get("slim", True),
+        format=spec.get("format", "oci"),
     )
 
 

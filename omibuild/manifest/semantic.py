@@ -436,6 +436,14 @@ class _Checker:
                     "environment or a netrc (they reach the build as a secret)",
                 )
 
+        platforms = image.get("platforms")
+        if image.get("format") == "docker" and isinstance(platforms, list) and len(platforms) > 1:
+            self.add(
+                ("image", "format"),
+                "a docker-format image is one manifest, for one platform",
+                "build one platform per image, or leave image.format at oci",
+            )
+
     def secrets(self, build: Any) -> None:
         if not isinstance(build, dict) or not isinstance(build.get("secrets"), list):
             return

@@ -287,6 +287,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         source_date_epoch=inputs.source_date_epoch,
         runtime_digest=inputs.runtime_digest,
         slim=m.image.slim,
+        image_format=m.image.format,
         analysis_files=tuple(
             ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
             for path, body in inputs.analysis

@@ -148,6 +148,7 @@ class Plan:
     analysis_files: tuple[ModelFile, ...] = ()  # under /opt/omi/analysis, in their own layer
     index_url: str | None = None  # pip's index instead of PyPI (image.index_url)
     extra_index_urls: tuple[str, ...] = ()
+    image_format: str = "oci"  # oci: an index; docker: one Docker v2 manifest (image.format)
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -174,6 +175,8 @@ class Plan:
         for key in ("analysis_files", "index_url", "extra_index_urls"):
             if not d[key]:
                 del d[key]
+        if self.image_format == "oci":
+            del d["image_format"]
         if not self.options.host_network:
             del d["options"]["host_network"]
         caches = self.options.caches

@@ -2,7 +2,9 @@
 `apply --push` to the loopback registry; then, read with skopeo and the registry's own API
 (never omibuild's code), every statement's subject is a manifest the pushed index holds and
 whose bytes hash to it, the SBOM is valid SPDX (pyspdxtools) listing the model file with the
-sha256 the test computes, and the provenance names the plan, the base and the model file."""
+sha256 the test computes, and the provenance names the plan, the base and the model file.
+Signed with a cosign key: cosign and `check --verify` pass, and both fail once one byte of
+the index changes. Then the same model as one Docker v2 manifest, which still serves."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ def _raw(ref: str) -> bytes:
     ).stdout
 
 
+def _cosign(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
 def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_model(
     tmp_path: Path, unique: str, registry: str
 ) -> None:
@@ -45,7 +51,13 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     text, commented = manifest.read_text(), f"# repository: registry.example.com/models/{name}"
     assert commented in text
     manifest.write_text(text.replace(commented, f"repository: {repository}"))
-    [record] = json.loads(s.ok("apply", "--push", "--format", "json", "--progress", "quiet"))
+    s.extra_env["COSIGN_PASSWORD"] = ""  # the user's own, as cosign reads it
+    subprocess.run(["cosign", "generate-key-pair"], cwd=tmp_path, env=s.env, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    key, pub = tmp_path / "cosign.key", tmp_path / "cosign.pub"
+    [record] = json.loads(
+        s.ok("apply", "--push", "--sign", str(key), "--format", "json", "--progress", "quiet")
+    )
     assert record["status"] == "built", record
 
     index_bytes = _raw(f"{repository}:latest")
@@ -104,3 +116,74 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     assert deps["base image"]["digest"] == {"sha256": base.removeprefix("sha256:")}
     wheels = [d for n, d in deps.items() if n.startswith("pkg:pypi/scikit-learn@")]
     assert wheels and len(wheels[0]["digest"]["sha256"]) == 64  # pip's archive hash
+
+    # signed: cosign itself verifies the index and each signed statement, and so does check
+    insecure = ["--insecure-ignore-tlog", "--allow-http-registry", "--allow-insecure-registry"]
+    cosign = [
+        "cosign",
+        "verify",
+        "--key",
+        str(pub),
+        *insecure,
+        f"{repository}@{record['image_digest']}",
+    ]
+    assert _cosign(cosign).returncode == 0
+    for kind in ("slsaprovenance1", "spdxjson"):
+        attested = ["cosign", "verify-attestation", "--key", str(pub), "--type", kind, *insecure,
+                    f"{repository}@{image['digest']}"]  # fmt: skip
+        assert _cosign(attested).returncode == 0
+    for tag in record["tags"]:  # check reads the origin tag among the engine's tags
+        subprocess.run(["docker", "pull", tag], capture_output=True, check=True, timeout=600)
+    checked = s.cli("check", "--verify", str(pub), f"{repository}:latest", "--format", "json")
+    findings = json.loads(checked.stdout)["findings"]
+    assert checked.returncode == 0, [f for f in findings if not f["ok"]] or checked.stderr
+    assert any(f["requirement"].startswith("signature") and f["ok"] for f in findings)
+    # one byte of the index changed (an annotation's value) and put back under the tag:
+    # cosign and check both refuse it, and check runs nothing
+    changed = index_bytes.replace(
+        b'"io.omibuild.default-interface":"', b'"io.omibuild.default-interface":"x', 1
+    )
+    assert changed != index_bytes
+    put = urllib.request.Request(
+        f"http://{registry}/v2/omibuild-test/{name}/manifests/latest", data=changed, method="PUT",
+        headers={"Content-Type": index["mediaType"]},
+    )  # fmt: skip
+    assert urllib.request.urlopen(put, timeout=60).status == 201
+    tampered = "sha256:" + hashlib.sha256(changed).hexdigest()
+    assert _cosign([*cosign[:-1], f"{repository}@{tampered}"]).returncode != 0
+    refused = s.cli("check", "--verify", str(pub), f"{repository}:latest", "--format", "json")
+    assert refused.returncode == 1, refused.stderr
+    [signature] = [
+        f for f in json.loads(refused.stdout)["findings"] if "signature" in f["requirement"]
+    ]
+    assert not signature["ok"]
+    assert not any("interface" in f["requirement"] for f in json.loads(refused.stdout)["findings"])
+
+    # the same model as one Docker v2 manifest (image.format docker, as SageMaker takes it):
+    # no index and no attestation children, said by apply, and the image still serves
+    docker_repository = f"{registry}/omibuild-test/{name}-docker"
+    remember_image(docker_repository)
+    text = manifest.read_text().replace(repository, docker_repository)
+    manifest.write_text(text.replace("image:\n", "image:\n  format: docker\n", 1))
+    pushed = s.cli("apply", "--push", "--format", "json", "--progress", "plain")
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert "one Docker v2 manifest, no index: the SLSA provenance and SBOM are left out" in (
+        pushed.stderr
+    )
+    [record] = json.loads(pushed.stdout)
+    raw = _raw(f"{docker_repository}:latest")
+    single = json.loads(raw)
+    assert single["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert "manifests" not in single and "annotations" not in single
+    assert single["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == record["image_digest"]
+    subprocess.run(["docker", "rmi", "-f", f"{docker_repository}:latest"], capture_output=True)
+    pulled = subprocess.run(
+        ["docker", "pull", f"{docker_repository}@{record['image_digest']}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    ran = s.cli("run", f"{docker_repository}@{record['image_digest']}", "--predict", "--format",
+                "json")  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["status"] == 200

@@ -94,7 +94,10 @@ def test_each_platform_gets_statements_naming_its_final_manifest(tmp_path: Path)
     plan = Plan.from_dict(json.loads(GOLDEN.read_text()))
     sums = model_sums(cache, [Appended(blob, "model", layer=layer)])
     assert sums[0].sha1 == hashlib.sha1(weights, usedforsecurity=False).hexdigest()
-    top = attach(layout, index, Inputs(plan, "omi.yaml", "ef" * 32, sums))
+    top, made = attach(layout, index, Inputs(plan, "omi.yaml", "ef" * 32, sums))
+    assert [(d, k) for d, k, _ in made] == [
+        (i["digest"], k) for i in images for k in (PROVENANCE, SPDX)
+    ]
 
     children = layout.read_json(top["digest"])["manifests"]
     assert [c["digest"] for c in children[:2]] == [i["digest"] for i in images]
@@ -126,7 +129,7 @@ def test_each_platform_gets_statements_naming_its_final_manifest(tmp_path: Path)
                 assert params["plan"]["digest"] == plan.digest
         assert kinds == [PROVENANCE, SPDX]
     # the same image attested again is the same index: statements carry no clock
-    assert attach(layout, index, Inputs(plan, "omi.yaml", "ef" * 32, sums)) == top
+    assert attach(layout, index, Inputs(plan, "omi.yaml", "ef" * 32, sums))[0] == top
 
 
 def test_a_model_file_changed_since_planning_stops_the_attestation(tmp_path: Path) -> None:
