@@ -5,6 +5,7 @@ set -euo pipefail
 here=$(dirname "$0")
 start=$(date +%s)
 bash "$here/install-packages.sh"
+bash "$here/install-cosign.sh"
 bash "$here/start-engine.sh"
 bash "$here/start-registry.sh"
 bash "$here/build-base-image.sh"

@@ -123,9 +123,12 @@ def test_an_apply_killed_while_it_streams_the_model_leaves_nothing_trusted(
     )
     try:
         deadline = time.monotonic() + 300
-        while True:  # until its `docker load` is running: the model is streaming
+        while True:  # until its load (containerd's import or `docker load`) runs: the model
+            # is streaming
             loads = subprocess.run(
-                ["pgrep", "-P", str(proc.pid), "-f", "docker load"], capture_output=True, text=True
+                ["pgrep", "-P", str(proc.pid), "-f", "images import|docker load"],
+                capture_output=True,
+                text=True,
             )
             if loads.stdout.strip():
                 break
