@@ -278,6 +278,9 @@ def bench_builds(work: Path, weights: Path, reps: int) -> None:
     from inner_loop import bench_inner_loop  # bench/ is on sys.path: run.py runs from it
 
     bench_inner_loop(work, reps)
+    from supply_chain import bench_supply_chain
+
+    bench_supply_chain(work, reps)
 
 
 # -- image size -------------------------------------------------------------------------------

@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(cosign on PATH; the key's password from COSIGN_PASSWORD)",
     )
     p.add_argument(
+        "--sign-model",
+        metavar="KEY.pem",
+        help="sign the model directory with OpenSSF model-signing (an elliptic-curve private "
+        "key) and ship the bundle beside the model, at /opt/omi/model.sig",
+    )
+    p.add_argument(
         "--no-attest",
         action="store_true",
         help="leave out the SLSA provenance and SPDX SBOM that a pushed or written image "
@@ -244,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY.pub",
         help="first verify the image's cosign signature and signed provenance and SBOM in its "
         "registry, and that every attestation names this image; probe only if they hold",
+    )
+    p.add_argument(
+        "--verify-model",
+        metavar="PUB.pem",
+        help="first verify /opt/omi/model.sig against the model files in the image "
+        "(OpenSSF model-signing); probe only if it holds",
     )
     _add_format(p, ["text", "json", "junit"], "text")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         progress=args.progress,
         attest=not args.no_attest,
-        sign=_signing_key(args.sign),
+        sign=_signing_key(args.sign, "--sign"),
+        sign_model=_signing_key(args.sign_model, "--sign-model"),
     )
     if no_engine is not None:
         raise no_engine  # exit 2, the same line as every verb
@@ -164,14 +165,16 @@ def expand_targets(paths: list[str]) -> list[Path]:
     return unique
 
 
-def _signing_key(given: str | None) -> Path | None:
-    """The cosign key ``--sign`` names: a readable file, or exit 2 naming it."""
+def _signing_key(given: str | None, flag: str) -> Path | None:
+    """The key a signing flag names: a readable file, or exit 2 naming it."""
     if given is None:
         return None
     key = Path(given)
     if not key.is_file():
-        raise UsageError(
-            f"--sign {given}: no such key file",
-            hint="make one with `cosign generate-key-pair`, or give the path to yours",
+        how = (
+            "cosign generate-key-pair"
+            if flag == "--sign"
+            else "openssl ecparam -name prime256v1 -genkey -noout -out key.pem"
         )
+        raise UsageError(f"{flag} {given}: no such key file", hint=f"make one with `{how}`")
     return key.resolve()

@@ -17,7 +17,9 @@ from typing import Any
 from omibuild.engine.attest import Inputs, Statement, attach, manifest_sha256, model_sums
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import ApplyOptions, Job
-from omibuild.engine.oci import Appended, Layout, LayoutError, outputs_layer, reset
+from omibuild.engine.modelsig import HINT as MODEL_SIGNING_HINT
+from omibuild.engine.modelsig import SIGNATURE, ModelSigningError, sign_model
+from omibuild.engine.oci import Appended, Layout, LayoutError, file_layer, outputs_layer, reset
 from omibuild.engine.progress import view_kind
 from omibuild.engine.registry import Client, RegistryError, split_reference
 from omibuild.engine.registry import push as push_image
@@ -231,6 +233,17 @@ class _Assembly:
         self.steps.report(f"one Docker v2 manifest, no index{left}", None)
         return top
 
+    def model_signature(self, key: Path, model: list[Appended]) -> Appended:
+        """The staged model files signed (modelsig.py), as a one-file layer beside them."""
+        started = time.perf_counter()
+        root = next(a.layer.root for a in model if a.layer is not None)
+        try:
+            bundle = sign_model(key, root)
+        except ModelSigningError as err:
+            raise _Failed(Failure("sign", str(err), MODEL_SIGNING_HINT)) from None
+        self.steps.report(f"signing the model ({SIGNATURE})", time.perf_counter() - started)
+        return file_layer(SIGNATURE, bundle, "the model's signature (model-signing)")
+
     def sign(self, key: Path, digest: str) -> None:
         """cosign signs what was pushed, and attaches each statement signed (signing.py)."""
         started = time.perf_counter()
@@ -296,11 +309,14 @@ def finish(
     attesting = options.attest and job.output != "load" and not docker
     signing = options.sign is not None and job.output == "push"
     total = 1 + engine + plan.dry_run + (job.output != "load") + attesting + docker + signing
+    total += options.sign_model is not None
     steps = OwnSteps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
     annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
     try:
         model = build.model(made, uploading=job.output == "push" and not engine)
+        if options.sign_model is not None:
+            model = [*model, build.model_signature(options.sign_model, model)]
         try:
             rest = build.layout.top()
             top = build.layout.append(rest, model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 from omibuild.engine.images import engine_error
@@ -97,6 +98,25 @@ class Containers:
             return self.exec(cid, ["cat", path])
         except DockerException:
             return None
+
+    def copy_out(self, image: str, paths: list[str], dest: Path) -> bool:
+        """Copy ``paths`` of ``image`` into ``dest`` from a container created, never started,
+        and removed: False when the image or a path is not there."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            container = self.docker.container.create(image, entrypoint="/nonexistent")
+        except DockerException:
+            return False
+        try:
+            for path in paths:
+                self.docker.copy((container.id, path), dest / Path(path).name)
+            return True
+        except DockerException:
+            return False
+        finally:
+            with contextlib.suppress(DockerException):
+                self.docker.container.remove(container.id, force=True)
 
     def stop(self, cid: str, timeout: int = 20) -> int | None:
         """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""

@@ -23,6 +23,7 @@ class ApplyOptions:
     progress: str = "auto"
     attest: bool = True  # provenance and SBOM of a pushed or written image (attest.py)
     sign: Path | None = None  # a cosign key: sign what is pushed (signing.py)
+    sign_model: Path | None = None  # a PEM key: the model directory signed (modelsig.py)
 
 
 @dataclass(frozen=True)

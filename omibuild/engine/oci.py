@@ -389,9 +389,16 @@ def reset(root: Path) -> None:
 
 def outputs_layer(outputs: bytes) -> Appended:
     """outputs.json, as the one-file layer appended after the dry prediction."""
-    parts = f"{OMI}/{OUTPUTS_FILE}".strip("/").split("/")
+    return file_layer(
+        f"{OMI}/{OUTPUTS_FILE}", outputs, f"{OUTPUTS_FILE} (the dry prediction's answer)"
+    )
+
+
+def file_layer(path: str, data: bytes, what: str) -> Appended:
+    """One file (mode 0444, owner 0:0, its parents 0755) as a layer of its own."""
+    parts = path.strip("/").split("/")
     entries = [TarEntry("/".join(parts[:n]) + "/", directory=True) for n in range(1, len(parts))]
-    entries.append(TarEntry("/".join(parts), len(outputs), data=outputs))
-    data = b"".join(tar_chunks(entries))
-    blob = Blob("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-    return Appended(blob, f"omibuild: {OUTPUTS_FILE} (the dry prediction's answer)", data=data)
+    entries.append(TarEntry("/".join(parts), len(data), data=data))
+    tar = b"".join(tar_chunks(entries))
+    blob = Blob("sha256:" + hashlib.sha256(tar).hexdigest(), len(tar))
+    return Appended(blob, f"omibuild: {what}", data=tar)

@@ -187,3 +187,50 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
                 "json")  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert json.loads(ran.stdout)["status"] == 200
+
+
+def test_a_signed_model_verifies_in_its_image_and_a_tampered_file_fails(
+    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
+) -> None:
+    """`apply --sign-model` (OpenSSF model-signing, omibuild[signing] from the wheel) ships the
+    bundle beside the model; `check --verify-model` passes on the image, and fails, running
+    nothing, on the same image with one byte of the model appended."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    name = f"model-sig-{unique}"
+    s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN), extras="signing")
+    s.train(IRIS_JOBLIB)
+    s.ok("init")
+    private = ec.generate_private_key(ec.SECP256R1())
+    key, pub = tmp_path / "model-key.pem", tmp_path / "model-pub.pem"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    applied = s.cli("apply", "--sign-model", str(key), "--format", "json", "--progress", "plain")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert "signing the model (/opt/omi/model.sig)" in applied.stderr
+    [record] = json.loads(applied.stdout)
+    image_cleanup += record["tags"]
+    image = next(t for t in record["tags"] if t.endswith(":latest"))
+    checked = s.cli("check", "--verify-model", str(pub), image, "--format", "json")
+    findings = json.loads(checked.stdout)["findings"]
+    assert checked.returncode == 0, [f for f in findings if not f["ok"]] or checked.stderr
+    assert findings[0]["requirement"].startswith("the model's signature") and findings[0]["ok"]
+
+    tampered = f"omibuild.local/{name}:tampered"
+    image_cleanup.append(tampered)
+    container = f"tamper-{unique}"
+    subprocess.run(["docker", "run", "--name", container, "--user", "0", "--entrypoint", "sh",
+                    image, "-c", "printf x >> /opt/omi/model/model.joblib"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    try:
+        subprocess.run(["docker", "commit", container, tampered], check=True, capture_output=True,
+                       timeout=300)  # fmt: skip
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    refused = s.cli("check", "--verify-model", str(pub), tampered, "--format", "json")
+    assert refused.returncode == 1, refused.stderr
+    [finding] = json.loads(refused.stdout)["findings"]  # nothing else ran
+    assert not finding["ok"] and "model.joblib" in finding["detail"], finding

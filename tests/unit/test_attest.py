@@ -142,3 +142,31 @@ def test_a_model_file_changed_since_planning_stops_the_attestation(tmp_path: Pat
     (tmp_path / "m" / "w.bin").write_bytes(b"changed")
     with pytest.raises(LayerFileChanged, match=r"w\.bin changed"):
         model_sums(cache, [Appended(blob, "model", layer=layer)])
+
+
+def test_a_model_signed_verifies_and_one_changed_byte_does_not(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from omibuild.engine.modelsig import sign_model, verify_model
+
+    model = tmp_path / "model"
+    (model / "weights").mkdir(parents=True)
+    (model / "weights" / "w.bin").write_bytes(b"weights" * 1000)
+    (model / "config.json").write_text("{}")
+    private = ec.generate_private_key(ec.SECP256R1())
+    key, pub = tmp_path / "key.pem", tmp_path / "pub.pem"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    bundle = tmp_path / "model.sig"
+    bundle.write_bytes(sign_model(key, model))
+    assert verify_model(pub, model, bundle) == ""
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "other.pem").write_bytes(other.public_bytes(serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    assert verify_model(tmp_path / "other.pem", model, bundle)  # another key: refused
+    with open(model / "weights" / "w.bin", "ab") as fh:
+        fh.write(b"x")
+    assert "w.bin" in verify_model(pub, model, bundle)
