@@ -55,6 +55,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     # BuildKit's exported test caches (tests that ask for a local cache directory)
     shutil.rmtree(ROOT / ".cache" / "test-buildkit", ignore_errors=True)
     _remove_images()
+    if not _engine_used(session):
+        return  # unit tests only: the engine, its cache and the registry are someone else's
     if os.environ.get("OMI_TEST_PRUNE_ENGINE") == "1" or SETUP_ENGINE.exists():
         # an engine that setup started (a fresh machine, CI) or CI's (.ci/run): the build
         # cache the run filled and the images its rebuilds left untagged, ~20 GB. An engine
@@ -62,6 +64,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
         subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=False)
         _empty_test_registry()
+
+
+def _engine_used(session: pytest.Session) -> bool:
+    """Whether this run may have used the engine: an integration test was among its items
+    (xdist's controller collects none: then unless `-m "not integration"` left them out).
+    A unit-only run beside another run must not prune the engine that run is using."""
+    if session.items:
+        return any(item.get_closest_marker("integration") for item in session.items)
+    return "not integration" not in (session.config.option.markexpr or "")
 
 
 # setup's loopback registry (scripts/start-registry.sh): the tests push under omibuild-test/
