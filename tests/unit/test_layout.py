@@ -20,6 +20,7 @@ HEAVY = {
     "keras",
     "lightgbm",
     "mlflow",
+    "model_signing",  # sigstore with it, and optional (omibuild[signing])
     "numpy",
     "onnxruntime",
     "pandas",
