@@ -144,16 +144,21 @@ class _Assembly:
             sent += n
 
         started = time.perf_counter()
+        stored = self.executor.content_blobs()  # what containerd has, whatever names it
         for attempt in (1, 2):
             sent = 0
+            skip = have | stored if attempt == 1 else have
             entries, _ = self.layout.archive(
-                top, engine_name(self.job.temp), skip=have, on_bytes=count
+                top, engine_name(self.job.temp), skip=skip, on_bytes=count
             )
             try:
                 error = self.executor.load(tar_chunks(entries), max(1, len(self.plan.platforms)))
             except LayerFileChanged as err:
                 raise _changed(err, self.cache) from None
-            if error is None or attempt == 2 or not LOST_SNAPSHOT.search(error):
+            # once more, sending what the store had (its collector may have taken it since),
+            # or when the engine lost a record of its own
+            again = bool(stored - have) or LOST_SNAPSHOT.search(error or "")
+            if error is None or attempt == 2 or not again:
                 break
         if error is not None:
             if sent:  # the engine refused the layer: what vouched for its bytes goes too

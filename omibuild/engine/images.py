@@ -276,6 +276,27 @@ class EngineImages:
                 ]
         return self._importer or None
 
+    def content_blobs(self) -> frozenset[str]:
+        """What containerd's content store holds (``ctr content ls``, 0.07 s for 300 blobs
+        here), where loads go through its import: the compressed layers BuildKit's cache keeps
+        after the image that named them was removed, which a rebuild then need not send."""
+        importer = self.importer()
+        if not importer:
+            return frozenset()
+        try:
+            proc = subprocess.run(
+                [*importer[:5], "content", "ls", "--quiet"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return frozenset()
+        if proc.returncode != 0:
+            return frozenset()
+        return frozenset(ln.strip() for ln in proc.stdout.splitlines() if ln.startswith("sha256:"))
+
     def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
         """Stream an OCI archive into the engine: None, or why it failed. One platform's
         image goes through containerd's import where it is reachable (``importer``), any

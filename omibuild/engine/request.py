@@ -98,6 +98,11 @@ class Executor(Protocol):
         """containerd's import command when loads go through it, else None (`docker load`)."""
         ...
 
+    def content_blobs(self) -> frozenset[str]:
+        """The digests containerd's content store holds, where its import is used (a load
+        may leave them out); else none."""
+        ...
+
     def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
         """Stream an OCI archive (of an image for ``platforms`` platforms) into the engine:
         None, or why it failed."""

@@ -83,6 +83,9 @@ class Recorder:
     def importer(self) -> list[str] | None:
         return None
 
+    def content_blobs(self) -> frozenset[str]:
+        return frozenset()
+
     def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
         """Read the OCI archive as an engine would: the name, and the config's labels."""
         with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
@@ -399,3 +402,44 @@ def test_a_snapshot_lost_during_a_load_loads_again_once(repo: Path, tmp_path: Pa
     cache = Cache(tmp_path / "e")
     [result] = apply_all([_prepare(repo, cache)], other, cache, QUIET, ApplyOptions())
     assert result.status == "failed" and other.calls == 1
+
+
+def test_blobs_containerd_still_holds_are_not_sent_and_a_refusal_sends_them(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A rebuild after the image left the engine (the engine's content store still holds its
+    layers, BuildKit's cache keeping them) sends none of them; if the import then refuses
+    (the store's collector took one since it was listed), the load runs again with them."""
+
+    class Stored(Recorder):
+        store: frozenset[str] = frozenset()
+        refuse = False
+        archives: list[set[str]] = []
+
+        def content_blobs(self) -> frozenset[str]:
+            return self.store
+
+        def load(self, chunks: Iterator[bytes], platforms: int = 1) -> str | None:
+            data = b"".join(chunks)
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                self.archives.append({n[len("blobs/sha256/") :] for n in tar.getnames()})
+            if self.refuse and len(self.archives) == 1:  # the first load of the apply
+                return "ctr: content digest sha256:... not found"
+            return super().load(iter((data,)), platforms)
+
+    cache, rec = Cache(tmp_path / "c"), Stored()
+    [first] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+    layer = rec.loaded[-1]["layers"][0]["digest"]
+    assert first.model_bytes_sent > 0 and layer[7:] in rec.archives[0]
+    for trial, refuse in enumerate((False, True)):
+        for ref in _prepare(repo, cache).plan.image_refs:  # the image left the engine
+            rec.tags.pop(ref)
+        rec.store, rec.refuse, rec.archives = frozenset({layer}), refuse, []
+        [again] = apply_all([_prepare(repo, cache)], rec, cache, QUIET, ApplyOptions())
+        assert again.status == "built", (trial, again.error)
+        if refuse:  # refused without it, sent with it
+            assert layer[7:] not in rec.archives[0] and layer[7:] in rec.archives[1]
+            assert again.model_bytes_sent == first.model_bytes_sent
+        else:
+            assert all(layer[7:] not in names for names in rec.archives)
+            assert again.model_bytes_sent == 0
