@@ -15,14 +15,7 @@ if [ "${OMI_SETUP_TRIXIE:-}" != yes ] && ! grep -rqs "trixie" /etc/apt/sources.l
 fi
 need_root "$step"
 if [ ! -f /etc/apt/sources.list.d/trixie.sources ] && ! grep -rqs "trixie" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  cat > /etc/apt/sources.list.d/trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie
+  add_trixie_source
 fi
 say "$step: installing cosign from trixie (log: $log)"
 { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t trixie cosign; } \

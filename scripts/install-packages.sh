@@ -49,18 +49,7 @@ MSG
   exit 1
 fi
 say "$step: installing docker.io + docker-buildx from trixie (OMI_SETUP_TRIXIE=yes; log: $log)"
-cat > /etc/apt/sources.list.d/trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-cat > /etc/apt/preferences.d/trixie <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
+add_trixie_source
 {
   apt-get update -q && apt-get install -y -q --no-install-recommends -t trixie docker.io docker-buildx
 } >>"$log" 2>&1 || fail "$step" "apt-get failed (is the Debian mirror reachable?)" "$log"

@@ -29,3 +29,16 @@ wait_until() {
     sleep 0.2
   done
 }
+
+# add_trixie_source: Debian trixie among apt's sources, pinned below bookworm (priority 100:
+# only what is asked for with -t trixie comes from it)
+add_trixie_source() {
+  cat > /etc/apt/sources.list.d/trixie.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie
+}

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import remember_image
 from tests.integration.strangers import new_stranger, training_venv
 from tests.integration.test_install import IRIS_JOBLIB, SKLEARN
+from tests.unit.test_attest import ec_key_pair
 
 pytestmark = pytest.mark.integration
 PYSPDXTOOLS = Path(sys.executable).with_name("pyspdxtools")
@@ -195,19 +196,11 @@ def test_a_signed_model_verifies_in_its_image_and_a_tampered_file_fails(
     """`apply --sign-model` (OpenSSF model-signing, omibuild[signing] from the wheel) ships the
     bundle beside the model; `check --verify-model` passes on the image, and fails, running
     nothing, on the same image with one byte of the model appended."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     name = f"model-sig-{unique}"
     s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN), extras="signing")
     s.train(IRIS_JOBLIB)
     s.ok("init")
-    private = ec.generate_private_key(ec.SECP256R1())
-    key, pub = tmp_path / "model-key.pem", tmp_path / "model-pub.pem"
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
-    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-        serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    key, pub = ec_key_pair(tmp_path, "model")
     applied = s.cli("apply", "--sign-model", str(key), "--format", "json", "--progress", "plain")
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert "signing the model (/opt/omi/model.sig)" in applied.stderr

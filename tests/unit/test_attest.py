@@ -145,28 +145,32 @@ def test_a_model_file_changed_since_planning_stops_the_attestation(tmp_path: Pat
 
 
 def test_a_model_signed_verifies_and_one_changed_byte_does_not(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from omibuild.engine.modelsig import sign_model, verify_model
 
     model = tmp_path / "model"
     (model / "weights").mkdir(parents=True)
     (model / "weights" / "w.bin").write_bytes(b"weights" * 1000)
     (model / "config.json").write_text("{}")
+    key, pub = ec_key_pair(tmp_path, "model")
+    bundle = tmp_path / "model.sig"
+    bundle.write_bytes(sign_model(key, model))
+    assert verify_model(pub, model, bundle) == ""
+    _, other = ec_key_pair(tmp_path, "other")
+    assert verify_model(other, model, bundle)  # another key: refused
+    with open(model / "weights" / "w.bin", "ab") as fh:
+        fh.write(b"x")
+    assert "w.bin" in verify_model(pub, model, bundle)
+
+
+def ec_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A P-256 key pair as model-signing takes it: NAME-key.pem (PKCS#8) and NAME-pub.pem."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private = ec.generate_private_key(ec.SECP256R1())
-    key, pub = tmp_path / "key.pem", tmp_path / "pub.pem"
+    key, pub = directory / f"{name}-key.pem", directory / f"{name}-pub.pem"
     key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
     pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
         serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    bundle = tmp_path / "model.sig"
-    bundle.write_bytes(sign_model(key, model))
-    assert verify_model(pub, model, bundle) == ""
-    other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    (tmp_path / "other.pem").write_bytes(other.public_bytes(serialization.Encoding.PEM,
-        serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    assert verify_model(tmp_path / "other.pem", model, bundle)  # another key: refused
-    with open(model / "weights" / "w.bin", "ab") as fh:
-        fh.write(b"x")
-    assert "w.bin" in verify_model(pub, model, bundle)
+    return key, pub
