@@ -111,6 +111,7 @@ def verify(pub: Path, ref: str) -> list[tuple[str, bool, str]]:
         if (m.get("platform") or {}).get("os") == "unknown"
     ]
     stale = [d for d in named if d not in images]
+    unreadable: list[str] = []
     for m in children:  # the statements themselves: each subject is the manifest named
         subject = (m.get("annotations") or {}).get("vnd.docker.reference.digest")
         if not subject:
@@ -125,13 +126,14 @@ def verify(pub: Path, ref: str) -> list[tuple[str, bool, str]]:
                 if digests != [subject.removeprefix("sha256:")]:
                     stale.append(f"sha256:{digests[0] if digests else '?'}")
         except (RegistryError, ValueError, KeyError, TypeError, AttributeError) as err:
-            stale.append(f"unreadable statement ({err})")
+            unreadable.append(f"{m['digest'][:19]}… ({str(err)[:120]})")
     found.append(
         (
             "every attestation names a manifest of this image",
-            bool(named) and not stale,
-            f"{len(named)} attestation manifests" if named and not stale else
-            (f"names {stale[0][:19]}…, not in the index" if stale else "none in the index"),
+            bool(named) and not stale and not unreadable,
+            f"cannot read attestation manifest {unreadable[0]}" if unreadable else
+            f"names {stale[0][:19]}…, not in the index" if stale else
+            f"{len(named)} attestation manifests" if named else "none in the index",
         )
     )  # fmt: skip
     for image in sorted(images):
