@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omibuild.engine.attest import Inputs, Statement, attach, manifest_sha256, model_sums
+from omibuild.engine.attest import Inputs, Statement, attach, model_sums
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.modelsig import HINT as MODEL_SIGNING_HINT
@@ -24,12 +24,13 @@ from omibuild.engine.progress import view_kind
 from omibuild.engine.registry import Client, RegistryError, split_reference
 from omibuild.engine.registry import push as push_image
 from omibuild.engine.request import BuildResult, Executor
-from omibuild.engine.signing import COSIGN_HINT, Attested, SigningError, sign
+from omibuild.engine.signing import COSIGN_HINT, CosignMissing, SigningError, sign
 from omibuild.engine.steps import OwnSteps
 from omibuild.planning.plan import Plan
 from omibuild.render.dockerfile import CTX_MODEL
 from omibuild.store.answers import known_answer, remember_answer
 from omibuild.store.cache import Cache
+from omibuild.store.hashing import sha256_file
 from omibuild.store.layers import (
     LayerFileChanged,
     StagedLayer,
@@ -217,7 +218,7 @@ class _Assembly:
         manifest = self.job.target.manifest_file
         try:
             inputs = Inputs(
-                self.plan, manifest.name, manifest_sha256(manifest), model_sums(self.cache, model)
+                self.plan, manifest.name, sha256_file(manifest), model_sums(self.cache, model)
             )
             top, self.statements = attach(self.layout, top, inputs)
         except LayerFileChanged as err:
@@ -252,13 +253,13 @@ class _Assembly:
     def sign(self, key: Path, digest: str) -> None:
         """cosign signs what was pushed, and attaches each statement signed (signing.py)."""
         started = time.perf_counter()
-        signed = [Attested(*st) for st in self.statements]
         try:
-            sign(key, self.plan.repository, digest, signed)
+            sign(key, self.plan.repository, digest, self.statements)
+        except CosignMissing as err:
+            raise _Failed(Failure("sign", f"cosign: {err}", COSIGN_HINT)) from None
         except SigningError as err:
-            hint = COSIGN_HINT if "not on PATH" in str(err) else None
-            raise _Failed(Failure("sign", f"cosign: {err}", hint)) from None
-        what = f" and {len(signed)} signed statements" if signed else ""
+            raise _Failed(Failure("sign", f"cosign: {err}")) from None
+        what = f" and {len(self.statements)} signed statements" if self.statements else ""
         self.steps.report(f"signing with cosign (the image{what})", time.perf_counter() - started)
 
     def write_oci(self, top: dict[str, Any], dest: str) -> None:

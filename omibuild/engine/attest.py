@@ -24,11 +24,19 @@ import re
 import tarfile
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
+from packaging.utils import canonicalize_name
+
 from omibuild import __version__
-from omibuild.engine.oci import ATTESTS, INDEX_TYPES, MANIFEST_TYPES, Appended, Layout
+from omibuild.engine.oci import (
+    ATTESTS,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    Appended,
+    Layout,
+    step_layer,
+)
 from omibuild.planning.plan import OMI, Plan
 from omibuild.runtime.slim import INSTALLED_FILE
 from omibuild.store.cache import Cache, atomic_write
@@ -66,7 +74,13 @@ class Inputs:
     files: tuple[ModelFileSums, ...]
 
 
-Statement = tuple[str, str, dict[str, Any]]  # (the manifest it names, predicate type, predicate)
+@dataclass(frozen=True)
+class Statement:
+    """One statement made: the manifest it names, its predicate type and predicate."""
+
+    subject: str  # sha256:<hex> of an image manifest
+    predicate_type: str
+    predicate: dict[str, Any]
 
 
 def attach(
@@ -96,7 +110,7 @@ def attach(
             (SPDX, spdx(inputs, image["digest"], installed, created, image.get("platform"))),
         ]
         children.append(_attestation_manifest(layout, image["digest"], subject, statements))
-        made += [(image["digest"], kind, predicate) for kind, predicate in statements]
+        made += [Statement(image["digest"], kind, predicate) for kind, predicate in statements]
     index["manifests"] = children
     return {**top, **layout.put_json(index, top["mediaType"])}, made
 
@@ -139,19 +153,17 @@ def _installed(
     layout: Layout, manifest: dict[str, Any], config: dict[str, Any]
 ) -> list[dict[str, str]]:
     """The venv's distributions, as the deps stage recorded them in the venv's own layer."""
-    made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
-    for entry, layer in zip(made, manifest.get("layers") or [], strict=False):
-        if _VENV_MARKER in str(entry.get("created_by", "")):
-            with open(layout.blob_path(layer["digest"]), "rb") as fh:
-                data = _member(fh, _INSTALLED_MEMBER)
-            if data is not None:
-                found = json.loads(data).get("distributions") or []
-                return [
-                    {k: str(v) for k, v in d.items() if k in ("name", "version", "url", "sha256")}
-                    for d in found
-                    if isinstance(d, dict) and d.get("name") and d.get("version")
-                ]
-    return []
+    layer = step_layer(manifest, config, _VENV_MARKER)
+    if layer is None:
+        return []
+    with open(layout.blob_path(layer["digest"]), "rb") as fh:
+        data = _member(fh, _INSTALLED_MEMBER)
+    found = (json.loads(data).get("distributions") or []) if data is not None else []
+    return [
+        {k: str(v) for k, v in d.items() if k in ("name", "version", "url", "sha256")}
+        for d in found
+        if isinstance(d, dict) and d.get("name") and d.get("version")
+    ]
 
 
 def _member(fh: IO[bytes], name: str) -> bytes | None:
@@ -233,7 +245,7 @@ def provenance(
         )
     for dist in installed:
         dep: dict[str, Any] = {
-            "name": f"pkg:pypi/{_pypi_name(dist['name'])}@{dist['version']}",
+            "name": f"pkg:pypi/{canonicalize_name(dist['name'])}@{dist['version']}",
         }
         if dist.get("url"):
             dep["uri"] = dist["url"]
@@ -318,7 +330,9 @@ def spdx(
             "downloadLocation": _download(dist.get("url", "")),
             "filesAnalyzed": False,
             "primaryPackagePurpose": "LIBRARY",
-            "externalRefs": [_purl(f"pkg:pypi/{_pypi_name(dist['name'])}@{dist['version']}")],
+            "externalRefs": [
+                _purl(f"pkg:pypi/{canonicalize_name(dist['name'])}@{dist['version']}")
+            ],
         }
         if dist.get("sha256"):
             package["checksums"] = [{"algorithm": "SHA256", "checksumValue": dist["sha256"]}]
@@ -388,10 +402,6 @@ def _purl(locator: str) -> dict[str, str]:
     }
 
 
-def _pypi_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _spdx_id(prefix: str, *parts: str) -> str:
     return "-".join([prefix, *(re.sub(r"[^A-Za-z0-9.]+", ".", p) for p in parts)])
 
@@ -401,7 +411,3 @@ def _when(created: Any) -> str:
     text = str(created or "")
     match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", text)
     return f"{match.group(1)}Z" if match else "1970-01-01T00:00:00Z"
-
-
-def manifest_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

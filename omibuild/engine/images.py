@@ -120,6 +120,7 @@ class EngineImages:
         self.log_dir = log_dir or default_cache_dir() / "logs"  # each build's full log
         self._docker: DockerClient | None = None
         self._importer: list[str] | None = None  # [] once known that there is none
+        self._ctr: list[str] = []  # ctr on the engine's containerd, namespace moby
 
     @property
     def docker(self) -> DockerClient:
@@ -264,28 +265,19 @@ class EngineImages:
         if os.environ.get("OMIBUILD_LOAD", "auto") != "docker" and local and ctr:
             sock = next((s for s in CONTAINERD_SOCKETS if os.access(s, os.W_OK)), None)
             if sock and self.keeps_blobs():
-                self._importer = [
-                    ctr,
-                    "--address",
-                    sock,
-                    "--namespace",
-                    "moby",
-                    "images",
-                    "import",
-                    "--local",
-                ]
+                self._ctr = [ctr, "--address", sock, "--namespace", "moby"]
+                self._importer = [*self._ctr, "images", "import", "--local"]
         return self._importer or None
 
     def content_blobs(self) -> frozenset[str]:
         """What containerd's content store holds (``ctr content ls``, 0.07 s for 300 blobs
         here), where loads go through its import: the compressed layers BuildKit's cache keeps
         after the image that named them was removed, which a rebuild then need not send."""
-        importer = self.importer()
-        if not importer:
+        if not self.importer():
             return frozenset()
         try:
             proc = subprocess.run(
-                [*importer[:5], "content", "ls", "--quiet"],
+                [*self._ctr, "content", "ls", "--quiet"],
                 capture_output=True,
                 text=True,
                 timeout=30,

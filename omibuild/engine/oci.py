@@ -253,12 +253,8 @@ class Layout:
             if desc.get("mediaType") not in MANIFEST_TYPES:
                 continue
             manifest = self.read_json(desc["digest"])
-            config = self.read_json(manifest["config"]["digest"])
-            made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
-            for entry, layer in zip(made, manifest.get("layers") or [], strict=False):
-                if marker in str(entry.get("created_by", "")):
-                    return int(layer["size"])
-            return None
+            layer = step_layer(manifest, self.read_json(manifest["config"]["digest"]), marker)
+            return None if layer is None else int(layer["size"])
         return None
 
     def content_bytes(self, top: dict[str, Any]) -> int | None:
@@ -374,6 +370,18 @@ class Layout:
                     path.unlink()
                     freed += size
         return freed
+
+
+def step_layer(
+    manifest: dict[str, Any], config: dict[str, Any], marker: str
+) -> dict[str, Any] | None:
+    """The descriptor of the layer a build step made, found by ``marker`` in the step's
+    history entry (its ``created_by``; entries that made no layer skipped)."""
+    made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
+    for entry, layer in zip(made, manifest.get("layers") or [], strict=False):
+        if marker in str(entry.get("created_by", "")):
+            return dict(layer)
+    return None
 
 
 def _file_stream(path: Path) -> Iterator[bytes]:

@@ -30,7 +30,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omibuild.store.layers import SideHash
+from omibuild.store.hashing import SideHash
 
 TIMEOUT = 120.0  # seconds for any one socket operation
 UPLOADS_AT_ONCE = 3  # as the Docker engine pushes

@@ -9,54 +9,41 @@ predicate, into a private temporary directory that goes when cosign has read it.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from omibuild.engine.registry import MANIFESTS, Client, RegistryError, split_reference
+from omibuild.engine.attest import PROVENANCE, SPDX, Statement
+from omibuild.engine.oci import ATTESTS
+from omibuild.engine.registry import MANIFESTS, Client, RegistryError, insecure, split_reference
 
 COSIGN_HINT = "install cosign 2 (Debian trixie: apt install cosign; or its release binary)"
 # cosign's names for the predicate types omibuild attaches
-COSIGN_TYPES = {
-    "https://slsa.dev/provenance/v1": "slsaprovenance1",
-    "https://spdx.dev/Document": "spdxjson",
-}
+COSIGN_TYPES = {PROVENANCE: "slsaprovenance1", SPDX: "spdxjson"}  # cosign's names for them
 TIMEOUT = 300
 
 
 class SigningError(Exception):
-    """cosign is missing, or refused to sign or verify: the message is its last line."""
+    """cosign refused to sign or verify: the message is its last line."""
 
 
-@dataclass(frozen=True)
-class Attested:
-    """One statement to sign: the manifest it names, its predicate type and predicate."""
-
-    subject: str  # sha256:<hex> of an image manifest
-    predicate_type: str
-    predicate: dict[str, Any]
+class CosignMissing(SigningError):
+    """cosign is not on PATH."""
 
 
 def _cosign() -> str:
     found = shutil.which("cosign")
     if found is None:
-        raise SigningError("cosign is not on PATH")
+        raise CosignMissing("cosign is not on PATH")
     return found
 
 
 def _registry_flags(ref: str) -> list[str]:
     """A registry on this machine's loopback speaks plain HTTP, as the engine allows it."""
-    host = split_reference(ref)[0].rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    return ["--allow-http-registry", "--allow-insecure-registry"] if loopback else []
+    plain = insecure(split_reference(ref)[0])
+    return ["--allow-http-registry", "--allow-insecure-registry"] if plain else []
 
 
 def _run(args: list[str]) -> str:
@@ -69,7 +56,7 @@ def _run(args: list[str]) -> str:
     return proc.stdout
 
 
-def sign(key: Path, repository: str, top: str, statements: list[Attested]) -> None:
+def sign(key: Path, repository: str, top: str, statements: list[Statement]) -> None:
     """Sign ``repository@top`` and attach each statement, signed, to the manifest it names."""
     cosign = _cosign()
     ref = f"{repository}@{top}"
@@ -102,21 +89,17 @@ def verify(pub: Path, ref: str) -> list[tuple[str, bool, str]]:
         found.append(("signature (cosign verify)", True, f"signed: {digest}"))
     except SigningError as err:
         found.append(("signature (cosign verify)", False, str(err)))
-    index = json.loads(raw)
-    children = index.get("manifests") or []
-    images = {m["digest"] for m in children if (m.get("platform") or {}).get("os") != "unknown"}
-    named = [
-        (m.get("annotations") or {}).get("vnd.docker.reference.digest", "")
-        for m in children
-        if (m.get("platform") or {}).get("os") == "unknown"
-    ]
-    stale = [d for d in named if d not in images]
+    images: set[str] = set()
+    named: list[str] = []
+    stale: list[str] = []
     unreadable: list[str] = []
-    for m in children:  # the statements themselves: each subject is the manifest named
-        subject = (m.get("annotations") or {}).get("vnd.docker.reference.digest")
+    for m in json.loads(raw).get("manifests") or []:
+        subject = (m.get("annotations") or {}).get(ATTESTS)
         if not subject:
+            images.add(m["digest"])
             continue
-        try:
+        named.append(subject)
+        try:  # the statements themselves: each subject is the manifest the index says
             manifest = json.loads(client.get(f"/v2/{repository}/manifests/{m['digest']}",
                                              4 << 20, MANIFESTS))  # fmt: skip
             for layer in manifest.get("layers") or []:
@@ -127,6 +110,7 @@ def verify(pub: Path, ref: str) -> list[tuple[str, bool, str]]:
                     stale.append(f"sha256:{digests[0] if digests else '?'}")
         except (RegistryError, ValueError, KeyError, TypeError, AttributeError) as err:
             unreadable.append(f"{m['digest'][:19]}… ({str(err)[:120]})")
+    stale += [d for d in named if d not in images]
     found.append(
         (
             "every attestation names a manifest of this image",
@@ -148,4 +132,4 @@ def verify(pub: Path, ref: str) -> list[tuple[str, bool, str]]:
     return found
 
 
-__all__ = ["COSIGN_HINT", "Attested", "SigningError", "sign", "verify"]
+__all__ = ["COSIGN_HINT", "CosignMissing", "SigningError", "sign", "verify"]

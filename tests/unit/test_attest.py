@@ -95,7 +95,7 @@ def test_each_platform_gets_statements_naming_its_final_manifest(tmp_path: Path)
     sums = model_sums(cache, [Appended(blob, "model", layer=layer)])
     assert sums[0].sha1 == hashlib.sha1(weights, usedforsecurity=False).hexdigest()
     top, made = attach(layout, index, Inputs(plan, "omi.yaml", "ef" * 32, sums))
-    assert [(d, k) for d, k, _ in made] == [
+    assert [(s.subject, s.predicate_type) for s in made] == [
         (i["digest"], k) for i in images for k in (PROVENANCE, SPDX)
     ]
 
