@@ -115,15 +115,21 @@ def remove_images(listed: set[str]) -> None:
     if not repositories:
         return
     present = subprocess.run(
-        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+        ["docker", "image", "ls", "--format", "{{.Repository}} {{.Tag}} {{.ID}}"],
         capture_output=True,
         text=True,
         check=False,
-    ).stdout.split()
-    refs = sorted(listed | {ref for ref in present if _repository(ref) in repositories})
-    for start in range(0, len(refs), 50):
+    ).stdout.splitlines()
+    refs = set(listed)
+    for line in present:
+        repository, tag, image_id = [*line.split(), "", "", ""][:3]
+        if repository in repositories:
+            # an image pulled by digest has no tag: it goes by its id
+            refs.add(image_id if tag == "<none>" else f"{repository}:{tag}")
+    ordered = sorted(refs)
+    for start in range(0, len(ordered), 50):
         subprocess.run(
-            ["docker", "image", "rm", "-f", *refs[start : start + 50]],
+            ["docker", "image", "rm", "-f", *ordered[start : start + 50]],
             capture_output=True,
             check=False,
         )

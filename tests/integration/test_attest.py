@@ -12,13 +12,14 @@ import hashlib
 import json
 import subprocess
 import sys
+import tarfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import remember_image
-from tests.integration.strangers import new_stranger, training_venv
+from tests.integration.strangers import Stranger, new_stranger, training_venv
 from tests.integration.test_install import IRIS_JOBLIB, SKLEARN
 from tests.unit.test_attest import ec_key_pair
 
@@ -37,6 +38,33 @@ def _raw(ref: str) -> bytes:
 
 def _cosign(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def _put_blob(registry: str, repository: str, data: bytes) -> str:
+    """A blob uploaded by the registry's own API (one POST, one monolithic PUT)."""
+    post = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/blobs/uploads/", method="POST", data=b""
+    )
+    with urllib.request.urlopen(post, timeout=60) as resp:
+        location = resp.headers["Location"]
+    if location.startswith("/"):
+        location = f"http://{registry}{location}"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    put = urllib.request.Request(
+        f"{location}{'&' if '?' in location else '?'}digest={digest}", data=data, method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    assert urllib.request.urlopen(put, timeout=60).status == 201
+    return digest
+
+
+def _put_manifest(registry: str, repository: str, ref: str, data: bytes, media: str) -> str:
+    put = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{ref}", data=data, method="PUT",
+        headers={"Content-Type": media},
+    )  # fmt: skip
+    assert urllib.request.urlopen(put, timeout=60).status == 201
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_model(
@@ -145,20 +173,42 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
         b'"io.omibuild.default-interface":"', b'"io.omibuild.default-interface":"x', 1
     )
     assert changed != index_bytes
-    put = urllib.request.Request(
-        f"http://{registry}/v2/omibuild-test/{name}/manifests/latest", data=changed, method="PUT",
-        headers={"Content-Type": index["mediaType"]},
-    )  # fmt: skip
-    assert urllib.request.urlopen(put, timeout=60).status == 201
-    tampered = "sha256:" + hashlib.sha256(changed).hexdigest()
+    path = f"omibuild-test/{name}"
+    tampered = _put_manifest(registry, path, "latest", changed, index["mediaType"])
     assert _cosign([*cosign[:-1], f"{repository}@{tampered}"]).returncode != 0
-    refused = s.cli("check", "--verify", str(pub), f"{repository}:latest", "--format", "json")
-    assert refused.returncode == 1, refused.stderr
-    [signature] = [
-        f for f in json.loads(refused.stdout)["findings"] if "signature" in f["requirement"]
+    _refused_by_check(s, pub, f"{repository}:latest")
+
+    # one byte of a layer changed (the dry prediction's answer, a plain tar): a new blob, so
+    # a new image manifest and index, put under the tag; cosign refuses the index and the
+    # statements (they name the manifest signed), and check refuses the tag
+    image_manifest = json.loads(image_bytes)
+    layer = image_manifest["layers"][-1]
+    blob = bytearray(
+        urllib.request.urlopen(
+            f"http://{registry}/v2/{path}/blobs/{layer['digest']}", timeout=60
+        ).read()
+    )
+    at = blob.index(b"{")  # the first byte of outputs.json
+    blob[at + 1] ^= 0x01
+    new_layer = _put_blob(registry, path, bytes(blob))
+    image_manifest["layers"][-1] = {**layer, "digest": new_layer}
+    new_image_bytes = json.dumps(image_manifest).encode()
+    new_image = _put_manifest(
+        registry, path, "sha256:" + hashlib.sha256(new_image_bytes).hexdigest(), new_image_bytes,
+        image_manifest["mediaType"],
+    )  # fmt: skip
+    index["manifests"] = [
+        {**m, "digest": new_image, "size": len(new_image_bytes)} if m is image else m
+        for m in index["manifests"]
     ]
-    assert not signature["ok"]
-    assert not any("interface" in f["requirement"] for f in json.loads(refused.stdout)["findings"])
+    layer_changed = _put_manifest(
+        registry, path, "latest", json.dumps(index).encode(), index["mediaType"]
+    )
+    assert _cosign([*cosign[:-1], f"{repository}@{layer_changed}"]).returncode != 0
+    attested = ["cosign", "verify-attestation", "--key", str(pub), "--type", "slsaprovenance1",
+                *insecure, f"{repository}@{new_image}"]  # fmt: skip
+    assert _cosign(attested).returncode != 0
+    _refused_by_check(s, pub, f"{repository}:latest")
 
     # the same model as one Docker v2 manifest (image.format docker, as SageMaker takes it):
     # no index and no attestation children, said by apply, and the image still serves
@@ -188,6 +238,16 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
                 "json")  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert json.loads(ran.stdout)["status"] == 200
+
+
+def _refused_by_check(s: Stranger, pub: Path, ref: str) -> None:
+    """`check --verify` refuses ``ref``: exit 1, the signature finding failed, nothing ran."""
+    refused = s.cli("check", "--verify", str(pub), ref, "--format", "json")
+    assert refused.returncode == 1, refused.stderr
+    findings = json.loads(refused.stdout)["findings"]
+    [signature] = [f for f in findings if "signature" in f["requirement"]]
+    assert not signature["ok"]
+    assert not any("interface" in f["requirement"] for f in findings)
 
 
 def test_a_signed_model_verifies_in_its_image_and_a_tampered_file_fails(
@@ -227,3 +287,53 @@ def test_a_signed_model_verifies_in_its_image_and_a_tampered_file_fails(
     assert refused.returncode == 1, refused.stderr
     [finding] = json.loads(refused.stdout)["findings"]  # nothing else ran
     assert not finding["ok"] and "model.joblib" in finding["detail"], finding
+
+
+def test_an_oci_file_keeps_the_attestations_naming_its_manifest(
+    tmp_path: Path, unique: str, engine: None, image_cleanup: list[str]
+) -> None:
+    """`apply --output oci:FILE`: the tarball, read with tarfile and hashlib only, holds every
+    blob it names under its digest, and its index holds an attestation manifest whose two
+    statements (SLSA provenance v1, SPDX) name the image manifest the index holds."""
+    name = f"attest-oci-{unique}"
+    s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN))
+    s.train(IRIS_JOBLIB)
+    s.ok("init")
+    out = tmp_path / "image.oci.tar"
+    applied = s.cli("apply", "--output", f"oci:{out}", "--format", "json", "--progress", "plain")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    [record] = json.loads(applied.stdout)
+    image_cleanup += record["tags"]
+    assert "attesting: SLSA provenance v1, SPDX SBOM" in applied.stderr
+
+    blobs: dict[str, bytes] = {}
+    with tarfile.open(out) as tar:
+        for member in tar.getmembers():
+            fh = tar.extractfile(member) if member.isfile() else None
+            if fh is None:
+                continue
+            data = fh.read()
+            if member.name.startswith("blobs/sha256/"):
+                assert hashlib.sha256(data).hexdigest() == member.name.rsplit("/", 1)[1]
+            blobs[member.name] = data
+
+    def blob(digest: str) -> bytes:
+        return blobs["blobs/sha256/" + digest.removeprefix("sha256:")]
+
+    [top] = json.loads(blobs["index.json"])["manifests"]
+    assert top["digest"] == record["image_digest"]
+    index = json.loads(blob(top["digest"]))
+    images = [m for m in index["manifests"] if m["platform"]["os"] != "unknown"]
+    attestations = [m for m in index["manifests"] if m["platform"]["os"] == "unknown"]
+    assert len(images) == 1 and len(attestations) == 1, index
+    for desc in (*images, *attestations):  # every blob a manifest names is in the file
+        manifest = json.loads(blob(desc["digest"]))
+        for part in (manifest["config"], *manifest["layers"]):
+            assert len(blob(part["digest"])) == part["size"]
+    assert attestations[0]["annotations"]["vnd.docker.reference.digest"] == images[0]["digest"]
+    kinds = set()
+    for layer in json.loads(blob(attestations[0]["digest"]))["layers"]:
+        statement = json.loads(blob(layer["digest"]))
+        assert statement["subject"][0]["digest"] == {"sha256": images[0]["digest"][7:]}
+        kinds.add(statement["predicateType"])
+    assert kinds == {"https://slsa.dev/provenance/v1", "https://spdx.dev/Document"}
