@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from omibuild.contract import PLAN_DIGEST_LABEL
-from omibuild.engine.assemble import finish, model_layers
+from omibuild.engine.assemble import finish, ingester, model_layers
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.failures import retry_transient_failures
 from omibuild.engine.jobs import ApplyOptions, ApplyResult, ApplyStatus, Job, Target
@@ -224,6 +224,7 @@ def apply_all(
                 j.plan,
                 cache,
                 upload=j.output == "push" and not j.plan.dry_run,
+                ingest=ingester(executor, j),
             )
             for j, r in zip(pending, requests, strict=True)
         ]
@@ -255,6 +256,7 @@ def apply_all(
         finally:
             for job in pending:
                 executor.remove_tag(job.temp)
+                executor.remove_tag(job.model_temp)
     elapsed = time.perf_counter() - start
     for job, result in zip(pending, results, strict=True):
         job.result.status = ApplyStatus.BUILT if result.ok else ApplyStatus.FAILED

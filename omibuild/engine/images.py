@@ -296,35 +296,17 @@ class EngineImages:
         commits no image."""
         importer = self.importer() if platforms == 1 else None
         command = [*importer, "-"] if importer else [*self._cli(), "load", "--quiet"]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-            assert proc.stdin is not None
-            try:
-                try:
-                    for chunk in chunks:
-                        proc.stdin.write(chunk)
-                finally:
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.close()
-                code = proc.wait()
-            except BrokenPipeError:
-                code = proc.wait()
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise
-            err.seek(0)
-            said = err.read(64 << 10).decode(errors="replace")
-        if code == 0:
-            return None
-        return f"loading the image into the engine failed: {_last_line(said)}"
+        said = _stream(command, chunks)
+        return None if said is None else f"loading the image into the engine failed: {said}"
+
+    def ingest(self, chunks: Iterator[bytes]) -> str | None:
+        """Stream an OCI archive into containerd's content store through its import, not
+        unpacked (``layers_archive``: the model layers, beside the build): None, or why not.
+        Only where loads go through containerd's import (``importer``)."""
+        importer = self.importer()
+        if not importer:
+            return "containerd's import is not reachable"
+        return _stream([*importer, "--no-unpack", "-"], chunks)
 
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction on omi.yaml's example, run in the image with no network:
@@ -351,3 +333,36 @@ class EngineImages:
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return (lines or ["no message"])[-1][:400]
+
+
+def _stream(command: list[str], chunks: Iterator[bytes]) -> str | None:
+    """Feed ``chunks`` to ``command``'s standard input: None, or the last line it said when
+    it failed. Cut short (an error in ``chunks``, Ctrl-C), the command is killed with its
+    process group, before the archive's end: the engine commits no image."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None
+        try:
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            code = proc.wait()
+        except BrokenPipeError:
+            code = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        err.seek(0)
+        said = err.read(64 << 10).decode(errors="replace")
+    return None if code == 0 else _last_line(said)

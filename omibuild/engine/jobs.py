@@ -78,3 +78,8 @@ class Job:
     temp: str
     result: ApplyResult
     layout: Path | None = None
+
+    @property
+    def model_temp(self) -> str:
+        """The name new model layers wait under in the engine until the image holds them."""
+        return f"{self.temp}-model"

@@ -22,7 +22,8 @@ from typing import Any
 
 from omibuild.contract import OUTPUTS_FILE
 from omibuild.planning.plan import OMI
-from omibuild.store.layers import Blob, StagedLayer, TarEntry, tar_chunks
+from omibuild.store.hashing import SideHash
+from omibuild.store.layers import LAYER_MEDIA_TYPE, Blob, StagedLayer, TarEntry, tar_chunks
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -370,6 +371,55 @@ class Layout:
                     path.unlink()
                     freed += size
         return freed
+
+
+def layers_archive(
+    layers: list[StagedLayer], name: str, platform: str, digests: list[str]
+) -> Iterator[TarEntry]:
+    """An OCI archive of one image (named ``name``) made of ``layers`` alone, for containerd's
+    import to store them while they are hashed here: containerd names a blob by the digest it
+    computes, not by its file name, so each layer streams under a placeholder name, hashed
+    on the side (its files checked against the plan as they pass), and the config, manifest
+    and index.json that name the digests follow it. ``digests`` fills as each layer ends."""
+    yield TarEntry("oci-layout", len(_OCI_LAYOUT), data=_OCI_LAYOUT)
+    yield TarEntry("blobs/", directory=True)
+    yield TarEntry("blobs/sha256/", directory=True)
+    for number, layer in enumerate(layers):
+
+        def stream(layer: StagedLayer = layer) -> Iterator[bytes]:
+            with SideHash() as side:
+                yield from side.through(layer.chunks())
+                digests.append("sha256:" + side.hexdigest())
+
+        yield TarEntry(f"blobs/sha256/{number:064x}", layer.size, stream=stream)
+    os_, _, arch = platform.partition("/")
+    arch, _, variant = arch.partition("/")
+    config = _canonical(
+        {"architecture": arch, "os": os_, **({"variant": variant} if variant else {}),
+         "config": {}, "rootfs": {"type": "layers", "diff_ids": digests}}
+    )  # fmt: skip
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    config_desc = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": config_digest,
+        "size": len(config),
+    }
+    blobs = [{"mediaType": LAYER_MEDIA_TYPE, "digest": d, "size": layer.size}
+             for d, layer in zip(digests, layers, strict=True)]  # fmt: skip
+    manifest = _canonical(
+        {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0], "config": config_desc,
+         "layers": blobs}
+    )  # fmt: skip
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    for digest, data in ((config_digest, config), (manifest_digest, manifest)):
+        yield TarEntry("blobs/sha256/" + digest.removeprefix("sha256:"), len(data), data=data)
+    annotations = {IMAGE_NAME: name, REF_NAME: name}
+    index = _canonical(
+        {"schemaVersion": 2, "mediaType": INDEX_TYPES[0], "manifests": [
+            {"mediaType": MANIFEST_TYPES[0], "digest": manifest_digest, "size": len(manifest),
+             "annotations": annotations}]}
+    )  # fmt: skip
+    yield TarEntry("index.json", len(index), data=index)
 
 
 def step_layer(

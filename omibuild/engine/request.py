@@ -108,6 +108,11 @@ class Executor(Protocol):
         None, or why it failed."""
         ...
 
+    def ingest(self, chunks: Iterator[bytes]) -> str | None:
+        """Stream an OCI archive into containerd's content store, not unpacked (where its
+        import is used): None, or why not."""
+        ...
+
     def describe(self, image: str) -> tuple[bytes | None, str]:
         """The dry prediction in the image: (outputs.json, its line) or (None, why not)."""
         ...

@@ -67,10 +67,25 @@ def test_the_model_layer_is_the_files_own_and_a_code_change_sends_no_model_bytes
 
     first = _apply(repo, env=one)
     image_cleanup += first["tags"]
-    expected = _expected_layer(repo, tmp_path / "here")
     ref = first["tags"][-1]
-    assert expected in _layers(ref)
+    assert _expected_layer(repo, tmp_path / "first") in _layers(ref)
     assert first["model_bytes_read"] >= 3 << 20 and first["model_bytes_sent"] >= 3 << 20
+
+    # a model-only change: the new layer goes into the engine's content store beside the
+    # build, as it is hashed; the load then sends no model byte, and the name the layer
+    # waited under is gone
+    (repo / "model" / "weights.bin").write_bytes(os.urandom(3 << 20))
+    changed = cli(repo, "apply", "--format", "json", "--progress", "plain", env=one)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "storing the model layers in the engine as they are hashed" in changed.stderr
+    assert "loading into the engine (no model bytes: it has them" in changed.stderr
+    [record] = json.loads(changed.stdout)
+    assert record["model_bytes_sent"] >= 3 << 20, record
+    assert _expected_layer(repo, tmp_path / "changed") in _layers(ref)
+    left = docker("image", "ls", "--format", "{{.Tag}}", repository).stdout.split()
+    assert {t.rsplit(":", 1)[1] for t in record["tags"]} <= set(left), left
+    assert not [t for t in left if t.startswith("omibuild-tmp-")], left
+    expected = _expected_layer(repo, tmp_path / "here")
 
     # another machine's worth of state: a fresh cache and no image; the same layer digest
     for tag in first["tags"]:

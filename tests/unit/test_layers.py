@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from omibuild.engine.oci import ATTESTS, Appended, Layout
+from omibuild.engine.oci import ATTESTS, Appended, Layout, layers_archive
 from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache
 from omibuild.store.layers import (
@@ -205,3 +205,42 @@ def test_layers_append_to_every_platform_and_stale_attestations_go(tmp_path: Pat
     layout.collect([top])
     assert not layout.blob_path(stray["digest"]).exists()
     assert layout.blob_path(top["digest"]).exists()
+
+
+def test_the_engine_s_archive_names_each_layer_by_the_digest_its_bytes_have(
+    tmp_path: Path,
+) -> None:
+    """layers_archive: each layer under a placeholder name (containerd names blobs by what
+    they hash to), then a config, manifest and index.json naming the digests learnt as the
+    layers passed; a changed file stops it before anything names the layer."""
+    files = _model(tmp_path, FILES)
+    layers = [StagedLayer(files[:2], tmp_path), StagedLayer(files[2:], tmp_path)]
+    digests: list[str] = []
+    data = b"".join(tar_chunks(layers_archive(layers, "example:tmp", "linux/arm64/v8", digests)))
+    assert digests == ["sha256:" + hashlib.sha256(_bytes(layer)).hexdigest() for layer in layers]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+
+        def read(name: str) -> bytes:
+            member = tar.extractfile(name)
+            assert member is not None
+            return member.read()
+
+        assert names[3:5] == [f"blobs/sha256/{n:064x}" for n in (0, 1)]  # placeholders first
+        assert [read(n) for n in names[3:5]] == [_bytes(layer) for layer in layers]
+        assert names[-1] == "index.json"
+        [top] = json.loads(read("index.json"))["manifests"]
+        assert top["annotations"]["io.containerd.image.name"] == "example:tmp"
+        manifest_bytes = read("blobs/sha256/" + top["digest"][7:])
+        assert hashlib.sha256(manifest_bytes).hexdigest() == top["digest"][7:]
+        manifest = json.loads(manifest_bytes)
+        assert [layer["digest"] for layer in manifest["layers"]] == digests
+        config = json.loads(read("blobs/sha256/" + manifest["config"]["digest"][7:]))
+        assert config["rootfs"]["diff_ids"] == digests
+        assert (config["os"], config["architecture"], config["variant"]) == ("linux", "arm64", "v8")
+
+    (tmp_path / "config.json").write_bytes(b'{"a": 2}')  # same size, other bytes
+    digests.clear()
+    with pytest.raises(LayerFileChanged):
+        b"".join(tar_chunks(layers_archive(layers, "example:tmp", "linux/amd64", digests)))
+    assert len(digests) < len(layers)
