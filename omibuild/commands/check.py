@@ -54,7 +54,7 @@ def _model_verified(pub: str, image: str) -> Finding:
         if not Containers().copy_out(image, [MODEL_DIR, SIGNATURE], Path(tmp)):
             return Finding(what, False, f"no {SIGNATURE} beside the model in {image}")
         try:
-            reason = verify_model(key, Path(tmp) / "model", Path(tmp) / "model.sig")
+            reason = verify_model(key, Path(tmp) / Path(MODEL_DIR).name, Path(tmp) / "model.sig")
         except ModelSigningError as err:
             raise UsageError(str(err), hint=MODEL_SIGNING_HINT) from None
     return Finding(what, not reason, reason or "every model file is what was signed")

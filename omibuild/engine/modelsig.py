@@ -1,7 +1,7 @@
 """The model directory signed with OpenSSF's model-signing library (``pip install
 'omibuild[signing]'``), with an elliptic-curve key of the user's own: `apply --sign-model
 KEY.pem` signs the staged model files (exactly those the model layers hold, under the same
-relative paths) and ships the bundle beside the model, at ``/opt/omi/model.sig``, in a layer
+relative paths) and ships the bundle at ``/opt/omi/model.sig`` (the model is at ``/models``), in a layer
 of its own (the model layers stay a function of the files alone); `check --verify-model
 PUB.pem IMAGE` copies the model and the bundle out of the image and verifies one against the
 other. The library is imported only when asked for: it brings sigstore."""
@@ -12,9 +12,10 @@ import tempfile
 from pathlib import Path
 
 from omibuild.planning.plan import OMI
+from omibuild.store.layers import MODEL_ROOT
 
 SIGNATURE = f"{OMI}/model.sig"
-MODEL_DIR = f"{OMI}/model"
+MODEL_DIR = f"/{MODEL_ROOT}"
 HINT = "pip install 'omibuild[signing]' (OpenSSF's model-signing)"
 
 

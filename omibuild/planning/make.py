@@ -29,6 +29,7 @@ from omibuild.runtime.document import File, Hooks, Interface, Limits, OmiDocumen
 from omibuild.runtime.requirements import runtime_requirements
 from omibuild.settings import any_loopback
 from omibuild.sources.base import ModelFile, model_digest
+from omibuild.store.layers import MODEL_ROOT
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -228,6 +229,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         **dict(m.image.env),
         **env,
         "OMI_CONFIG": f"{OMI}/omi.json",
+        "OMI_MODEL_DIR": f"/{MODEL_ROOT}",
         "PATH": f"{OMI}/venv/bin:{SYSTEM_PATH}",
         "PYTHONPATH": f"{OMI}/runtime:{OMI}/code",
         "PYTHONDONTWRITEBYTECODE": "1",

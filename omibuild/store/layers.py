@@ -29,8 +29,9 @@ from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache, atomic_write
 from omibuild.store.hashing import stream_digest
 
-FORMAT = "omibuild-layer/1"  # bump when the tar layout changes: old memos are then unused
-MODEL_ROOT = "opt/omi/model"
+FORMAT = "omibuild-layer/2"  # bump when the tar layout changes: old memos are then unused
+# /models: where KServe's modelcars and image volumes (subPath: models) expect the files
+MODEL_ROOT = "models"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 CHUNK = 4 << 20  # measured: 1 MiB reads cost 8% more time on a 1 GiB layer, 16 MiB no less
 _BLOCK = tarfile.BLOCKSIZE

@@ -127,7 +127,7 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     )
     assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-3000:]
     files = found["https://spdx.dev/Document"]["files"]
-    assert [f["fileName"] for f in files] == [f"./opt/omi/model/{model.name}"]
+    assert [f["fileName"] for f in files] == [f"./models/{model.name}"]
     sums = {c["algorithm"]: c["checksumValue"] for c in files[0]["checksums"]}
     assert sums["SHA256"] == model_sha
     packages = {p["name"] for p in found["https://spdx.dev/Document"]["packages"]}
@@ -140,7 +140,7 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
         == hashlib.sha256(manifest.read_bytes()).hexdigest()
     )
     deps = {d["name"]: d for d in build["resolvedDependencies"]}
-    assert deps[f"/opt/omi/model/{model.name}"]["digest"] == {"sha256": model_sha}
+    assert deps[f"/models/{model.name}"]["digest"] == {"sha256": model_sha}
     base = labels["org.opencontainers.image.base.digest"]
     assert deps["base image"]["digest"] == {"sha256": base.removeprefix("sha256:")}
     wheels = [d for n, d in deps.items() if n.startswith("pkg:pypi/scikit-learn@")]
@@ -276,7 +276,7 @@ def test_a_signed_model_verifies_in_its_image_and_a_tampered_file_fails(
     image_cleanup.append(tampered)
     container = f"tamper-{unique}"
     subprocess.run(["docker", "run", "--name", container, "--user", "0", "--entrypoint", "sh",
-                    image, "-c", "printf x >> /opt/omi/model/model.joblib"],
+                    image, "-c", "printf x >> /models/model.joblib"],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
     try:
         subprocess.run(["docker", "commit", container, tampered], check=True, capture_output=True,

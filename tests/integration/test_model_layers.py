@@ -168,6 +168,6 @@ def test_an_apply_killed_while_it_streams_the_model_leaves_nothing_trusted(
         "--entrypoint",
         "sha256sum",
         record["tags"][-1],
-        "/opt/omi/model/weights.bin",
+        "/models/weights.bin",
     ).stdout.split()[0]
     assert served == sha256_file(repo / "model" / "weights.bin")

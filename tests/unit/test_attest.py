@@ -116,14 +116,14 @@ def test_each_platform_gets_statements_naming_its_final_manifest(tmp_path: Path)
                 document = parse_file(str(sbom))
                 assert validate_full_spdx_document(document) == []
                 [model_file] = document.files
-                assert model_file.name == "./opt/omi/model/w.bin"
+                assert model_file.name == "./models/w.bin"
                 sums_by = {c.algorithm.name: c.value for c in model_file.checksums}
                 assert sums_by["SHA256"] == files[0].sha256
                 assert {p.name for p in document.packages} >= {"numpy", "setuptools"}
             else:
                 deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
                 named = {d["name"]: d for d in deps}
-                assert named["/opt/omi/model/w.bin"]["digest"] == {"sha256": files[0].sha256}
+                assert named["/models/w.bin"]["digest"] == {"sha256": files[0].sha256}
                 assert named["pkg:pypi/numpy@2.1.0"]["digest"] == {"sha256": "cd" * 32}
                 params = statement["predicate"]["buildDefinition"]["externalParameters"]
                 assert params["plan"]["digest"] == plan.digest
