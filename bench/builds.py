@@ -51,6 +51,7 @@ def write_random(path: Path, size: int) -> None:
         chunk = 16 << 20
         for _ in range(size // chunk):
             fh.write(os.urandom(chunk))
+        fh.write(os.urandom(size % chunk))  # the "1 MB" model was 0 bytes without it
 
 
 def io_floor(src: Path, dst: Path) -> float:
