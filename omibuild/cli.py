@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push", action="store_true", help="push to the image repository")
     p.add_argument("--output", help="oci:PATH writes an OCI layout tarball instead of loading")
     p.add_argument("--platform", action="append", help="target platform (repeatable)")
+    p.add_argument(
+        "--export",
+        action="append",
+        choices=["modelpack", "modelcar"],
+        help="add a ModelPack artifact or a KServe modelcar over the same model layers, tagged "
+        "<tag>-modelpack / <tag>-modelcar (repeatable; adds to omi.yaml's export)",
+    )
     p.add_argument("--builder", help="buildx builder to use")
     p.add_argument("--cache-to", help="registry cache ref (type=registry) or local dir")
     p.add_argument("--no-cache", action="store_true", help="do not use any build cache")

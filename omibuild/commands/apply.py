@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     options = ApplyOptions(
         output="push" if args.push else (args.output or "load"),
         platforms=tuple(p for spec in args.platform or [] for p in spec.split(",") if p),
+        exports=tuple(args.export or ()),
         builder=None if context else args.builder,
         cache_to=args.cache_to,
         no_cache=args.no_cache,

@@ -24,6 +24,7 @@ from omibuild.engine.oci import Layout
 from omibuild.engine.request import BuildRequest, BuildSecret, Executor
 from omibuild.engine.secrets import build_secrets
 from omibuild.errors import Terminated, UsageError
+from omibuild.manifest.model import EXPORTS
 from omibuild.planning.plan import CacheSpec, Plan
 from omibuild.progress import Progress
 from omibuild.render.dockerfile import step_ids
@@ -96,6 +97,15 @@ def _job(target: Target, executor: Executor, options: ApplyOptions) -> Job:
     plan = target.plan
     if options.platforms:
         plan = replace(plan, platforms=options.platforms)
+    if options.exports:  # --export adds to omi.yaml's export
+        kinds = set(plan.exports) | set(options.exports)
+        plan = replace(plan, exports=tuple(k for k in EXPORTS if k in kinds))
+    if plan.exports and plan.image_format == "docker":
+        raise UsageError(
+            f"{plan.name}: an export is a manifest in the image's index; image.format docker "
+            "has none",
+            hint="leave image.format at oci to export",
+        )
     output = "push" if options.output == "load" and plan.options.push else options.output
     if output == "push" and plan.repository.startswith("omibuild.local/"):
         raise UsageError(f"{plan.name}: pushing needs image.repository in omi.yaml")
@@ -108,7 +118,8 @@ def _job(target: Target, executor: Executor, options: ApplyOptions) -> Job:
             f"{plan.name}: image.format docker holds one platform, not {len(plan.platforms)}",
             hint="give one --platform, or leave image.format at oci",
         )
-    fresh = not options.no_cache and up_to_date(plan, executor, output)
+    # --export is not in the plan's digest: an image built without it is not up to date
+    fresh = not options.no_cache and not options.exports and up_to_date(plan, executor, output)
     status = ApplyStatus.UP_TO_DATE if fresh else ApplyStatus.PENDING
     temp = f"{plan.repository}:omibuild-tmp-{uuid.uuid4().hex[:12]}"
     result = ApplyResult(plan.name, plan.image_refs, status)

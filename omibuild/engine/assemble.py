@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omibuild.engine.attest import Inputs, Statement, attach, model_sums
+from omibuild.engine.exports import ExportError, add_exports
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.modelsig import HINT as MODEL_SIGNING_HINT
@@ -179,6 +180,7 @@ class _Assembly:
     layout: Layout
     annotations: dict[str, str]
     statements: list[Statement] = field(default_factory=list)  # attest.py's, for signing
+    made_exports: dict[str, str] = field(default_factory=dict)  # kind: manifest digest
 
     @property
     def plan(self) -> Plan:
@@ -309,6 +311,22 @@ class _Assembly:
         self.steps.report(f"one Docker v2 manifest, no index{left}", None)
         return top
 
+    def exports(self, top: dict[str, Any], model: list[Appended]) -> dict[str, Any]:
+        """ModelPack and modelcar manifests over the same model layers (exports.py), in the
+        index; tagged beside the image at a push. The engine holds only the OMI image."""
+        if self.job.output == "load":
+            self.steps.report("exports: written at a push or to an OCI file, not loaded", None)
+            return top
+        try:
+            top, made = add_exports(self.layout, top, self.plan, model)
+        except (ExportError, LayoutError, KeyError, OSError, ValueError) as err:
+            raise _Failed(Failure("image", f"cannot export: {err}")) from None
+        self.made_exports = made
+        if self.job.output == "push":
+            self.job.result.exports = {k: list(self.plan.export_refs(k)) for k in made}
+        self.steps.report(f"adding {' and '.join(made)} beside the image (no model byte)", None)
+        return top
+
     def model_signature(self, key: Path, model: list[Appended]) -> Appended:
         """The staged model files signed (modelsig.py), as a one-file layer beside them."""
         started = time.perf_counter()
@@ -347,7 +365,12 @@ class _Assembly:
         cache, refs = self.cache, self.plan.image_refs
         mounts = {a.blob.digest: list(pushed_to(cache, a.layer)) for a in model if a.layer}
         try:
-            pushed = push_image(refs, *self.layout.push_parts(top), mount_from=mounts)
+            also = {
+                ref: digest
+                for kind, digest in self.made_exports.items()
+                for ref in self.plan.export_refs(kind)
+            }
+            pushed = push_image(refs, *self.layout.push_parts(top), mount_from=mounts, also=also)
         except RegistryError as err:
             raise _registry_failure(err) from None
         except LayerFileChanged as err:
@@ -385,7 +408,7 @@ def finish(
     attesting = options.attest and job.output != "load" and not docker
     signing = options.sign is not None and job.output == "push"
     total = 1 + engine + plan.dry_run + (job.output != "load") + attesting + docker + signing
-    total += options.sign_model is not None
+    total += (options.sign_model is not None) + bool(plan.exports and not docker)
     steps = OwnSteps(view_kind(options.progress, sys.stderr), sys.stderr, total, result.log_path)
     annotations = dict(plan.annotations)
     build = _Assembly(job, executor, cache, steps, Layout(job.layout), annotations)
@@ -413,6 +436,8 @@ def finish(
             top = build.attest(top, model)
         elif docker:
             top = build.docker(top, options.attest)
+        if plan.exports and not docker:
+            top = build.exports(top, model)
         result.digest = str(top["digest"])
         with contextlib.suppress(LayoutError, KeyError, OSError, ValueError):
             job.result.venv_bytes = build.layout.step_bytes(top, "/opt/omi/venv")

@@ -3,7 +3,7 @@ target's outcome, a status and (when it failed) the failure's kind and line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from omibuild.sources.base import ResolvedSource
 class ApplyOptions:
     output: str = "load"  # load | push | oci:PATH
     platforms: tuple[str, ...] = ()
+    exports: tuple[str, ...] = ()  # --export: added to the manifest's export
     builder: str | None = None
     cache_to: str | None = None
     no_cache: bool = False
@@ -65,6 +66,7 @@ class ApplyResult:
     failure_kind: str | None = None
     venv_bytes: int | None = None  # the venv's layer, as built
     content_bytes: int | None = None  # the image's config and layers as stored: what a pull moves
+    exports: dict[str, list[str]] = field(default_factory=dict)  # kind: refs tagged (export)
 
 
 @dataclass

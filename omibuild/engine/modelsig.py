@@ -1,8 +1,8 @@
 """The model directory signed with OpenSSF's model-signing library (``pip install
 'omibuild[signing]'``), with an elliptic-curve key of the user's own: `apply --sign-model
 KEY.pem` signs the staged model files (exactly those the model layers hold, under the same
-relative paths) and ships the bundle at ``/opt/omi/model.sig`` (the model is at ``/models``), in a layer
-of its own (the model layers stay a function of the files alone); `check --verify-model
+relative paths) and ships the bundle at ``/opt/omi/model.sig`` (the model is at ``/models``),
+in a layer of its own (the model layers stay a function of the files alone); `check --verify-model
 PUB.pem IMAGE` copies the model and the bundle out of the image and verifies one against the
 other. The library is imported only when asked for: it brings sigstore."""
 

@@ -351,11 +351,15 @@ def push(
     top: tuple[str, bytes, str],
     *,
     mount_from: dict[str, list[str]] | None = None,
+    also: dict[str, str] | None = None,
 ) -> Pushed:
     """Push one image to every ref (each repository gets the blobs it lacks, then the
     manifests by digest, then the top by each tag). ``blobs``: (digest, size, chunks);
     ``manifests``: (digest, bytes, media type), children before parents; ``mount_from``:
-    repositories (``host/path``) known to hold a blob, which a registry can link it from."""
+    repositories (``host/path``) known to hold a blob, which a registry can link it from;
+    ``also``: more tags (full refs, in the same repositories), each for one of ``manifests``
+    (its digest), put after the top's."""
+    by_digest = {digest: (data, media) for digest, data, media in manifests}
     done = Pushed()
     by_repo: dict[tuple[str, str], list[str]] = {}
     for ref in refs:
@@ -392,6 +396,9 @@ def push(
             client.put_manifest(digest, data, media)
         for tag in tags:
             client.put_manifest(tag, top[1], top[2])
+        for ref, digest in (also or {}).items():
+            if split_reference(ref)[:2] == (host, repository):
+                client.put_manifest(split_reference(ref)[2], *by_digest[digest])
     return done
 
 

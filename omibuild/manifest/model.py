@@ -130,6 +130,9 @@ class Drift:
     exclude: tuple[str, ...] = ()
 
 
+EXPORTS = ("modelpack", "modelcar")  # export: in the order the index lists them
+
+
 @dataclass(frozen=True)
 class Manifest:
     file: Path  # the omi.yaml
@@ -157,6 +160,7 @@ class Manifest:
     build: Build
     explain: Explain | None = None
     drift: Drift | None = None
+    exports: tuple[str, ...] = ()  # export: what else reads the model bytes (EXPORTS order)
 
 
 def _source(spec: dict[str, Any]) -> SourceSpec:
@@ -326,4 +330,5 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         build=_build(data.get("build", {})),
         explain=_explain(data.get("explain")),
         drift=_drift(data.get("drift")),
+        exports=tuple(k for k in EXPORTS if (data.get("export") or {}).get(k)),
     )

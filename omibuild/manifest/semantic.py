@@ -204,6 +204,7 @@ class _Checker:
         self.flavor_requirements(model, data.get("image"))
         self.runtimes(data.get("runtimes"))
         self.image(data.get("image"))
+        self.exports(data.get("export"), data.get("image"))
         self.secrets(data.get("build"))
         self.explain(data.get("explain"), model, processing, code_dir)
         self.drift(data.get("drift"))
@@ -442,6 +443,15 @@ class _Checker:
                 ("image", "format"),
                 "a docker-format image is one manifest, for one platform",
                 "build one platform per image, or leave image.format at oci",
+            )
+
+    def exports(self, export: Any, image: Any) -> None:
+        asked = [k for k, v in export.items() if v] if isinstance(export, dict) else []
+        if asked and isinstance(image, dict) and image.get("format") == "docker":
+            self.add(
+                ("export", asked[0]),
+                "an export is a manifest in the image's index, and a docker-format image has none",
+                "leave image.format at oci to export, or drop export",
             )
 
     def secrets(self, build: Any) -> None:

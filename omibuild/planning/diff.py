@@ -207,6 +207,10 @@ def _image(old: Plan, new: Plan) -> StageDiff:
     if old.user != new.user or old.uid != new.uid:
         reasons.append("user changed")
         changes.append(Change("~", "user", f"{old.user} ({old.uid})", f"{new.user} ({new.uid})"))
+    if old.exports != new.exports:
+        reasons.append("exports changed")
+        before, after = (" ".join(p.exports) or "(none)" for p in (old, new))
+        changes.append(Change("~", "export", before, after))
     if _settings(old) != _settings(new):
         reasons.append("omi.json changed")
         changes += [Change(c.op, f"omi.json {c.name}", c.old, c.new) for c in _omi_json(old, new)]

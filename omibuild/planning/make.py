@@ -16,6 +16,7 @@ from omibuild.manifest.model import Manifest
 from omibuild.manifest.requirements import as_cpu_build
 from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.planning.plan import (
+    MODELS,
     OMI,
     BuildInputs,
     BuildOptions,
@@ -29,7 +30,6 @@ from omibuild.runtime.document import File, Hooks, Interface, Limits, OmiDocumen
 from omibuild.runtime.requirements import runtime_requirements
 from omibuild.settings import any_loopback
 from omibuild.sources.base import ModelFile, model_digest
-from omibuild.store.layers import MODEL_ROOT
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -229,7 +229,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         **dict(m.image.env),
         **env,
         "OMI_CONFIG": f"{OMI}/omi.json",
-        "OMI_MODEL_DIR": f"/{MODEL_ROOT}",
+        "OMI_MODEL_DIR": MODELS,
         "PATH": f"{OMI}/venv/bin:{SYSTEM_PATH}",
         "PYTHONPATH": f"{OMI}/runtime:{OMI}/code",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -290,6 +290,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         runtime_digest=inputs.runtime_digest,
         slim=m.image.slim,
         image_format=m.image.format,
+        exports=m.exports,
         analysis_files=tuple(
             ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
             for path, body in inputs.analysis

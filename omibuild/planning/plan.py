@@ -24,6 +24,7 @@ from omibuild.sources.base import ModelFile, ResolvedSource
 
 PLAN_FORMAT = 1
 OMI = "/opt/omi"
+MODELS = "/models"  # the model files (store/layers.py MODEL_ROOT makes the layers there)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Plan:
     index_url: str | None = None  # pip's index instead of PyPI (image.index_url)
     extra_index_urls: tuple[str, ...] = ()
     image_format: str = "oci"  # oci: an index; docker: one Docker v2 manifest (image.format)
+    exports: tuple[str, ...] = ()  # modelpack, modelcar: manifests beside the image (export)
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -169,10 +171,14 @@ class Plan:
     def image_refs(self) -> tuple[str, ...]:
         return tuple(f"{self.repository}:{t}" for t in self.tags)
 
+    def export_refs(self, kind: str) -> tuple[str, ...]:
+        """Where an export (``modelpack``, ``modelcar``) is tagged: beside each tag."""
+        return tuple(f"{self.repository}:{t}-{kind}" for t in self.tags)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         # what most plans leave at its default is left out, so that their digests stay put
-        for key in ("analysis_files", "index_url", "extra_index_urls"):
+        for key in ("analysis_files", "index_url", "extra_index_urls", "exports"):
             if not d[key]:
                 del d[key]
         if self.image_format == "oci":
@@ -240,6 +246,7 @@ _READ: dict[str, Callable[[Any], Any]] = {
     "slim": bool,
     "analysis_files": _files,
     "extra_index_urls": tuple,
+    "exports": tuple,
     "options": _options,
 }
 

@@ -50,6 +50,8 @@ def record(a: Applied) -> dict[str, Any]:
         "venv_bytes": r.venv_bytes,
         "image_bytes": a.image_bytes,
         "content_bytes": r.content_bytes,
+        # export: the manifests beside the image (ModelPack, modelcar), by the refs tagged
+        "exports": r.exports,
         "venv_wheel_bytes_expected": a.weight.wheel_bytes if a.weight else None,
         "error": r.error,
         # what kind of failure: disk, memory, requirements, base, missing file, registry, auth,
@@ -78,6 +80,8 @@ def _next_steps(a: Applied, out: TextIO) -> None:
         facts.append(f"{r.cached_steps}/{r.total_steps} steps cached")
     if facts:
         out.write("  " + ", ".join(facts) + "\n")
+    for kind, refs in r.exports.items():
+        out.write(f"  {kind}: {', '.join(refs)}\n")
     if r.refs and a.output in ("load", "push"):
         ref = next((t for t in r.refs if t.endswith(":latest")), r.refs[-1])
         pull = f"docker pull {ref} && " if a.output == "push" else ""  # pushed, not loaded here

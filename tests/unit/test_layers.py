@@ -244,3 +244,9 @@ def test_the_engine_s_archive_names_each_layer_by_the_digest_its_bytes_have(
     with pytest.raises(LayerFileChanged):
         b"".join(tar_chunks(layers_archive(layers, "example:tmp", "linux/amd64", digests)))
     assert len(digests) < len(layers)
+
+
+def test_the_layers_put_the_files_where_the_runtime_reads_them() -> None:
+    from omibuild.planning.plan import MODELS
+
+    assert f"/{MODEL_ROOT}" == MODELS == "/models"

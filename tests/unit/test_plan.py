@@ -156,7 +156,9 @@ def test_large_models_are_split_into_layers(cache: Cache) -> None:
     )
     assert [len(layer.files) for layer in plan.model_layers] == [1, 1, 1, 1]
     # omibuild makes the model layers itself: the Dockerfile BuildKit builds never names them
-    copies = [ln for ln in render(plan).splitlines() if "/models" in ln and not ln.startswith("ENV")]
+    copies = [
+        ln for ln in render(plan).splitlines() if "/models" in ln and not ln.startswith("ENV")
+    ]
     assert plan.dry_run and copies == []
 
 

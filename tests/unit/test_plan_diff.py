@@ -203,3 +203,10 @@ def test_golden_markdown_for_a_requirements_and_model_change(old: Plan) -> None:
     assert "2 of 4 stages change (deps, model)" in head
     assert "+ pandas==2.2.3\n- scikit-learn==1.5.2\n+ scikit-learn==1.9.1\n" in markdown
     assert "<details><summary>Full plan</summary>" in markdown
+
+
+def test_an_export_added_is_named_in_the_diff(old: Plan) -> None:
+    new = replace(old, exports=("modelpack",), digest="sha256:" + "e" * 64)
+    [image] = [s for s in diff_plans(old, new, "x").stages if s.stage == "image"]
+    assert image.rebuilt and "exports changed" in image.reasons
+    assert [(c.name, c.old, c.new) for c in image.changes] == [("export", "(none)", "modelpack")]
