@@ -108,8 +108,9 @@ def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
     assert f"{model_sha}  /tmp/m/model.joblib" in sums.stdout
 
     # and the OMI tag is still the OMI image
-    subprocess.run(["docker", "pull", "-q", latest], check=True, capture_output=True,
-                   timeout=600)  # fmt: skip
+    for tag in record["tags"]:  # check reads the origin tag among the engine's tags
+        subprocess.run(["docker", "pull", "-q", tag], check=True, capture_output=True,
+                       timeout=600)  # fmt: skip
     checked = s.cli("check", latest, "--format", "json")
     findings = json.loads(checked.stdout)["findings"]
     assert checked.returncode == 0, [f for f in findings if not f["ok"]] or checked.stderr
