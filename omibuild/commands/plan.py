@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 from omibuild import contract
+from omibuild.engine.apply import refuse_unoffered_platforms
 from omibuild.engine.buildx import BuildxExecutor
 from omibuild.engine.registry import RegistryError, read_image_file
 from omibuild.errors import EXIT_OK, UsageError
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         base_digest=executor.image_digest,
     )
     plan = prepared.plan
+    if not args.offline:
+        refuse_unoffered_platforms(plan, executor)
     said = note(weigh(plan, cache)) if not args.offline else None
     if said:
         print(f"omibuild: note: {said}", file=sys.stderr)

@@ -93,10 +93,36 @@ def _deferred_interrupts() -> Iterator[None]:
             raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt()
 
 
+def _same_platform(a: str, b: str) -> bool:
+    """linux/arm64 is linux/arm64/v8, linux/amd64 any amd64 variant (the default ones)."""
+    a_parts, b_parts = a.split("/"), b.split("/")
+    return a_parts[:2] == b_parts[:2] and (len(a_parts) < 3 or len(b_parts) < 3 or a == b)
+
+
+def refuse_unoffered_platforms(plan: Plan, executor: Executor) -> None:
+    """A platform the base image does not offer would be built from another platform's
+    base, its binaries the wrong machine's (BuildKit takes what there is and says nothing):
+    refused, naming the base and what it offers. A base the engine lacks is not judged."""
+    if not plan.platforms:
+        return
+    offered = executor.base_platforms(plan.base_image)
+    if offered is None:
+        return
+    missing = [p for p in plan.platforms if not any(_same_platform(p, o) for o in offered)]
+    if missing:
+        raise UsageError(
+            f"{plan.name}: base image {plan.base_image} offers {', '.join(offered)}, not "
+            f"{', '.join(missing)} (image.platforms or --platform)",
+            hint=f"use a base image with {', '.join(missing)}, or build "
+            f"{', '.join(p for p in plan.platforms if p not in missing) or 'its platforms'}",
+        )
+
+
 def _job(target: Target, executor: Executor, options: ApplyOptions) -> Job:
     plan = target.plan
     if options.platforms:
         plan = replace(plan, platforms=options.platforms)
+    refuse_unoffered_platforms(plan, executor)
     if options.exports:  # --export adds to omi.yaml's export
         kinds = set(plan.exports) | set(options.exports)
         plan = replace(plan, exports=tuple(k for k in EXPORTS if k in kinds))

@@ -219,6 +219,27 @@ class EngineImages:
         if proc.returncode != 0:
             raise engine_error(RuntimeError(proc.stderr))
 
+    def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+        """The platforms an image in the engine offers (its index's, where containerd's
+        client reaches the engine: what BuildKit can take from it), or None when the engine
+        does not hold it (BuildKit then resolves it from its registry)."""
+        if self.importer():
+            name = containerd_name(ref)
+            try:
+                proc = subprocess.run(
+                    [*self._ctr, "images", "ls", f"name=={name}"],
+                    capture_output=True, text=True, timeout=30, check=False,
+                )  # fmt: skip
+            except (OSError, subprocess.SubprocessError):
+                proc = None
+            rows = proc.stdout.splitlines()[1:] if proc and proc.returncode == 0 else []
+            for row in rows:  # REF TYPE DIGEST SIZE PLATFORMS LABELS, SIZE in two words
+                parts = row.split()
+                if len(parts) >= 6 and parts[0] == name:
+                    return tuple(p for p in parts[5].split(",") if p)
+        out = self._inspect(ref, "{{.Os}}/{{.Architecture}}{{if .Variant}}/{{.Variant}}{{end}}")
+        return (out,) if out else None
+
     def image_layers(self, ref: str) -> list[str]:
         """The diff ids of a local image's layers (none when there is no such image)."""
         out = self._inspect(ref, "{{json .RootFS.Layers}}")
@@ -319,6 +340,15 @@ class EngineImages:
 
     def _docker_cmd(self) -> list[str]:
         return self._cli()
+
+
+def containerd_name(ref: str) -> str:
+    """A reference as containerd names it: ``python:3.11`` is ``docker.io/library/python:3.11``
+    (a first part with a dot or a port, or localhost, is a registry)."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref if slash else 'library/' + ref}"
 
 
 def _last_line(text: str) -> str:

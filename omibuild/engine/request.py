@@ -86,6 +86,10 @@ class Executor(Protocol):
 
     def tag(self, source: str, target: str) -> None: ...
 
+    def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+        """The platforms an image the engine holds offers; None when it holds none."""
+        ...
+
     def image_layers(self, ref: str) -> list[str]:
         """The diff ids of a local image's layers (none when there is no such image)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from omibuild.engine.apply import ApplyOptions, Target, apply_all
 from omibuild.engine.request import BuildRequest, BuildResult, BuildSecret
 from omibuild.errors import BuildError, UsageError
 from omibuild.planning.pipeline import prepare
+from omibuild.planning.plan import Plan
 from omibuild.progress import QUIET
 from omibuild.store.cache import Cache
 from tests.conftest import EXAMPLES
@@ -76,6 +78,9 @@ class Recorder:
 
     def image_layers(self, ref: str) -> list[str]:
         return []
+
+    def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+        return None
 
     def keeps_blobs(self) -> bool:
         return True
@@ -446,3 +451,29 @@ def test_blobs_containerd_still_holds_are_not_sent_and_a_refusal_sends_them(
         else:
             assert all(layer[7:] not in names for names in rec.archives)
             assert again.model_bytes_sent == 0
+
+
+def test_containerd_names_and_a_platform_the_base_lacks_is_refused() -> None:
+    from omibuild.engine.apply import refuse_unoffered_platforms
+    from omibuild.engine.images import containerd_name
+
+    assert containerd_name("python:3.11") == "docker.io/library/python:3.11"
+    assert containerd_name("team/m:1") == "docker.io/team/m:1"
+    assert containerd_name("127.0.0.1:5000/a/b:t") == "127.0.0.1:5000/a/b:t"
+    assert containerd_name("omibuild.local/python:3.11-slim") == "omibuild.local/python:3.11-slim"
+
+    class Base(Recorder):
+        def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+            return ("linux/amd64",) if ref.startswith("omibuild.local/") else None
+
+    golden = Plan.from_dict(
+        json.loads((Path(__file__).parents[1] / "golden" / "sklearn-iris.plan.json").read_text())
+    )
+    plan = dataclasses.replace(golden, base_image="omibuild.local/python:3.11-slim")
+    two = dataclasses.replace(plan, platforms=("linux/amd64", "linux/arm64/v8"))
+    with pytest.raises(UsageError) as err:
+        refuse_unoffered_platforms(two, Base())
+    assert "offers linux/amd64, not linux/arm64/v8" in str(err.value)
+    refuse_unoffered_platforms(dataclasses.replace(plan, platforms=("linux/amd64",)), Base())
+    unknown = dataclasses.replace(two, base_image="python:3.11-slim")  # not in the engine
+    refuse_unoffered_platforms(unknown, Base())
