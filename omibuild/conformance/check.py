@@ -322,6 +322,31 @@ def _reflection_finding(target: Any) -> Finding:
     )
 
 
+PYTHON = "/opt/omi/venv/bin/python"  # the venv's interpreter, a link to the base's
+# ELF e_machine values (the System V ABI's registry) as OCI names the architecture
+_MACHINES = {0x3E: "amd64", 0xB7: "arm64", 0x03: "386", 0x28: "arm", 0x15: "ppc64le",
+             0x16: "s390x", 0xF3: "riscv64"}  # fmt: skip
+
+
+def elf_architecture(head: bytes) -> str | None:
+    """The architecture an ELF file is built for, from its header; None if not ELF."""
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return _MACHINES.get(machine, f"ELF machine {machine:#x}")
+
+
+def binary_finding(platform: str, path: str, head: bytes) -> Finding:
+    """The image's binaries are built for the platform its config declares: an image of one
+    platform made from another's base runs nothing, or runs under emulation unseen."""
+    declared = [*platform.split("/"), "", ""][1]
+    built = elf_architecture(head)
+    what = f"its binaries are built for the image's platform ({platform or 'unknown'})"
+    if built is None:
+        return Finding(what, False, f"{path} is not an ELF binary")
+    return Finding(what, built == declared, f"{path}: {built}")
+
+
 def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists)."""
     config = Containers().image_config(image)
@@ -329,6 +354,11 @@ def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
         return [], False
     labels = config["labels"]
     findings = check_labels(labels, config["repo_tags"])
+    for path in (PYTHON, "/bin/sh"):  # omibuild's interpreter, else any image's shell
+        head = Containers().file_head(image, path)
+        if head is not None:
+            findings.append(binary_finding(config["platform"], path, head))
+            break
     info = interfaces_of(labels)
     if not info.interfaces:
         findings.append(

@@ -4,6 +4,10 @@ and logs, stop it. Like the executor, it reaches the engine through python-on-wh
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,9 @@ class Containers:
             "entrypoint": list(cfg.entrypoint or []),
             "cmd": list(cfg.cmd or []),
             "repo_tags": list(image.repo_tags or []),
+            "platform": "/".join(
+                p for p in (image.os or "", image.architecture or "", image.variant or "") if p
+            ),
         }
 
     def start(
@@ -117,6 +124,35 @@ class Containers:
         finally:
             with contextlib.suppress(DockerException):
                 self.docker.container.remove(container.id, force=True)
+
+    def file_head(self, image: str, path: str, size: int = 64) -> bytes | None:
+        """The first ``size`` bytes of ``path`` in ``image``, its symbolic links followed (a
+        container created, never started, and removed): None when it is not there."""
+        from python_on_whales.exceptions import DockerException
+
+        try:
+            container = self.docker.container.create(image, entrypoint="/nonexistent")
+        except DockerException:
+            return None
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                copied = subprocess.run(
+                    [*self._cli(), "cp", "-L", f"{container.id}:{path}", f"{tmp}/file"],
+                    capture_output=True, timeout=120, check=False,
+                )  # fmt: skip
+                if copied.returncode != 0:
+                    return None
+                with open(f"{tmp}/file", "rb") as fh:
+                    return fh.read(size)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        finally:
+            with contextlib.suppress(DockerException):
+                self.docker.container.remove(container.id, force=True)
+
+    @staticmethod
+    def _cli() -> list[str]:
+        return [os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"]
 
     def stop(self, cid: str, timeout: int = 20) -> int | None:
         """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""
