@@ -114,6 +114,8 @@ def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
     checked = s.cli("check", latest, "--format", "json")
     findings = json.loads(checked.stdout)["findings"]
     assert checked.returncode == 0, [f for f in findings if not f["ok"]] or checked.stderr
+    [binaries] = [f for f in findings if f["requirement"].startswith("its binaries are built")]
+    assert binaries["ok"] and binaries["detail"].startswith("/opt/omi/venv/bin/python: "), binaries
 
 
 def _bytes(ref: str) -> bytes:
