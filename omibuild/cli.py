@@ -35,6 +35,7 @@ VERBS = {
     "apply": "build (and push) the OMI image",
     "run": "start an image locally and try it",
     "check": "check an image against the Open Model Interface spec",
+    "deploy": "write a platform's manifest for the image: Kubernetes, KServe, SageMaker, Vertex",
     "cache": "list what omibuild keeps on disk, or prune it to a size",
     "schema": "print the omi.yaml JSON Schema",
     "completion": "print a shell completion script (bash or zsh)",
@@ -110,6 +111,19 @@ DETAILS = {
         ["omibuild cache", "omibuild cache prune --keep 20GB", "omibuild cache --format json"],
     ),
     "schema": ("The JSON Schema that editors use to validate and complete omi.yaml.", []),
+    "deploy": (
+        "From the plan alone: a Kubernetes Deployment and Service, a KServe InferenceService\n"
+        "(the image as a custom predictor; --modelcar: its <tag>-modelcar export as the\n"
+        "storageUri), SageMaker's CreateModel and CreateEndpointConfig requests, or a Vertex AI\n"
+        "Model. Each picks its interface by the OMI variables and probes the routes that\n"
+        "interface answers; the image runs as its non-root user, read-only, with the time\n"
+        "its drain needs on SIGTERM.",
+        [
+            "omibuild deploy --target kubernetes | kubectl apply -f -",
+            "omibuild deploy --target kserve --modelcar --out isvc.yaml",
+            "omibuild deploy --target sagemaker --role arn:aws:iam::123456789012:role/sm",
+        ],
+    ),
     "completion": (
         "Prints a completion script for your shell.",
         [
@@ -273,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(p, ["text", "json"], "text")
 
     _verb(sub, "schema")
+
+    p = _verb(sub, "deploy")
+    p.add_argument("file", nargs="?", default="omi.yaml", metavar="FILE", help=MANIFEST_HELP)
+    p.add_argument(
+        "--target", required=True, choices=["kubernetes", "kserve", "sagemaker", "vertex"]
+    )
+    p.add_argument("--image", help="the image to run (default: the plan's first tag)")
+    p.add_argument(
+        "--interface", help="kubernetes: the interface to serve (default: the image's own)"
+    )
+    p.add_argument("--modelcar", action="store_true", help="kserve: the model from the modelcar")
+    p.add_argument("--role", help="sagemaker: the execution role's ARN")
+    p.add_argument("--out", help="write here instead of standard output")
 
     p = _verb(sub, "completion")
     p.add_argument("shell", choices=["bash", "zsh"])
