@@ -16,7 +16,6 @@ from typing import Any
 
 from omibuild.planning.plan import Plan
 
-TARGETS = ("kubernetes", "kserve", "sagemaker", "vertex")
 DRAIN_SECONDS = 30  # the runtime's graceful shutdown (runtime/server.py GRACE_SECONDS)
 _GRACE = DRAIN_SECONDS + 15  # and the time to stop taking traffic first
 KSERVE_MODELS = "/mnt/models"  # where KServe links a storageUri's files into the predictor
