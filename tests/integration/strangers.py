@@ -143,3 +143,22 @@ def new_stranger(
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_text(text)
     return Stranger(repo, venv, omibuild_from_wheel(extras))
+
+
+def iris_for_registry(tmp_path: Path, name: str, registry: str) -> tuple[Stranger, str]:
+    """A stranger's iris model, `omibuild init`ed, its omi.yaml pointed at ``registry``
+    (the commented repository line init writes, filled in): (the stranger, the repository).
+    The repository's images are removed when the run ends."""
+    from tests.conftest import remember_image
+    from tests.integration.test_install import IRIS_JOBLIB, SKLEARN
+
+    s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN))
+    s.train(IRIS_JOBLIB)
+    s.ok("init")
+    manifest = s.repo / "omi.yaml"
+    repository = f"{registry}/omibuild-test/{name}"
+    remember_image(repository)
+    text, commented = manifest.read_text(), f"# repository: registry.example.com/models/{name}"
+    assert commented in text
+    manifest.write_text(text.replace(commented, f"repository: {repository}"))
+    return s, repository

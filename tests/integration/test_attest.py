@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import remember_image
-from tests.integration.strangers import Stranger, new_stranger, training_venv
+from tests.integration.strangers import Stranger, iris_for_registry, new_stranger, training_venv
 from tests.integration.test_install import IRIS_JOBLIB, SKLEARN
 from tests.unit.test_attest import ec_key_pair
 
@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 PYSPDXTOOLS = Path(sys.executable).with_name("pyspdxtools")
 
 
-def _raw(ref: str) -> bytes:
+def raw_manifest(ref: str) -> bytes:
+    """A manifest's bytes as the registry holds them (skopeo, not omibuild's code)."""
     return subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
         capture_output=True,
@@ -71,15 +72,8 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     tmp_path: Path, unique: str, registry: str
 ) -> None:
     name = f"attest-{unique}"
-    s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN))
-    s.train(IRIS_JOBLIB)
-    s.ok("init")
+    s, repository = iris_for_registry(tmp_path, name, registry)
     manifest = s.repo / "omi.yaml"
-    repository = f"{registry}/omibuild-test/{name}"
-    remember_image(repository)
-    text, commented = manifest.read_text(), f"# repository: registry.example.com/models/{name}"
-    assert commented in text
-    manifest.write_text(text.replace(commented, f"repository: {repository}"))
     s.extra_env["COSIGN_PASSWORD"] = ""  # the user's own, as cosign reads it
     subprocess.run(["cosign", "generate-key-pair"], cwd=tmp_path, env=s.env, check=True,
                    capture_output=True, timeout=120)  # fmt: skip
@@ -89,14 +83,14 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     )
     assert record["status"] == "built", record
 
-    index_bytes = _raw(f"{repository}:latest")
+    index_bytes = raw_manifest(f"{repository}:latest")
     assert "sha256:" + hashlib.sha256(index_bytes).hexdigest() == record["image_digest"]
     index = json.loads(index_bytes)
     images = [m for m in index["manifests"] if m["platform"]["os"] != "unknown"]
     attestations = [m for m in index["manifests"] if m["platform"]["os"] == "unknown"]
     assert len(images) == 1 and len(attestations) == 1, index
     [image] = images
-    image_bytes = _raw(f"{repository}@{image['digest']}")
+    image_bytes = raw_manifest(f"{repository}@{image['digest']}")
     assert "sha256:" + hashlib.sha256(image_bytes).hexdigest() == image["digest"]
     assert attestations[0]["annotations"]["vnd.docker.reference.digest"] == image["digest"]
 
@@ -110,7 +104,7 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
     )
     labels = config["config"]["Labels"]
     found = {}
-    for layer in json.loads(_raw(f"{repository}@{attestations[0]['digest']}"))["layers"]:
+    for layer in json.loads(raw_manifest(f"{repository}@{attestations[0]['digest']}"))["layers"]:
         blob = urllib.request.urlopen(
             f"http://{registry}/v2/omibuild-test/{name}/blobs/{layer['digest']}", timeout=60
         ).read()
@@ -222,7 +216,7 @@ def test_a_pushed_image_s_statements_name_its_manifest_and_the_sbom_lists_the_mo
         pushed.stderr
     )
     [record] = json.loads(pushed.stdout)
-    raw = _raw(f"{docker_repository}:latest")
+    raw = raw_manifest(f"{docker_repository}:latest")
     single = json.loads(raw)
     assert single["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert "manifests" not in single and "annotations" not in single

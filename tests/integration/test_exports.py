@@ -16,22 +16,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.conftest import remember_image
-from tests.integration.strangers import new_stranger, training_venv
-from tests.integration.test_install import IRIS_JOBLIB, SKLEARN
+from tests.integration.strangers import iris_for_registry
+from tests.integration.test_attest import raw_manifest
 
 pytestmark = pytest.mark.integration
 SCHEMA = Path(__file__).parents[1] / "fixtures" / "modelpack" / "config-schema.json"
 
 
 def _raw(ref: str) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(raw_manifest(ref))  # type: ignore[no-any-return]
 
 
 def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
@@ -39,18 +32,9 @@ def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
 ) -> None:
     from modelpack_client import ModelPackClient
 
-    name = f"export-{unique}"
-    s = new_stranger(tmp_path, name, training_venv("sklearn", SKLEARN))
-    s.train(IRIS_JOBLIB)
-    s.ok("init")
+    s, repository = iris_for_registry(tmp_path, f"export-{unique}", registry)
     manifest = s.repo / "omi.yaml"
-    repository = f"{registry}/omibuild-test/{name}"
-    remember_image(repository)
-    text, commented = manifest.read_text(), f"# repository: registry.example.com/models/{name}"
-    manifest.write_text(
-        text.replace(commented, f"repository: {repository}")
-        + "export:\n  modelpack: true\n  modelcar: true\n"
-    )
+    manifest.write_text(manifest.read_text() + "export:\n  modelpack: true\n  modelcar: true\n")
     plan = s.ok("plan", "--format", "json")
     assert json.loads(plan)["exports"] == ["modelpack", "modelcar"]
     [record] = json.loads(s.ok("apply", "--push", "--format", "json", "--progress", "quiet"))
@@ -80,7 +64,9 @@ def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
     in_index = {m["annotations"].get("io.omibuild.export"): m["digest"]
                 for m in index["manifests"] if m.get("annotations")}  # fmt: skip
     digest = hashlib.sha256
-    assert in_index["modelpack"] == "sha256:" + digest(_bytes(f"{latest}-modelpack")).hexdigest()
+    assert (
+        in_index["modelpack"] == "sha256:" + digest(raw_manifest(f"{latest}-modelpack")).hexdigest()
+    )
 
     # PyPI's ModelPack client pulls it as any ModelPack reader would
     host = registry.split("/")[0]
@@ -116,12 +102,3 @@ def test_modelpack_and_modelcar_exports_read_the_image_s_own_model_layer(
     assert checked.returncode == 0, [f for f in findings if not f["ok"]] or checked.stderr
     [binaries] = [f for f in findings if f["requirement"].startswith("its binaries are built")]
     assert binaries["ok"] and binaries["detail"].startswith("/opt/omi/venv/bin/python: "), binaries
-
-
-def _bytes(ref: str) -> bytes:
-    return subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
