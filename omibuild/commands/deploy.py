@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
             "{modelcar: true} to omi.yaml (or apply --push --export modelcar)",
             file=sys.stderr,
         )
+    text = text.rstrip("\n") + "\n"
     if args.out:
-        atomic_write(Path(args.out), text if text.endswith("\n") else text + "\n")
+        atomic_write(Path(args.out), text)
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.write(text)
     return EXIT_OK

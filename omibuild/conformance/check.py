@@ -354,8 +354,9 @@ def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
         return [], False
     labels = config["labels"]
     findings = check_labels(labels, config["repo_tags"])
+    containers = Containers()
     for path in (PYTHON, "/bin/sh"):  # omibuild's interpreter, else any image's shell
-        head = Containers().file_head(image, path)
+        head = containers.file_head(image, path)
         if head is not None:
             findings.append(binary_finding(config["platform"], path, head))
             break

@@ -18,6 +18,7 @@ from typing import Any
 from omibuild.engine.attest import Inputs, Statement, attach, model_sums
 from omibuild.engine.exports import ExportError, add_exports
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
+from omibuild.engine.images import containerd_name
 from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.modelsig import HINT as MODEL_SIGNING_HINT
 from omibuild.engine.modelsig import SIGNATURE, ModelSigningError, sign_model
@@ -94,7 +95,7 @@ def ingester(executor: Executor, job: Job) -> Ingester | None:
     where = plan.platforms[0] if plan.platforms else HOST_PLATFORM
     if where != HOST_PLATFORM or not executor.importer():
         return None
-    return Ingester(executor, engine_name(job.model_temp), where)
+    return Ingester(executor, containerd_name(job.model_temp), where)
 
 
 def model_layers(
@@ -117,7 +118,7 @@ def model_layers(
     started = time.perf_counter()
     client = Client(*split_reference(plan.image_refs[0])[:2]) if upload else None
     layers = [StagedLayer(group.files, ctx / CTX_MODEL) for group in plan.model_layers]
-    new = [layer for layer in layers if known_blob(cache, layer) is None]
+    new = [layer for layer in layers if known_blob(cache, layer) is None] if ingest else []
     if ingest is not None and new:
         digests: list[str] = []
         archive = layers_archive(new, ingest.name, ingest.platform, digests)
@@ -139,12 +140,6 @@ def model_layers(
         created = f"omibuild: model layer {index + 1}/{len(layers)} ({what}, {human(group.size)})"
         appended.append(Appended(blob, created, layer=layer))
     return MadeLayers(appended, read, ingested, time.perf_counter() - started)
-
-
-def engine_name(ref: str) -> str:
-    """A reference as the engine's image store names it (``docker.io/library/x:tag``)."""
-    host, path, tag = split_reference(ref)
-    return f"{'docker.io' if host == 'registry-1.docker.io' else host}/{path}:{tag}"
 
 
 class _Failed(Exception):
@@ -222,7 +217,7 @@ class _Assembly:
             sent = 0
             skip = have | stored if attempt == 1 else have
             entries, _ = self.layout.archive(
-                top, engine_name(self.job.temp), skip=skip, on_bytes=count
+                top, containerd_name(self.job.temp), skip=skip, on_bytes=count
             )
             try:
                 error = self.executor.load(tar_chunks(entries), max(1, len(self.plan.platforms)))

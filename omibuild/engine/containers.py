@@ -4,15 +4,13 @@ and logs, stop it. Like the executor, it reaches the engine through python-on-wh
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
-from omibuild.engine.images import engine_error
+from omibuild.engine.images import docker_exe, engine_error
 
 
 class Containers:
@@ -137,7 +135,7 @@ class Containers:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 copied = subprocess.run(
-                    [*self._cli(), "cp", "-L", f"{container.id}:{path}", f"{tmp}/file"],
+                    [docker_exe(), "cp", "-L", f"{container.id}:{path}", f"{tmp}/file"],
                     capture_output=True, timeout=120, check=False,
                 )  # fmt: skip
                 if copied.returncode != 0:
@@ -149,10 +147,6 @@ class Containers:
         finally:
             with contextlib.suppress(DockerException):
                 self.docker.container.remove(container.id, force=True)
-
-    @staticmethod
-    def _cli() -> list[str]:
-        return [os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"]
 
     def stop(self, cid: str, timeout: int = 20) -> int | None:
         """SIGTERM, wait up to ``timeout`` s; returns the exit code (None if it was killed)."""

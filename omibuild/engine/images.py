@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from omibuild.engine.registry import RegistryError, file_in_layer
+from omibuild.engine.registry import RegistryError, file_in_layer, split_reference
 from omibuild.errors import UsageError
 from omibuild.store.cache import default_cache_dir
 from omibuild.units import parse_size
@@ -29,6 +29,11 @@ CONTAINERD_SOCKETS = (
     "/var/run/docker/containerd/containerd.sock",
     "/run/containerd/containerd.sock",
 )
+
+
+def docker_exe() -> str:
+    """The docker CLI: ``DOCKER_BINARY``, else the one on PATH."""
+    return os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
 
 
 def engine_error(err: Exception) -> UsageError:
@@ -65,7 +70,7 @@ class EngineCache:
 def engine_build_cache() -> EngineCache | None:
     """Read from `docker buildx du --verbose` (the default builder); None when the engine does
     not answer. A record is omibuild's when its step works under /opt/omi."""
-    exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+    exe = docker_exe()
     try:
         proc = subprocess.run(
             [exe, "buildx", "du", "--verbose"], capture_output=True, text=True, timeout=60
@@ -92,7 +97,7 @@ def engine_build_cache() -> EngineCache | None:
 def docker_context(name: str) -> str | None:
     """``name`` if it is a docker context (another engine), else None. buildx builds on
     another engine's own BuildKit only from that context: ``--builder`` alone refuses."""
-    exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+    exe = docker_exe()
     try:
         proc = subprocess.run(
             [exe, "context", "inspect", name], capture_output=True, timeout=30, check=False
@@ -121,7 +126,7 @@ class EngineImages:
     # -- queries ---------------------------------------------------------------------------
     def _cli(self) -> list[str]:
         """The docker CLI, on this executor's context."""
-        exe = os.environ.get("DOCKER_BINARY") or shutil.which("docker") or "docker"
+        exe = docker_exe()
         return [exe, *self._context_args()]
 
     def _query(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -343,12 +348,10 @@ class EngineImages:
 
 
 def containerd_name(ref: str) -> str:
-    """A reference as containerd names it: ``python:3.11`` is ``docker.io/library/python:3.11``
-    (a first part with a dot or a port, or localhost, is a registry)."""
-    first, slash, _ = ref.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return ref
-    return f"docker.io/{ref if slash else 'library/' + ref}"
+    """A reference as the engine's containerd names it (``python:3.11`` is
+    ``docker.io/library/python:3.11``), read as Docker reads a name (split_reference)."""
+    host, path, tag = split_reference(ref)
+    return f"{'docker.io' if host == 'registry-1.docker.io' else host}/{path}:{tag}"
 
 
 def _last_line(text: str) -> str:
