@@ -261,7 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--explain", metavar="FILE", help="ask the baked explainer about FILE's rows, print, stop"
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for readiness (default: 60; 300 for an emulated --platform)",
+    )
+    p.add_argument(
+        "--platform",
+        help="start the image's linux/arm64 (or other) variant, emulated where it is not the "
+        "host's (default: the engine's choice, the host's)",
+    )
     _add_format(p, ["text", "json"], "text")
 
     p = _verb(sub, "check")
@@ -278,8 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="first verify /opt/omi/model.sig against the model files in the image "
         "(OpenSSF model-signing); probe only if it holds",
     )
+    p.add_argument(
+        "--platform",
+        help="run the image's linux/arm64 (or other) variant, emulated where it is not the "
+        "host's (default: the host's); the binaries of every platform are read either way",
+    )
     _add_format(p, ["text", "json", "junit"], "text")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for readiness (default: 60; 300 for an emulated --platform)",
+    )
 
     p = _verb(sub, "cache")
     p.add_argument("action", nargs="?", choices=["list", "prune"], default="list")

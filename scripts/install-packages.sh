@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages: a Docker engine >= 24 with buildx (the one already here, else Docker 26 from
-# Debian trixie, with OMI_SETUP_TRIXIE=yes), plus the registry, debootstrap and skopeo.
+# Debian trixie, with OMI_SETUP_TRIXIE=yes), plus the registry, debootstrap, skopeo and QEMU's
+# user emulators (a build for another architecture runs its steps under them).
 . "$(dirname "$0")/lib.sh"
 step=install-packages
 log=$OMI_DEV_LOG_DIR/$step.log
@@ -15,7 +16,8 @@ engine_ok() {
 }
 tools_ok() {
   command -v docker-registry >/dev/null && command -v debootstrap >/dev/null &&
-    command -v skopeo >/dev/null
+    command -v skopeo >/dev/null && command -v update-binfmts >/dev/null &&
+    [ -x /usr/bin/qemu-aarch64-static ]
 }
 
 if engine_ok && tools_ok; then
@@ -25,8 +27,9 @@ fi
 need_root "$step"
 export DEBIAN_FRONTEND=noninteractive
 if ! tools_ok; then  # bookworm's own packages: nothing else on the machine moves
-  say "$step: installing docker-registry, debootstrap, skopeo (log: $log)"
-  { apt-get update -q && apt-get install -y -q --no-install-recommends docker-registry debootstrap skopeo; } \
+  say "$step: installing docker-registry, debootstrap, skopeo, qemu-user-static (log: $log)"
+  { apt-get update -q && apt-get install -y -q --no-install-recommends docker-registry debootstrap \
+      skopeo qemu-user-static binfmt-support; } \
     >"$log" 2>&1 || fail "$step" "apt-get failed (is the Debian mirror reachable?)" "$log"
   # Debian's registry unit would start an authenticated registry on :5000; we run our own.
   systemctl disable --now docker-registry >/dev/null 2>&1 || true

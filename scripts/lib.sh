@@ -6,7 +6,14 @@ OMI_DEV_STATE=${OMI_DEV_STATE:-/var/lib/omibuild-dev}
 OMI_DEV_LOG_DIR=${OMI_DEV_LOG_DIR:-/var/log/omibuild-dev}
 OMI_REGISTRY_ADDR=${OMI_REGISTRY_ADDR:-127.0.0.1:5000}
 OMI_BASE_IMAGE=${OMI_BASE_IMAGE:-omibuild.local/python:3.11-slim}
+# The architectures the offline base image is built for (Debian's names); the host's first.
+OMI_BASE_ARCHES=${OMI_BASE_ARCHES:-amd64 arm64}
 mkdir -p "$OMI_DEV_STATE" "$OMI_DEV_LOG_DIR"
+
+# host_arch: this machine's architecture as Debian and OCI name it
+host_arch() { case "$(uname -m)" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; *) uname -m ;; esac; }
+# qemu_arch ARCH: QEMU's name for a Debian architecture
+qemu_arch() { case "$1" in amd64) echo x86_64 ;; arm64) echo aarch64 ;; *) echo "$1" ;; esac; }
 
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -7,6 +7,7 @@ start=$(date +%s)
 bash "$here/install-packages.sh"
 bash "$here/install-cosign.sh"
 bash "$here/start-engine.sh"
+bash "$here/setup-emulation.sh"
 bash "$here/start-registry.sh"
 bash "$here/build-base-image.sh"
 bash "$here/setup-venv.sh"

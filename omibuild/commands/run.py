@@ -25,6 +25,7 @@ from omibuild.conformance.probe import (
     wait_ready,
 )
 from omibuild.engine.containers import Containers
+from omibuild.engine.images import readiness_timeout
 from omibuild.errors import EXIT_INVALID, EXIT_OK, BuildError, OmiError, UsageError
 from omibuild.planning.pipeline import prepare
 from omibuild.planning.plan import OMI
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     baked = args.predict == ""  # --predict alone: the example, from omi.yaml or the image
     if baked and example is not None:
         request = parse({"instances": example})
-    containers = Containers()
+    containers = Containers(args.platform)
+    timeout = readiness_timeout(args.timeout, args.platform)
     config = containers.image_config(image)
     if config is None:
         raise UsageError(
@@ -124,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
     target = Endpoint(interface, protocol, info.model_name or "model", host_port)
     try:
         cid = containers.start(image, env, {port: host_port})
-        seconds = wait_ready(target, args.timeout, alive=lambda: containers.running(cid))
+        seconds = wait_ready(target, timeout, alive=lambda: containers.running(cid))
         if seconds is None:
-            raise _not_ready(containers, cid, image, f"{interface} {protocol}", args.timeout)
+            raise _not_ready(containers, cid, image, f"{interface} {protocol}", timeout)
         print(
             f"{image}: {interface} {protocol} ready in {seconds:.1f}s on {target.base}",
             file=sys.stderr,

@@ -24,6 +24,8 @@ from omibuild.conformance.probe import (
 from omibuild.contract import OMI_LABELS as OMI_KEYS
 from omibuild.contract import SPEC_INTERFACES
 from omibuild.engine.containers import Containers
+from omibuild.engine.images import HOST_PLATFORM, EngineImages, readiness_timeout, same_platform
+from omibuild.errors import UsageError
 
 
 @dataclass
@@ -126,7 +128,11 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
 
 
 def check_runtime(
-    image: str, info: ImageInterfaces, config: dict[str, Any], timeout: float
+    image: str,
+    info: ImageInterfaces,
+    config: dict[str, Any],
+    timeout: float,
+    platform: str | None = None,
 ) -> list[Finding]:
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -137,7 +143,7 @@ def check_runtime(
             f"USER {user or '(unset: root)'}",
         )
     )
-    containers = Containers()
+    containers = Containers(platform)
     pairs = [(i, p) for i, protocols in info.interfaces.items() for p in protocols or ["v1"]]
     try:
         # Each interface runs in its own container: start and probe them side by side.
@@ -347,19 +353,58 @@ def binary_finding(platform: str, path: str, head: bytes) -> Finding:
     return Finding(what, built == declared, f"{path}: {built}")
 
 
-def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
-    """(findings, whether the image exists)."""
+def _platforms(image: str, config: dict[str, Any], asked: str | None) -> tuple[str, list[str]]:
+    """(the platform to run, every platform the image offers). An index's are the engine's
+    record of it (containerd's); `docker image inspect` names one of them, not always the
+    one `docker run` starts. Without ``asked``, an image of several platforms runs as the
+    host's where it offers it."""
+    offered = list(EngineImages().image_platforms(image) or ()) or [config["platform"]]
+    if asked:
+        if not any(same_platform(asked, o) for o in offered):
+            raise UsageError(
+                f"{image} offers {', '.join(offered)}, not {asked}",
+                hint=f"pick one of them, or pull it: docker pull --platform {asked} {image}",
+            )
+        return asked, offered
+    if len(offered) == 1:
+        return offered[0], offered
+    return next((o for o in offered if same_platform(HOST_PLATFORM, o)), offered[0]), offered
+
+
+def _binaries(image: str, platform: str, several: bool) -> Finding | None:
+    """The interpreter's ELF machine (or any image's shell) against ``platform``. An image of
+    several platforms has each read: one not in the engine is pulled for it, and one that
+    cannot be read fails."""
+    containers = Containers(platform)
+    for path in (PYTHON, "/bin/sh"):  # omibuild's interpreter, else any image's shell
+        head = containers.file_head(image, path)
+        if head is not None:
+            return binary_finding(platform, path, head)
+    if not several:
+        return None
+    return Finding(
+        f"its binaries are built for the image's platform ({platform})",
+        False,
+        f"neither {PYTHON} nor /bin/sh could be read (docker pull --platform {platform} {image})",
+    )
+
+
+def check_image(
+    image: str, timeout: float | None, platform: str | None = None
+) -> tuple[list[Finding], bool]:
+    """(findings, whether the image exists). The containers run as ``platform`` (another
+    architecture's under emulation), by default the host's; the binaries of every platform
+    the image offers are read."""
     config = Containers().image_config(image)
     if config is None:
         return [], False
     labels = config["labels"]
     findings = check_labels(labels, config["repo_tags"])
-    containers = Containers()
-    for path in (PYTHON, "/bin/sh"):  # omibuild's interpreter, else any image's shell
-        head = containers.file_head(image, path)
-        if head is not None:
-            findings.append(binary_finding(config["platform"], path, head))
-            break
+    run_as, offered = _platforms(image, config, platform)
+    for each in offered:
+        found = _binaries(image, each, len(offered) > 1)
+        if found is not None:
+            findings.append(found)
     info = interfaces_of(labels)
     if not info.interfaces:
         findings.append(
@@ -368,5 +413,6 @@ def check_image(image: str, timeout: float) -> tuple[list[Finding], bool]:
             )
         )
         return findings, True
-    findings += check_runtime(image, info, config, timeout)
+    asked = run_as if (platform or len(offered) > 1) else None
+    findings += check_runtime(image, info, config, readiness_timeout(timeout, run_as), asked)
     return findings, True

@@ -19,6 +19,7 @@ from omibuild.contract import PLAN_DIGEST_LABEL
 from omibuild.engine.assemble import finish, ingester, model_layers
 from omibuild.engine.context import context_dir, staged_context
 from omibuild.engine.failures import retry_transient_failures
+from omibuild.engine.images import same_platform
 from omibuild.engine.jobs import ApplyOptions, ApplyResult, ApplyStatus, Job, Target
 from omibuild.engine.oci import Layout
 from omibuild.engine.request import BuildRequest, BuildSecret, Executor
@@ -93,22 +94,16 @@ def _deferred_interrupts() -> Iterator[None]:
             raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt()
 
 
-def _same_platform(a: str, b: str) -> bool:
-    """linux/arm64 is linux/arm64/v8, linux/amd64 any amd64 variant (the default ones)."""
-    a_parts, b_parts = a.split("/"), b.split("/")
-    return a_parts[:2] == b_parts[:2] and (len(a_parts) < 3 or len(b_parts) < 3 or a == b)
-
-
 def refuse_unoffered_platforms(plan: Plan, executor: Executor) -> None:
     """A platform the base image does not offer would be built from another platform's
     base, its binaries the wrong machine's (BuildKit takes what there is and says nothing):
     refused, naming the base and what it offers. A base the engine lacks is not judged."""
     if not plan.platforms:
         return
-    offered = executor.base_platforms(plan.base_image)
+    offered = executor.image_platforms(plan.base_image)
     if offered is None:
         return
-    missing = [p for p in plan.platforms if not any(_same_platform(p, o) for o in offered)]
+    missing = [p for p in plan.platforms if not any(same_platform(p, o) for o in offered)]
     if missing:
         raise UsageError(
             f"{plan.name}: base image {plan.base_image} offers {', '.join(offered)}, not "

@@ -6,7 +6,6 @@ OCI file. A failure is one line with its kind; nothing is tagged here."""
 from __future__ import annotations
 
 import contextlib
-import platform
 import sys
 import tarfile
 import time
@@ -18,7 +17,7 @@ from typing import Any
 from omibuild.engine.attest import Inputs, Statement, attach, model_sums
 from omibuild.engine.exports import ExportError, add_exports
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
-from omibuild.engine.images import containerd_name
+from omibuild.engine.images import HOST_PLATFORM, containerd_name
 from omibuild.engine.jobs import ApplyOptions, Job
 from omibuild.engine.modelsig import HINT as MODEL_SIGNING_HINT
 from omibuild.engine.modelsig import SIGNATURE, ModelSigningError, sign_model
@@ -77,9 +76,6 @@ class MadeLayers:
 
 
 Made = futures.Future[MadeLayers]
-HOST_PLATFORM = "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(
-    platform.machine(), platform.machine()
-)
 
 
 def ingester(executor: Executor, job: Job) -> Ingester | None:

@@ -14,12 +14,15 @@ from omibuild.engine.images import docker_exe, engine_error
 
 
 class Containers:
-    """Starting and stopping containers for `run` and `check` (also python-on-whales)."""
+    """Starting and stopping containers for `run` and `check` (also python-on-whales), of
+    ``platform``'s image where one is named (another architecture's runs under the kernel's
+    registered emulator), else the engine's choice, the host's."""
 
-    def __init__(self) -> None:
+    def __init__(self, platform: str | None = None) -> None:
         from python_on_whales import DockerClient
 
         self.docker = DockerClient()
+        self.platform = platform
         self.started: list[str] = []
 
     def image_config(self, ref: str) -> dict[str, Any] | None:
@@ -63,6 +66,7 @@ class Containers:
                 read_only=read_only,
                 tmpfs=["/tmp"] if read_only else [],
                 labels={"io.omibuild.started-by": "omibuild"},
+                platform=self.platform,
             )
         except DockerException as err:
             with contextlib.suppress(DockerException):
@@ -110,7 +114,9 @@ class Containers:
         from python_on_whales.exceptions import DockerException
 
         try:
-            container = self.docker.container.create(image, entrypoint="/nonexistent")
+            container = self.docker.container.create(
+                image, entrypoint="/nonexistent", platform=self.platform
+            )
         except DockerException:
             return False
         try:
@@ -129,7 +135,9 @@ class Containers:
         from python_on_whales.exceptions import DockerException
 
         try:
-            container = self.docker.container.create(image, entrypoint="/nonexistent")
+            container = self.docker.container.create(
+                image, entrypoint="/nonexistent", platform=self.platform
+            )
         except DockerException:
             return None
         try:

@@ -86,7 +86,7 @@ class Executor(Protocol):
 
     def tag(self, source: str, target: str) -> None: ...
 
-    def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+    def image_platforms(self, ref: str) -> tuple[str, ...] | None:
         """The platforms an image the engine holds offers; None when it holds none."""
         ...
 

@@ -105,6 +105,8 @@ def print_human(plan: Plan, stream: TextIO) -> None:
     summary.add_row("model digest", plan.model_digest)
     summary.add_row("images", "\n".join(plan.image_refs))
     summary.add_row("base", plan.base_image)
+    if plan.platforms:
+        summary.add_row("platforms", ", ".join(plan.platforms))
     summary.add_row("plan digest", plan.digest)
     console.print(summary)
 

@@ -79,7 +79,7 @@ class Recorder:
     def image_layers(self, ref: str) -> list[str]:
         return []
 
-    def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+    def image_platforms(self, ref: str) -> tuple[str, ...] | None:
         return None
 
     def keeps_blobs(self) -> bool:
@@ -463,7 +463,7 @@ def test_containerd_names_and_a_platform_the_base_lacks_is_refused() -> None:
     assert containerd_name("omibuild.local/python:3.11-slim") == "omibuild.local/python:3.11-slim"
 
     class Base(Recorder):
-        def base_platforms(self, ref: str) -> tuple[str, ...] | None:
+        def image_platforms(self, ref: str) -> tuple[str, ...] | None:
             return ("linux/amd64",) if ref.startswith("omibuild.local/") else None
 
     golden = Plan.from_dict(
