@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the image's linux/arm64 (or other) variant, emulated where it is not the "
         "host's (default: the engine's choice, the host's)",
     )
+    p.add_argument(
+        "--gpus",
+        metavar="GPUS",
+        help="give the container GPUs as docker's --gpus does (all, 1, device=0): a CUDA "
+        "image then runs its model on the first",
+    )
     _add_format(p, ["text", "json"], "text")
 
     p = _verb(sub, "check")
@@ -291,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         help="run the image's linux/arm64 (or other) variant, emulated where it is not the "
         "host's (default: the host's); the binaries of every platform are read either way",
+    )
+    p.add_argument(
+        "--gpus",
+        metavar="GPUS",
+        help="give the container GPUs as docker's --gpus does (all, 1, device=0): a CUDA "
+        "image then runs its model on the first; check expects it to say cuda:0 (else cpu)",
     )
     _add_format(p, ["text", "json", "junit"], "text")
     p.add_argument(

@@ -21,6 +21,10 @@ ORIGIN_ID_LABEL = "io.omibuild.origin.id"
 MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
 EXPLAIN_LABEL = "io.omibuild.explain"  # the baked explainer's method: shap or hook
 DRIFT_LABEL = "io.omibuild.drift"  # the baked drift detector: JSON {window, threshold, correction}
+ACCELERATOR_LABEL = "io.omibuild.accelerator"  # cuda:12 (a cpu image has none)
+CUDA_DRIVER_LABEL = "io.omibuild.cuda.driver-min"  # the oldest NVIDIA driver branch it runs on
+# NVIDIA's minor-version compatibility table: the oldest driver branch each CUDA major runs on
+CUDA_MIN_DRIVER = {12: "525", 13: "580"}
 PLAN_DIGEST_LABEL = "io.omibuild.plan.digest"  # what makes `apply` a no-op when it matches
 # where the plan the image was built from is: a small JSON pointer {"file", "sha256"} to the
 # state file in the image, so no label grows with the model's file count. (Images from

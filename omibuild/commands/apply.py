@@ -45,7 +45,7 @@ def _applied(
     digest = None
     if r.digest is None and r.status == ApplyStatus.UP_TO_DATE and output == "load":
         digest = executor.image_digest(r.refs[0])
-    return Applied(r, plan.digest, output, weights.get(r.name), size, digest)
+    return Applied(r, plan.digest, output, weights.get(r.name), size, digest, plan.accelerator)
 
 
 def target_of(prepared: Prepared) -> Target:

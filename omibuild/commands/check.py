@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if not all(f.ok for f in verified):  # an image that fails verification is not run
         FORMATS[args.format](args.image, verified, sys.stdout)
         return EXIT_INVALID
-    findings, exists = check_image(args.image, args.timeout, args.platform)
+    findings, exists = check_image(args.image, args.timeout, args.platform, args.gpus)
     findings = [*verified, *findings]
     if not exists:
         raise UsageError(

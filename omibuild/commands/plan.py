@@ -25,7 +25,7 @@ from omibuild.planning.plan import (
     plan_from_state,
     state_pointer,
 )
-from omibuild.planning.weight import note, weigh
+from omibuild.planning.weight import note, warns, weigh
 from omibuild.progress import Progress
 from omibuild.render.dockerfile import render
 from omibuild.reports.plans import FORMATS, to_json
@@ -103,9 +103,11 @@ def run(args: argparse.Namespace) -> int:
     plan = prepared.plan
     if not args.offline:
         refuse_unoffered_platforms(plan, executor)
-    said = note(weigh(plan, cache)) if not args.offline else None
+    weight = weigh(plan, cache) if not args.offline else None
+    said = note(weight, plan.accelerator)
     if said:
-        print(f"omibuild: note: {said}", file=sys.stderr)
+        kind = "warning" if warns(weight, plan.accelerator) else "note"
+        print(f"omibuild: {kind}: {said}", file=sys.stderr)
     if args.out:
         atomic_write(Path(args.out), to_json(plan))
     if args.dockerfile:

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     baked = args.predict == ""  # --predict alone: the example, from omi.yaml or the image
     if baked and example is not None:
         request = parse({"instances": example})
-    containers = Containers(args.platform)
+    containers = Containers(args.platform, args.gpus)
     timeout = readiness_timeout(args.timeout, args.platform)
     config = containers.image_config(image)
     if config is None:

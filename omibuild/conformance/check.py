@@ -15,6 +15,7 @@ from omibuild.conformance.probe import (
     Endpoint,
     additivity_gap,
     container_env,
+    device,
     drift_status,
     exit_reason,
     explain,
@@ -127,12 +128,18 @@ def check_labels(labels: dict[str, str], tags: list[str]) -> list[Finding]:
     return out
 
 
+def ours(labels: dict[str, str]) -> bool:
+    """An image omibuild built (it carries the plan's digest)."""
+    return contract.PLAN_DIGEST_LABEL in labels
+
+
 def check_runtime(
     image: str,
     info: ImageInterfaces,
     config: dict[str, Any],
     timeout: float,
     platform: str | None = None,
+    gpus: str | None = None,
 ) -> list[Finding]:
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -143,14 +150,20 @@ def check_runtime(
             f"USER {user or '(unset: root)'}",
         )
     )
-    containers = Containers(platform)
+    containers = Containers(platform, gpus)
+    cuda = config["labels"].get(contract.ACCELERATOR_LABEL, "").startswith("cuda")
+    # what the image should say it runs on: omibuild's say where (another's, when asked)
+    wants = ("cuda:0" if gpus and cuda else "cpu") if gpus or ours(config["labels"]) else None
     pairs = [(i, p) for i, protocols in info.interfaces.items() for p in protocols or ["v1"]]
     try:
         # Each interface runs in its own container: start and probe them side by side.
         with futures.ThreadPoolExecutor(max_workers=max(1, min(4, len(pairs)))) as pool:
             probes = list(
                 pool.map(
-                    lambda pair: _probe(containers, image, info, *pair, timeout=timeout), pairs
+                    lambda pair: _probe(
+                        containers, image, info, *pair, timeout=timeout, wants=wants
+                    ),
+                    pairs,
                 )
             )
     finally:
@@ -171,6 +184,7 @@ def _probe(
     protocol: str,
     *,
     timeout: float,
+    wants: str | None = None,
 ) -> tuple[list[Finding], str | None]:
     """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
     name = f"{interface} {protocol}"
@@ -207,6 +221,10 @@ def _probe(
         findings.append(_predict_finding(name, target, example, predict))
         if omi.get("explain"):
             findings += _explain_findings(name, target, example)
+    if wants and interface == "kfserving" and protocol == "v2":
+        said = device(target)
+        seen = f"{said or 'no parameters.device in its metadata'}; expected {wants}"
+        findings.append(Finding(f"{name}: reports the device it runs on", said == wants, seen))
     if omi.get("drift") and not target.grpc:
         findings.append(_drift_finding(name, target))
     if target.grpc:
@@ -390,7 +408,7 @@ def _binaries(image: str, platform: str, several: bool) -> Finding | None:
 
 
 def check_image(
-    image: str, timeout: float | None, platform: str | None = None
+    image: str, timeout: float | None, platform: str | None = None, gpus: str | None = None
 ) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists). The containers run as ``platform`` (another
     architecture's under emulation), by default the host's; the binaries of every platform
@@ -414,5 +432,6 @@ def check_image(
         )
         return findings, True
     asked = run_as if (platform or len(offered) > 1) else None
-    findings += check_runtime(image, info, config, readiness_timeout(timeout, run_as), asked)
+    wait = readiness_timeout(timeout, run_as)
+    findings += check_runtime(image, info, config, wait, asked, gpus)
     return findings, True

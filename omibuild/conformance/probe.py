@@ -72,6 +72,16 @@ def _http(
         return err.code, err.read().decode("utf-8", "replace")
 
 
+def device(t: Endpoint, timeout: float = 10.0) -> str | None:
+    """The device a V2 model reports it runs on (its metadata's ``parameters.device``)."""
+    try:
+        status, text = _http("GET", f"{t.base}/v2/models/{t.model_name}", timeout=timeout)
+        found = json.loads(text).get("parameters", {}).get("device") if status == 200 else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(found) if found else None
+
+
 def ready_url(t: Endpoint) -> str:
     if t.interface == "kfserving":
         return (

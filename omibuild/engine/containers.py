@@ -16,13 +16,15 @@ from omibuild.engine.images import docker_exe, engine_error
 class Containers:
     """Starting and stopping containers for `run` and `check` (also python-on-whales), of
     ``platform``'s image where one is named (another architecture's runs under the kernel's
-    registered emulator), else the engine's choice, the host's."""
+    registered emulator), else the engine's choice, the host's; with ``gpus``, given the
+    GPUs docker's --gpus names."""
 
-    def __init__(self, platform: str | None = None) -> None:
+    def __init__(self, platform: str | None = None, gpus: str | None = None) -> None:
         from python_on_whales import DockerClient
 
         self.docker = DockerClient()
         self.platform = platform
+        self.gpus = gpus  # docker's --gpus (all, 1, "device=0"): the NVIDIA toolkit's GPUs
         self.started: list[str] = []
 
     def image_config(self, ref: str) -> dict[str, Any] | None:
@@ -67,6 +69,7 @@ class Containers:
                 tmpfs=["/tmp"] if read_only else [],
                 labels={"io.omibuild.started-by": "omibuild"},
                 platform=self.platform,
+                gpus=self.gpus,
             )
         except DockerException as err:
             with contextlib.suppress(DockerException):

@@ -134,6 +134,27 @@ EXPORTS = ("modelpack", "modelcar")  # export: in the order the index lists them
 
 
 @dataclass(frozen=True)
+class Accelerator:
+    """accelerator: ``cpu``, or ``cuda`` with its major version (``cuda:12``; 12 by default)."""
+
+    kind: str = "cpu"
+    cuda: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Accelerator:
+        kind, _, major = (text or "cpu").partition(":")
+        if kind != "cuda":
+            return cls()
+        return cls("cuda", int(major or DEFAULT_CUDA))
+
+    def __str__(self) -> str:
+        return f"cuda:{self.cuda}" if self.kind == "cuda" else "cpu"
+
+
+DEFAULT_CUDA = 12
+
+
+@dataclass(frozen=True)
 class Manifest:
     file: Path  # the omi.yaml
     root: Path  # the model repository: the directory holding omi.yaml
@@ -161,6 +182,7 @@ class Manifest:
     explain: Explain | None = None
     drift: Drift | None = None
     exports: tuple[str, ...] = ()  # export: what else reads the model bytes (EXPORTS order)
+    accelerator: Accelerator = Accelerator()
 
 
 def _source(spec: dict[str, Any]) -> SourceSpec:
@@ -331,4 +353,5 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         explain=_explain(data.get("explain")),
         drift=_drift(data.get("drift")),
         exports=tuple(k for k in EXPORTS if (data.get("export") or {}).get(k)),
+        accelerator=Accelerator.parse(data.get("accelerator")),
     )

@@ -52,6 +52,21 @@ def as_cpu_build(line: str) -> str:
     return f"{name}{req.specifier}{marker}"
 
 
+def as_cuda_build(line: str) -> str:
+    """A requirement line with the framework's own (CUDA) build where it names the CPU one
+    (``xgboost-cpu==3.2.0`` → ``xgboost==3.2.0``): what a CUDA image installs."""
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return line
+    full = {cpu: name for name, (cpu, _) in CPU_BUILDS.items()}.get(req.name.lower())
+    if full is None or req.url:
+        return line
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f"; {req.marker}" if req.marker else ""
+    return f"{full}{extras}{req.specifier}{marker}"
+
+
 def without_local_label(line: str) -> str:
     """``torch==2.13.0+cpu`` → ``torch==2.13.0``. MLflow records the local build label of
     what was installed where the model was saved; PyPI serves no such version, so pip would

@@ -207,6 +207,9 @@ def _image(old: Plan, new: Plan) -> StageDiff:
     if old.user != new.user or old.uid != new.uid:
         reasons.append("user changed")
         changes.append(Change("~", "user", f"{old.user} ({old.uid})", f"{new.user} ({new.uid})"))
+    if old.accelerator != new.accelerator:
+        reasons.append("accelerator changed")
+        changes.append(Change("~", "accelerator", old.accelerator, new.accelerator))
     if old.exports != new.exports:
         reasons.append("exports changed")
         before, after = (" ".join(p.exports) or "(none)" for p in (old, new))

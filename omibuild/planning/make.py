@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 from omibuild import contract
 from omibuild.manifest.model import Manifest
-from omibuild.manifest.requirements import as_cpu_build
+from omibuild.manifest.requirements import as_cpu_build, as_cuda_build
 from omibuild.planning.analysis import BACKGROUND, REFERENCE
 from omibuild.planning.plan import (
     MODELS,
@@ -62,7 +62,8 @@ def _dedupe(items: list[str]) -> tuple[str, ...]:
 def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
     """The model's own requirements, then the manifest's. MLflow models list ``mlflow``; the
     skinny client serves them and is a fraction of the size. A framework with a CPU build on
-    PyPI gets it (``xgboost`` → ``xgboost-cpu``, which installs the same module)."""
+    PyPI gets it (``xgboost`` → ``xgboost-cpu``, which installs the same module), unless the
+    image is for CUDA (accelerator: cuda), which keeps the CUDA build."""
     reqs = []
     for line in (
         *inputs.source.requirements,
@@ -71,7 +72,8 @@ def _model_requirements(inputs: BuildInputs) -> tuple[str, ...]:
     ):
         if line.startswith("mlflow==") or line == "mlflow":
             line = line.replace("mlflow", "mlflow-skinny", 1)
-        reqs.append(as_cpu_build(line))
+        cpu = inputs.manifest.accelerator.kind == "cpu"
+        reqs.append(as_cpu_build(line) if cpu else as_cuda_build(line))
     if inputs.manifest.flavor == "pyfunc":
         # mlflow.pyfunc imports pandas, which full mlflow brings and the skinny client does not.
         names = {_name(r) for r in reqs}
@@ -199,8 +201,25 @@ def _labels(
             },
             separators=(",", ":"),
         )
+    if m.accelerator.kind == "cuda" and m.accelerator.cuda is not None:
+        optional[contract.ACCELERATOR_LABEL] = str(m.accelerator)
+        optional[contract.CUDA_DRIVER_LABEL] = contract.CUDA_MIN_DRIVER.get(m.accelerator.cuda)
     labels |= {k: v for k, v in optional.items() if v}
     return dict(m.image.labels) | labels  # the user's own labels never override ours
+
+
+def _accelerator_env(m: Manifest) -> dict[str, str]:
+    """A CUDA image asks the NVIDIA container toolkit for every GPU, compute and nvidia-smi
+    only, and refuses a driver too old for its CUDA major (NVIDIA_REQUIRE_CUDA, as NVIDIA's
+    own images do); OMI_ACCELERATOR tells the runtime to put the model on a GPU it sees."""
+    if m.accelerator.kind != "cuda" or m.accelerator.cuda is None:
+        return {}
+    return {
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+        "NVIDIA_REQUIRE_CUDA": f"cuda>={m.accelerator.cuda}.0",
+        "OMI_ACCELERATOR": "cuda",
+    }
 
 
 def _rfc3339(epoch: int | None) -> str | None:
@@ -234,6 +253,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         "PYTHONPATH": f"{OMI}/runtime:{OMI}/code",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        **_accelerator_env(m),
     }
     ports = sorted(
         {p for body in interfaces.values() for p in (body["port"], body.get("grpc_port")) if p}
@@ -291,6 +311,7 @@ def make_plan(inputs: BuildInputs) -> Plan:
         slim=m.image.slim,
         image_format=m.image.format,
         exports=m.exports,
+        accelerator=str(m.accelerator),
         analysis_files=tuple(
             ModelFile(path, len(body), hashlib.sha256(body).hexdigest())
             for path, body in inputs.analysis

@@ -151,6 +151,7 @@ class Plan:
     extra_index_urls: tuple[str, ...] = ()
     image_format: str = "oci"  # oci: an index; docker: one Docker v2 manifest (image.format)
     exports: tuple[str, ...] = ()  # modelpack, modelcar: manifests beside the image (export)
+    accelerator: str = "cpu"  # cpu, or cuda:MAJOR (accelerator)
     options: BuildOptions = field(default_factory=BuildOptions)
     digest: str = ""
     format: int = PLAN_FORMAT
@@ -183,6 +184,8 @@ class Plan:
                 del d[key]
         if self.image_format == "oci":
             del d["image_format"]
+        if self.accelerator == "cpu":
+            del d["accelerator"]
         if not self.options.host_network:
             del d["options"]["host_network"]
         caches = self.options.caches

@@ -39,12 +39,15 @@ CUDA_HINT = (
 )
 
 
+CUDA_WHEELS = ("nvidia-", "cuda-", "triton==")  # NVIDIA's libraries as PyPI ships them
+
+
 @dataclass(frozen=True)
 class Weight:
     wheel_bytes: int  # what the resolved wheels weigh, as the index serves them
     packages: int
     heaviest: tuple[tuple[str, int], ...]  # (name==version, bytes), heaviest first
-    cuda: bool  # the resolution brings NVIDIA's CUDA libraries
+    cuda_bytes: int  # of which NVIDIA's CUDA libraries (nvidia-*, cuda-*, triton wheels)
 
     def line(self) -> str:
         return f"about {human(self.wheel_bytes)} of wheels ({self.packages} packages)"
@@ -114,7 +117,7 @@ def weigh(plan: Plan, cache: Cache, env: Mapping[str, str] | None = None) -> Wei
             int(saved["wheel_bytes"]),
             int(saved["packages"]),
             tuple((str(n), int(s)) for n, s in saved["heaviest"]),
-            bool(saved["cuda"]),
+            int(saved["cuda_bytes"]),
         )
     except (OSError, ValueError, TypeError, KeyError):
         pass
@@ -134,25 +137,41 @@ def weigh(plan: Plan, cache: Cache, env: Mapping[str, str] | None = None) -> Wei
         wheel_bytes=sum(sizes),
         packages=len(installs),
         heaviest=tuple(named[:5]),
-        cuda=any(n.lower().startswith(("nvidia-", "cuda-", "triton==")) for n, _ in named),
+        cuda_bytes=sum(
+            s for n, s in named if n.lower().startswith(("nvidia-", "cuda-", "triton="))
+        ),
     )
     memo.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(memo, json.dumps(asdict(weight)))
     return weight
 
 
-def note(weight: Weight | None) -> str | None:
-    """What plan and apply say of the venv's weight: a line, and a warning when it is heavy."""
+def warns(weight: Weight | None, accelerator: str = "cpu") -> bool:
+    """Whether the venv's weight is worth a warning: heavy, or CUDA in a CPU image."""
+    if weight is None:
+        return False
+    return weight.wheel_bytes >= HEAVY_BYTES or (weight.cuda_bytes > 0 and accelerator == "cpu")
+
+
+def note(weight: Weight | None, accelerator: str = "cpu") -> str | None:
+    """What plan and apply say of the venv's weight: a line; with the heaviest wheels when it
+    is heavy, and the CUDA payload a CPU image (``accelerator``) would still carry."""
     if weight is None:
         return None
     line = f"the image's venv: {weight.line()}"
-    if weight.wheel_bytes < HEAVY_BYTES:
+    if weight.cuda_bytes and accelerator != "cpu":
+        line += f", {human(weight.cuda_bytes)} of it CUDA libraries"
+    if not warns(weight, accelerator):
         return line
-    heaviest = ", ".join(f"{n} {human(s)}" for n, s in weight.heaviest)
-    warning = f"{line}; heaviest: {heaviest}"
-    if weight.cuda:
-        warning += f". These are CUDA builds: {CUDA_HINT}"
-    return warning
+    if weight.wheel_bytes >= HEAVY_BYTES:
+        heaviest = ", ".join(f"{n} {human(s)}" for n, s in weight.heaviest)
+        line += f"; heaviest: {heaviest}"
+    if weight.cuda_bytes and accelerator == "cpu":
+        line += (
+            f". {human(weight.cuda_bytes)} of it is CUDA libraries, though accelerator is cpu: "
+            f"{CUDA_HINT}"
+        )
+    return line
 
 
 class Weighing:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from omibuild.engine.jobs import ApplyResult, ApplyStatus
 from omibuild.engine.progress import workflow_text
-from omibuild.planning.weight import HEAVY_BYTES, Weight, note
+from omibuild.planning.weight import Weight, note, warns
 from omibuild.units import human
 
 
@@ -26,6 +26,7 @@ class Applied:
     weight: Weight | None = None  # what plan's resolution expected of the venv
     image_bytes: int | None = None  # the loaded image's size in the engine
     image_digest: str | None = None  # an up-to-date image's digest, read from the engine
+    accelerator: str = "cpu"  # the plan's
 
 
 def record(a: Applied) -> dict[str, Any]:
@@ -113,8 +114,8 @@ def write_text(applied: list[Applied], out: TextIO, err: TextIO) -> None:
         )
         if r.status == ApplyStatus.BUILT:
             _next_steps(a, out)
-            if a.weight is not None and a.weight.wheel_bytes >= HEAVY_BYTES:
-                err.write(f"omibuild: warning: {note(a.weight)}\n")
+            if warns(a.weight, a.accelerator):
+                err.write(f"omibuild: warning: {note(a.weight, a.accelerator)}\n")
     elif len(applied) > 1:
         _summary(applied, out)
     for r in failed:

@@ -107,6 +107,13 @@ def print_human(plan: Plan, stream: TextIO) -> None:
     summary.add_row("base", plan.base_image)
     if plan.platforms:
         summary.add_row("platforms", ", ".join(plan.platforms))
+    if plan.accelerator != "cpu":
+        labels = dict(plan.labels)
+        driver = labels.get(contract.CUDA_DRIVER_LABEL)
+        summary.add_row(
+            "accelerator",
+            plan.accelerator + (f" (NVIDIA driver {driver} or newer)" if driver else ""),
+        )
     summary.add_row("plan digest", plan.digest)
     console.print(summary)
 

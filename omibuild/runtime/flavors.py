@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from omibuild.runtime.device import torch_placement
 from omibuild.runtime.faults import SignatureMismatch, detach
 from omibuild.runtime.frameworks import (
     CatBoostFlavor,
@@ -202,10 +203,12 @@ class TransformersFlavor:
     vectorised = True
 
     def load(self, model_dir: Path, config: dict[str, Any]) -> None:
+        import torch
         from transformers import pipeline
 
         task: Any = config.get("task") or transformers_task(model_dir)
-        self.pipe = pipeline(task, model=str(model_dir))
+        self.placement = torch_placement(torch)
+        self.pipe = pipeline(task, model=str(model_dir), device=self.placement.device)
 
     def predict(self, inputs: Any) -> Any:
         items = inputs.tolist() if hasattr(inputs, "tolist") else inputs

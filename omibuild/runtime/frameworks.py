@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from omibuild.runtime.device import library_placement, torch_placement
 from omibuild.runtime.modelfiles import find_file
 
 XGBOOST_SUFFIXES = (".json", ".ubj", ".bst", ".model", ".deprecated", ".xgb")
@@ -58,6 +59,9 @@ class XGBoostFlavor:
         self.rejected: tuple[type[BaseException], ...] = (xgboost.core.XGBoostError,)
         booster = xgboost.Booster(model_file=str(find_file(model_dir, config, XGBOOST_SUFFIXES)))
         booster.set_param({"nthread": 1})  # a request is a few rows: threads cost more than give
+        self.placement = library_placement("XGBoost")
+        if self.placement.gpus:
+            booster.set_param({"device": "cuda"})
         self.booster = booster
         self.width = booster.num_features()
         names = booster.feature_names
@@ -153,11 +157,13 @@ class PyTorchFlavor:
         import torch
 
         self.torch = torch
+        self.placement = torch_placement(torch)
+        self.device = self.placement.device
         path = find_file(model_dir, config, TORCH_SUFFIXES)
         if path.suffix == ".pt2":  # an exported program is traced in eval mode already
-            self.module = torch.export.load(str(path)).module()
+            self.module = torch.export.load(str(path)).module().to(self.device)
         else:
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.rejected = ()
 
     def rejects(self, exc: BaseException) -> bool:
@@ -171,7 +177,7 @@ class PyTorchFlavor:
             array = array.astype(np.float32)  # what a model's weights are, almost always
         elif array.dtype.kind not in "iub":
             raise ValueError(f"a tensor of numbers, not {array.dtype}")
-        return self.torch.from_numpy(np.ascontiguousarray(array))
+        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def predict(self, inputs: Any) -> Any:
         with self.torch.inference_mode():

@@ -29,6 +29,10 @@ def info(msg: str, **fields: Any) -> None:
     log("info", msg, **fields)
 
 
+def warning(msg: str, **fields: Any) -> None:
+    log("warning", msg, **fields)
+
+
 def error(msg: str, **fields: Any) -> None:
     log("error", msg, **fields)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from omibuild.runtime import log
 from omibuild.runtime.config import RuntimeConfig
+from omibuild.runtime.device import Placement
 from omibuild.runtime.drift import DriftMonitor
 from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
 from omibuild.runtime.faults import (
@@ -69,6 +70,7 @@ class ModelService:
         # baked by the build (omi.yaml's explain and drift): made by load()
         self.explainer: Explainer | None = None
         self.drift: DriftMonitor | None = None
+        self.placement = Placement()  # the device the flavor put the model on (device.py)
 
     def when_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the model is loaded: now if it is, else from the load thread."""
@@ -98,6 +100,10 @@ class ModelService:
                 self.postprocess = import_object(hooks.postprocess, self.config.code_dir)
             # a flavor (and a user's predictor) reads omi.json as the JSON it is
             self.flavor.load(self.config.model_dir, self.config.raw)
+            self.placement = getattr(self.flavor, "placement", None) or Placement()
+            self.stats["device"] = self.placement.device
+            if self.placement.reason:  # a CUDA image where no GPU serves: said once
+                log.warning("built for CUDA, serving on the CPU", reason=self.placement.reason)
             self.explainer = Explainer.from_config(
                 self.config.document, self.config.analysis_dir, self.config.code_dir
             )

@@ -115,6 +115,8 @@ class KServeAdapter:
             "inputs": inputs,
             # learnt from the example input by the build, checked at start-up (outputs.py)
             "outputs": self.service.outputs or [],
+            # where the model runs (cpu, cuda:0): what `omibuild check --gpus` reads
+            "parameters": {"device": self.service.placement.device},
         }
 
     async def infer_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -281,6 +281,7 @@ class ModzyAdapter:
             )
             response.outputs.add(filename=RESULTS, media_type="application/json", max_size="64M")
             response.features.batch_size = 1
+            response.resources.num_gpus = self.service.placement.gpus
             if self.config.document.explain:
                 response.features.explanation_format = EXPLANATION_FORMAT
             if self.config.document.drift:
