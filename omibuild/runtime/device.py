@@ -55,7 +55,5 @@ def library_placement(name: str) -> Placement:
     if asked() != "cuda":
         return Placement()
     if visible_gpus() == 0:
-        return Placement(
-            CPU, f"no NVIDIA GPU in the container for {name} (started without --gpus?)"
-        )
+        return Placement(CPU, f"{name} sees no NVIDIA GPU (started without --gpus?)")
     return Placement("cuda:0")
