@@ -56,3 +56,5 @@ _.metastack
 _.readable
 # logging's dictConfig builds uvicorn's handler from its dotted name (runtime/log.py)
 log.JsonHandler
+# a protobuf message's field, set on the StatusResponse (runtime/adapters/modzy.py)
+_.num_gpus

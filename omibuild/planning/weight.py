@@ -137,9 +137,7 @@ def weigh(plan: Plan, cache: Cache, env: Mapping[str, str] | None = None) -> Wei
         wheel_bytes=sum(sizes),
         packages=len(installs),
         heaviest=tuple(named[:5]),
-        cuda_bytes=sum(
-            s for n, s in named if n.lower().startswith(("nvidia-", "cuda-", "triton="))
-        ),
+        cuda_bytes=sum(s for n, s in named if n.lower().startswith(CUDA_WHEELS)),
     )
     memo.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(memo, json.dumps(asdict(weight)))
