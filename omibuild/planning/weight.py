@@ -48,6 +48,16 @@ class Weight:
     packages: int
     heaviest: tuple[tuple[str, int], ...]  # (name==version, bytes), heaviest first
     cuda_bytes: int  # of which NVIDIA's CUDA libraries (nvidia-*, cuda-*, triton wheels)
+    cuda_runtime: str | None = None  # the CUDA runtime wheel resolved (name==version)
+
+    @property
+    def cuda_major(self) -> int | None:
+        """The CUDA major version the resolved libraries are built for: the runtime wheel's
+        (``nvidia-cuda-runtime-cu12==12.8.90`` and ``nvidia-cuda-runtime==13.0.96`` alike)."""
+        if not self.cuda_runtime:
+            return None
+        version = self.cuda_runtime.partition("==")[2]
+        return int(version.split(".")[0]) if version.split(".")[0].isdigit() else None
 
     def line(self) -> str:
         return f"about {human(self.wheel_bytes)} of wheels ({self.packages} packages)"
@@ -118,6 +128,7 @@ def weigh(plan: Plan, cache: Cache, env: Mapping[str, str] | None = None) -> Wei
             int(saved["packages"]),
             tuple((str(n), int(s)) for n, s in saved["heaviest"]),
             int(saved["cuda_bytes"]),
+            saved["cuda_runtime"],
         )
     except (OSError, ValueError, TypeError, KeyError):
         pass
@@ -138,17 +149,33 @@ def weigh(plan: Plan, cache: Cache, env: Mapping[str, str] | None = None) -> Wei
         packages=len(installs),
         heaviest=tuple(named[:5]),
         cuda_bytes=sum(s for n, s in named if n.lower().startswith(CUDA_WHEELS)),
+        cuda_runtime=next(
+            (n for n, _ in named if n.lower().startswith("nvidia-cuda-runtime")), None
+        ),
     )
     memo.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(memo, json.dumps(asdict(weight)))
     return weight
 
 
+def _other_major(weight: Weight, accelerator: str) -> int | None:
+    """The CUDA major the libraries are built for, where it is not the one ``accelerator``
+    names (torch 2.13's PyPI wheels are CUDA 13's: cuda:12's driver label would be wrong)."""
+    major = weight.cuda_major
+    asked = accelerator.partition(":")[2]
+    return major if major is not None and asked and str(major) != asked else None
+
+
 def warns(weight: Weight | None, accelerator: str = "cpu") -> bool:
-    """Whether the venv's weight is worth a warning: heavy, or CUDA in a CPU image."""
+    """Whether the venv's weight is worth a warning: heavy, CUDA in a CPU image, or CUDA of
+    another major than the image declares."""
     if weight is None:
         return False
-    return weight.wheel_bytes >= HEAVY_BYTES or (weight.cuda_bytes > 0 and accelerator == "cpu")
+    return (
+        weight.wheel_bytes >= HEAVY_BYTES
+        or (weight.cuda_bytes > 0 and accelerator == "cpu")
+        or _other_major(weight, accelerator) is not None
+    )
 
 
 def note(weight: Weight | None, accelerator: str = "cpu") -> str | None:
@@ -164,6 +191,11 @@ def note(weight: Weight | None, accelerator: str = "cpu") -> str | None:
     if weight.wheel_bytes >= HEAVY_BYTES:
         heaviest = ", ".join(f"{n} {human(s)}" for n, s in weight.heaviest)
         line += f"; heaviest: {heaviest}"
+    if (major := _other_major(weight, accelerator)) is not None:
+        line += (
+            f". The CUDA libraries are CUDA {major}'s ({weight.cuda_runtime}), not "
+            f"{accelerator}'s: set accelerator: cuda:{major}"
+        )
     if weight.cuda_bytes and accelerator == "cpu":
         line += (
             f". {human(weight.cuda_bytes)} of it is CUDA libraries, though accelerator is cpu: "

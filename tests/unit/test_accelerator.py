@@ -122,3 +122,31 @@ def test_a_cuda_image_without_a_gpu_serves_on_the_cpu_and_says_why(
         device.library_placement("XGBoost").reason
         == "XGBoost sees no NVIDIA GPU (started without --gpus?)"
     )
+
+
+def test_what_plan_says_of_the_cuda_payload() -> None:
+    from omibuild.planning.weight import Weight, note, warns
+
+    light = Weight(200 << 20, 20, (("numpy==2.4.6", 20 << 20),), 0)
+    assert (
+        not warns(light)
+        and note(light) == "the image's venv: about 209.7 MB of wheels (20 packages)"
+    )
+    nccl = Weight(700 << 20, 21, (("nvidia-nccl-cu12==2.28.3", 440 << 20),), 440 << 20,
+                  "nvidia-cuda-runtime-cu12==12.8.90")  # fmt: skip
+    assert warns(nccl, "cpu")  # CUDA in a CPU image: always said, even under 1 GB
+    said = note(nccl, "cpu") or ""
+    assert "461.4 MB of it is CUDA libraries, though accelerator is cpu" in said, said
+    assert "download.pytorch.org/whl/cpu" in said
+    assert not warns(nccl, "cuda:12")
+    assert note(nccl, "cuda:12") == (
+        "the image's venv: about 734.0 MB of wheels (21 packages), 461.4 MB of it CUDA libraries"
+    )
+    torch13 = Weight(3 << 30, 42, (("torch==2.13.0", 900 << 20),), 2 << 30,
+                     "nvidia-cuda-runtime==13.0.96")  # fmt: skip
+    assert torch13.cuda_major == 13 and warns(torch13, "cuda:12")
+    assert "set accelerator" not in (note(torch13, "cuda:13") or "")
+    said = note(torch13, "cuda:12") or ""
+    assert (
+        "CUDA 13's (nvidia-cuda-runtime==13.0.96), not cuda:12's: set accelerator: cuda:13" in said
+    )
