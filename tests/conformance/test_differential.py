@@ -129,6 +129,10 @@ GRPC_REJECTED = (
 FASTAPI = (
     "every error in the protocol's {{error}} shape; {ref}'s router answers FastAPI's {{detail}}"
 )
+DEVICE = (
+    "omibuild's V2 model metadata says where the model runs (parameters.device: cpu, cuda:0); "
+    "{ref} sends no parameters"
+)
 MLSERVER_OUTPUT = (
     "MLServer's scikit-learn runtime names its output `predict` and shapes it [N, 1]; omibuild "
     "answers as KServe does (`output-0`, [N]); the values are the same"
@@ -275,6 +279,7 @@ KSERVE = Reference(
     {**V2_CASES, **V1_CASES},
     GRPC_CASES,
     {
+        "v2 metadata": DEVICE.format(ref="KServe"),
         "v2 unknown version": "omibuild serves one version: another is not found (404, as "
         "MLServer answers); KServe answers 501, versioning not supported",
         "v2 shape and data disagree": REJECTED,
@@ -294,6 +299,7 @@ MLSERVER = Reference(
     V2_CASES,
     GRPC_CASES,
     {
+        "v2 metadata": DEVICE.format(ref="MLServer"),
         "v2 live": "the protocol's {live: true} body; MLServer answers 200 with no body",
         "v2 ready": "the protocol's {ready: true} body; MLServer answers 200 with no body",
         "v2 model ready": "the protocol's {name, ready} body; MLServer answers 200 with no body",
