@@ -248,7 +248,8 @@ class EngineImages:
         """The platforms an image in the engine offers (its index's, where containerd's
         client reaches the engine: what BuildKit takes a base from, what `docker run
         --platform` runs), or None when the engine does not hold it (BuildKit then resolves
-        a base from its registry)."""
+        a base from its registry). An index's attestation and export manifests
+        (``unknown/unknown``) are left out."""
         if self.importer():
             name = containerd_name(ref)
             try:
@@ -262,7 +263,8 @@ class EngineImages:
             for row in rows:  # REF TYPE DIGEST SIZE PLATFORMS LABELS, SIZE in two words
                 parts = row.split()
                 if len(parts) >= 6 and parts[0] == name:
-                    return tuple(p for p in parts[5].split(",") if p)
+                    # an index's attestations and exports are unknown/unknown: not platforms
+                    return tuple(p for p in parts[5].split(",") if p and "unknown" not in p)
         out = self._inspect(ref, "{{.Os}}/{{.Architecture}}{{if .Variant}}/{{.Variant}}{{end}}")
         return (out,) if out else None
 
