@@ -4,7 +4,7 @@ registry. `make lint` runs vulture over omibuild/ with this file."""
 # ruff: noqa
 # mypy: ignore-errors
 from omibuild.runtime.adapters import grpc_v2, kfserving, mlflow, modzy, sagemaker, vertex
-from omibuild.runtime import flavors, log, server
+from omibuild.runtime import defense, flavors, log, server
 from omibuild import progress
 from omibuild.sources import huggingface, local, mlflow as mlflow_source
 
@@ -62,4 +62,4 @@ _.num_gpus
 # plan and the runtime take them up next (issue #37), until then only the tests call these
 _.fit
 _.from_table
-calibration_rows_needed
+defense.calibration_rows_needed
