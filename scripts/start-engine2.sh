@@ -35,7 +35,9 @@ if ! engine2_ok; then
     --bridge=omibr2 --iptables=false --ip6tables=false >>"$log" 2>&1 </dev/null &
   wait_until 60 engine2_ok || fail "$step" "the second dockerd did not answer within 60 s" "$log"
 fi
-if ! engine2 image inspect "$OMI_BASE_IMAGE" >/dev/null 2>&1; then
+# the same image as the first engine's, by ID: setup may have rebuilt that one since
+base_id() { "$@" image inspect --format '{{.Id}}' "$OMI_BASE_IMAGE" 2>/dev/null; }
+if [ "$(base_id engine2)" != "$(base_id docker)" ]; then
   docker save "$OMI_BASE_IMAGE" | engine2 load >>"$log" 2>&1 ||
     fail "$step" "could not copy $OMI_BASE_IMAGE to the second engine" "$log"
 fi

@@ -52,9 +52,16 @@ def _locked(name: str) -> Iterator[Path]:
         yield RUN_ENVS / name
 
 
+def _this_run() -> str:
+    """The run's name (tests/conftest.py): what a wheel and its venvs are built for. A run
+    that was killed leaves them behind (the run's end removes RUN_ENVS); keyed by run, the
+    next one builds its own from the checkout as it is, not the killed run's."""
+    return os.environ["OMI_TEST_RUN"][:12]
+
+
 def wheel() -> Path:
     """The wheel of this checkout, built once per run."""
-    with _locked("dist") as dist:
+    with _locked(f"dist-{_this_run()}") as dist:
         found = sorted(dist.glob("omibuild-*.whl"))
         if not found:
             _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -66,7 +73,7 @@ def wheel() -> Path:
 def omibuild_from_wheel(extras: str = "") -> Path:
     """The `omibuild` executable of a venv made by `pip install omibuild-*.whl[extras]`."""
     built = wheel()
-    with _locked(f"omibuild-{extras or 'plain'}") as venv:
+    with _locked(f"omibuild-{extras or 'plain'}-{_this_run()}") as venv:
         exe = venv / "bin" / "omibuild"
         if not exe.exists():
             _run(sys.executable, "-m", "venv", str(venv))
