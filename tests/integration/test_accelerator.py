@@ -77,6 +77,8 @@ def test_a_cuda_image_serves_on_the_cpu_where_no_gpu_is_and_says_so(
         while True:
             try:
                 url = f"http://127.0.0.1:{port}/v2/models/{name}"
+                with urllib.request.urlopen(f"{url}/ready", timeout=5):
+                    pass  # loaded: the device is chosen
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     metadata = json.load(resp)
                 break
