@@ -108,16 +108,17 @@ class KServeAdapter:
         # the model's signature where it has one (MLflow), else what the example shows
         document = self.config.document
         inputs = document.inputs or inputs_of_example(document.example)
-        return {
+        metadata: dict[str, Any] = {
             "name": self.service.name,
             "versions": [self.config.model_version],
             "platform": f"omibuild-{self.config.flavor}",
             "inputs": inputs,
             # learnt from the example input by the build, checked at start-up (outputs.py)
             "outputs": self.service.outputs or [],
-            # where the model runs (cpu, cuda:0): what `omibuild check --gpus` reads
-            "parameters": {"device": self.service.placement.device},
         }
+        if self.service.ready:  # where the model runs (cpu, cuda:0), once it is loaded there
+            metadata["parameters"] = {"device": self.service.placement.device}
+        return metadata
 
     async def infer_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         model_input: Any = next(iter(arrays.values())) if len(arrays) == 1 else arrays
