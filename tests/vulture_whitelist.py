@@ -62,4 +62,5 @@ _.num_gpus
 # plan and the runtime take them up next (issue #37), until then only the tests call these
 _.fit
 _.from_table
+_.p_value
 defense.calibration_rows_needed

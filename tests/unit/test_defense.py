@@ -56,6 +56,8 @@ def test_correlation_breaking_rows_and_unit_errors_are_flagged() -> None:
     missing = fresh[:10].copy()
     missing[:, 2] = np.nan
     assert (score.p_values(missing) <= ALPHA).all()  # no value is as far as a missing one
+    for row in (*fresh[:50], *units[:5], *missing[:2]):  # the one-row path agrees
+        assert score.p_value(row) == pytest.approx(float(score.p_values(row[None])[0]))
 
 
 def test_shrinkage_keeps_a_derived_column_finite() -> None:
