@@ -56,8 +56,8 @@ class Weight:
         (``nvidia-cuda-runtime-cu12==12.8.90`` and ``nvidia-cuda-runtime==13.0.96`` alike)."""
         if not self.cuda_runtime:
             return None
-        version = self.cuda_runtime.partition("==")[2]
-        return int(version.split(".")[0]) if version.split(".")[0].isdigit() else None
+        major = self.cuda_runtime.partition("==")[2].split(".")[0]
+        return int(major) if major.isdigit() else None
 
     def line(self) -> str:
         return f"about {human(self.wheel_bytes)} of wheels ({self.packages} packages)"

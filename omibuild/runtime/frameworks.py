@@ -158,12 +158,12 @@ class PyTorchFlavor:
 
         self.torch = torch
         self.placement = torch_placement(torch)
-        self.device = self.placement.device
+        device = self.placement.device
         path = find_file(model_dir, config, TORCH_SUFFIXES)
         if path.suffix == ".pt2":  # an exported program is traced in eval mode already
-            self.module = torch.export.load(str(path)).module().to(self.device)
+            self.module = torch.export.load(str(path)).module().to(device)
         else:
-            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+            self.module = torch.jit.load(str(path), map_location=device).eval()
         self.rejected = ()
 
     def rejects(self, exc: BaseException) -> bool:
@@ -177,7 +177,7 @@ class PyTorchFlavor:
             array = array.astype(np.float32)  # what a model's weights are, almost always
         elif array.dtype.kind not in "iub":
             raise ValueError(f"a tensor of numbers, not {array.dtype}")
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.placement.device)
 
     def predict(self, inputs: Any) -> Any:
         with self.torch.inference_mode():
