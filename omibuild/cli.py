@@ -304,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="give the container GPUs as docker's --gpus does (all, 1, device=0): a CUDA "
         "image then runs its model on the first; check expects it to say cuda:0 (else cpu)",
     )
+    p.add_argument(
+        "--robustness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on an image with a defense: run ART's HopSkipJump through its V2 endpoint on N "
+        "reference rows and report the attack's success, its median distance and the share "
+        "the defense flags at 1x, 2x and 4x it (needs pip install 'omibuild[robustness]')",
+    )
     _add_format(p, ["text", "json", "junit"], "text")
     p.add_argument(
         "--timeout",

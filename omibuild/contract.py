@@ -21,6 +21,7 @@ ORIGIN_ID_LABEL = "io.omibuild.origin.id"
 MODEL_DIGEST_LABEL = "io.omibuild.model.digest"
 EXPLAIN_LABEL = "io.omibuild.explain"  # the baked explainer's method: shap or hook
 DRIFT_LABEL = "io.omibuild.drift"  # the baked drift detector: JSON {window, threshold, correction}
+DEFENSE_LABEL = "io.omibuild.defense"  # the baked defense: JSON {guard, score, alpha[, hook]}
 ACCELERATOR_LABEL = "io.omibuild.accelerator"  # cuda:12 (a cpu image has none)
 CUDA_DRIVER_LABEL = "io.omibuild.cuda.driver-min"  # the oldest NVIDIA driver branch it runs on
 # NVIDIA's minor-version compatibility table: the oldest driver branch each CUDA major runs on

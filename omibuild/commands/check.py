@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from omibuild.engine.signing import COSIGN_HINT, SigningError, verify
 from omibuild.errors import EXIT_INVALID, EXIT_OK, UsageError
 from omibuild.reports.checks import FORMATS
 
+MAX_ROBUSTNESS_ROWS = 1000  # each row costs the attack about a thousand predictions
+
 
 def run(args: argparse.Namespace) -> int:
     verified = _verified(args.verify, args.image) if args.verify else []
@@ -23,7 +26,16 @@ def run(args: argparse.Namespace) -> int:
     if not all(f.ok for f in verified):  # an image that fails verification is not run
         FORMATS[args.format](args.image, verified, sys.stdout)
         return EXIT_INVALID
-    findings, exists = check_image(args.image, args.timeout, args.platform, args.gpus)
+    if args.robustness < 0 or args.robustness > MAX_ROBUSTNESS_ROWS:
+        raise UsageError(f"--robustness takes 1 to {MAX_ROBUSTNESS_ROWS} rows")
+    if args.robustness and importlib.util.find_spec("art") is None:
+        raise UsageError(
+            "--robustness needs ART (the Adversarial Robustness Toolbox)",
+            hint="pip install 'omibuild[robustness]'",
+        )
+    findings, exists = check_image(
+        args.image, args.timeout, args.platform, args.gpus, args.robustness
+    )
     findings = [*verified, *findings]
     if not exists:
         raise UsageError(

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from omibuild import contract
+from omibuild.conformance.defended import defense_findings
 from omibuild.conformance.images import ImageInterfaces, free_port, interfaces_of, label_json
 from omibuild.conformance.probe import (
     Endpoint,
@@ -140,6 +141,7 @@ def check_runtime(
     timeout: float,
     platform: str | None = None,
     gpus: str | None = None,
+    robustness: int = 0,
 ) -> list[Finding]:
     findings: list[Finding] = []
     user = config.get("user", "")
@@ -161,7 +163,13 @@ def check_runtime(
             probes = list(
                 pool.map(
                     lambda pair: _probe(
-                        containers, image, info, *pair, timeout=timeout, wants=wants
+                        containers,
+                        image,
+                        info,
+                        *pair,
+                        timeout=timeout,
+                        wants=wants,
+                        robustness=robustness,
                     ),
                     pairs,
                 )
@@ -185,6 +193,7 @@ def _probe(
     *,
     timeout: float,
     wants: str | None = None,
+    robustness: int = 0,
 ) -> tuple[list[Finding], str | None]:
     """Start one interface, probe it, stop it: (its findings, the uid it runs as)."""
     name = f"{interface} {protocol}"
@@ -227,6 +236,8 @@ def _probe(
         findings.append(Finding(f"{name}: reports the device it runs on", said == wants, seen))
     if omi.get("drift") and not target.grpc:
         findings.append(_drift_finding(name, target))
+    if omi.get("defense") and interface == "kfserving":
+        findings += defense_findings(name, target, containers, cid, omi, robustness)
     if target.grpc:
         findings.append(_reflection_finding(target))
     code = containers.stop(cid, timeout=15)
@@ -408,7 +419,11 @@ def _binaries(image: str, platform: str, several: bool) -> Finding | None:
 
 
 def check_image(
-    image: str, timeout: float | None, platform: str | None = None, gpus: str | None = None
+    image: str,
+    timeout: float | None,
+    platform: str | None = None,
+    gpus: str | None = None,
+    robustness: int = 0,
 ) -> tuple[list[Finding], bool]:
     """(findings, whether the image exists). The containers run as ``platform`` (another
     architecture's under emulation), by default the host's; the binaries of every platform
@@ -433,5 +448,5 @@ def check_image(
         return findings, True
     asked = run_as if (platform or len(offered) > 1) else None
     wait = readiness_timeout(timeout, run_as)
-    findings += check_runtime(image, info, config, wait, asked, gpus)
+    findings += check_runtime(image, info, config, wait, asked, gpus, robustness)
     return findings, True

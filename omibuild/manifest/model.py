@@ -130,6 +130,21 @@ class Drift:
     exclude: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Defense:
+    """defense: the guard and the score over ``reference`` (drift's when omitted), or a hook."""
+
+    reference: str | None
+    samples: int = 5000
+    categorical: tuple[str, ...] = ()
+    guard: str = "flag"  # flag, reject or off
+    score: str = "mahalanobis"  # or off
+    alpha: float = 0.01
+    hook: str | None = None
+    columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
 EXPORTS = ("modelpack", "modelcar")  # export: in the order the index lists them
 
 
@@ -181,6 +196,7 @@ class Manifest:
     build: Build
     explain: Explain | None = None
     drift: Drift | None = None
+    defense: Defense | None = None
     exports: tuple[str, ...] = ()  # export: what else reads the model bytes (EXPORTS order)
     accelerator: Accelerator = Accelerator()
 
@@ -313,6 +329,22 @@ def _drift(spec: dict[str, Any] | None) -> Drift | None:
     )
 
 
+def _defense(spec: dict[str, Any] | None, drift: Drift | None) -> Defense | None:
+    if spec is None:
+        return None
+    return Defense(
+        reference=spec.get("reference") or (drift.reference if drift is not None else None),
+        samples=spec.get("samples", 5000),
+        categorical=tuple(spec.get("categorical", ())),
+        guard=spec.get("guard", "flag") or "off",  # YAML reads an unquoted off as false
+        score="off" if spec.get("hook") else spec.get("score", "mahalanobis") or "off",
+        alpha=float(spec.get("alpha", 0.01)),
+        hook=spec.get("hook"),
+        columns=tuple(spec.get("columns", ())),
+        exclude=tuple(spec.get("exclude", ())),
+    )
+
+
 def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -> Manifest:
     """Turn schema-valid data into a complete Manifest. Pure: ``example`` and the configured
     ``default_base`` image are read by the caller."""
@@ -340,6 +372,7 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         or processing
         or model.get("predictor")
         or (data.get("explain") or {}).get("hook")
+        or (data.get("defense") or {}).get("hook")
         else None,
         code_ignore=tuple((code or {}).get("ignore", ())),
         code_include=tuple((code or {}).get("include", ())),
@@ -352,6 +385,7 @@ def convert(data: dict[str, Any], file: Path, example: Any, default_base: str) -
         build=_build(data.get("build", {})),
         explain=_explain(data.get("explain")),
         drift=_drift(data.get("drift")),
+        defense=_defense(data.get("defense"), _drift(data.get("drift"))),
         exports=tuple(k for k in EXPORTS if (data.get("export") or {}).get(k)),
         accelerator=Accelerator.parse(data.get("accelerator")),
     )

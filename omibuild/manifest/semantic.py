@@ -18,6 +18,7 @@ from omibuild.manifest.issues import Issue, json_path
 from omibuild.manifest.load import PathKey, RawManifest
 from omibuild.manifest.model import INTERFACE_DEFAULTS, requirements_of
 from omibuild.manifest.requirements import read_requirements
+from omibuild.manifest.sections import check_defense
 from omibuild.manifest.tables import TableError, read_table
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -90,7 +91,7 @@ def _top_level(tree: ast.Module) -> list[ast.stmt]:
     return out
 
 
-class _Checker:
+class Checker:
     def __init__(self, raw: RawManifest) -> None:
         self.raw = raw
         self.root = raw.path.parent.resolve()
@@ -208,6 +209,7 @@ class _Checker:
         self.secrets(data.get("build"))
         self.explain(data.get("explain"), model, processing, code_dir)
         self.drift(data.get("drift"))
+        check_defense(self, data.get("defense"), data.get("drift"), code_dir)
         return self.issues
 
     def explain(
@@ -473,4 +475,4 @@ class _Checker:
 def check(raw: RawManifest) -> list[Issue]:
     if not isinstance(raw.data, dict):
         return []
-    return _Checker(raw).run(raw.data)
+    return Checker(raw).run(raw.data)

@@ -1,4 +1,4 @@
-"""Tables in the model repository: explain's background and drift's reference.
+"""Tables in the model repository: explain's background, drift's and defense's reference.
 
 Read once, streaming, bounded; every problem is one line naming the file's line; the rows
 kept are a fixed-seed sample, so the same file gives the same bytes on every machine. Pure
@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omibuild.runtime.categories import category_key
+
 MAX_TABLE_BYTES = 256 << 20
 MAX_COLUMNS = 10_000
 MAX_CELL = 1 << 16  # characters in one CSV field
+MAX_CATEGORIES = 1000  # categories a column's facts list; a column with more has no set
 SEED = 0
 
 Cell = str | float | None
@@ -35,6 +38,32 @@ class Table:
     kinds: tuple[str, ...]  # "numeric" or "categorical", per column
     rows: tuple[tuple[Cell, ...], ...]  # the sample, in file order; None is a missing value
     total_rows: int
+    # per column, over every row (not the sample), when asked for: defense's guard
+    facts: tuple[Facts, ...] = ()
+
+
+@dataclass
+class Facts:
+    """What every row of one column says: the numbers' range, whether a value is missing, the
+    categories seen (None past MAX_CATEGORIES)."""
+
+    low: float | None = None
+    high: float | None = None
+    missing: bool = False
+    categories: set[str] | None = None
+
+    def see(self, value: Any) -> None:
+        if _missing(value):
+            self.missing = True
+            return
+        number = _number(value)
+        if number is not None:
+            self.low = number if self.low is None else min(self.low, number)
+            self.high = number if self.high is None else max(self.high, number)
+        if self.categories is not None:
+            self.categories.add(category_key(value) or "")
+            if len(self.categories) > MAX_CATEGORIES:
+                self.categories = None
 
 
 def read_table(
@@ -46,10 +75,11 @@ def read_table(
     categorical: Sequence[str] = (),
     samples: int,
     numeric_only: bool = False,
+    facts: bool = False,
 ) -> Table:
     """A sample of ``samples`` rows of the table at ``path`` (called ``shown`` in messages),
     reservoir-sampled with a fixed seed. ``numeric_only``: every selected value must be a number
-    (SHAP's masker takes numbers)."""
+    (SHAP's masker takes numbers). ``facts``: also each column's Facts over every row."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -60,20 +90,22 @@ def read_table(
             "(keep a sample of it in the repository)"
         )
     with _rows(path, shown) as (header, rows):
-        return _sample(header, rows, shown, columns, exclude, categorical, samples, numeric_only)
+        picked = _select(header, shown, columns, exclude, categorical)
+        seen = [Facts(categories=set()) for _ in picked] if facts else []
+        table = _sample(header, rows, shown, picked, categorical, samples, numeric_only, seen)
+    return table
 
 
 def _sample(
     header: list[str],
     rows: Iterator[tuple[str, list[Any]]],
     shown: str,
-    columns: Sequence[str],
-    exclude: Sequence[str],
+    picked: list[str],
     categorical: Sequence[str],
     samples: int,
     numeric_only: bool,
+    facts: list[Facts],
 ) -> Table:
-    picked = _select(header, shown, columns, exclude, categorical)
     rng = random.Random(SEED)
     kept: list[tuple[int, list[Any]]] = []
     numeric = [name not in categorical for name in picked]
@@ -85,6 +117,8 @@ def _sample(
                 f"{shown} {where}: {len(row)} values in a table of {len(header)} columns"
             )
         values = [row[i] for i in index]
+        for fact, value in zip(facts, values, strict=False):
+            fact.see(value)
         for j, value in enumerate(values):
             if numeric[j] and _number(value) is None and not _missing(value):
                 if numeric_only:
@@ -113,6 +147,7 @@ def _sample(
             tuple(_cell(v, k) for v, k in zip(vals, kinds, strict=True)) for _, vals in kept
         ),
         total_rows=total,
+        facts=tuple(facts),
     )
 
 

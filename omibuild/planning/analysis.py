@@ -1,4 +1,5 @@
-"""Explain's background and drift's reference, reduced at build time to what the image needs.
+"""Explain's background, drift's and defense's reference, reduced at build time to what the
+image needs.
 
 The files are functions of the tables' bytes and the manifest's settings only (a fixed-seed
 sample, sorted keys, no floats printed two ways), so the plan digest and the layer they land
@@ -7,15 +8,19 @@ in are the same on every machine."""
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from typing import Any
 
-from omibuild.manifest.model import Manifest
+from omibuild.manifest.model import Defense, Manifest
+from omibuild.manifest.sections import score_rows
 from omibuild.manifest.tables import Table, read_table
 from omibuild.runtime.categories import category_key
 
 BACKGROUND = "explain/background.json"
 REFERENCE = "drift/reference.json"
+DEFENSE = "defense/reference.json"
+SPLIT_SEED = 0
 
 
 def reduce(m: Manifest) -> tuple[tuple[str, bytes], ...]:
@@ -46,7 +51,44 @@ def reduce(m: Manifest) -> tuple[tuple[str, bytes], ...]:
             samples=d.samples,
         )
         out.append((REFERENCE, _dump(_reference(table))))
+    if m.defense is not None and m.defense.reference:
+        out.append((DEFENSE, _dump(_defense(m, m.defense, m.defense.reference))))
     return tuple(out)
+
+
+def _defense(m: Manifest, d: Defense, reference: str) -> dict[str, Any]:
+    """The guard's facts over every row of the table, and the score's sample (its complete
+    numeric rows) shuffled with a fixed seed and halved: a fit half, a calibration half."""
+    table = read_table(
+        m.root / reference,
+        reference,
+        columns=d.columns,
+        exclude=d.exclude,
+        categorical=d.categorical,
+        samples=d.samples,
+        facts=True,
+    )
+    features = []
+    for name, kind, fact in zip(table.columns, table.kinds, table.facts, strict=True):
+        feature: dict[str, Any] = {"name": name, "kind": kind, "missing": fact.missing}
+        if kind == "numeric":
+            feature |= {"low": fact.low, "high": fact.high}
+        elif fact.categories is not None:
+            feature["categories"] = sorted(fact.categories)
+        features.append(feature)
+    body: dict[str, Any] = {"rows": table.total_rows, "features": features}
+    if d.score != "off":
+        rows = score_rows(table.rows, table.kinds)
+        random.Random(SPLIT_SEED).shuffle(rows)
+        half = len(rows) // 2
+        body["score"] = {
+            "columns": [
+                n for n, k in zip(table.columns, table.kinds, strict=True) if k == "numeric"
+            ],
+            "fit": rows[:half],
+            "calibration": rows[half:],
+        }
+    return body
 
 
 def _reference(table: Table) -> dict[str, Any]:

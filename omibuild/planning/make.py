@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 from omibuild import contract
 from omibuild.manifest.model import Manifest
 from omibuild.manifest.requirements import as_cpu_build, as_cuda_build
-from omibuild.planning.analysis import BACKGROUND, REFERENCE
+from omibuild.planning.analysis import BACKGROUND, DEFENSE, REFERENCE
 from omibuild.planning.plan import (
     MODELS,
     OMI,
@@ -123,6 +123,16 @@ def _omi_document(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str,
             "threshold": m.drift.threshold,
             "correction": m.drift.correction,
         }
+    defense = None
+    if m.defense is not None:
+        d = m.defense
+        defense = {
+            "reference": DEFENSE if d.reference else None,
+            "alpha": d.alpha,
+            "guard": d.guard if d.reference else "off",
+            "score": d.score,
+            "hook": d.hook,
+        }
     document = OmiDocument(
         name=m.name,
         version=m.version,
@@ -154,6 +164,7 @@ def _omi_document(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str,
         inputs=json.loads(takes) if takes else None,
         explain=explain,
         drift=drift,
+        defense=defense,
     )
     return document.to_json()
 
@@ -199,6 +210,13 @@ def _labels(
                 "threshold": m.drift.threshold,
                 "correction": m.drift.correction,
             },
+            separators=(",", ":"),
+        )
+    if m.defense is not None:
+        d = m.defense
+        optional[contract.DEFENSE_LABEL] = json.dumps(
+            {"guard": d.guard if d.reference else "off", "score": d.score, "alpha": d.alpha}
+            | ({"hook": d.hook} if d.hook else {}),
             separators=(",", ":"),
         )
     if m.accelerator.kind == "cuda" and m.accelerator.cuda is not None:

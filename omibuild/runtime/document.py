@@ -85,6 +85,7 @@ class OmiDocument:
     inputs: list[dict[str, Any]] | None = None
     explain: dict[str, Any] | None = None  # {"method", "output", "background"} or a hook
     drift: dict[str, Any] | None = None  # {"reference", "window", "threshold", "correction"}
+    defense: dict[str, Any] | None = None  # {"reference", "alpha", "guard", "score", "hook"}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,7 +120,7 @@ class OmiDocument:
             },
             "example": self.example,
         }
-        for key in ("outputs", "inputs", "explain", "drift"):
+        for key in ("outputs", "inputs", "explain", "drift", "defense"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -189,4 +190,5 @@ def _document(d: dict[str, Any]) -> OmiDocument:
         inputs=d.get("inputs"),
         explain=d.get("explain"),
         drift=d.get("drift"),
+        defense=d.get("defense"),
     )

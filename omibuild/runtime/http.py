@@ -181,6 +181,8 @@ class Metrics:
         lines.append(f'omi_model_ready{{model="{model}"}} {1 if service.ready else 0}')
         if service.drift is not None:
             lines += service.drift.metrics(label_value)
+        if service.defense is not None:
+            lines += service.defense.metrics(label_value)
         return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from omibuild.runtime import log
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.device import Placement
+from omibuild.runtime.defense import DefenseMonitor, Screening
 from omibuild.runtime.drift import DriftMonitor
 from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
 from omibuild.runtime.faults import (
@@ -70,6 +71,7 @@ class ModelService:
         # baked by the build (omi.yaml's explain and drift): made by load()
         self.explainer: Explainer | None = None
         self.drift: DriftMonitor | None = None
+        self.defense: DefenseMonitor | None = None
         self.placement = Placement()  # the device the flavor put the model on (device.py)
 
     def when_ready(self, callback: Callable[[], None]) -> None:
@@ -108,6 +110,9 @@ class ModelService:
                 self.config.document, self.config.analysis_dir, self.config.code_dir
             )
             self.drift = DriftMonitor.from_config(self.config.document, self.config.analysis_dir)
+            self.defense = DefenseMonitor.from_config(
+                self.config.document, self.config.analysis_dir, self.config.code_dir
+            )
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn
@@ -187,18 +192,33 @@ class ModelService:
     async def apredict(self, inputs: Any) -> Any:
         """From the event loop: predict on the lane. An answered request's rows are queued for
         drift accounting (a put: the tests run on the monitor's own thread)."""
+        return (await self.apredict_screened(inputs))[0]
+
+    async def apredict_screened(self, inputs: Any) -> tuple[Any, Screening | None]:
+        """apredict, and the defense's screening of the rows (omi.yaml's defense), which runs
+        first: under guard: reject a violating row never reaches the model."""
+        screening = await self.defense.ascreen(inputs) if self.defense is not None else None
         outputs = await self.lane.submit(inputs)
         if self.drift is not None:
             self.drift.offer(inputs)
-        return outputs
+        return outputs, screening
 
-    def predict_blocking(self, inputs: Any) -> Any:
+    def predict_blocking(self, inputs: Any, client: bool = True) -> Any:
         """From a gRPC worker thread. With adaptive batching on, through the lane, so gRPC and
-        REST requests batch together; otherwise right here, which spares a thread hop."""
+        REST requests batch together; otherwise right here, which spares a thread hop.
+        ``client``: false for the runtime's own calls, which the defense does not screen."""
+        return self.predict_blocking_screened(inputs, client)[0]
+
+    def predict_blocking_screened(
+        self, inputs: Any, client: bool = True
+    ) -> tuple[Any, Screening | None]:
+        screening = None
+        if self.defense is not None and client:
+            screening = self.defense.screen(inputs)
         outputs = self.lane.call(inputs) if self.lane.max_wait else self._predict_in_slot(inputs)
         if self.drift is not None:
             self.drift.offer(inputs)
-        return outputs
+        return outputs, screening
 
     def explain_blocking(self, instances: Any) -> dict[str, Any]:
         """An explanation of ``instances``, in a predict slot (it calls the model many times)."""

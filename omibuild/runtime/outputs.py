@@ -94,7 +94,7 @@ def learn(service: ModelService) -> None:
     try:
         # through the predict slots: requests may already be in flight, and a model that is
         # not thread-safe must not see two calls at once
-        learnt = specs_of(service.predict_blocking(example_input(service.config)))
+        learnt = specs_of(service.predict_blocking(example_input(service.config), client=False))
     except Exception as exc:
         if built is None:  # an image built without a dry prediction: outputs stay unknown
             return

@@ -103,7 +103,21 @@ def create_app(
             return JSONResponse(adapter.error_body(status, message), status)
         return JSONResponse(service.drift.status())
 
-    routes = [*adapter.routes(), Route("/metrics", metrics_route), Route("/drift", drift_route)]
+    async def defense_route(request: Request) -> Response:
+        """The defense's counters (omi.yaml's defense), on every HTTP interface; never a
+        request's values."""
+        if service.defense is None:
+            status = 503 if not service.ready and config.document.defense else 404
+            message = "model is not ready" if status == 503 else "this image has no defense"
+            return JSONResponse(adapter.error_body(status, message), status)
+        return JSONResponse(service.defense.status())
+
+    routes = [
+        *adapter.routes(),
+        Route("/metrics", metrics_route),
+        Route("/drift", drift_route),
+        Route("/defense", defense_route),
+    ]
     app: Any = Starlette(
         routes=routes,
         lifespan=lifespan,

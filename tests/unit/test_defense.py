@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omibuild.runtime.defense import Guard, Score, calibration_rows_needed, ledoit_wolf, split
+from omibuild.manifest.sections import calibration_rows_needed
+from omibuild.runtime.defense import Guard, Score, ledoit_wolf, split
 
 ALPHA = 0.01
 FEATURES = 10
@@ -75,8 +76,8 @@ def test_the_guard_names_each_violation_and_counts_it() -> None:
     assert guard.check([40, "oslo", None]) == []  # income was missing in the reference too
     assert guard.check([None, "rome", 99999.0]) == [
         ("age", "missing", "the reference has no missing values"),
-        ("city", "category", "one of 2 reference categories"),
-        ("income", "range", "within [1000, 3000]"),
+        ("city", "category", "one of its 2 reference categories"),
+        ("income", "range", "within the reference's [1000, 3000]"),
     ]
     assert guard.check(["old", "paris", 1500.0]) == [("age", "type", "a number")]
     assert guard.violations == {

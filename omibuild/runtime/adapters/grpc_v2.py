@@ -8,7 +8,13 @@ from typing import Any
 import grpc
 
 from omibuild import __version__
-from omibuild.runtime.adapters.kserve import EXTENSIONS, V2Model, outputs_of
+from omibuild.runtime.adapters.kserve import (
+    EXTENSIONS,
+    V2Model,
+    defense_outputs,
+    outputs_of,
+    wants_defense,
+)
 from omibuild.runtime.codec import decode_input, encode_output
 from omibuild.runtime.faults import InputError, PredictError, detach, shown
 from omibuild.runtime.grpc_methods import handler
@@ -111,8 +117,12 @@ class InferenceServicer:
         try:
             arrays = self._arrays(request)
             model_input = next(iter(arrays.values())) if len(arrays) == 1 else arrays
-            outputs = outputs_of(self.service.predict_blocking(model_input))
             wanted = [o.name for o in request.outputs]
+            if wants_defense(self.service, wanted):
+                result, screening = self.service.predict_blocking_screened(model_input)
+                outputs = outputs_of(result) | defense_outputs(screening)
+            else:
+                outputs = outputs_of(self.service.predict_blocking(model_input))
             missing = [n for n in wanted if n not in outputs]
             if missing:
                 raise InputError(

@@ -11,7 +11,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from omibuild import __version__
-from omibuild.runtime.adapters.kserve import EXTENSIONS, HEADER_KEY, outputs_of
+from omibuild.runtime.adapters.kserve import (
+    EXTENSIONS,
+    HEADER_KEY,
+    defense_outputs,
+    outputs_of,
+    wants_defense,
+)
 from omibuild.runtime.codec import HEADER, decode_v2_body, encode_output, json_document, parameters
 from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.faults import InputError, NotInImage, shown
@@ -80,6 +86,10 @@ class KServeAdapter:
             require_ready(self.service)
             body = await read_body(request, self.config.max_body_bytes)
             instances = await self.offload.decode(v1_instances, body, self.service.takes_arrays)
+            if self.service.defense is not None and _asks_defense(request):
+                predictions, screening = await self.service.apredict_screened(instances)
+                rows = screening.rows() if screening is not None else None
+                return json_response({"predictions": to_jsonable(predictions), "defense": rows})
             predictions = await self.service.apredict(instances)
             return json_response({"predictions": to_jsonable(predictions)})
 
@@ -180,20 +190,33 @@ class KServeAdapter:
         ]
 
     def extensions(self) -> list[str]:
-        """The protocol extensions served: ``explain`` (POST .../explain) and ``drift`` (GET
-        /drift, Prometheus omi_drift_*) when the image was built with them."""
+        """The protocol extensions served: ``explain`` (POST .../explain), ``drift`` (GET
+        /drift, Prometheus omi_drift_*) and ``defense`` (GET /defense, the omi_defense_*
+        outputs and metrics) when the image was built with them."""
         document = self.config.document
         return [
             *EXTENSIONS,
             *(["explain"] if document.explain else []),
             *(["drift"] if document.drift else []),
+            *(["defense"] if document.defense else []),
         ]
 
     async def v2_infer(self, name: str, body: bytes, header_length: str | None) -> Payload:
         self._model(name)
         require_ready(self.service)
         req, arrays = await self.offload.decode(decode_v2_body, body, header_length)
-        outputs = await self.infer_arrays(arrays)
+        wanted = req.get("outputs")
+        names = (
+            [o.get("name") for o in wanted if isinstance(o, dict)]
+            if isinstance(wanted, list)
+            else []
+        )
+        if wants_defense(self.service, names):
+            model_input: Any = next(iter(arrays.values())) if len(arrays) == 1 else arrays
+            result, screening = await self.service.apredict_screened(model_input)
+            outputs = outputs_of(result) | defense_outputs(screening)
+        else:
+            outputs = await self.infer_arrays(arrays)
         return self.v2_response(req, outputs)
 
     async def _v2_infer_hot(self, name: str, body: bytes, headers: dict[bytes, bytes]) -> Payload:
@@ -266,6 +289,12 @@ class KServeAdapter:
         from omibuild.runtime.adapters.grpc_v2 import servicer
 
         return [servicer(self)]
+
+
+def _asks_defense(request: Request) -> bool:
+    """V1's per-request defense: ``?defense=true`` or the X-OMI-Defense header."""
+    asked = request.query_params.get("defense") or request.headers.get("x-omi-defense") or ""
+    return asked.lower() in ("1", "true", "yes")
 
 
 def v2_instances(body: bytes, arrays: bool) -> Any:

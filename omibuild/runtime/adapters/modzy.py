@@ -138,9 +138,10 @@ class ModzyAdapter:
         for item in items:
             try:
                 instances = _instances(item)
-                answer: dict[str, Any] = {
-                    "predictions": to_jsonable(self.service.predict_blocking(instances))
-                }
+                predictions, screening = self.service.predict_blocking_screened(instances)
+                answer: dict[str, Any] = {"predictions": to_jsonable(predictions)}
+                if self.service.defense is not None:
+                    answer["defense"] = screening.rows() if screening is not None else None
                 if explain and self.service.explainer is not None:
                     answer["explanation"] = self.service.explain_blocking(instances)
                 if detect_drift and self.service.drift is not None:
@@ -158,9 +159,10 @@ class ModzyAdapter:
         for item in items:
             try:
                 instances = _instances(item)
-                answer: dict[str, Any] = {
-                    "predictions": to_jsonable(await self.service.apredict(instances))
-                }
+                predictions, screening = await self.service.apredict_screened(instances)
+                answer: dict[str, Any] = {"predictions": to_jsonable(predictions)}
+                if self.service.defense is not None:
+                    answer["defense"] = screening.rows() if screening is not None else None
                 if explain and self.service.explainer is not None:
                     answer["explanation"] = await self.service.aexplain(instances)
                 if detect_drift and self.service.drift is not None:
@@ -286,6 +288,9 @@ class ModzyAdapter:
                 response.features.explanation_format = EXPLANATION_FORMAT
             if self.config.document.drift:
                 response.features.drift_format = DRIFT_FORMAT
+            # the spec's flag: set only where omi.yaml's defense is baked in (results.json's
+            # "defense" member then screens each item's rows)
+            response.features.adversarial_defense = bool(self.config.document.defense)
             return response
 
         def run(request: Any, context: Any) -> Any:

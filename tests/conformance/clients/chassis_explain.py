@@ -1,5 +1,6 @@
 """chassisml's OMIClient asking a Modzy v2 gRPC endpoint for explanations and drift: prints
-the model's declared formats and every output file of one Run, as JSON."""
+the model's declared formats, its adversarial_defense flag and every output file of one Run,
+as JSON."""
 
 import asyncio
 import json
@@ -19,6 +20,7 @@ async def main(host: str, port: int, rows: str) -> None:
                 {
                     "explanation_format": features.explanation_format,
                     "drift_format": features.drift_format,
+                    "adversarial_defense": features.adversarial_defense,
                     "run_status": run.status_code,
                     "outputs": [
                         {
