@@ -58,9 +58,6 @@ _.readable
 log.JsonHandler
 # a protobuf message's field, set on the StatusResponse (runtime/adapters/modzy.py)
 _.num_gpus
-# runtime/defense.py: the defense's statistics, measured by tests/unit/test_defense.py; the
-# plan and the runtime take them up next (issue #37), until then only the tests call these
-_.fit
+_.adversarial_defense  # ModelFeatures' flag, set where omi.yaml's defense is baked in
+# runtime/defense.py: Guard.from_table builds a guard from rows (the unit tests' reference)
 _.from_table
-_.p_value
-defense.calibration_rows_needed

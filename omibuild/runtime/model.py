@@ -11,8 +11,8 @@ from typing import Any
 
 from omibuild.runtime import log
 from omibuild.runtime.config import RuntimeConfig
-from omibuild.runtime.device import Placement
 from omibuild.runtime.defense import DefenseMonitor, Screening
+from omibuild.runtime.device import Placement
 from omibuild.runtime.drift import DriftMonitor
 from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
 from omibuild.runtime.faults import (

@@ -320,7 +320,7 @@ def test_modzy_says_adversarial_defense_and_each_result_carries_its_screening(
     server = start_process(rest, "modzy", "v1")
     try:
         base = server.url
-        status, body = call(f"{base}/status")
+        status, _body = call(f"{base}/status")
         assert status == 200
         rows = [x[0].tolist(), BROKEN]
         status, answer = call(f"{base}/run", [rows])  # one item: two rows

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from omibuild.runtime.codec import HEADER
-
 from omibuild.runtime.faults import InputError
 
 if TYPE_CHECKING:
