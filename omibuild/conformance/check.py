@@ -237,7 +237,8 @@ def _probe(
     if omi.get("drift") and not target.grpc:
         findings.append(_drift_finding(name, target))
     if omi.get("defense") and interface == "kfserving":
-        findings += defense_findings(name, target, containers, cid, omi, robustness)
+        found = defense_findings(name, target, containers, cid, omi, robustness)
+        findings += [Finding(what, ok, detail) for what, ok, detail in found]
     if target.grpc:
         findings.append(_reflection_finding(target))
     code = containers.stop(cid, timeout=15)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from omibuild.conformance.probe import Endpoint, _http
+from omibuild.conformance.robustness import Found, robustness_finding
 
 DEFENSE_ROUTE = "/defense"
 REFERENCE = "/opt/omi/analysis/defense/reference.json"
@@ -123,9 +124,8 @@ def far_row(reference: dict[str, Any]) -> tuple[list[Any], str] | None:
 
 def defense_findings(
     name: str, target: Endpoint, containers: Any, cid: str, omi: dict[str, Any], robustness: int
-) -> list[Any]:
-    from omibuild.conformance.check import Finding
-
+) -> list[Found]:
+    """(requirement, ok, detail) for each of check's findings on the defense."""
     status, text = _http("GET", f"{target.base}{DEFENSE_ROUTE}")
     body = _json(text)
     ok = status == 200 and isinstance(body, dict) and {"alpha", "rows", "flagged"} <= body.keys()
@@ -134,7 +134,7 @@ def defense_findings(
         if ok
         else f"HTTP {status}: {str(body)[:120]}"
     )
-    found = [Finding(f"{name}: serves the defense status", ok, detail)]
+    found = [(f"{name}: serves the defense status", ok, detail)]
     reference = read_reference(containers, cid)
     if reference is None:  # a hook without a reference table: nothing to probe it with
         return found
@@ -149,7 +149,7 @@ def defense_findings(
     status, rows = screener.ask([typical_row(reference)])
     calm = status == 200 and isinstance(rows, list) and rows and not rows[0]["flagged"]
     found.append(
-        Finding(
+        (
             f"{name}: a typical reference row is not flagged",
             bool(calm),
             f"p-value {rows[0]['p_value']}" if calm else f"HTTP {status}: {str(rows)[:120]}",
@@ -166,13 +166,9 @@ def defense_findings(
         else:
             caught = status == 200 and isinstance(rows, list) and bool(rows) and rows[0]["flagged"]
             seen = f"HTTP {status}: {json.dumps(rows)[:160]}"
-        found.append(
-            Finding(f"{name}: a row far outside `{feature}`'s range is caught", caught, seen)
-        )
+        found.append((f"{name}: a row far outside `{feature}`'s range is caught", caught, seen))
     if robustness and target.protocol == "v2":
-        from omibuild.conformance.robustness import robustness_finding
-
-        found.append(robustness_finding(name, screener, reference, omi, robustness))
+        found.append(robustness_finding(name, screener, reference, robustness))
     return found
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SCALES = (1, 2, 4)
+Found = tuple[str, bool, str]  # a finding of check's: (requirement, ok, detail)
 MAX_CLASSES = 100  # more distinct answers than this: not a classifier
 
 
@@ -111,18 +112,14 @@ def attack(
     )
 
 
-def robustness_finding(
-    name: str, screener: Any, reference: dict[str, Any], omi: dict[str, Any], n: int
-) -> Any:
+def robustness_finding(name: str, screener: Any, reference: dict[str, Any], n: int) -> Found:
     """check's finding: the attack through the image's V2 endpoint on ``n`` calibration rows
     (not the rows the score was fitted on). It reports; it fails only when it cannot run."""
-    from omibuild.conformance.check import Finding
-
     what = f"{name}: robustness (HopSkipJump on {n} reference rows)"
     score = reference.get("score") or {}
     table = (score.get("calibration") or []) + (score.get("fit") or [])
     if not table or len(score.get("columns", [])) != len(reference["features"]):
-        return Finding(what, False, "needs a numeric reference with the score (defense.score)")
+        return (what, False, "needs a numeric reference with the score (defense.score)")
 
     def flagged(rows: Any) -> list[bool]:
         status, screened = screener.ask(rows.tolist())
@@ -135,8 +132,8 @@ def robustness_finding(
     try:
         report = attack(screener.labels, flagged, table[:n], table)
     except RobustnessError as exc:
-        return Finding(what, False, str(exc))
-    return Finding(what, True, report.line())
+        return (what, False, str(exc))
+    return (what, True, report.line())
 
 
 def _key(value: Any) -> Any:

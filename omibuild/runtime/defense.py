@@ -35,6 +35,7 @@ import numpy as np
 from omibuild.runtime.categories import category_key
 from omibuild.runtime.document import OmiDocument
 from omibuild.runtime.faults import InputError, PredictError, fault
+from omibuild.runtime.flavors import import_object
 
 
 def ledoit_wolf(x: np.ndarray) -> np.ndarray:
@@ -253,8 +254,6 @@ class DefenseMonitor:
             reference = json.loads((analysis_dir / spec["reference"]).read_bytes())
         hook = None
         if spec.get("hook"):
-            from omibuild.runtime.flavors import import_object
-
             hook = import_object(spec["hook"], code_dir)
         return cls(spec, reference, hook)
 

@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 
 # heavy third-party packages: each costs tens to hundreds of milliseconds to import
 HEAVY = {
+    "art",  # the Adversarial Robustness Toolbox (omibuild[robustness], check --robustness)
     "google",  # protobuf
     "grpc",
     "grpc_health",

@@ -579,7 +579,7 @@ def test_metrics_are_valid_prometheus_text_whatever_the_labels_hold() -> None:
     metrics.observe(odd, 200, 0.004)
     metrics.observe("v1_predict", 400, 0.2)
     service = SimpleNamespace(
-        name='m"odel', ready=True, lane=SimpleNamespace(coalesced=3), drift=None
+        name='m"odel', ready=True, lane=SimpleNamespace(coalesced=3), drift=None, defense=None
     )
     families = {f.name: f for f in text_string_to_metric_families(metrics.render(service))}  # type: ignore[arg-type]
     routes = {s.labels["route"] for s in families["omi_requests"].samples}
