@@ -5,7 +5,8 @@ Groups: CLI latency, hashing, builds (the sklearn example and a 1 GiB synthetic 
 layers (1 and 10 GiB models against the I/O floor and a plain buildx COPY:
 bench/model_layers.py), image size (against `mlflow models build-docker`), image size per
 everyday format (against a hand-written Dockerfile: bench/formats.py), serving and cold
-start (against MLServer), explanations and drift (bench/analysis.py), and a soak (c=32 with
+start (against MLServer), explanations and drift (bench/analysis.py), the adversarial
+defense's cost (bench/defense.py), and a soak (c=32 with
 invalid requests mixed in: errors, p99 drift, memory growth)."""
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "formats": ("formats",),
     "serving": ("serving", "cold start"),
     "analysis": ("explain and drift",),
+    "defense": ("defense",),
     "soak": ("soak",),
 }
 
@@ -182,6 +184,23 @@ def bench_layers(work: Path, sizes: str, reps: int) -> None:
         )
 
 
+def bench_defense_group(work: Path, reps: int, requests: int) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from defense import bench_defense
+
+    bench_defense(
+        work,
+        py=PY,
+        reps=reps,
+        requests=requests,
+        record=record,
+        log=log,
+        start=_start,
+        ab=ab,
+        wait_http=wait_http,
+    )
+
+
 def bench_explain_drift(work: Path, reps: int, requests: int) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from analysis import bench_analysis
@@ -256,6 +275,7 @@ def main() -> int:
             ("formats", lambda: bench_image_formats(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
             ("analysis", lambda: bench_explain_drift(work, args.reps, args.requests)),
+            ("defense", lambda: bench_defense_group(work, args.reps, args.requests)),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),
         ]
         for name, fn in groups:
