@@ -100,6 +100,55 @@ def _post(url: str, body: Any) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def interleaved(
+    images: dict[str, tuple[str, str]],
+    body: Path,
+    reps: int,
+    requests: int,
+    *,
+    start: Callable[..., Any],
+    ab: Callable[..., dict[str, float]],
+    wait_http: Callable[[str], float],
+) -> dict[tuple[str, int], list[float]]:
+    """V1 predict requests/s of each image (kind: (model name, image)) at 1 and 8 clients,
+    servers interleaved and each kind first in turn: a change in the machine's speed lands on
+    all of them."""
+    kinds = list(images)
+    rps: dict[tuple[str, int], list[float]] = {}
+    for rep in range(reps):
+        for kind in kinds if rep % 2 == 0 else kinds[::-1]:
+            name, image = images[kind]
+            with start(image, {}, ()) as addr:
+                url = f"http://{addr[8080]}/v1/models/{name}:predict"
+                wait_http(url.replace(":predict", ""))
+                ab(url, body, 200, 4)  # warm up
+                for c in (1, 8):
+                    rps.setdefault((kind, c), []).append(ab(url, body, requests, c)["rps"])
+    return rps
+
+
+def record_rps(
+    record: Callable[..., Any],
+    group: str,
+    what: str,
+    rps: dict[tuple[str, int], list[float]],
+    kinds: tuple[str, str],
+    baseline_name: str,
+) -> None:
+    """Each client count's requests/s of kinds[0] against kinds[1]; target 0.95x or better."""
+    for c in (1, 8):
+        record(
+            group,
+            f"{what}, c={c}",
+            rps[(kinds[0], c)],
+            "req/s",
+            baseline=rps[(kinds[1], c)],
+            baseline_name=baseline_name,
+            target="≥ 0.95x",
+            check=lambda v, r: r is not None and r >= 0.95,
+        )
+
+
 def bench_analysis(
     work: Path,
     *,
@@ -149,24 +198,14 @@ def bench_analysis(
 
     body = work / "v1-row.json"
     body.write_text(json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}))
-    rps: dict[tuple[str, int], list[float]] = {}
-    for rep in range(reps):  # interleaved: a change in the machine's speed lands on both
-        for kind in ("plain", "drift") if rep % 2 == 0 else ("drift", "plain"):  # either first
-            with start(images[kind], {}, ()) as addr:
-                url = f"http://{addr[8080]}/v1/models/analysis-iris-{kind}:predict"
-                wait_http(url.replace(":predict", ""))
-                ab(url, body, 200, 4)  # warm up
-                for c in (1, 8):
-                    rps.setdefault((kind, c), []).append(ab(url, body, requests, c)["rps"])
-    for c in (1, 8):
-        record(
-            group,
-            f"predict requests/s with drift accounting (window 500), c={c}",
-            rps[("drift", c)],
-            "req/s",
-            baseline=rps[("plain", c)],
-            baseline_name="the same model's image without drift",
-            target="≥ 0.95x",
-            check=lambda v, r: r is not None and r >= 0.95,
-        )
+    pair = {k: (f"analysis-iris-{k}", images[k]) for k in ("plain", "drift")}
+    rps = interleaved(pair, body, reps, requests, start=start, ab=ab, wait_http=wait_http)
+    record_rps(
+        record,
+        group,
+        "predict requests/s with drift accounting (window 500)",
+        rps,
+        ("drift", "plain"),
+        "the same model's image without drift",
+    )
     log(f"analysis: median explain/predict done; rps {statistics.median(rps[('drift', 1)]):.0f}")

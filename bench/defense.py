@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from analysis import _build, _repo
+from analysis import _build, _repo, interleaved, record_rps
 
 DEFENSE = "defense:\n  reference: train.csv\n"
 DRIFT = "drift:\n  reference: train.csv\n"
@@ -47,25 +47,13 @@ def bench_defense(
         }
         body = work / f"defense-row-{k}.json"  # a typical row: the mean of the table's normals
         body.write_text(json.dumps({"instances": [[0.05] * k]}))
-        rps: dict[tuple[str, int], list[float]] = {}
-        for rep in range(reps):  # interleaved, either first
-            for kind in ("without", "with") if rep % 2 == 0 else ("with", "without"):
-                name, image = images[kind]
-                with start(image, {}, ()) as addr:
-                    url = f"http://{addr[8080]}/v1/models/{name}:predict"
-                    wait_http(url.replace(":predict", ""))
-                    ab(url, body, 200, 4)  # warm up
-                    for c in (1, 8):
-                        rps.setdefault((kind, c), []).append(ab(url, body, requests, c)["rps"])
-        for c in (1, 8):
-            record(
-                group,
-                f"predict requests/s with the defense (guard and score), {case}, c={c}",
-                rps[("with", c)],
-                "req/s",
-                baseline=rps[("without", c)],
-                baseline_name="the same model's image without it",
-                target="≥ 0.95x",
-                check=lambda v, r: r is not None and r >= 0.95,
-            )
+        rps = interleaved(images, body, reps, requests, start=start, ab=ab, wait_http=wait_http)
+        record_rps(
+            record,
+            group,
+            f"predict requests/s with the defense (guard and score), {case}",
+            rps,
+            ("with", "without"),
+            "the same model's image without it",
+        )
         log(f"defense: {case} done")

@@ -12,6 +12,7 @@ invalid requests mixed in: errors, p99 drift, memory growth)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -184,28 +185,12 @@ def bench_layers(work: Path, sizes: str, reps: int) -> None:
         )
 
 
-def bench_defense_group(work: Path, reps: int, requests: int) -> None:
+def bench_served(module: str, function: str, work: Path, reps: int, requests: int) -> None:
+    """A group in its own module (bench/analysis.py, bench/defense.py) that builds images
+    and measures them served."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from defense import bench_defense
-
-    bench_defense(
-        work,
-        py=PY,
-        reps=reps,
-        requests=requests,
-        record=record,
-        log=log,
-        start=_start,
-        ab=ab,
-        wait_http=wait_http,
-    )
-
-
-def bench_explain_drift(work: Path, reps: int, requests: int) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from analysis import bench_analysis
-
-    bench_analysis(
+    bench = getattr(importlib.import_module(module), function)
+    bench(
         work,
         py=PY,
         reps=reps,
@@ -274,8 +259,14 @@ def main() -> int:
             ("size", lambda: bench_size(work)),
             ("formats", lambda: bench_image_formats(work)),
             ("serving", lambda: bench_serving(work, max(args.reps, 5), args.requests)),
-            ("analysis", lambda: bench_explain_drift(work, args.reps, args.requests)),
-            ("defense", lambda: bench_defense_group(work, args.reps, args.requests)),
+            (
+                "analysis",
+                lambda: bench_served("analysis", "bench_analysis", work, args.reps, args.requests),
+            ),
+            (
+                "defense",
+                lambda: bench_served("defense", "bench_defense", work, args.reps, args.requests),
+            ),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),
         ]
         for name, fn in groups:

@@ -239,21 +239,27 @@ def test_drift_stays_quiet_on_the_reference_and_names_a_shifted_feature(
     assert f"omi_drift_windows_total {20 + flagged_at}" in metrics
 
 
-def test_modzy_run_explains_and_reports_drift_through_chassisml(built: tuple[Path, str]) -> None:
-    repo, image = built
+def chassis_run(image: str, rows: list[list[float]]) -> dict[str, Any]:
+    """One Modzy gRPC Run of ``rows`` (explain and detect_drift on) through chassisml's
+    OMIClient, against the image started as Modzy v2: what chassis_explain.py prints."""
     box = Container(image, INTERFACE="modzy", PROTOCOL="v2", PSC_MODEL_PORT="45000")
     try:
         deadline = time.monotonic() + 60
         while True:  # gRPC: the client itself is the readiness probe
             try:
-                answer = run_client("chassis", "chassis_explain.py", "127.0.0.1", str(box.port),
-                                    json.dumps(EXAMPLE))  # fmt: skip
-                break
+                return run_client(
+                    "chassis", "chassis_explain.py", "127.0.0.1", str(box.port), json.dumps(rows)
+                )
             except AssertionError:
                 assert time.monotonic() < deadline, "the modzy container did not answer"
                 time.sleep(1)
     finally:
         box.stop()
+
+
+def test_modzy_run_explains_and_reports_drift_through_chassisml(built: tuple[Path, str]) -> None:
+    repo, image = built
+    answer = chassis_run(image, EXAMPLE)
     assert answer["explanation_format"] == "omibuild.explanation.v1+json"
     assert answer["drift_format"] == "omibuild.drift.v1+json"
     assert answer["run_status"] == 200

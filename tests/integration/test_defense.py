@@ -10,13 +10,11 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conformance.conftest import run_client
 from tests.integration.strangers import Stranger, new_stranger, training_venv
-from tests.integration.test_analysis import Container
+from tests.integration.test_analysis import Container, chassis_run
 from tests.integration.test_install import SKLEARN
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("defense")]
@@ -131,24 +129,9 @@ def test_kserve_answers_screen_and_count_as_documented(built: tuple[Stranger, st
 def test_modzy_grpc_says_adversarial_defense_and_screens_each_item(
     built: tuple[Stranger, str],
 ) -> None:
-    import time
-
     s, image = built
     sent = [*rows(s.repo, 2), [0.0, 0.0, 0.0, 0.0, 0.0, 1e6]]
-    box = Container(image, INTERFACE="modzy", PROTOCOL="v2", PSC_MODEL_PORT="45000")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer: dict[str, Any] = run_client(
-                    "chassis", "chassis_explain.py", "127.0.0.1", str(box.port), json.dumps(sent)
-                )
-                break
-            except AssertionError:
-                assert time.monotonic() < deadline, "the modzy container did not answer"
-                time.sleep(1)
-    finally:
-        box.stop()
+    answer = chassis_run(image, sent)
     assert answer["adversarial_defense"] is True
     [output] = answer["outputs"]
     results = output["files"]["results.json"]

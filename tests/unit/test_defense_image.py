@@ -9,6 +9,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,17 @@ def call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> t
             return err.code, text.decode()
 
 
+def variant(tree: Path, name: str, change: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the image's tree beside it whose omi.json ``change`` edited."""
+    copy = tree.parent / name
+    if not copy.exists():
+        subprocess.run(["cp", "-r", str(tree), str(copy)], check=True)
+    document = json.loads((tree / "omi.json").read_text())
+    change(document)
+    (copy / "omi.json").write_text(json.dumps(document))
+    return copy
+
+
 FAR = [40.0, 40.0, 0.0, 0.0]  # out of every range
 BROKEN = [2.0, -2.0, 0.0, 0.0]  # within the ranges, against the correlation
 
@@ -269,12 +281,7 @@ def test_guard_reject_is_a_400_naming_row_feature_and_range_on_v1_v2_and_mlflow(
     from tests.conformance.conftest import start_process
 
     tree, x = image_tree
-    document = json.loads((tree / "omi.json").read_text())
-    document["defense"]["guard"] = "reject"
-    rejecting = tree.parent / "reject"
-    if not rejecting.exists():
-        subprocess.run(["cp", "-r", str(tree), str(rejecting)], check=True)
-    (rejecting / "omi.json").write_text(json.dumps(document))
+    rejecting = variant(tree, "reject", lambda d: d["defense"].update(guard="reject"))
     for interface, protocol in (("kfserving", "v2"), ("mlflow", "v1"), ("sagemaker", "v1")):
         server = start_process(rejecting, interface, protocol)
         try:
@@ -311,12 +318,9 @@ def test_modzy_says_adversarial_defense_and_each_result_carries_its_screening(
     from tests.conformance.conftest import start_process
 
     tree, x = image_tree
-    document = json.loads((tree / "omi.json").read_text())
-    document["interfaces"]["modzy"]["protocols"] = ["v1", "v2"]  # its REST form too
-    rest = tree.parent / "modzy-rest"
-    if not rest.exists():
-        subprocess.run(["cp", "-r", str(tree), str(rest)], check=True)
-    (rest / "omi.json").write_text(json.dumps(document))
+    rest = variant(
+        tree, "modzy-rest", lambda d: d["interfaces"]["modzy"].update(protocols=["v1", "v2"])
+    )
     server = start_process(rest, "modzy", "v1")
     try:
         base = server.url
