@@ -6,7 +6,8 @@ layers (1 and 10 GiB models against the I/O floor and a plain buildx COPY:
 bench/model_layers.py), image size (against `mlflow models build-docker`), image size per
 everyday format (against a hand-written Dockerfile: bench/formats.py), serving and cold
 start (against MLServer), explanations and drift (bench/analysis.py), the adversarial
-defense's cost (bench/defense.py), and a soak (c=32 with
+defense's cost (bench/defense.py), a tiny transformers model against MLServer's Hugging Face
+runtime (bench/transformers_row.py), and a soak (c=32 with
 invalid requests mixed in: errors, p99 drift, memory growth)."""
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from common import (
     run,
 )
 from serving import _start, ab, bench_serving, bench_soak, wait_http
+from transformers_row import bench_transformers
 
 # -- report -----------------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "serving": ("serving", "cold start"),
     "analysis": ("explain and drift",),
     "defense": ("defense",),
+    "transformers": ("transformers",),
     "soak": ("soak",),
 }
 
@@ -267,6 +270,7 @@ def main() -> int:
                 "defense",
                 lambda: bench_served("defense", "bench_defense", work, args.reps, args.requests),
             ),
+            ("transformers", lambda: bench_transformers(work, args.reps, args.requests // 3)),
             ("soak", lambda: bench_soak(work, args.soak_seconds)),
         ]
         for name, fn in groups:

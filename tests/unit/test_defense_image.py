@@ -333,3 +333,68 @@ def test_modzy_says_adversarial_defense_and_each_result_carries_its_screening(
         assert [r["flagged"] for r in result["defense"]] == [False, True]
     finally:
         server.stop()
+
+
+def test_v2_grpc_gives_the_defense_outputs_it_is_asked_for(
+    image_tree: tuple[Path, np.ndarray],
+) -> None:
+    import tritonclient.grpc as triton
+
+    from tests.conformance.conftest import start_process
+
+    tree, x = image_tree
+    server = start_process(tree, "kfserving", "v2")
+    try:
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+        data = np.asarray([x[0], BROKEN], dtype=np.float64)
+        tensor = triton.InferInput("input-0", list(data.shape), "FP64")
+        tensor.set_data_from_numpy(data)
+        names = ("output-0", "omi_defense_p_value", "omi_defense_flagged")
+        result = client.infer(
+            server.model, [tensor], outputs=[triton.InferRequestedOutput(n) for n in names]
+        )
+        assert result.as_numpy("omi_defense_flagged").tolist() == [False, True]
+        assert result.as_numpy("omi_defense_p_value")[1] <= 0.01
+        plain = client.infer(server.model, [tensor])
+        assert [o.name for o in plain.get_response().outputs] == ["output-0"]
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_team_s_hook_scores_the_rows_and_its_failure_is_one_line(
+    image_tree: tuple[Path, np.ndarray],
+) -> None:
+    from tests.conformance.conftest import start_process
+
+    tree, _ = image_tree
+
+    def hooked(document: dict[str, Any]) -> None:
+        document["defense"] = {"reference": None, "alpha": 0.05, "guard": "off",
+                               "score": "off", "hook": "detector:p_values"}  # fmt: skip
+
+    copy = variant(tree, "hooked", hooked)
+    (copy / "code" / "detector.py").write_text(
+        "def p_values(rows):\n"
+        "    if abs(rows[0][0]) > 1000:\n"
+        "        raise ValueError('secret ' + repr(rows))\n"
+        "    return [0.01 if row[0] > 0 else 0.9 for row in rows]\n"
+    )
+    server = start_process(copy, "kfserving", "v2")
+    try:
+        url = f"{server.url}/v1/models/demo:predict?defense=true"
+        status, body = call(url, {"instances": [[1.0, 1.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0]]})
+        assert status == 200, body
+        assert [(r["p_value"], r["flagged"]) for r in body["defense"]] == [
+            (0.01, True),
+            (0.9, False),
+        ]
+        status, body = call(url, {"instances": [[5000.0, 0.0, 0.0, 0.0]]})
+        assert status == 500 and body["error"].startswith("defense hook failed: ValueError: secret")
+        assert "\n" not in body["error"]
+        status, report = call(f"{server.url}/defense")
+        assert (report["score"], report["guard"], report["rows"], report["flagged"]) == (
+            "hook", "off", 2, 1,
+        )  # fmt: skip
+    finally:
+        server.stop()

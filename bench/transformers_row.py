@@ -1,0 +1,171 @@
+"""The transformers row of `make bench` (group `transformers`): a tiny BERT text classifier,
+made here as the tests make theirs, served by omibuild's image and by MLServer's Hugging Face
+runtime (bench/mlserver-hf) on the same base, CPU only, side by side: V2 REST requests of one
+text at 1 and 8 clients, servers interleaved; and cold start to ready. Both use the same
+transformers version (the model is saved by MLServer's) and the same torch CPU wheel."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import html
+import http.server
+import json
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from builds import docker_build
+from common import PY, ROOT, log, record, run
+from serving import _start, ab, wait_http
+
+TORCH_WHEEL = next(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"), None)
+MLSERVER_HF = "omibuild-bench/mlserver-hf:latest"
+TINY = """\
+import pathlib, torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+torch.manual_seed(0)
+words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "build", "failed", "serves"]
+out = pathlib.Path("/out/sentiment")
+out.mkdir(parents=True, exist_ok=True)
+(out.parent / "vocab.txt").write_text("\\n".join(words) + "\\n")
+BertTokenizerFast(vocab_file=str(out.parent / "vocab.txt")).save_pretrained(out)
+config = BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=128,
+                    id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                    label2id={"NEGATIVE": 0, "POSITIVE": 1})
+BertForSequenceClassification(config).save_pretrained(out)
+import transformers; print(transformers.__version__)
+"""
+
+
+@contextlib.contextmanager
+def cpu_index(wheel: Path, root: Path) -> Iterator[str]:
+    """torch's CPU build on a loopback package index (PEP 503), as a team mirrors
+    https://download.pytorch.org/whl/cpu."""
+    (root / "simple" / "torch").mkdir(parents=True)
+    (root / "files").mkdir()
+    shutil.copy(wheel, root / "files" / wheel.name)
+    link = html.escape(f"/files/{wheel.name}".replace("+", "%2B"))
+    (root / "simple" / "torch" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{link}">{html.escape(wheel.name)}</a></body></html>\n'
+    )
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+
+
+def build_theirs(work: Path) -> tuple[Path, str]:
+    """MLServer's image, and the tiny model saved by its transformers: (model dir, version)."""
+    assert TORCH_WHEEL is not None
+    ctx = work / "mlserver-hf"
+    shutil.copytree(ROOT / "bench/mlserver-hf", ctx)
+    (ctx / "wheels").mkdir()
+    shutil.copy(TORCH_WHEEL, ctx / "wheels" / TORCH_WHEEL.name)
+    log("transformers: building MLServer's Hugging Face image (torch CPU, tensorflow, optimum)")
+    docker_build(ctx, MLSERVER_HF)
+    shutil.rmtree(ctx)
+    models = work / "hf-model"
+    models.mkdir()
+    out = run(
+        ["docker", "run", "--rm", "--user", "0", "-v", f"{models}:/out", "--entrypoint",
+         "/opt/mlserver/bin/python", MLSERVER_HF, "-c", TINY],
+        timeout=600,
+    ).stdout  # fmt: skip
+    return models / "sentiment", out.strip().splitlines()[-1]
+
+
+def build_ours(work: Path, model: Path, version: str, index: str) -> str:
+    repo = work / "hf-repo"
+    repo.mkdir()
+    shutil.copytree(model, repo / "sentiment")
+    (repo / "omi.yaml").write_text(
+        f"""apiVersion: omibuild/v1
+name: sentiment
+version: 1.0.0
+model:
+  source: {{local: {{path: sentiment}}}}
+  flavor: transformers
+  task: text-classification
+runtimes:
+  interfaces: {{kfserving: {{protocols: [v2]}}}}
+image:
+  repository: omibuild-bench/sentiment
+  requirements: [transformers=={version}, torch==2.13.0]
+  extra_index_urls: [{index}]
+origin: {{tag: none, tags: [latest]}}
+"""
+    )
+    run(["git", "init", "-q", str(repo)])
+    log(f"transformers: building omibuild's image (transformers {version})")
+    omibuild = str(Path(PY).with_name("omibuild"))
+    run([omibuild, "apply", "--progress", "quiet"], cwd=repo, timeout=1800)
+    return "omibuild-bench/sentiment:latest"
+
+
+def bench_transformers(work: Path, reps: int, requests: int) -> None:
+    if TORCH_WHEEL is None:
+        raise RuntimeError("no torch CPU wheel in /opt/wheels (setup puts it there)")
+    model, version = build_theirs(work)
+    with cpu_index(TORCH_WHEEL, work / "cpu-index") as index:
+        ours = build_ours(work, model, version, index)
+    body = work / "hf-v2.json"
+    tensor = {"name": "args", "shape": [1], "datatype": "BYTES", "data": ["good build"]}
+    body.write_text(json.dumps({"inputs": [tensor]}))
+    servers = {
+        "omibuild": (ours, (), "sentiment"),
+        "mlserver": (MLSERVER_HF, ("-v", f"{model}:/models/sentiment/model:ro"), "sentiment"),
+    }
+    seen: dict[str, dict[int, list[dict[str, float]]]] = {k: {} for k in servers}
+    ready: dict[str, list[float]] = {k: [] for k in servers}
+    for rep in range(reps):
+        for name in servers if rep % 2 == 0 else list(servers)[::-1]:
+            image, extra, model_name = servers[name]
+            started = time.perf_counter()
+            with _start(image, {}, extra) as addr:
+                base = f"http://{addr[8080]}/v2/models/{model_name}"
+                wait_http(f"{base}/ready", timeout=300)
+                ready[name].append(time.perf_counter() - started)
+                ab(f"{base}/infer", body, 50, 2)  # warm up
+                for c in (1, 8):
+                    seen[name].setdefault(c, []).append(ab(f"{base}/infer", body, requests, c))
+    group = "transformers (tiny BERT, CPU)"
+    for c in (1, 8):
+        record(
+            group,
+            f"V2 requests/s, one text, c={c}",
+            [r["rps"] for r in seen["omibuild"][c]],
+            "req/s",
+            baseline=[r["rps"] for r in seen["mlserver"][c]],
+            baseline_name="MLServer's Hugging Face runtime, same model",
+        )
+        record(
+            group,
+            f"V2 p50 latency, one text, c={c}",
+            [r["p50_ms"] for r in seen["omibuild"][c]],
+            "ms",
+            baseline=[r["p50_ms"] for r in seen["mlserver"][c]],
+            baseline_name="MLServer's Hugging Face runtime, same model",
+        )
+    record(
+        group,
+        "start to ready (docker run to /ready 200)",
+        ready["omibuild"],
+        "s",
+        baseline=ready["mlserver"],
+        baseline_name="MLServer's Hugging Face runtime, same model",
+    )
+    log(f"transformers: done; ours {statistics.median(ready['omibuild']):.1f} s to ready")
