@@ -211,7 +211,7 @@ origin:
   tag: id                      # tag the image with the upstream model id
   tags: [latest]
 
-# More (hooks, explain, drift, other sources): `omibuild schema`, or the README.
+# More (hooks, explain, drift, defense, other sources): `omibuild schema`, or the README.
 """
 
 
