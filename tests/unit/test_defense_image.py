@@ -275,14 +275,15 @@ def test_kfserving_v1_and_v2_screen_count_and_export(image_tree: tuple[Path, np.
         server.stop()
 
 
-def test_guard_reject_is_a_400_naming_row_feature_and_range_on_v1_v2_and_mlflow(
+def test_guard_reject_is_a_400_naming_row_feature_and_range_on_every_http_interface(
     image_tree: tuple[Path, np.ndarray],
 ) -> None:
     from tests.conformance.conftest import start_process
 
     tree, x = image_tree
     rejecting = variant(tree, "reject", lambda d: d["defense"].update(guard="reject"))
-    for interface, protocol in (("kfserving", "v2"), ("mlflow", "v1"), ("sagemaker", "v1")):
+    every = (("kfserving", "v2"), ("mlflow", "v1"), ("sagemaker", "v1"), ("vertex", "v1"))
+    for interface, protocol in every:
         server = start_process(rejecting, interface, protocol)
         try:
             base = server.url
@@ -298,7 +299,8 @@ def test_guard_reject_is_a_400_naming_row_feature_and_range_on_v1_v2_and_mlflow(
                 status, body = call(f"{base}/invocations", {"inputs": [x[0].tolist(), FAR]})
                 message = body["message"]
             else:
-                status, body = call(f"{base}/invocations", {"instances": [x[0].tolist(), FAR]})
+                route = "/invocations" if interface == "sagemaker" else "/predict"
+                status, body = call(f"{base}{route}", {"instances": [x[0].tolist(), FAR]})
                 message = json.dumps(body)
             assert status == 400, (interface, body)
             assert (
@@ -331,6 +333,18 @@ def test_modzy_says_adversarial_defense_and_each_result_carries_its_screening(
         assert status == 200, answer
         result = answer["outputs"][0]
         assert [r["flagged"] for r in result["defense"]] == [False, True]
+    finally:
+        server.stop()
+
+    def rejecting(document: dict[str, Any]) -> None:
+        document["interfaces"]["modzy"]["protocols"] = ["v1", "v2"]
+        document["defense"]["guard"] = "reject"
+
+    server = start_process(variant(tree, "modzy-reject", rejecting), "modzy", "v1")
+    try:
+        status, answer = call(f"{server.url}/run", [[x[0].tolist(), FAR]])
+        assert status == 400, answer
+        assert "defense rejected row 1: feature `a` (range)" in answer["outputs"][0]["error"]
     finally:
         server.stop()
 
