@@ -11,7 +11,6 @@ from typing import Any
 
 from omibuild.runtime import log
 from omibuild.runtime.config import RuntimeConfig
-from omibuild.runtime.defense import DefenseMonitor, Screening
 from omibuild.runtime.device import Placement
 from omibuild.runtime.drift import DriftMonitor
 from omibuild.runtime.explain import Explainer, ExplainError, ExplainInputError
@@ -27,6 +26,7 @@ from omibuild.runtime.faults import (
 )
 from omibuild.runtime.flavors import FLAVORS, CustomFlavor, import_object
 from omibuild.runtime.lane import PredictLane
+from omibuild.runtime.screen import DefenseMonitor, Screening
 from omibuild.runtime.verify import verify_model
 
 

@@ -88,3 +88,27 @@ def test_the_guard_names_each_violation_and_counts_it() -> None:
 @pytest.mark.parametrize("alpha, needed", [(0.01, 1000), (0.05, 200), (0.001, 10000)])
 def test_the_calibration_half_must_hold_ten_over_alpha_rows(alpha: float, needed: int) -> None:
     assert calibration_rows_needed(alpha) == needed
+
+
+def test_one_row_screens_as_the_batch_path_does() -> None:
+    """The one-row path (a Python loop and the Cholesky factor) and the batch path (numpy over
+    the array) give the same p-values, flags and violations, and count alike."""
+    from omibuild.runtime.screen import DefenseMonitor
+    from tests.unit.test_defense_attack import reference_of, table
+
+    reference = reference_of(table(2400, seed=5))
+    rows = table(40, seed=6)
+    rows[3, 2] = 1e3  # out of range
+    rows[7, 0] = np.nan  # missing, which the reference never is
+    rows[9] = rows[9, ::-1]  # against the correlations
+    batch = DefenseMonitor({"alpha": 0.01}, reference)
+    single = DefenseMonitor({"alpha": 0.01}, reference)
+    together = batch.screen(rows)
+    alone = [single.screen(rows[i : i + 1]) for i in range(len(rows))]
+    assert together is not None and all(s is not None for s in alone)
+    assert [s.p_values[0] for s in alone] == pytest.approx(together.p_values, rel=1e-9)
+    assert [s.flagged[0] for s in alone] == together.flagged
+    assert [s.violations[0] for s in alone] == together.violations
+    assert together.violations[3] == [("x2", "range")]
+    assert together.violations[7] == [("x0", "missing")] and together.flagged[9]
+    assert batch.status() == single.status()

@@ -1,6 +1,6 @@
 """What the defense does against a black-box attacker, measured rather than claimed: ART's
 HopSkipJump against an MLP on a correlated table, fixed seeds, through the serving process's
-own DefenseMonitor (conformance/robustness.py, runtime/defense.py). Rows pushed just past the
+own DefenseMonitor (conformance/robustness.py, runtime/screen.py). Rows pushed just past the
 decision boundary mostly pass (no cheap detector stops them; the README says so); rows pushed
 four times as far are mostly flagged."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from omibuild.conformance.robustness import RobustnessError, attack
-from omibuild.runtime.defense import DefenseMonitor
+from omibuild.runtime.screen import DefenseMonitor
 
 FEATURES = 10
 ALPHA = 0.01

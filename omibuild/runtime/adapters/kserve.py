@@ -12,8 +12,8 @@ from omibuild.runtime.faults import InputError
 
 if TYPE_CHECKING:
     from omibuild.runtime.config import RuntimeConfig
-    from omibuild.runtime.defense import Screening
     from omibuild.runtime.model import ModelService
+    from omibuild.runtime.screen import Screening
 
 EXTENSIONS = ["binary_tensor_data"]
 # V2 outputs a request may name to get each row's screening (omi.yaml's defense)
