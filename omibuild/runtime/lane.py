@@ -28,7 +28,13 @@ class PredictLane:
     (OMI_MAX_BATCH_SIZE, OMI_MAX_LATENCY_MS): the thread waits up to that long for more rows.
     Only for vectorised flavors without hooks; when a merged call fails or returns something
     without one result per row, each request runs on its own, so errors stay with the request
-    that caused them."""
+    that caused them.
+
+    A request submitted with ``screen=True`` is screened by ``screener`` (omi.yaml's defense,
+    runtime/screen.py) on the lane, before predict, and resolves to (outputs, its screening).
+    Requests merged into one call are screened in one pass over their rows: the screening's
+    cost is paid per call, not per request. A request the screener refuses (guard: reject)
+    fails alone; the others still predict."""
 
     def __init__(
         self,
@@ -45,6 +51,9 @@ class PredictLane:
         self.started = False
         self._start_lock = threading.Lock()
         self.coalesced = 0  # predict calls that served more than one request
+        # screen(inputs) -> screening (counted) and refusal(screening, inputs) -> an error or
+        # None: set once the model is loaded, when the image has a defense
+        self.screener: Any = None
 
     def _start(self) -> None:
         with self._start_lock:
@@ -55,21 +64,22 @@ class PredictLane:
                     ).start()
                 self.started = True
 
-    def submit(self, inputs: Any) -> asyncio.Future[Any]:
-        """From the event loop: a future the loop resolves with the result."""
+    def submit(self, inputs: Any, screen: bool = False) -> asyncio.Future[Any]:
+        """From the event loop: a future the loop resolves with the result ((outputs,
+        screening) when ``screen``)."""
         if not self.started:
             self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.put(_Job(loop, future, inputs, self._rows(inputs)))
+        self.queue.put(_Job(loop, future, inputs, self._rows(inputs), screen))
         return future
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, screen: bool = False) -> Any:
         """From any other thread: wait for the result."""
         if not self.started:
             self._start()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.queue.put(_Job(None, future, inputs, self._rows(inputs)))
+        self.queue.put(_Job(None, future, inputs, self._rows(inputs), screen))
         return future.result()
 
     def _rows(self, inputs: Any) -> int | None:
@@ -80,7 +90,7 @@ class PredictLane:
         while True:
             job = get()
             if job.rows is None:
-                job.run(self.predict)
+                self._run_one(job)
                 continue
             batch, later, rows = [job], [], job.rows
             deadline = time.monotonic() + self.max_wait
@@ -92,26 +102,71 @@ class PredictLane:
                         more = get_nowait()
                 except queue.Empty:
                     break
-                if more.rows is not None and _compatible(job.inputs, more.inputs):
+                if (
+                    more.rows is not None
+                    and more.screen == job.screen
+                    and _compatible(job.inputs, more.inputs)
+                ):
                     batch.append(more)
                     rows += more.rows
                 else:
                     later.append(more)
             if len(batch) == 1:
-                job.run(self.predict)
+                self._run_one(job)
             else:
                 self._run_merged(batch, rows)
             for other in later:
-                other.run(self.predict)
+                self._run_one(other)
 
-    def _run_merged(self, batch: list[_Job], rows: int) -> None:
+    def _run_one(self, job: _Job) -> None:
+        if job.screen and self._screened([job], job.inputs) == []:
+            return
+        job.run(self.predict)
+
+    def _screened(self, batch: list[_Job], merged: Any) -> list[_Job]:
+        """Screen ``merged`` (the batch's rows) once, hand each job its part, fail the jobs it
+        refuses: the jobs left to predict."""
+        try:
+            screening = self.screener.screen(merged)
+        except Exception as exc:  # a team's hook that failed: every request of the call
+            for job in batch:
+                job.settle(None, detach(exc))
+            return []
+        left, start = [], 0
+        for job in batch:
+            rows = job.rows if job.rows is not None else 0
+            part = screening
+            if screening is not None and len(batch) > 1:
+                part = screening.part(start, start + rows)
+            start += rows
+            refused = self.screener.refusal(part, job.inputs)
+            if refused is not None:
+                job.inputs = None
+                job.settle(None, refused)
+            else:
+                job.screening = part
+                left.append(job)
+        return left
+
+    def _merge(self, batch: list[_Job]) -> Any:
         first = batch[0].inputs
         if isinstance(first, list):
-            merged: Any = [row for job in batch for row in job.inputs]
-        else:
-            import numpy as np
+            return [row for job in batch for row in job.inputs]
+        import numpy as np
 
-            merged = np.concatenate([job.inputs for job in batch])
+        return np.concatenate([job.inputs for job in batch])
+
+    def _run_merged(self, batch: list[_Job], rows: int) -> None:
+        merged = self._merge(batch)
+        if batch[0].screen:
+            kept = self._screened(batch, merged)
+            if len(kept) < len(batch):  # some refused: the rest as one call again
+                if len(kept) <= 1:
+                    for job in kept:
+                        job.run(self.predict)
+                    return
+                batch, merged = kept, self._merge(kept)
+                rows = sum(job.rows or 0 for job in kept)
         try:
             out = self.predict(merged)
             if not hasattr(out, "__getitem__") or len(out) != rows or isinstance(out, dict):
@@ -124,7 +179,8 @@ class PredictLane:
         start = 0
         for job in batch:
             assert job.rows is not None
-            job.settle(out[start : start + job.rows], None)
+            part = out[start : start + job.rows]
+            job.settle((part, job.screening) if job.screen else part, None)
             start += job.rows
 
 
@@ -132,7 +188,7 @@ class _Job:
     """One request on the lane. ``loop`` is set for an asyncio future (resolved on its loop),
     None for a concurrent.futures one (resolved from the lane's thread)."""
 
-    __slots__ = ("future", "inputs", "loop", "rows")
+    __slots__ = ("future", "inputs", "loop", "rows", "screen", "screening")
 
     def __init__(
         self,
@@ -140,9 +196,12 @@ class _Job:
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         inputs: Any,
         rows: int | None,
+        screen: bool = False,
     ) -> None:
         self.loop, self.inputs, self.rows = loop, inputs, rows
         self.future: Any = future
+        self.screen = screen  # resolves to (outputs, screening)
+        self.screening: Any = None
 
     def run(self, predict: Callable[[Any], Any]) -> None:
         inputs, self.inputs = self.inputs, None  # the job no longer holds the request's data
@@ -153,7 +212,7 @@ class _Job:
         except BaseException as exc:  # handed to the waiting request, as a message only
             error = detach(exc)
         del inputs  # before the request is answered: nothing here outlives it
-        self.settle(result, error)
+        self.settle((result, self.screening) if self.screen else result, error)
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         # The job lets go of the future: the lane thread keeps its last job until the next

@@ -113,6 +113,7 @@ class ModelService:
             self.defense = DefenseMonitor.from_config(
                 self.config.document, self.config.analysis_dir, self.config.code_dir
             )
+            self.lane.screener = self.defense
             self.stats["load_seconds"] = round(time.perf_counter() - start, 4)
             # Everything loaded so far (the libraries' modules, the model) lives as long as the
             # process. Frozen, the cyclic GC stops re-scanning it: a full collection of a sklearn
@@ -195,10 +196,13 @@ class ModelService:
         return (await self.apredict_screened(inputs))[0]
 
     async def apredict_screened(self, inputs: Any) -> tuple[Any, Screening | None]:
-        """apredict, and the defense's screening of the rows (omi.yaml's defense), which runs
-        first: under guard: reject a violating row never reaches the model."""
-        screening = await self.defense.ascreen(inputs) if self.defense is not None else None
-        outputs = await self.lane.submit(inputs)
+        """apredict, and the defense's screening of the rows (omi.yaml's defense), which the
+        lane runs before predict: under guard: reject a violating row never reaches the model."""
+        screening = None
+        if self.defense is not None:
+            outputs, screening = await self.lane.submit(inputs, screen=True)
+        else:
+            outputs = await self.lane.submit(inputs)
         if self.drift is not None:
             self.drift.offer(inputs)
         return outputs, screening
@@ -213,9 +217,18 @@ class ModelService:
         self, inputs: Any, client: bool = True
     ) -> tuple[Any, Screening | None]:
         screening = None
-        if self.defense is not None and client:
+        if self.defense is None or not client:
+            outputs = (
+                self.lane.call(inputs) if self.lane.max_wait else self._predict_in_slot(inputs)
+            )
+        elif self.lane.max_wait:
+            outputs, screening = self.lane.call(inputs, screen=True)
+        else:
             screening = self.defense.screen(inputs)
-        outputs = self.lane.call(inputs) if self.lane.max_wait else self._predict_in_slot(inputs)
+            refused = self.defense.refusal(screening, inputs)
+            if refused is not None:
+                raise refused
+            outputs = self._predict_in_slot(inputs)
         if self.drift is not None:
             self.drift.offer(inputs)
         return outputs, screening

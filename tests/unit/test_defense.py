@@ -112,3 +112,50 @@ def test_one_row_screens_as_the_batch_path_does() -> None:
     assert together.violations[3] == [("x2", "range")]
     assert together.violations[7] == [("x0", "missing")] and together.flagged[9]
     assert batch.status() == single.status()
+
+
+def test_requests_merged_on_the_lane_are_screened_once_and_a_refused_one_fails_alone() -> None:
+    """The lane screens merged requests in one pass, hands each its own rows' screening, and
+    under guard: reject fails only the request whose row breaks the guard."""
+    import asyncio
+    import threading
+
+    from omibuild.runtime.faults import InputError
+    from omibuild.runtime.lane import PredictLane
+    from omibuild.runtime.screen import DefenseMonitor
+    from tests.unit.test_defense_attack import reference_of, table
+
+    reference = reference_of(table(2400, seed=5))
+    monitor = DefenseMonitor({"alpha": 0.01, "guard": "reject"}, reference)
+    alone = DefenseMonitor({"alpha": 0.01, "guard": "reject"}, reference)
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        gate.wait(10)  # the first call holds the lane: the others queue up and merge
+        calls.append(len(rows))
+        return rows.sum(axis=1)
+
+    lane = PredictLane(predict, threads=1, coalesce_rows=64)
+    lane.screener = monitor
+    requests = [table(2, seed=10 + i) for i in range(5)]
+    requests[3][1, 4] = 1e3  # this request's second row is out of range
+
+    async def send() -> list[object]:
+        first = lane.submit(requests[0], screen=True)
+        await asyncio.sleep(0.05)
+        rest = [lane.submit(r, screen=True) for r in requests[1:]]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    answers = asyncio.run(send())
+    assert isinstance(answers[3], InputError)
+    assert str(answers[3]).startswith("defense rejected row 1: feature `x4` (range)")
+    for i in (0, 1, 2, 4):
+        outputs, screening = answers[i]  # type: ignore[misc]
+        assert outputs.tolist() == pytest.approx(requests[i].sum(axis=1).tolist())
+        own = alone.screen(requests[i])
+        assert own is not None and screening.p_values == pytest.approx(own.p_values)
+    assert calls == [2, 6] and lane.coalesced == 1  # the refused request never reached predict
+    assert monitor.status()["rows"] == 10 and monitor.status()["rejected"] == 1
