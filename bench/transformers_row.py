@@ -2,7 +2,8 @@
 made here as the tests make theirs, served by omibuild's image and by MLServer's Hugging Face
 runtime (bench/mlserver-hf) on the same base, CPU only, side by side: V2 REST requests of one
 text at 1 and 8 clients, servers interleaved; and cold start to ready. Both use the same
-transformers version (the model is saved by MLServer's) and the same torch CPU wheel."""
+transformers version (the model is saved by MLServer's); torch differs: omibuild's image has
+the 2.13 CPU build, MLServer's 2.8 (optimum 1.27, which its runtime imports, fails on 2.13)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ config = BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=2,
                     id2label={0: "NEGATIVE", 1: "POSITIVE"},
                     label2id={"NEGATIVE": 0, "POSITIVE": 1})
 BertForSequenceClassification(config).save_pretrained(out)
+for p in [out, *out.rglob("*")]:  # MLServer runs as 10001 and reads it through a mount
+    p.chmod(0o755 if p.is_dir() else 0o644)
 import transformers; print(transformers.__version__)
 """
 
@@ -73,9 +76,7 @@ def build_theirs(work: Path) -> tuple[Path, str]:
     assert TORCH_WHEEL is not None
     ctx = work / "mlserver-hf"
     shutil.copytree(ROOT / "bench/mlserver-hf", ctx)
-    (ctx / "wheels").mkdir()
-    shutil.copy(TORCH_WHEEL, ctx / "wheels" / TORCH_WHEEL.name)
-    log("transformers: building MLServer's Hugging Face image (torch CPU, tensorflow, optimum)")
+    log("transformers: building MLServer's Hugging Face image (torch 2.8, tensorflow, optimum)")
     docker_build(ctx, MLSERVER_HF)
     shutil.rmtree(ctx)
     models = work / "hf-model"
