@@ -7,20 +7,15 @@ the 2.13 CPU build, MLServer's 2.8 (optimum 1.27, which its runtime imports, fai
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import html
-import http.server
 import json
 import shutil
 import statistics
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from builds import docker_build
 from common import PY, ROOT, log, record, run
+from formats import cpu_index
 from serving import _start, ab, wait_http
 
 TORCH_WHEEL = next(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"), None)
@@ -43,32 +38,6 @@ for p in [out, *out.rglob("*")]:  # MLServer runs as 10001 and reads it through 
     p.chmod(0o755 if p.is_dir() else 0o644)
 import transformers; print(transformers.__version__)
 """
-
-
-@contextlib.contextmanager
-def cpu_index(wheel: Path, root: Path) -> Iterator[str]:
-    """torch's CPU build on a loopback package index (PEP 503), as a team mirrors
-    https://download.pytorch.org/whl/cpu."""
-    (root / "simple" / "torch").mkdir(parents=True)
-    (root / "files").mkdir()
-    shutil.copy(wheel, root / "files" / wheel.name)
-    link = html.escape(f"/files/{wheel.name}".replace("+", "%2B"))
-    (root / "simple" / "torch" / "index.html").write_text(
-        f'<!DOCTYPE html><html><body><a href="{link}">{html.escape(wheel.name)}</a></body></html>\n'
-    )
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
 
 
 def build_theirs(work: Path) -> tuple[Path, str]:
@@ -121,7 +90,7 @@ def bench_transformers(work: Path, reps: int, requests: int) -> None:
     if TORCH_WHEEL is None:
         raise RuntimeError("no torch CPU wheel in /opt/wheels (setup puts it there)")
     model, version = build_theirs(work)
-    with cpu_index(TORCH_WHEEL, work / "cpu-index") as index:
+    with cpu_index() as index:
         ours = build_ours(work, model, version, index)
     body = work / "hf-v2.json"
     tensor = {"name": "args", "shape": [1], "datatype": "BYTES", "data": ["good build"]}
@@ -144,29 +113,23 @@ def bench_transformers(work: Path, reps: int, requests: int) -> None:
                 for c in (1, 8):
                     seen[name].setdefault(c, []).append(ab(f"{base}/infer", body, requests, c))
     group = "transformers (tiny BERT, CPU)"
+    theirs = "MLServer's Hugging Face runtime, same model"
     for c in (1, 8):
-        record(
-            group,
-            f"V2 requests/s, one text, c={c}",
-            [r["rps"] for r in seen["omibuild"][c]],
-            "req/s",
-            baseline=[r["rps"] for r in seen["mlserver"][c]],
-            baseline_name="MLServer's Hugging Face runtime, same model",
-        )
-        record(
-            group,
-            f"V2 p50 latency, one text, c={c}",
-            [r["p50_ms"] for r in seen["omibuild"][c]],
-            "ms",
-            baseline=[r["p50_ms"] for r in seen["mlserver"][c]],
-            baseline_name="MLServer's Hugging Face runtime, same model",
-        )
+        for what, key, unit in (("requests/s", "rps", "req/s"), ("p50 latency", "p50_ms", "ms")):
+            record(
+                group,
+                f"V2 {what}, one text, c={c}",
+                [r[key] for r in seen["omibuild"][c]],
+                unit,
+                baseline=[r[key] for r in seen["mlserver"][c]],
+                baseline_name=theirs,
+            )
     record(
         group,
         "start to ready (docker run to /ready 200)",
         ready["omibuild"],
         "s",
         baseline=ready["mlserver"],
-        baseline_name="MLServer's Hugging Face runtime, same model",
+        baseline_name=theirs,
     )
     log(f"transformers: done; ours {statistics.median(ready['omibuild']):.1f} s to ready")
