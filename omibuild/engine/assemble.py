@@ -260,7 +260,7 @@ class _Assembly:
             lines = tuple(ln for ln in said.splitlines() if ln.strip())
             if outputs is None:
                 self.steps.log(("predicting the example input", *lines, "ERROR"))
-                last = (lines or ("the dry prediction failed",))[-1]
+                last = reason_line(lines) or "the dry prediction failed"
                 raise _Failed(Failure("example", last.removeprefix("omibuild: ")[:400]))
             remember_answer(self.cache, str(top["digest"]), outputs)
             seconds = time.perf_counter() - started
@@ -444,3 +444,11 @@ def finish(
         result.failure_kind = failed.failure.kind
         return
     build.layout.collect([rest])  # what the next build's export can reuse; nothing else
+
+
+def reason_line(lines: tuple[str, ...]) -> str | None:
+    """The line that says why: the last one, unless it is the docker CLI's closing hint
+    ("Run 'docker run --help' for more information"), which would hide the daemon's reason
+    on the line before it."""
+    said = [ln for ln in lines if not (ln.strip().startswith(("Run 'docker", "See 'docker")))]
+    return said[-1].strip() if said else None

@@ -167,3 +167,17 @@ def test_the_pip_configuration_a_build_gets_leaves_out_the_host_s_file_indexes(
     )
     text = portable_pip_config({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
     assert text == ("[global]\ntimeout = 60\nextra-index-url = https://pypi.example/simple\n")
+
+
+def test_a_failed_dry_prediction_names_the_daemon_s_reason_not_the_cli_s_hint() -> None:
+    from omibuild.engine.assemble import reason_line
+
+    said = (
+        "docker: Error response from daemon: No such image: omibuild.local/m:omibuild-tmp-1.",
+        "Run 'docker run --help' for more information",
+    )
+    assert reason_line(said) == said[0]
+    assert reason_line(("omibuild: the example input failed: ValueError: x",)) == (
+        "omibuild: the example input failed: ValueError: x"
+    )
+    assert reason_line(()) is None
