@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from omibuild.conformance.bodies import v2_request
 from omibuild.conformance.probe import Endpoint, _http
 from omibuild.conformance.robustness import Found, robustness_finding
 
 DEFENSE_ROUTE = "/defense"
 REFERENCE = "/opt/omi/analysis/defense/reference.json"
-SCALES = (1, 2, 4)  # the adversarial perturbation, scaled: the share flagged at each
+DEFENSE_OUTPUTS = ("omi_defense_p_value", "omi_defense_flagged")  # V2 outputs the image gives
 CHUNK = 256  # rows per request the attack sends
 
 
@@ -38,45 +39,29 @@ class Screener:
             if status != 200 or not isinstance(body, dict):
                 return status, body
             return status, body.get("defense")
-        request = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "datatype": "FP64",
-                    "shape": [len(rows), len(self.names)],
-                    "data": [float(v) for r in rows for v in r],
-                }
-            ],
-            "outputs": [{"name": "omi_defense_p_value"}, {"name": "omi_defense_flagged"}],
-        }
-        status, text = _http("POST", f"{t.base}/v2/models/{t.model_name}/infer", request, 60)
-        body = _json(text)
+        status, body = self._infer(rows, DEFENSE_OUTPUTS)
         if status != 200 or not isinstance(body, dict):
             return status, body
         out = {o["name"]: o["data"] for o in body.get("outputs", [])}
-        p, flagged = out.get("omi_defense_p_value", []), out.get("omi_defense_flagged", [])
+        p, flagged = (out.get(name, []) for name in DEFENSE_OUTPUTS)
         return status, [
             {"p_value": a, "flagged": bool(b)} for a, b in zip(p, flagged, strict=False)
         ]
 
+    def _infer(self, rows: list[list[Any]], outputs: tuple[str, ...]) -> tuple[int, Any]:
+        """A V2 infer of ``rows`` as one FP64 tensor, naming ``outputs`` when there are any."""
+        request = v2_request([[float(v) for v in r] for r in rows])
+        if outputs:
+            request["outputs"] = [{"name": name} for name in outputs]
+        t = self.target
+        status, text = _http("POST", f"{t.base}/v2/models/{t.model_name}/infer", request, 60)
+        return status, _json(text)
+
     def labels(self, rows: list[list[float]]) -> list[Any]:
         """The model's answer per row (V2 output-0), for the attack."""
-        t = self.target
         out: list[Any] = []
         for start in range(0, len(rows), CHUNK):
-            part = rows[start : start + CHUNK]
-            request = {
-                "inputs": [
-                    {
-                        "name": "input-0",
-                        "datatype": "FP64",
-                        "shape": [len(part), len(part[0])],
-                        "data": [float(v) for r in part for v in r],
-                    }
-                ]
-            }
-            status, text = _http("POST", f"{t.base}/v2/models/{t.model_name}/infer", request, 60)
-            body = _json(text)
+            status, body = self._infer(rows[start : start + CHUNK], ())
             if status != 200 or not isinstance(body, dict):
                 raise RuntimeError(f"V2 infer answered HTTP {status}")
             out += body["outputs"][0]["data"]

@@ -137,7 +137,7 @@ class Defense:
     reference: str | None
     samples: int = 5000
     categorical: tuple[str, ...] = ()
-    guard: str = "flag"  # flag, reject or off
+    guard: str = "flag"  # flag, reject or off (validation refuses a guard without a table)
     score: str = "mahalanobis"  # or off
     alpha: float = 0.01
     hook: str | None = None

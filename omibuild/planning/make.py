@@ -129,7 +129,7 @@ def _omi_document(inputs: BuildInputs, layers: tuple[Layer, ...], env: dict[str,
         defense = {
             "reference": DEFENSE if d.reference else None,
             "alpha": d.alpha,
-            "guard": d.guard if d.reference else "off",
+            "guard": d.guard,
             "score": d.score,
             "hook": d.hook,
         }
@@ -215,7 +215,7 @@ def _labels(
     if m.defense is not None:
         d = m.defense
         optional[contract.DEFENSE_LABEL] = json.dumps(
-            {"guard": d.guard if d.reference else "off", "score": d.score, "alpha": d.alpha}
+            {"guard": d.guard, "score": d.score, "alpha": d.alpha}
             | ({"hook": d.hook} if d.hook else {}),
             separators=(",", ":"),
         )

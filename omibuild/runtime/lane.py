@@ -179,8 +179,7 @@ class PredictLane:
         start = 0
         for job in batch:
             assert job.rows is not None
-            part = out[start : start + job.rows]
-            job.settle((part, job.screening) if job.screen else part, None)
+            job.settle(out[start : start + job.rows], None)
             start += job.rows
 
 
@@ -212,9 +211,11 @@ class _Job:
         except BaseException as exc:  # handed to the waiting request, as a message only
             error = detach(exc)
         del inputs  # before the request is answered: nothing here outlives it
-        self.settle((result, self.screening) if self.screen else result, error)
+        self.settle(result, error)
 
     def settle(self, result: Any, error: BaseException | None) -> None:
+        if error is None and self.screen:  # a screened request gets its rows' screening too
+            result = (result, self.screening)
         # The job lets go of the future: the lane thread keeps its last job until the next
         # one, and the future comes to hold the error, its traceback and the request's frames.
         future, self.future = self.future, None

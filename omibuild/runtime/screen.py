@@ -40,6 +40,7 @@ class Screening:
         )
 
     def rows(self) -> list[dict[str, Any]]:
+        """Each row as a reply shows it."""
         return [
             {
                 "p_value": p,
@@ -115,12 +116,7 @@ class DefenseMonitor:
         if type(inputs) is np.ndarray and inputs.shape == self._row_shape and self._fast:
             return self._one(inputs[0].tolist())  # the common request, in few numpy calls
         table = self._table(inputs)
-        if (
-            isinstance(table, np.ndarray)
-            and len(table) == 1
-            and self.numeric_only
-            and self.hook is None
-        ):
+        if self._fast and isinstance(table, np.ndarray) and len(table) == 1:
             return self._one(table[0].tolist())
         if table is None and self.hook is None:
             with self._lock:
@@ -141,8 +137,7 @@ class DefenseMonitor:
             bool(v) or (p is not None and p <= self.alpha)
             for p, v in zip(p_values, violations, strict=True)
         ]
-        bad = sum(bool(v) for v in violations)
-        self._count(p_values, flagged, bad if self.mode == "reject" else 0)
+        self._count(p_values, flagged, violations)
         return Screening(p_values, flagged, violations)
 
     def refusal(self, screening: Screening | None, inputs: Any) -> InputError | None:
@@ -155,8 +150,10 @@ class DefenseMonitor:
             return None
         i = bad[0]
         name, kind = screening.violations[i][0]
+        assert self.guard is not None
         row = self._table(inputs)[i]
-        fact = next(f for n_, k, f in self._facts(row) if (n_, k) == (name, kind))
+        found = self.guard.check(row, count=False)
+        fact = next(f for n_, k, f in found if (n_, k) == (name, kind))
         return InputError(
             f"defense rejected row {i}: feature `{name}` ({kind}): expected {fact}"
             + (f"; {len(bad)} rows break the guard" if len(bad) > 1 else "")
@@ -177,17 +174,9 @@ class DefenseMonitor:
         if self.score is not None:
             p = self.score.p_of(values if self._whole else [values[j] for j in self.score_index])
         flagged = bool(found) or (p is not None and p <= self.alpha)
-        with self._lock:
-            self.rows += 1
-            self.flagged += flagged
-            if found:
-                self.rejected += self.mode == "reject"
-                for key in found:
-                    self.guard.violations[key] = self.guard.violations.get(key, 0) + 1  # type: ignore[union-attr]
-            if p is not None:
-                self.p_sum += p
-                self.buckets[bisect.bisect_left(P_BUCKETS, p)] += 1
-        return Screening([p], [flagged], [found])
+        screening = Screening([p], [flagged], [found])
+        self._count(screening.p_values, screening.flagged, screening.violations)
+        return screening
 
     def _table(self, inputs: Any) -> Any:
         """The request's rows in the reference's column order: a 2-D float array when they
@@ -222,12 +211,9 @@ class DefenseMonitor:
         assert self.guard is not None
         if isinstance(table, np.ndarray) and self.numeric_only:
             return self._guard_numbers(table)
-        out = []
-        with self._lock:
-            for row in table:
-                found = self.guard.check(row)
-                out.append([(name, kind) for name, kind, _ in found])
-        return out
+        return [
+            [(name, kind) for name, kind, _ in self.guard.check(row, count=False)] for row in table
+        ]
 
     def _guard_numbers(self, table: np.ndarray) -> list[list[tuple[str, str]]]:
         """The guard over a numeric array at numpy's speed; rows without a violation cost no
@@ -240,17 +226,8 @@ class DefenseMonitor:
         )
         out: list[list[tuple[str, str]]] = [[] for _ in range(len(table))]
         for i, j in zip(*np.nonzero(bad), strict=True):
-            kind = "missing" if missing[i, j] else "range"
-            out[int(i)].append((features[j].name, kind))
-            key = (features[j].name, kind)
-            with self._lock:
-                self.guard.violations[key] = self.guard.violations.get(key, 0) + 1
+            out[int(i)].append((features[j].name, "missing" if missing[i, j] else "range"))
         return out
-
-    def _facts(self, row: Any) -> list[tuple[str, str, str]]:
-        """The violations of one row with the reference's facts (not counted again)."""
-        assert self.guard is not None
-        return self.guard.check(row, count=False)
 
     def _scores(self, table: Any) -> list[float | None]:
         assert self.score is not None
@@ -274,11 +251,22 @@ class DefenseMonitor:
             raise PredictError(f"defense hook gave {len(values)} p-values for {n} rows")
         return values
 
-    def _count(self, p_values: list[float | None], flagged: list[bool], rejected: int) -> None:
+    def _count(
+        self,
+        p_values: list[float | None],
+        flagged: list[bool],
+        violations: list[list[tuple[str, str]]],
+    ) -> None:
+        """Every counter, under the lock once: rows, flags, the guard's violations (rows that
+        break it are rejected under guard: reject), the p-value histogram."""
         with self._lock:
             self.rows += len(flagged)
             self.flagged += sum(flagged)
-            self.rejected += rejected
+            for found in violations:
+                if found:
+                    self.rejected += self.mode == "reject"
+                    for key in found:
+                        self.guard.violations[key] = self.guard.violations.get(key, 0) + 1  # type: ignore[union-attr]
             for p in p_values:
                 if p is not None:
                     self.p_sum += p
@@ -347,3 +335,9 @@ def _float(value: Any) -> float:
         return float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         return math.nan
+
+
+def shown_rows(screening: Screening | None) -> list[dict[str, Any]] | None:
+    """A request's screening as a reply shows it; None where its inputs were not rows of the
+    reference's table."""
+    return screening.rows() if screening is not None else None

@@ -33,6 +33,7 @@ from omibuild.runtime.http import (
 )
 from omibuild.runtime.model import ModelService, as_array, to_jsonable
 from omibuild.runtime.offload import Offload
+from omibuild.runtime.screen import shown_rows
 
 
 class KServeAdapter:
@@ -88,8 +89,9 @@ class KServeAdapter:
             instances = await self.offload.decode(v1_instances, body, self.service.takes_arrays)
             if self.service.defense is not None and _asks_defense(request):
                 predictions, screening = await self.service.apredict_screened(instances)
-                rows = screening.rows() if screening is not None else None
-                return json_response({"predictions": to_jsonable(predictions), "defense": rows})
+                return json_response(
+                    {"predictions": to_jsonable(predictions), "defense": shown_rows(screening)}
+                )
             predictions = await self.service.apredict(instances)
             return json_response({"predictions": to_jsonable(predictions)})
 
@@ -130,8 +132,14 @@ class KServeAdapter:
             metadata["parameters"] = {"device": self.service.placement.device}
         return metadata
 
-    async def infer_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    async def infer_arrays(
+        self, arrays: dict[str, np.ndarray], defense: bool = False
+    ) -> dict[str, Any]:
+        """The model's named outputs, and with ``defense`` the omi_defense_* ones."""
         model_input: Any = next(iter(arrays.values())) if len(arrays) == 1 else arrays
+        if defense:
+            result, screening = await self.service.apredict_screened(model_input)
+            return outputs_of(result) | defense_outputs(screening)
         return outputs_of(await self.service.apredict(model_input))
 
     def v2_routes(self) -> list[BaseRoute]:
@@ -211,12 +219,7 @@ class KServeAdapter:
             if isinstance(wanted, list)
             else []
         )
-        if wants_defense(self.service, names):
-            model_input: Any = next(iter(arrays.values())) if len(arrays) == 1 else arrays
-            result, screening = await self.service.apredict_screened(model_input)
-            outputs = outputs_of(result) | defense_outputs(screening)
-        else:
-            outputs = await self.infer_arrays(arrays)
+        outputs = await self.infer_arrays(arrays, wants_defense(self.service, names))
         return self.v2_response(req, outputs)
 
     async def _v2_infer_hot(self, name: str, body: bytes, headers: dict[bytes, bytes]) -> Payload:

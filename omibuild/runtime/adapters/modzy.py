@@ -22,6 +22,7 @@ from omibuild.runtime.config import RuntimeConfig
 from omibuild.runtime.faults import InputError, PredictError, detach
 from omibuild.runtime.http import HTTPError, Metrics, endpoint, json_response, read_json
 from omibuild.runtime.model import ModelService, to_jsonable
+from omibuild.runtime.screen import shown_rows
 
 SERVICE = "ModzyModel"
 RESULTS = "results.json"
@@ -141,7 +142,7 @@ class ModzyAdapter:
                 predictions, screening = self.service.predict_blocking_screened(instances)
                 answer: dict[str, Any] = {"predictions": to_jsonable(predictions)}
                 if self.service.defense is not None:
-                    answer["defense"] = screening.rows() if screening is not None else None
+                    answer["defense"] = shown_rows(screening)
                 if explain and self.service.explainer is not None:
                     answer["explanation"] = self.service.explain_blocking(instances)
                 if detect_drift and self.service.drift is not None:
@@ -162,7 +163,7 @@ class ModzyAdapter:
                 predictions, screening = await self.service.apredict_screened(instances)
                 answer: dict[str, Any] = {"predictions": to_jsonable(predictions)}
                 if self.service.defense is not None:
-                    answer["defense"] = screening.rows() if screening is not None else None
+                    answer["defense"] = shown_rows(screening)
                 if explain and self.service.explainer is not None:
                     answer["explanation"] = await self.service.aexplain(instances)
                 if detect_drift and self.service.drift is not None:
