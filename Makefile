@@ -44,11 +44,15 @@ demo: setup
 	@bash scripts/demo.sh
 
 # The gRPC interfaces' descriptor set, compiled from the .proto files (grpcio-tools is a
-# development dependency only; omi.desc is committed and loaded by omibuild/runtime/protos.py).
+# development dependency only; omi.desc is committed and loaded by omibuild/runtime/protos.py),
+# and the engine's: containerd's content and lease messages (omibuild/engine/containerd.py).
 PROTO_DIR := omibuild/runtime/proto
 protos:
 	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) --descriptor_set_out=$(PROTO_DIR)/omi.desc \
 	  $(PROTO_DIR)/grpc_predict_v2.proto $(PROTO_DIR)/modzy_model.proto
+	$(PY) -m grpc_tools.protoc -I omibuild/engine/proto \
+	  --descriptor_set_out=omibuild/engine/proto/containerd.desc \
+	  omibuild/engine/proto/containerd.proto omibuild/engine/proto/leases.proto
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

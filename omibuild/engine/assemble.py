@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omibuild.engine.attest import Inputs, Statement, attach, model_sums
+from omibuild.engine.containerd import ContentError
 from omibuild.engine.exports import ExportError, add_exports
 from omibuild.engine.failures import LOGIN_HINT, LOST_SNAPSHOT, REGISTRY_HINT, Failure
 from omibuild.engine.images import HOST_PLATFORM, containerd_name
@@ -26,7 +27,7 @@ from omibuild.engine.oci import (
     Layout,
     LayoutError,
     file_layer,
-    layers_archive,
+    layers_image_archive,
     outputs_layer,
     reset,
 )
@@ -42,12 +43,14 @@ from omibuild.store.answers import known_answer, remember_answer
 from omibuild.store.cache import Cache
 from omibuild.store.hashing import sha256_file
 from omibuild.store.layers import (
+    Blob,
     LayerFileChanged,
     StagedLayer,
     known_blob,
     layer_blob,
     pushed_to,
     remember_blob,
+    remember_sha1s,
     tar_chunks,
 )
 from omibuild.units import human
@@ -115,27 +118,46 @@ def model_layers(
     client = Client(*split_reference(plan.image_refs[0])[:2]) if upload else None
     layers = [StagedLayer(group.files, ctx / CTX_MODEL) for group in plan.model_layers]
     new = [layer for layer in layers if known_blob(cache, layer) is None] if ingest else []
-    if ingest is not None and new:
-        digests: list[str] = []
-        archive = layers_archive(new, ingest.name, ingest.platform, digests)
-        if ingest.executor.ingest(tar_chunks(archive)) is None and len(digests) == len(new):
-            for layer, digest in zip(new, digests, strict=True):
-                remember_blob(cache, layer, digest)
-            ingested = read = sum(layer.model_bytes for layer in new)
-        # else the load sends them, as it does where containerd's import is not reachable
+    if ingest is not None and new and _store_in_engine(ingest, new, cache):
+        ingested = read = sum(layer.model_bytes for layer in new)
+    # else the load sends them, as it does where containerd is not reachable
     for index, (group, layer) in enumerate(zip(plan.model_layers, layers, strict=True)):
         if client is None:
             blob, was_read = layer_blob(cache, layer)
         elif (known := known_blob(cache, layer)) is not None:
             blob, was_read = known, False
         else:
-            digest = client.upload_hashing(layer.size, layer.chunks())
+            sha1s: dict[str, str] = {}  # for the SBOM, read once with the upload
+            digest = client.upload_hashing(layer.size, layer.chunks(sha1s=sha1s))
             blob, was_read = remember_blob(cache, layer, digest), True
+            remember_sha1s(cache, layer, sha1s)
         read += layer.model_bytes if was_read else 0
         what = f"{len(group.files)} file{'s' * (len(group.files) != 1)}"
         created = f"omibuild: model layer {index + 1}/{len(layers)} ({what}, {human(group.size)})"
         appended.append(Appended(blob, created, layer=layer))
     return MadeLayers(appended, read, ingested, time.perf_counter() - started)
+
+
+def _store_in_engine(ingest: Ingester, layers: list[StagedLayer], cache: Cache) -> bool:
+    """Write ``layers`` into the engine's content store as they are read (their files
+    checked against the plan as they pass; containerd computes each digest), under a lease,
+    then have containerd's import record an image naming them (``Ingester.name``), which
+    keeps them until the load. False where containerd refused: the load sends them then."""
+    store = ingest.executor.content_store()
+    if store is None:
+        return False
+    try:
+        with store, store.lease() as lease:
+            blobs = [Blob(store.write(layer.chunks(), layer.size, lease), layer.size)
+                     for layer in layers]  # fmt: skip
+            archive = layers_image_archive(blobs, ingest.name, ingest.platform)
+            if ingest.executor.ingest(tar_chunks(archive)) is not None:
+                return False
+    except ContentError:
+        return False
+    for layer, blob in zip(layers, blobs, strict=True):
+        remember_blob(cache, layer, blob.digest)
+    return True
 
 
 class _Failed(Exception):

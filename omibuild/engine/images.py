@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
+from omibuild.engine.containerd import ContentStore
 from omibuild.engine.registry import RegistryError, file_in_layer, split_reference
 from omibuild.errors import UsageError
 from omibuild.store.cache import default_cache_dir
@@ -142,6 +143,7 @@ class EngineImages:
         self.log_dir = log_dir or default_cache_dir() / "logs"  # each build's full log
         self._importer: list[str] | None = None  # [] once known that there is none
         self._ctr: list[str] = []  # ctr on the engine's containerd, namespace moby
+        self._socket = ""  # that containerd's socket
 
     # -- queries ---------------------------------------------------------------------------
     def _cli(self) -> list[str]:
@@ -308,6 +310,7 @@ class EngineImages:
             sock = next((s for s in CONTAINERD_SOCKETS if os.access(s, os.W_OK)), None)
             if sock and self.keeps_blobs():
                 self._ctr = [ctr, "--address", sock, "--namespace", "moby"]
+                self._socket = sock
                 self._importer = [*self._ctr, "images", "import", "--local"]
         return self._importer or None
 
@@ -341,10 +344,15 @@ class EngineImages:
         said = _stream(command, chunks)
         return None if said is None else f"loading the image into the engine failed: {said}"
 
+    def content_store(self) -> ContentStore | None:
+        """containerd's content store, through its gRPC socket, where loads go through its
+        import (``importer``): the model layers are written there as they are read."""
+        return ContentStore(self._socket) if self.importer() and self._socket else None
+
     def ingest(self, chunks: Iterator[bytes]) -> str | None:
-        """Stream an OCI archive into containerd's content store through its import, not
-        unpacked (``layers_archive``: the model layers, beside the build): None, or why not.
-        Only where loads go through containerd's import (``importer``)."""
+        """Stream an OCI archive into containerd through its import, not unpacked
+        (``layers_image_archive``: the image that names the model layers written beside the
+        build): None, or why not. Only where loads go through containerd's import."""
         importer = self.importer()
         if not importer:
             return "containerd's import is not reachable"

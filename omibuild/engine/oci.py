@@ -22,7 +22,6 @@ from typing import Any
 
 from omibuild.contract import OUTPUTS_FILE
 from omibuild.planning.plan import OMI
-from omibuild.store.hashing import SideHash
 from omibuild.store.layers import LAYER_MEDIA_TYPE, Blob, StagedLayer, TarEntry, tar_chunks
 
 MANIFEST_TYPES = (
@@ -373,27 +372,17 @@ class Layout:
         return freed
 
 
-def layers_archive(
-    layers: list[StagedLayer], name: str, platform: str, digests: list[str]
-) -> Iterator[TarEntry]:
-    """An OCI archive of one image (named ``name``) made of ``layers`` alone, for containerd's
-    import to store them while they are hashed here: containerd names a blob by the digest it
-    computes, not by its file name, so each layer streams under a placeholder name, hashed
-    on the side (its files checked against the plan as they pass), and the config, manifest
-    and index.json that name the digests follow it. ``digests`` fills as each layer ends."""
+def layers_image_archive(layers: list[Blob], name: str, platform: str) -> Iterator[TarEntry]:
+    """An OCI archive of one image named ``name`` made of ``layers`` alone, without their
+    bytes (they are already in the engine's content store, written under a lease): the
+    config, manifest and index.json that name them, for containerd's import to record the
+    image that keeps them."""
     yield TarEntry("oci-layout", len(_OCI_LAYOUT), data=_OCI_LAYOUT)
     yield TarEntry("blobs/", directory=True)
     yield TarEntry("blobs/sha256/", directory=True)
-    for number, layer in enumerate(layers):
-
-        def stream(layer: StagedLayer = layer) -> Iterator[bytes]:
-            with SideHash() as side:
-                yield from side.through(layer.chunks())
-                digests.append("sha256:" + side.hexdigest())
-
-        yield TarEntry(f"blobs/sha256/{number:064x}", layer.size, stream=stream)
     os_, _, arch = platform.partition("/")
     arch, _, variant = arch.partition("/")
+    digests = [layer.digest for layer in layers]
     config = _canonical(
         {"architecture": arch, "os": os_, **({"variant": variant} if variant else {}),
          "config": {}, "rootfs": {"type": "layers", "diff_ids": digests}}
@@ -404,8 +393,8 @@ def layers_archive(
         "digest": config_digest,
         "size": len(config),
     }
-    blobs = [{"mediaType": LAYER_MEDIA_TYPE, "digest": d, "size": layer.size}
-             for d, layer in zip(digests, layers, strict=True)]  # fmt: skip
+    blobs = [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer.digest, "size": layer.size}
+             for layer in layers]  # fmt: skip
     manifest = _canonical(
         {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0], "config": config_desc,
          "layers": blobs}

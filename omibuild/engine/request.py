@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from omibuild.planning.plan import CacheSpec
+
+if TYPE_CHECKING:
+    from omibuild.engine.containerd import ContentStore
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,13 @@ class Executor(Protocol):
         None, or why it failed."""
         ...
 
+    def content_store(self) -> ContentStore | None:
+        """containerd's content store over its socket, where its import is used; else None."""
+        ...
+
     def ingest(self, chunks: Iterator[bytes]) -> str | None:
-        """Stream an OCI archive into containerd's content store, not unpacked (where its
-        import is used): None, or why not."""
+        """Stream an OCI archive into containerd, not unpacked (where its import is used):
+        None, or why not."""
         ...
 
     def describe(self, image: str) -> tuple[bytes | None, str]:

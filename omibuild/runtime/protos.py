@@ -17,13 +17,16 @@ DESCRIPTOR_SET = Path(__file__).with_name("proto") / "omi.desc"
 POOL = descriptor_pool.DescriptorPool()
 
 
-def _load() -> dict[str, dict[str, Any]]:
-    """File name -> {message name -> message class}."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+def message_classes(
+    descriptor_set: Path, pool: descriptor_pool.DescriptorPool
+) -> dict[str, dict[str, Any]]:
+    """A compiled descriptor set's files, added to ``pool``: file name -> {message name ->
+    message class}. The build side loads containerd's messages the same way."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     tables = {}
     for proto in files.file:
-        POOL.Add(proto)
-        found = POOL.FindFileByName(proto.name)
+        pool.Add(proto)
+        found = pool.FindFileByName(proto.name)
         tables[proto.name] = {
             name: message_factory.GetMessageClass(desc)
             for name, desc in found.message_types_by_name.items()
@@ -31,6 +34,6 @@ def _load() -> dict[str, dict[str, Any]]:
     return tables
 
 
-_TABLES = _load()
+_TABLES = message_classes(DESCRIPTOR_SET, POOL)
 INFERENCE = _TABLES["grpc_predict_v2.proto"]
 MODZY = _TABLES["modzy_model.proto"]

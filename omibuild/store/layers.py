@@ -87,16 +87,18 @@ def tar_chunks(
     on_bytes: Callable[[int], None] | None = None,
     *,
     verify: bool = True,
+    sha1s: dict[str, str] | None = None,
 ) -> Iterator[bytes]:
     """The tar of ``entries``, in chunks. With ``verify``, each file is checked against its
     sha256 as it passes (without, only its size: a receiver that checks the whole tar's
-    digest needs no second hash of every file)."""
+    digest needs no second hash of every file). ``sha1s``, when given, fills with each
+    file's SHA1 (path under the model root -> hex), which SPDX asks of every file."""
     for entry in entries:
         yield entry.header
         if entry.data is not None:
             yield entry.data
         elif entry.path is not None:
-            yield from _file_chunks(entry, on_bytes, verify)
+            yield from _file_chunks(entry, on_bytes, verify, sha1s)
         elif entry.stream is not None:
             yield from entry.stream()
         if pad := _padding(entry.size):
@@ -105,10 +107,14 @@ def tar_chunks(
 
 
 def _file_chunks(
-    entry: TarEntry, on_bytes: Callable[[int], None] | None, verify: bool
+    entry: TarEntry,
+    on_bytes: Callable[[int], None] | None,
+    verify: bool,
+    sha1s: dict[str, str] | None = None,
 ) -> Iterator[bytes]:
     assert entry.path is not None
     digest = hashlib.sha256() if verify and entry.sha256 else None
+    sha1 = hashlib.sha1(usedforsecurity=False) if sha1s is not None else None
     seen = 0
     with open(entry.path, "rb") as fh:
         while chunk := fh.read(min(CHUNK, entry.size - seen + 1)):
@@ -117,6 +123,8 @@ def _file_chunks(
                 break
             if digest is not None:
                 digest.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
             if on_bytes is not None:
                 on_bytes(len(chunk))
             yield chunk
@@ -132,6 +140,8 @@ def _file_chunks(
             "plan says (omi.lock or omibuild's cache was wrong, or the file changed); nothing "
             "was tagged (hint: run again: the file is hashed anew)"
         )
+    if sha1s is not None and sha1 is not None:
+        sha1s[rel] = sha1.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -170,9 +180,13 @@ class StagedLayer:
         return sum(f.size for f in self.files)
 
     def chunks(
-        self, on_bytes: Callable[[int], None] | None = None, *, verify: bool = True
+        self,
+        on_bytes: Callable[[int], None] | None = None,
+        *,
+        verify: bool = True,
+        sha1s: dict[str, str] | None = None,
     ) -> Iterator[bytes]:
-        return tar_chunks(self.entries, on_bytes, verify=verify)
+        return tar_chunks(self.entries, on_bytes, verify=verify, sha1s=sha1s)
 
 
 @dataclass(frozen=True)
@@ -186,6 +200,28 @@ class Blob:
 
 def memo_path(cache: Cache, layer: StagedLayer) -> Path:
     return cache.root / "layers" / f"{layer.key}.json"
+
+
+def sha1_memo_path(cache: Cache, layer: StagedLayer) -> Path:
+    return cache.root / "layers" / f"{layer.key}.sha1.json"
+
+
+def known_sha1s(cache: Cache, layer: StagedLayer) -> dict[str, str] | None:
+    """Each file's SHA1 as a whole earlier pass over the layer recorded it (the key names
+    each file's sha256, so the memo cannot outlive a change)."""
+    try:
+        sha1s = json.loads(sha1_memo_path(cache, layer).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(sha1s, dict) or set(sha1s) != {f.path for f in layer.files}:
+        return None
+    return {str(k): str(v) for k, v in sha1s.items()}
+
+
+def remember_sha1s(cache: Cache, layer: StagedLayer, sha1s: dict[str, str]) -> None:
+    path = sha1_memo_path(cache, layer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(sha1s, sort_keys=True))
 
 
 def known_blob(cache: Cache, layer: StagedLayer) -> Blob | None:

@@ -7,23 +7,31 @@ into the engine leaves nothing a later build trusts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from omibuild.engine.containerd import ContentError, ContentStore
+from omibuild.engine.images import CONTAINERD_SOCKETS
 from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache
 from omibuild.store.hashing import sha256_file
-from omibuild.store.layers import StagedLayer, layer_blob
+from omibuild.store.layers import LayerFileChanged, StagedLayer, layer_blob
 from tests.integration.conftest import docker
 from tests.integration.test_first_model import OMIBUILD, cli, new_repo, train_joblib
 
 pytestmark = pytest.mark.integration
+
+SOCKET = CONTAINERD_SOCKETS[0]
+CTR = ["ctr", "--address", SOCKET, "--namespace", "moby"]
+INGESTS = Path("/var/lib/docker/containerd/daemon/io.containerd.content.v1.content/ingest")
 
 
 def _apply(repo: Path, *args: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
@@ -43,6 +51,15 @@ def _expected_layer(repo: Path, scratch: Path) -> str:
     )
     blob, _ = layer_blob(Cache(scratch, hold=False), StagedLayer(files, model))
     return blob.digest
+
+
+def _ingesting() -> bool:
+    return INGESTS.is_dir() and any(INGESTS.iterdir())
+
+
+def _omibuild_leases() -> list[str]:
+    out = subprocess.run([*CTR, "leases", "ls", "--quiet"], capture_output=True, text=True)
+    return [line for line in out.stdout.split() if line.startswith("omibuild-")]
 
 
 def _layers(ref: str) -> list[str]:
@@ -138,14 +155,14 @@ def test_an_apply_killed_while_it_streams_the_model_leaves_nothing_trusted(
     )
     try:
         deadline = time.monotonic() + 300
-        while True:  # until its load (containerd's import or `docker load`) runs: the model
-            # is streaming
+        while True:  # until the model streams into the engine: a write in containerd's
+            # content store (its gRPC API), or a load (containerd's import or `docker load`)
             loads = subprocess.run(
                 ["pgrep", "-P", str(proc.pid), "-f", "images import|docker load"],
                 capture_output=True,
                 text=True,
             )
-            if loads.stdout.strip():
+            if loads.stdout.strip() or _ingesting():
                 break
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "the load never started"
@@ -171,3 +188,35 @@ def test_an_apply_killed_while_it_streams_the_model_leaves_nothing_trusted(
         "/models/weights.bin",
     ).stdout.split()[0]
     assert served == sha256_file(repo / "model" / "weights.bin")
+
+
+def test_the_engine_s_content_store_takes_a_blob_under_a_lease_and_drops_a_broken_one(
+    engine: None,
+) -> None:
+    """omibuild's containerd client, on the engine's own containerd: a blob written in
+    pieces is named by the digest of its bytes and readable; a stream that fails part way
+    (a file changed under it) raises that failure, and commits nothing; no lease of
+    omibuild's outlives the block."""
+    data = os.urandom(3 << 20) + b"tail"
+    with ContentStore(SOCKET) as store, store.lease() as lease:
+        assert lease in _omibuild_leases()
+        digest = store.write((data[i : i + 700_000] for i in range(0, len(data), 700_000)),
+                             len(data), lease)  # fmt: skip
+        assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
+        got = subprocess.run([*CTR, "content", "get", digest], capture_output=True, check=True)
+        assert got.stdout == data
+
+        broken = os.urandom(2 << 20)
+
+        def changed() -> Iterator[bytes]:
+            yield broken[: 1 << 20]
+            raise LayerFileChanged("model file w changed")
+
+        with pytest.raises(LayerFileChanged):
+            store.write(changed(), len(broken), lease)
+        # the wrong total is refused by containerd itself, in one line
+        with pytest.raises(ContentError, match="failed size validation: 2097152 != 2097153"):
+            store.write(iter([broken]), len(broken) + 1, lease)
+    assert lease not in _omibuild_leases()
+    listed = subprocess.run([*CTR, "content", "ls", "--quiet"], capture_output=True, text=True)
+    assert "sha256:" + hashlib.sha256(broken).hexdigest() not in listed.stdout

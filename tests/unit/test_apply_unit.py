@@ -91,6 +91,9 @@ class Recorder:
     def content_blobs(self) -> frozenset[str]:
         return frozenset()
 
+    def content_store(self) -> None:
+        return None
+
     def ingest(self, chunks: Iterator[bytes]) -> str | None:
         return "containerd's import is not reachable"
 

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from omibuild.engine.oci import ATTESTS, Appended, Layout
 from omibuild.planning.plan import Plan
 from omibuild.sources.base import ModelFile
 from omibuild.store.cache import Cache
-from omibuild.store.layers import LayerFileChanged, StagedLayer, layer_blob
+from omibuild.store.layers import Blob, LayerFileChanged, StagedLayer, layer_blob, remember_sha1s
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "sklearn-iris.plan.json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -142,6 +143,32 @@ def test_a_model_file_changed_since_planning_stops_the_attestation(tmp_path: Pat
     (tmp_path / "m" / "w.bin").write_bytes(b"changed")
     with pytest.raises(LayerFileChanged, match=r"w\.bin changed"):
         model_sums(cache, [Appended(blob, "model", layer=layer)])
+
+
+def test_the_upload_s_pass_records_each_file_s_sha1_so_the_sbom_reads_nothing(
+    tmp_path: Path,
+) -> None:
+    """The pass that uploads a layer also takes each file's SHA1 (SPDX asks for it); the
+    attestation then finds them memoised and reads no model file (they are gone here)."""
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    data = {"w.bin": os.urandom(3 << 20), "sub/c.json": b"{}"}
+    for rel, content in data.items():
+        (tmp_path / "m" / rel).write_bytes(content)
+    files = tuple(
+        ModelFile(rel, len(b), hashlib.sha256(b).hexdigest()) for rel, b in sorted(data.items())
+    )
+    layer = StagedLayer(files, tmp_path / "m")
+    cache = Cache(tmp_path / "cache", hold=False)
+    sha1s: dict[str, str] = {}
+    tar = b"".join(layer.chunks(sha1s=sha1s))
+    expected = {rel: hashlib.sha1(b, usedforsecurity=False).hexdigest() for rel, b in data.items()}
+    assert sha1s == expected
+    remember_sha1s(cache, layer, sha1s)
+    blob = Blob("sha256:" + hashlib.sha256(tar).hexdigest(), len(tar))
+    for rel in data:
+        (tmp_path / "m" / rel).unlink()
+    sums = model_sums(cache, [Appended(blob, "model", layer=layer)])
+    assert {s.path: s.sha1 for s in sums} == {f"models/{k}": v for k, v in expected.items()}
 
 
 def test_a_model_signed_verifies_and_one_changed_byte_does_not(tmp_path: Path) -> None:

@@ -54,17 +54,27 @@ def methods(file: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple[str, st
     }
 
 
-def test_the_committed_descriptor_set_is_compiled_from_the_proto_files(tmp_path: Path) -> None:
-    proto_dir = ROOT / "omibuild" / "runtime" / "proto"
-    out = tmp_path / "omi.desc"
+@pytest.mark.parametrize(
+    ("where", "sources", "desc"),
+    [
+        ("runtime", ("grpc_predict_v2.proto", "modzy_model.proto"), "omi.desc"),
+        ("engine", ("containerd.proto", "leases.proto"), "containerd.desc"),
+    ],
+)
+def test_the_committed_descriptor_sets_are_compiled_from_the_proto_files(
+    tmp_path: Path, where: str, sources: tuple[str, ...], desc: str
+) -> None:
+    proto_dir = ROOT / "omibuild" / where / "proto"
+    out = tmp_path / desc
     protoc = [sys.executable, "-m", "grpc_tools.protoc", "-I", str(proto_dir)]
-    sources = [str(proto_dir / "grpc_predict_v2.proto"), str(proto_dir / "modzy_model.proto")]
     subprocess.run(
-        [*protoc, f"--descriptor_set_out={out}", *sources], check=True, capture_output=True
+        [*protoc, f"--descriptor_set_out={out}", *(str(proto_dir / s) for s in sources)],
+        check=True,
+        capture_output=True,
     )
     fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-    committed = descriptor_pb2.FileDescriptorSet.FromString(protos.DESCRIPTOR_SET.read_bytes())
-    assert fresh == committed, "run `make protos` and commit omi.desc"
+    committed = descriptor_pb2.FileDescriptorSet.FromString((proto_dir / desc).read_bytes())
+    assert fresh == committed, f"run `make protos` and commit {desc}"
 
 
 def test_the_inference_service_matches_tritonclients_compiled_descriptors() -> None:
