@@ -276,9 +276,10 @@ def bench_builds(work: Path, weights: Path, reps: int) -> None:
         baseline=floors,
         baseline_name="hash + copy in a Python loop",
     )
-    from inner_loop import bench_inner_loop  # bench/ is on sys.path: run.py runs from it
+    from inner_loop import bench_inner_loop, report_test_disk  # bench/ is on sys.path
 
     bench_inner_loop(work, reps)
+    report_test_disk(ROOT)
     from supply_chain import bench_supply_chain
 
     bench_supply_chain(work, reps)

@@ -4,12 +4,13 @@ of the very Dockerfile and context omibuild staged, with the same change, in the
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 from builds import SYNTH_PREDICTOR, prune_dangling, synthetic_repo, write_random
-from common import CA, REGISTRY, omibuild, record, timed
+from common import CA, REGISTRY, log, omibuild, record, timed
 
 
 def bench_inner_loop(work: Path, reps: int) -> None:
@@ -72,3 +73,19 @@ def bench_inner_loop(work: Path, reps: int) -> None:
             target=f"< {limit:.0f} s",
             check=lambda v, r, limit=limit: v < limit,
         )
+
+
+def report_test_disk(root: Path) -> None:
+    """What the last full test run (`make test`, `.ci/run`) left on disk and its peak, as
+    tests/conftest.py measured it (the root filesystem's use, sampled every 2 s, before and
+    after the run's own cleanup). Not re-run here: a full run takes ~37 minutes."""
+    try:
+        disk = json.loads((root / ".cache" / "test-disk.json").read_text())
+        start, peak, left = disk["start_bytes"], disk["peak_bytes"], disk["left_bytes"]
+    except (OSError, ValueError, KeyError):
+        log("test disk: no record of a full test run (.cache/test-disk.json); run make test")
+        return
+    group = f"build: the test run's disk ({disk.get('date', '?')}, {disk.get('tests', '?')} tests)"
+    record(group, "disk left behind by the test run", [left / 1e9], "GB",
+           target="< 2 GB", check=lambda v, r: v < 2.0)  # fmt: skip
+    record(group, "disk at the run's peak, above its start", [(peak - start) / 1e9], "GB")

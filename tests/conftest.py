@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +36,62 @@ def example_manifests() -> list[Path]:
 def pytest_configure(config: pytest.Config) -> None:
     # The controller names the run before it starts any xdist worker; workers inherit it.
     os.environ.setdefault("OMI_TEST_RUN", uuid.uuid4().hex)
+
+
+# The run's disk footprint: the root filesystem's use when the run starts, its highest while
+# it runs (sampled every 2 s by the controller) and after the run's own cleanup. Written to
+# DISK_RECORD for `make bench` (row "disk left by the test run") and said in the summary.
+DISK_RECORD = ROOT / ".cache" / "test-disk.json"
+
+
+class _DiskWatch:
+    def __init__(self) -> None:
+        self.start = self.peak = shutil.disk_usage("/").used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(2.0):
+            self.peak = max(self.peak, shutil.disk_usage("/").used)
+
+    def finish(self, tests: int) -> dict[str, object]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        end = shutil.disk_usage("/").used
+        self.peak = max(self.peak, end)
+        record = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "tests": tests,
+            "start_bytes": self.start,
+            "peak_bytes": self.peak,
+            "end_bytes": end,
+            "left_bytes": end - self.start,
+        }
+        DISK_RECORD.parent.mkdir(parents=True, exist_ok=True)
+        DISK_RECORD.write_text(json.dumps(record, indent=1) + "\n")
+        return record
+
+
+_DISK: dict[str, object] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        _DISK["watch"] = _DiskWatch()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    record = _DISK.get("record")
+    if isinstance(record, dict):
+        gb = 1e9
+        terminalreporter.write_line(
+            f"disk: {record['start_bytes'] / gb:.1f} GB used at the start, "
+            f"{record['peak_bytes'] / gb:.1f} GB at the peak (+"
+            f"{(record['peak_bytes'] - record['start_bytes']) / gb:.1f}), "
+            f"{record['end_bytes'] / gb:.1f} GB after the run's cleanup "
+            f"(left behind: {record['left_bytes'] / gb:+.2f} GB); {DISK_RECORD.name}"
+        )
 
 
 def images_to_remove() -> Path:
@@ -64,6 +123,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
         subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=False)
         _empty_test_registry()
+    watch = _DISK.get("watch")
+    if isinstance(watch, _DiskWatch):
+        _DISK["record"] = watch.finish(session.testscollected)
 
 
 def _engine_used(session: pytest.Session) -> bool:
