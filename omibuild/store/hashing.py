@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -12,17 +14,60 @@ from omibuild.errors import UsageError
 
 BLOCK = 4 * 1024 * 1024
 
+# Files this process has read whole and hashed: (device, inode) -> (size, mtime_ns, ctime_ns,
+# sha256). A later pass over the same file in the same apply (the model layer's) need not
+# hash it again when its status is unchanged: any write changes the ctime, which no program
+# can set, provided the file was last changed well before the read began (the kernel stamps
+# times at a clock tick, a few ms: SETTLED covers that). Measured on a 1 GiB model-only
+# rebuild into the engine: the second hash cost 1.2-1.4 s of 8.1-8.9 s (2 cores, 2026-12-06).
+READ_HERE: dict[tuple[int, int], tuple[int, int, int, str]] = {}
+SETTLED_NS = 50_000_000
+
+
+def hashed_here(st: os.stat_result) -> str | None:
+    """The sha256 this process read ``st``'s file to, if the file is unchanged since."""
+    seen = READ_HERE.get((st.st_dev, st.st_ino))
+    if seen is None or seen[:3] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        return None
+    return seen[3]
+
+
+def linked_here(before: os.stat_result, after: os.stat_result) -> None:
+    """A hard link this process just made to a file it had read (``before``: its status
+    before the link, ``after``: after): the link changed the ctime, nothing else did (same
+    inode, size and mtime, and mtime moves with any write to a settled file), so the read
+    still vouches for it."""
+    key = (before.st_dev, before.st_ino)
+    seen = READ_HERE.get(key)
+    if (
+        seen is not None
+        and seen[:3] == (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+        and (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == (*key, *seen[:2])
+    ):
+        READ_HERE[key] = (seen[0], seen[1], after.st_ctime_ns, seen[3])
+
 
 def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The file's sha256, remembered in READ_HERE when it did not change while it was read
+    and had settled before."""
     h = hashlib.sha256()
     buf = bytearray(BLOCK)
     view = memoryview(buf)
+    started = time.time_ns()
     with open(path, "rb", buffering=0) as fh:
+        before = os.fstat(fh.fileno())
         while n := fh.readinto(buf):
             h.update(view[:n])
             if on_bytes:
                 on_bytes(n)
-    return h.hexdigest()
+        after = os.fstat(fh.fileno())
+    digest = h.hexdigest()
+    sig = (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+    if sig == (after.st_size, after.st_mtime_ns, after.st_ctime_ns) and (
+        before.st_ctime_ns <= started - SETTLED_NS
+    ):
+        READ_HERE[(before.st_dev, before.st_ino)] = (*sig, digest)
+    return digest
 
 
 def copy_and_hash(src: Path, dst: Path, on_bytes: Callable[[int], None] | None = None) -> str:

@@ -9,7 +9,9 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,6 +114,89 @@ def test_a_changed_file_stops_the_stream_and_leaves_no_memo(tmp_path: Path) -> N
     (tmp_path / "m" / "config.json").write_bytes(b"longer than it was")
     with pytest.raises(LayerFileChanged, match=r"config\.json is not the \d+ bytes"):
         b"".join(StagedLayer(files, tmp_path / "m").chunks(verify=False))  # size is always checked
+
+
+class _CountedSha256:
+    """hashlib for omibuild.store.layers, counting the sha256 objects the layer pass makes."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.sha1 = hashlib.sha1
+
+    def sha256(self, *args: bytes) -> Any:
+        self.made += 1
+        return hashlib.sha256(*args)
+
+
+def test_a_file_hashed_here_and_unchanged_is_not_hashed_again_but_a_write_still_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's hash of a file, read by this very process after the file settled, vouches
+    for it in the layer's pass while its status (size, mtime, ctime) is unchanged: no second
+    hash. A file changed after that hash, or while the layer reads it, still stops the pass;
+    a file hashed right after it was written is hashed again."""
+    import omibuild.store.layers as layers_module
+    from omibuild.store.hashing import SETTLED_NS, sha256_file
+
+    files = _model(tmp_path / "m", {"w.bin": os.urandom(300_000), "c.json": b"{}"})
+    time.sleep(SETTLED_NS / 1e9 + 0.02)
+    for f in files:
+        assert sha256_file(tmp_path / "m" / f.path) == f.sha256
+    counted = _CountedSha256()
+    monkeypatch.setattr(layers_module, "hashlib", counted)
+    layer = StagedLayer(files, tmp_path / "m")
+    assert b"".join(layer.chunks()) == b"".join(layer.chunks(verify=False))
+    assert counted.made == 0
+
+    # written after the plan hashed it, same size: hashed again, and refused
+    (tmp_path / "m" / "w.bin").write_bytes(os.urandom(300_000))
+    with pytest.raises(LayerFileChanged, match=r"w\.bin has sha256 "):
+        b"".join(layer.chunks())
+    assert counted.made == 1
+
+    # written while the layer's pass reads it
+    files = _model(tmp_path / "n", {"w.bin": os.urandom(300_000)})
+    time.sleep(SETTLED_NS / 1e9 + 0.02)
+    sha256_file(tmp_path / "n" / "w.bin")
+    stream = StagedLayer(files, tmp_path / "n").chunks()
+    while len(next(stream)) <= 512:  # headers, until the file's first bytes
+        pass
+    with open(tmp_path / "n" / "w.bin", "r+b") as fh:
+        fh.write(b"x")
+    with pytest.raises(LayerFileChanged, match=r"w\.bin is not the 300000 bytes"):
+        b"".join(stream)
+
+    # hashed the moment it was written: not vouched for, hashed again
+    files = _model(tmp_path / "o", {"w.bin": os.urandom(1000)})
+    sha256_file(tmp_path / "o" / "w.bin")
+    made = counted.made
+    b"".join(StagedLayer(files, tmp_path / "o").chunks())
+    assert counted.made == made + 1
+
+
+def test_staging_s_own_hard_link_keeps_the_read_vouching_and_a_write_does_not(
+    tmp_path: Path,
+) -> None:
+    """Staging hard-links each model file into the build context, which moves the file's
+    ctime; linked_here carries the plan's read across that link, and only that."""
+    from omibuild.store.hashing import SETTLED_NS, hashed_here, linked_here, sha256_file
+
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(4096))
+    time.sleep(SETTLED_NS / 1e9 + 0.02)
+    digest = sha256_file(src)
+    before = os.stat(src)
+    os.link(src, tmp_path / "staged.bin")
+    assert hashed_here(os.stat(tmp_path / "staged.bin")) is None  # the link moved the ctime
+    linked_here(before, os.stat(tmp_path / "staged.bin"))
+    assert hashed_here(os.stat(tmp_path / "staged.bin")) == digest
+
+    time.sleep(0.02)
+    before = os.stat(src)
+    src.write_bytes(os.urandom(4096))  # written between the status and the link
+    os.link(src, tmp_path / "again.bin")
+    linked_here(before, os.stat(tmp_path / "again.bin"))
+    assert hashed_here(os.stat(tmp_path / "again.bin")) is None
 
 
 def test_an_interrupted_pass_leaves_nothing_trusted(tmp_path: Path) -> None:
