@@ -30,6 +30,7 @@ from omibuild.render.dockerfile import (
     CTX_STATE,
     render,
 )
+from omibuild.sources.local import LocalModelSource
 from omibuild.sources.resolve import stage
 from omibuild.sources.runtime import runtime_files
 from omibuild.store.cache import Cache, atomic_write, link_or_copy
@@ -61,6 +62,9 @@ def staged_context(
     _sweep(final.parent)
     new = final.with_name(f"{final.name}.new-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
+    # the repository's model files, which the new context links and the old one unlinks
+    local = LocalModelSource.paths(target.resolved) if target.resolved.kind == "local" else []
+    before = [(path, path.stat()) for path in local]
     try:
         downloaded = _populate(new, target, plan, cache, progress, offline)
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
@@ -70,6 +74,9 @@ def staged_context(
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(new, ignore_errors=True)
+    for path, status in before:
+        cache.relinked(path, status)
+    cache.save()
     yield final, downloaded
 
 

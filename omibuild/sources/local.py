@@ -13,7 +13,7 @@ from omibuild.progress import Progress
 from omibuild.sources.base import ModelFile, ResolvedSource, model_digest
 from omibuild.sources.metadata import model_metadata
 from omibuild.store.cache import Cache
-from omibuild.store.hashing import copy_and_hash, linked_here
+from omibuild.store.hashing import copy_and_hash
 
 # Never model or code files: version control and tool state, virtual environments (also
 # found by their pyvenv.cfg, whatever their name), and omibuild's own files, whose content
@@ -154,6 +154,12 @@ class LocalModelSource:
             location=str(base),
         )
 
+    @staticmethod
+    def paths(resolved: ResolvedSource) -> list[Path]:
+        """Where the model's files are (what fetch hard-links into a context)."""
+        base = Path(resolved.location)
+        return [base / f.path if base.is_dir() else base for f in resolved.files]
+
     def fetch(self, resolved: ResolvedSource, dest: Path) -> int:
         base = Path(resolved.location)
         for f in resolved.files:
@@ -164,9 +170,7 @@ class LocalModelSource:
                 if self.cache.hash_local(src) != f.sha256:
                     raise SourceError(f"{src}: changed since it was resolved; run again")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                before = os.stat(src)
                 os.link(src, target)
-                linked_here(before, os.stat(target))  # the layer's pass need not hash it again
             except OSError:
                 if copy_and_hash(src, target) != f.sha256:
                     raise SourceError(f"{src}: changed while it was copied; run again") from None

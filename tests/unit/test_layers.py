@@ -199,6 +199,34 @@ def test_staging_s_own_hard_link_keeps_the_read_vouching_and_a_write_does_not(
     assert hashed_here(os.stat(tmp_path / "again.bin")) is None
 
 
+def test_the_stat_memo_outlives_staging_s_links_but_not_a_write(tmp_path: Path) -> None:
+    """A build links the model files into a new context and unlinks the old one's, which
+    moves their ctime: Cache.relinked keeps the memo vouching (the next apply reads nothing);
+    a file written meanwhile is hashed again."""
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(8192))
+    cache = Cache(tmp_path / "c", hold=False)
+    seen: list[int] = []
+    digest = cache.hash_local(src, seen.append)
+    before = os.stat(src)
+    os.link(src, tmp_path / "new-context.bin")
+    (tmp_path / "new-context.bin").unlink()  # the old context's link going
+    assert os.stat(src).st_ctime_ns != before.st_ctime_ns
+    cache.relinked(src, before)
+    cache.save()
+    seen.clear()
+    assert Cache(tmp_path / "c", hold=False).hash_local(src, seen.append) == digest
+    assert not seen  # no read
+
+    time.sleep(0.02)
+    before = os.stat(src)
+    src.write_bytes(os.urandom(8192))
+    cache.relinked(src, before)
+    cache.save()
+    assert Cache(tmp_path / "c", hold=False).hash_local(src, seen.append) != digest
+    assert sum(seen) == 8192
+
+
 def test_an_interrupted_pass_leaves_nothing_trusted(tmp_path: Path) -> None:
     files = _model(tmp_path / "m", FILES)
     cache = Cache(tmp_path / "c", hold=False)
