@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from omibuild.runtime.defense import Feature, Guard, Score
+from omibuild.runtime.defense import SMALL, Feature, Guard, Score
 from omibuild.runtime.document import OmiDocument
 from omibuild.runtime.faults import InputError, PredictError, fault
 from omibuild.runtime.flavors import import_object
@@ -87,6 +87,9 @@ class DefenseMonitor:
         self._whole = self.score is not None and self.score_index == list(range(len(features)))
         self._row_shape = (1, len(features))
         self._fast = self.numeric_only and hook is None and bool(features)
+        # above SMALL features, one row through numpy (4.5 us for 100 warm) beats the Python
+        # loop (9 us: the guard's loop and the list back into an array for the score)
+        self._wide = len(features) > SMALL
         self._lock = threading.Lock()
         self.rows = self.flagged = self.rejected = self.skipped = 0
         self.buckets = [0] * len(P_BUCKETS)
@@ -114,10 +117,12 @@ class DefenseMonitor:
         reference's table (counted as skipped). Runs on the predict lane (lane.py), once for
         requests merged into one call."""
         if type(inputs) is np.ndarray and inputs.shape == self._row_shape and self._fast:
-            return self._one(inputs[0].tolist())  # the common request, in few numpy calls
+            if self._wide:  # the common request, in few numpy calls
+                return self._one_wide(inputs[0].astype(float, copy=False))
+            return self._one(inputs[0].tolist())  # in plain Python
         table = self._table(inputs)
         if self._fast and isinstance(table, np.ndarray) and len(table) == 1:
-            return self._one(table[0].tolist())
+            return self._one_wide(table[0]) if self._wide else self._one(table[0].tolist())
         if table is None and self.hook is None:
             with self._lock:
                 self.skipped += 1
@@ -173,6 +178,25 @@ class DefenseMonitor:
         p: float | None = None
         if self.score is not None:
             p = self.score.p_of(values if self._whole else [values[j] for j in self.score_index])
+        flagged = bool(found) or (p is not None and p <= self.alpha)
+        screening = Screening([p], [flagged], [found])
+        self._count(screening.p_values, screening.flagged, screening.violations)
+        return screening
+
+    def _one_wide(self, row: np.ndarray) -> Screening:
+        """One numeric row of many features, as an array: the guard and the score in numpy."""
+        found: list[tuple[str, str]] = []
+        if self.guard is not None:
+            missing = np.isnan(row)
+            bad = (missing & ~self._may_miss) | (row < self._low) | (row > self._high)
+            if bad.any():
+                found = [
+                    (self._bounds[j][0], "missing" if missing[j] else "range")
+                    for j in np.flatnonzero(bad).tolist()
+                ]
+        p: float | None = None
+        if self.score is not None:
+            p = self.score.p_value(row if self._whole else row[self.score_index])
         flagged = bool(found) or (p is not None and p <= self.alpha)
         screening = Screening([p], [flagged], [found])
         self._count(screening.p_values, screening.flagged, screening.violations)

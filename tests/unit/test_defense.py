@@ -90,14 +90,19 @@ def test_the_calibration_half_must_hold_ten_over_alpha_rows(alpha: float, needed
     assert calibration_rows_needed(alpha) == needed
 
 
-def test_one_row_screens_as_the_batch_path_does() -> None:
-    """The one-row path (a Python loop and the Cholesky factor) and the batch path (numpy over
-    the array) give the same p-values, flags and violations, and count alike."""
+@pytest.mark.parametrize("tables", [1, 3])  # 10 features (plain Python), 30 (numpy)
+def test_one_row_screens_as_the_batch_path_does(tables: int) -> None:
+    """The one-row paths (up to 16 features a Python loop and the Cholesky factor, above it
+    numpy on the row) and the batch path (numpy over the array) give the same p-values, flags
+    and violations, and count alike."""
     from omibuild.runtime.screen import DefenseMonitor
     from tests.unit.test_defense_attack import reference_of, table
 
-    reference = reference_of(table(2400, seed=5))
-    rows = table(40, seed=6)
+    def wide(n: int, seed: int) -> np.ndarray:
+        return np.hstack([table(n, seed=seed + 10 * t) for t in range(tables)])
+
+    reference = reference_of(wide(2400, seed=5))
+    rows = wide(40, seed=6)
     rows[3, 2] = 1e3  # out of range
     rows[7, 0] = np.nan  # missing, which the reference never is
     rows[9] = rows[9, ::-1]  # against the correlations

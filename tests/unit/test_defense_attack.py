@@ -31,7 +31,7 @@ def table(n: int, seed: int) -> np.ndarray:
 def reference_of(rows: np.ndarray) -> dict[str, object]:
     """The defense's reference as planning/analysis.py writes it."""
     half = len(rows) // 2
-    names = [f"x{j}" for j in range(FEATURES)]
+    names = [f"x{j}" for j in range(rows.shape[1])]
     return {
         "rows": len(rows),
         "features": [
