@@ -7,9 +7,11 @@ into the engine leaves nothing a later build trusts."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -173,6 +175,14 @@ def test_an_apply_killed_while_it_streams_the_model_leaves_nothing_trusted(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)  # reaps it and closes its pipe
     assert docker("image", "inspect", f"omibuild.local/{name}:latest", check=False).returncode != 0
+    # a write cut short stays under omibuild's lease, which expires by itself within the hour
+    # (containerd's collector then drops the partial write)
+    listed = subprocess.run([*CTR, "leases", "ls"], capture_output=True, text=True).stdout
+    for line in listed.splitlines():
+        if line.startswith("omibuild-"):
+            [expire] = re.findall(r"containerd\.io/gc\.expire=(\S+?)(?:,|$)", line.split()[-1])
+            left = datetime.datetime.fromisoformat(expire) - datetime.datetime.now(datetime.UTC)
+            assert left <= datetime.timedelta(hours=1), line
     # the next apply builds the image whole, with the layer the files make
     done = cli(repo, "apply", "--format", "json", "--progress", "quiet", env=dict(env))
     assert done.returncode == 0, done.stderr[-3000:]
