@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -40,13 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The run's disk footprint: the root filesystem's use when the run starts, its highest while
 # it runs (sampled every 2 s by the controller) and after the run's own cleanup. Written to
-# DISK_RECORD for `make bench` (row "disk left by the test run") and said in the summary.
+# DISK_RECORD for `make bench` (row "disk left by the test run") and said as the run exits.
 DISK_RECORD = ROOT / ".cache" / "test-disk.json"
 
 
 class _DiskWatch:
     def __init__(self) -> None:
         self.start = self.peak = shutil.disk_usage("/").used
+        self.tests = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -55,14 +57,23 @@ class _DiskWatch:
         while not self._stop.wait(2.0):
             self.peak = max(self.peak, shutil.disk_usage("/").used)
 
-    def finish(self, tests: int) -> dict[str, object]:
+    def finish(self) -> None:
+        """At exit, after pytest removed its own temporary directories, once the engine's
+        collector has freed what the cleanup pruned (it runs a little later: measured at
+        the session's end, a run seemed to leave 1.8 GB that was gone seconds after)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        end = shutil.disk_usage("/").used
+        end, deadline = shutil.disk_usage("/").used, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            now = shutil.disk_usage("/").used
+            if abs(now - end) < 10 << 20:
+                break
+            end = now
         self.peak = max(self.peak, end)
         record = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "tests": tests,
+            "tests": self.tests,
             "start_bytes": self.start,
             "peak_bytes": self.peak,
             "end_bytes": end,
@@ -70,28 +81,21 @@ class _DiskWatch:
         }
         DISK_RECORD.parent.mkdir(parents=True, exist_ok=True)
         DISK_RECORD.write_text(json.dumps(record, indent=1) + "\n")
-        return record
+        gb = 1e9
+        sys.stdout.write(
+            f"disk: {self.start / gb:.1f} GB used at the start, {self.peak / gb:.1f} GB at the "
+            f"peak (+{(self.peak - self.start) / gb:.1f}), {end / gb:.1f} GB after the run's "
+            f"cleanup (left behind: {(end - self.start) / gb:+.2f} GB); {DISK_RECORD.name}\n"
+        )
+        sys.stdout.flush()
 
 
-_DISK: dict[str, object] = {}
+_DISK: dict[str, _DiskWatch] = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):
         _DISK["watch"] = _DiskWatch()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    record = _DISK.get("record")
-    if isinstance(record, dict):
-        gb = 1e9
-        terminalreporter.write_line(
-            f"disk: {record['start_bytes'] / gb:.1f} GB used at the start, "
-            f"{record['peak_bytes'] / gb:.1f} GB at the peak (+"
-            f"{(record['peak_bytes'] - record['start_bytes']) / gb:.1f}), "
-            f"{record['end_bytes'] / gb:.1f} GB after the run's cleanup "
-            f"(left behind: {record['left_bytes'] / gb:+.2f} GB); {DISK_RECORD.name}"
-        )
 
 
 def images_to_remove() -> Path:
@@ -124,8 +128,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=False)
         _empty_test_registry()
     watch = _DISK.get("watch")
-    if isinstance(watch, _DiskWatch):
-        _DISK["record"] = watch.finish(session.testscollected)
+    if watch is not None:  # measured at exit, after pytest's own temporary files are gone
+        watch.tests = session.testscollected
+        atexit.register(watch.finish)
 
 
 def _engine_used(session: pytest.Session) -> bool:

@@ -199,7 +199,10 @@ def everywhere_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     manifest = copy_example(
         "multi-runtime", tmp, repository, **{"  push: true\n": "  push: false\n"}
     )
-    proc = omibuild("apply", str(manifest), "--progress", "plain")
+    # a cache of its own, gone with the run's temporary files: the user's ~/.cache/omibuild
+    # kept this image's 300 MB layout after every full run
+    env = {"OMIBUILD_CACHE_DIR": str(tmp / "cache")}
+    proc = omibuild("apply", str(manifest), "--progress", "plain", env=env)
     if proc.returncode != 0:
         pytest.fail(f"could not build the example image: {proc.stderr[-3000:]}")
     return f"{repository}:latest"
