@@ -187,13 +187,7 @@ class DefenseMonitor:
         """One numeric row of many features, as an array: the guard and the score in numpy."""
         found: list[tuple[str, str]] = []
         if self.guard is not None:
-            missing = np.isnan(row)
-            bad = (missing & ~self._may_miss) | (row < self._low) | (row > self._high)
-            if bad.any():
-                found = [
-                    (self._bounds[j][0], "missing" if missing[j] else "range")
-                    for j in np.flatnonzero(bad).tolist()
-                ]
+            [found] = self._guard_numbers(row.reshape(1, -1))
         p: float | None = None
         if self.score is not None:
             p = self.score.p_value(row if self._whole else row[self.score_index])
