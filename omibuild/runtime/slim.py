@@ -5,11 +5,15 @@ binutils, on the standard library and ``packaging`` (the venv's own, or else the
 vendors: pip is in the venv until this script removes it). It removes what no code reads when
 a model serves:
 
-- Debug sections (``.debug_*`` and their relocations) leave every ELF shared object, as
-  ``strip --strip-debug`` would. Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
-  without them. Symbol tables stay, so backtraces and ``dladdr`` still name functions. Files
-  that are not 64-bit little-endian ELF, or whose layout is not the usual one (loaded segments
-  first), are left as they are.
+- Debug sections (``.debug_*`` and their relocations) and the full symbol table (``.symtab``
+  and its strings) leave every ELF shared object, as Debian's packaging strips its libraries
+  (``strip --strip-unneeded``). Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
+  without them; the symbol tables of an XGBoost image's venv are 16 MB. The dynamic symbol
+  table (``.dynsym``) stays: the loader, ``dlsym``, ``dladdr`` and glibc's backtraces read only
+  that. Files that are not 64-bit little-endian ELF, or whose layout is not the usual one
+  (loaded segments first), are left as they are.
+- Identical files (numpy and scipy each ship the same libgfortran, 2.8 MB) become hard links
+  of one another, where their permissions agree.
 - Cython sources (``.pyx``, ``.pxd``, ``.pxi``): inputs to building an extension, never read
   by one.
 - The test suites packages ship inside themselves: a ``tests`` directory within a package
@@ -24,11 +28,13 @@ Every rewrite goes to a temporary file that replaces the original only when comp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import mmap
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -41,8 +47,9 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr: name type flags addr offset size link info
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr: type flags offset vaddr paddr filesz memsz align
 _SHF_ALLOC = 0x2
-_SHT_NOBITS = 8
+_SHT_SYMTAB, _SHT_NOBITS, _SHT_SYMTAB_SHNDX = 2, 8, 18
 _SHT_REL, _SHT_RELA = 9, 4
+_PT_LOAD = 1
 _ELF64_LE = b"\x7fELF\x02\x01"
 
 
@@ -53,10 +60,11 @@ def _is_debug(name: str) -> bool:
     return False
 
 
-def strip_debug(path: Path) -> int:
-    """Drop the debug sections of one ELF file in place. Returns the bytes saved (0: untouched).
+def strip_unneeded(path: Path) -> int:
+    """Drop the debug sections and the full symbol table of one ELF file in place, as
+    ``strip --strip-unneeded`` would. Returns the bytes saved (0: untouched).
 
-    The file is mapped, not read: one without debug sections (most of them; torch's 434 MB
+    The file is mapped, not read: one without them (most of the large ones; torch's 434 MB
     ``libtorch_cpu.so`` is one) costs only the pages of its headers."""
     with open(path, "rb") as f:
         head = f.read(_EHDR.size)
@@ -67,62 +75,24 @@ def strip_debug(path: Path) -> int:
 
 
 def _strip_mapped(path: Path, data: mmap.mmap) -> int:
-    (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, shstrndx) = (
-        _EHDR.unpack_from(data)
-    )
-    if shoff == 0 or shnum == 0 or shentsize != _SHDR.size or shstrndx >= shnum:
+    tables = _tables(data)
+    if tables is None:
         return 0
-    if shoff + shnum * shentsize > len(data) or phoff + phnum * phentsize > len(data):
-        return 0
-    sections = [list(_SHDR.unpack_from(data, shoff + i * shentsize)) for i in range(shnum)]
+    header, sections, segments = tables
+    shstrndx = header[13]
     names_at = sections[shstrndx][4]
 
     def name(section: list[int]) -> str:
         start = names_at + section[0]
         return data[start : data.find(b"\0", start)].decode("ascii", "replace")
 
-    drop = {i for i, s in enumerate(sections) if i and not s[2] & _SHF_ALLOC and _is_debug(name(s))}
+    unloaded = [i for i, s in enumerate(sections) if i and not s[2] & _SHF_ALLOC]
+    drop = {i for i in unloaded if _is_debug(name(sections[i]))}
+    drop |= _symbol_table(sections, unloaded, drop, shstrndx)
     if not drop or shstrndx in drop:
         return 0
-    # Everything the loader maps (segments, allocated sections) must sit before the first byte
-    # we remove, so that it keeps its offset; otherwise leave the file alone.
-    loaded_end = _EHDR.size
-    for i in range(phnum):
-        _, _, offset, _, _, filesz, _, _ = _PHDR.unpack_from(data, phoff + i * phentsize)
-        loaded_end = max(loaded_end, offset + filesz, phoff + phnum * phentsize)
-    for s in sections:
-        if s[2] & _SHF_ALLOC and s[1] != _SHT_NOBITS:
-            loaded_end = max(loaded_end, s[4] + s[5])
-    if min(sections[i][4] for i in drop) < loaded_end:
-        return 0
-    out = bytearray(data[:loaded_end])
-    index: dict[int, int] = {}
-    kept: list[list[int]] = []
-    for i, s in enumerate(sections):
-        if i in drop:
-            continue
-        index[i] = len(kept)
-        s = list(s)
-        if i and not s[2] & _SHF_ALLOC and s[1] != _SHT_NOBITS and s[4] >= loaded_end:
-            align = max(1, s[8])
-            out += b"\0" * (-len(out) % align)
-            body = data[s[4] : s[4] + s[5]]
-            s[4] = len(out)
-            out += body
-        kept.append(s)
-    for s in kept:
-        s[6] = index.get(s[6], 0)  # sh_link
-        if s[1] in (_SHT_REL, _SHT_RELA):  # sh_info: the section the relocations apply to
-            s[7] = index.get(s[7], 0)
-    out += b"\0" * (-len(out) % 8)
-    new_shoff = len(out)
-    for s in kept:
-        out += _SHDR.pack(*s)
-    header = list(_EHDR.unpack_from(data))
-    header[6], header[12], header[13] = new_shoff, len(kept), index[shstrndx]
-    out[: _EHDR.size] = _EHDR.pack(*header)
-    saved = len(data) - len(out)
-    if saved <= 0:
+    out = _rewritten(data, header, sections, segments, drop)
+    if out is None or len(out) >= len(data):
         return 0
     tmp = path.with_name(f".{path.name}.omi-slim")
     try:
@@ -133,7 +103,150 @@ def _strip_mapped(path: Path, data: mmap.mmap) -> int:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return saved
+    return len(data) - len(out)
+
+
+def _tables(data: mmap.mmap) -> tuple[list[int], list[list[int]], list[list[int]]] | None:
+    """(the ELF header's fields, the section headers, the program headers); None when they
+    are not where and what a 64-bit ELF file keeps them."""
+    header = list(_EHDR.unpack_from(data))
+    phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = header[5:7] + header[9:14]
+    if shoff == 0 or shnum == 0 or shentsize != _SHDR.size or shstrndx >= shnum:
+        return None
+    if shoff + shnum * shentsize > len(data) or phoff + phnum * phentsize > len(data):
+        return None
+    if phnum and phentsize != _PHDR.size:
+        return None
+    sections = [list(_SHDR.unpack_from(data, shoff + i * shentsize)) for i in range(shnum)]
+    segments = [list(_PHDR.unpack_from(data, phoff + i * phentsize)) for i in range(phnum)]
+    return header, sections, segments
+
+
+class _Runs:
+    """What the loader maps keeps its bytes and order, each run of it moved back by a multiple
+    of the segments' alignment (so offsets stay congruent to addresses, as mmap needs): the
+    header, the program headers, every segment's file bytes and every allocated section.
+    patchelf (auditwheel) appends loaded segments after the symbol table, so most wheels'
+    libraries have some after it."""
+
+    def __init__(self, header: list[int], sections: list[list[int]], segments: list[list[int]]):
+        phoff, phnum = header[5], header[10]
+        self.runs = _runs(
+            [(0, _EHDR.size), (phoff, phoff + phnum * _PHDR.size)]
+            + [(seg[2], seg[2] + seg[5]) for seg in segments if seg[5]]
+            + [(s[4], s[4] + s[5]) for s in sections if s[2] & _SHF_ALLOC and s[1] != _SHT_NOBITS]
+        )
+        self.align = max([4096] + [seg[7] for seg in segments if seg[0] == _PT_LOAD])
+        self.moves: list[tuple[int, int, int]] = []  # (start, end, how far back)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return any(start < r_end and r_start < end for r_start, r_end in self.runs)
+
+    def copy(self, data: mmap.mmap) -> bytearray:
+        out = bytearray()
+        for r_start, r_end in self.runs:  # each moves back (never forward): they are in order
+            at = len(out) + (r_start - len(out)) % self.align
+            out += b"\0" * (at - len(out))
+            out += data[r_start:r_end]
+            self.moves.append((r_start, r_end, r_start - at))
+        return out
+
+    def moved(self, offset: int, size: int = 0) -> int | None:
+        """Where bytes [offset, offset + size) of a run are now; None: not in a run."""
+        for r_start, r_end, back in self.moves:
+            if r_start <= offset and offset + size <= r_end and (size == 0 or offset < r_end):
+                return offset - back
+        return None
+
+
+def _rewritten(
+    data: mmap.mmap,
+    header: list[int],
+    sections: list[list[int]],
+    segments: list[list[int]],
+    drop: set[int],
+) -> bytearray | None:
+    """The file without the sections in ``drop``; None where its layout is unusual."""
+    runs = _Runs(header, sections, segments)
+    if any(runs.overlaps(sections[i][4], sections[i][4] + sections[i][5]) for i in drop):
+        return None  # a section to drop inside what is loaded: leave the file alone
+    out = runs.copy(data)
+    index: dict[int, int] = {}
+    kept: list[list[int]] = []
+    for i, s in enumerate(sections):
+        if i in drop:
+            continue
+        index[i] = len(kept)
+        s = list(s)
+        new = runs.moved(s[4], 0 if s[1] == _SHT_NOBITS else s[5])
+        if i and s[1] != _SHT_NOBITS and s[5] and not s[2] & _SHF_ALLOC and new is None:
+            out += b"\0" * (-len(out) % max(1, s[8]))  # an unloaded section: after the runs
+            body = data[s[4] : s[4] + s[5]]
+            s[4] = len(out)
+            out += body
+        elif new is not None:
+            s[4] = new
+        kept.append(s)
+    for s in kept:
+        s[6] = index.get(s[6], 0)  # sh_link
+        if s[1] in (_SHT_REL, _SHT_RELA):  # sh_info: the section the relocations apply to
+            s[7] = index.get(s[7], 0)
+    for seg in segments:
+        new = runs.moved(seg[2], seg[5]) if seg[5] or seg[2] else 0
+        if new is None:
+            return None
+        seg[2] = new
+    out += b"\0" * (-len(out) % 8)
+    new_shoff = len(out)
+    for s in kept:
+        out += _SHDR.pack(*s)
+    new_phoff = runs.moved(header[5]) if segments else header[5]
+    if new_phoff is None:
+        return None
+    for i, seg in enumerate(segments):
+        out[new_phoff + i * _PHDR.size : new_phoff + (i + 1) * _PHDR.size] = _PHDR.pack(*seg)
+    header = list(header)
+    header[5], header[6], header[12], header[13] = (
+        new_phoff,
+        new_shoff,
+        len(kept),
+        index[header[13]],
+    )
+    out[: _EHDR.size] = _EHDR.pack(*header)
+    return out
+
+
+def _runs(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The intervals merged where they overlap or touch, in file order."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _symbol_table(
+    sections: list[list[int]], unloaded: list[int], debug: set[int], shstrndx: int
+) -> set[int]:
+    """The full symbol table's sections (``.symtab``, its string table, its index extension)
+    when nothing that stays refers to them; else none (the file keeps its symbol table)."""
+    tables = {i for i in unloaded if sections[i][1] == _SHT_SYMTAB}
+    if len(tables) != 1:
+        return set()
+    (symtab,) = tables
+    group = {symtab}
+    strings = sections[symtab][6]  # sh_link: the symbol names
+    if strings in unloaded and strings != shstrndx:
+        group.add(strings)
+    group |= {
+        i for i in unloaded if sections[i][1] == _SHT_SYMTAB_SHNDX and sections[i][6] == symtab
+    }
+    for i, s in enumerate(sections):  # e.g. relocations kept for a tool: they name symbols
+        if i not in group and i not in debug and s[6] in group:
+            return set()
+    return group
 
 
 CYTHON_SOURCES = (".pyx", ".pxd", ".pxi")
@@ -170,16 +283,53 @@ def strip_tree(root: Path) -> tuple[int, int]:
                 changed, saved = changed + 1, saved + path.stat().st_size
                 path.unlink()
             elif ".so" in filename:
-                gained = strip_debug(path)
+                gained = strip_unneeded(path)
                 if gained:
                     changed, saved = changed + 1, saved + gained
     return changed, saved
 
 
+def link_duplicates(root: Path, smallest: int = 64 * 1024) -> tuple[int, int]:
+    """Make identical files under ``root`` (at least ``smallest`` bytes, the same permissions
+    and owner) hard links of the first of them. Returns (files linked, bytes saved). A layer's
+    tar keeps hard links, and a container sees one file's worth of disk."""
+    groups: dict[tuple[int, int, int, int], list[Path]] = {}
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_size >= smallest:
+                key = (st.st_size, st.st_mode, st.st_uid, st.st_gid)
+                groups.setdefault(key, []).append(path)
+    linked = saved = 0
+    for (size, *_), paths in groups.items():
+        if len(paths) < 2:
+            continue
+        first: dict[bytes, Path] = {}
+        for path in sorted(paths):
+            h = hashlib.sha256()
+            with open(path, "rb") as f:  # not hashlib.file_digest: the image's Python may be 3.10
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.digest()
+            original = first.setdefault(digest, path)
+            if original is path or os.path.samefile(original, path):
+                continue
+            tmp = path.with_name(f".{path.name}.omi-link")
+            try:
+                os.link(original, tmp)
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            linked, saved = linked + 1, saved + size
+    return linked, saved
+
+
 def _packaging() -> Any:
     """packaging's requirements module and canonicalize_name: the venv's own, or the copy pip
     vendors (pip stays in the venv until removable_tools has decided). Imported here, not at
-    the top: the image's final venv has neither, and strip_debug still runs there."""
+    the top: the image's final venv has neither, and strip_unneeded still runs there."""
     try:
         from packaging import requirements, utils
     except ImportError:  # the model did not install packaging
@@ -294,10 +444,12 @@ def _slim(venv: Path, requirements: list[Path]) -> None:
             [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *tools], check=True
         )
     files, saved = strip_tree(venv)
+    linked, shared = link_duplicates(venv)
     removed = ", ".join(tools) or "nothing"
     print(
-        f"omibuild slim: removed {removed}; stripped debug sections, Cython sources and "
-        f"packaged test suites ({files} entries, {saved / 1e6:.1f} MB)"
+        f"omibuild slim: removed {removed}; stripped debug sections, symbol tables, Cython "
+        f"sources and packaged test suites ({files} entries, {saved / 1e6:.1f} MB); linked "
+        f"{linked} identical files ({shared / 1e6:.1f} MB)"
     )
 
 

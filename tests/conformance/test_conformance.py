@@ -482,7 +482,7 @@ def test_the_image_venv_is_slim(everywhere_image: str) -> None:
     script = (
         "import importlib.util, os, shutil, tempfile\n"
         "from pathlib import Path\n"
-        "from omibuild.runtime.slim import strip_debug\n"
+        "from omibuild.runtime.slim import strip_unneeded\n"
         "assert importlib.util.find_spec('pip') is None, 'pip is in the image'\n"
         "tmp, found = Path(tempfile.mkdtemp()), 0\n"
         "for root, dirs, files in os.walk('/opt/omi/venv'):\n"
@@ -491,7 +491,7 @@ def test_the_image_venv_is_slim(everywhere_image: str) -> None:
         "        if '.so' in name and not os.path.islink(os.path.join(root, name)):\n"
         "            copy = tmp / name\n"
         "            shutil.copy(os.path.join(root, name), copy)\n"
-        "            assert strip_debug(copy) == 0, name\n"
+        "            assert strip_unneeded(copy) == 0, name\n"
         "            found += 1\n"
         "        assert not name.endswith(('.pyx', '.pxd', '.pxi')), name\n"
         "print(found)\n"

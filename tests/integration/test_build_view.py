@@ -112,7 +112,7 @@ def test_the_terminal_view_shows_steps_in_words_and_a_summary(
     assert "--mount=" not in screen and "RUN " not in screen  # no raw Dockerfile text
     assert re.search(rf"omibuild\.local/{name}: BuildKit ran its \d+ steps \(\d+ cached\)", screen)
     assert len(re.findall(r"built in [\d.]+s", screen)) == 1, screen  # one total build time
-    assert re.search(r"[\d.]+ [kMG]B unpacked, [\d.]+ [kMG]B content", screen)
+    assert re.search(r"[\d.]+ [kMG]B content, venv [\d.]+ [kMG]B", screen)
     assert re.search(r"digest sha256:[0-9a-f]{64}, \d+/\d+ steps cached", screen)
     assert f"try it: omibuild run omibuild.local/{name}:latest --predict" in screen
     image_cleanup += tags(f"omibuild.local/{name}")

@@ -119,14 +119,14 @@ def _outputs(answer: object) -> list[object]:
 
 
 def image_bytes(image: str) -> int:
-    return int(
-        subprocess.run(
-            ["docker", "image", "inspect", "--format", "{{.Size}}", image],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    """The image's files, unpacked, as a container sees them (as `make bench` measures: the
+    engine's own figure is the compressed content in containerd's store)."""
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--user", "0", "--network", "none", "--entrypoint", "du",
+         image, "-sbx", "/"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(out.stdout.split()[0])
 
 
 @pytest.mark.parametrize("script", [XGBOOST, XGBOOST_PICKLE], ids=["save_model", "joblib"])
@@ -148,7 +148,10 @@ def test_xgboost_serves_from_its_cpu_build(
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "xgboost-cpu" in installed and "nvidia" not in installed, installed
-    assert image_bytes(image) < 350_000_000  # the CPU image: 274 MB measured, NCCL alone 417 MB
+    # unpacked, on this machine's 148 MB base: 347.6 MB measured (the pickle's image also holds
+    # scikit-learn, which its classifier class derives from: 387 MB); NCCL alone is 417 MB
+    limit = 350_000_000 if script == XGBOOST else 400_000_000
+    assert image_bytes(image) < limit
 
 
 def test_lightgbm_s_text_model_serves_with_its_openmp_library(

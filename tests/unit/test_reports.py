@@ -177,9 +177,18 @@ def test_apply_s_text_says_the_outcome_and_how_to_try_it() -> None:
     applies.FORMATS["text"]([built], out, err)
     lines = out.getvalue().splitlines()
     assert lines[0] == "iris: built in 2.5s: omibuild.local/iris:1, omibuild.local/iris:latest"
-    assert lines[1] == "  123.5 MB unpacked, 60.0 MB content, digest sha256:img, 12/13 steps cached"
+    assert lines[1] == (
+        "  123.5 MB in the engine, 60.0 MB content, digest sha256:img, 12/13 steps cached"
+    )
     assert lines[2] == "  try it: omibuild run omibuild.local/iris:latest --predict"
     assert err.getvalue() == ""
+    # containerd's store (moby before 29) reports the content as the image's size: said once
+    same = _applied("built", digest="sha256:img", content_bytes=123_450_000)
+    out = io.StringIO()
+    applies.FORMATS["text"]([same], out, err)
+    assert out.getvalue().splitlines()[1] == (
+        "  123.5 MB content, digest sha256:img, 12/13 steps cached"
+    )
 
 
 def test_apply_s_failure_is_one_line_and_an_annotation_under_github(

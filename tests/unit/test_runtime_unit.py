@@ -305,7 +305,7 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
     import httptools
     import uvloop
 
-    from omibuild.runtime.slim import strip_debug, strip_tree
+    from omibuild.runtime.slim import strip_tree, strip_unneeded
 
     for package in (uvloop, httptools):
         shutil.copytree(Path(str(package.__file__)).parent, tmp_path / package.__name__)
@@ -316,7 +316,7 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
     files, saved = strip_tree(tmp_path)
     assert files >= 2 and saved >= before - loop_so.stat().st_size
     assert loop_so.stat().st_size < before / 4
-    assert strip_debug(loop_so) == 0  # nothing left to strip
+    assert strip_unneeded(loop_so) == 0  # nothing left to strip
     assert (tmp_path / "notes.so.txt").read_text() == "not an ELF file"
     assert not list(tmp_path.rglob("*.pyx")) and not list(tmp_path.rglob("*.pxd"))
     script = (
@@ -336,6 +336,90 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _section_names(path: Path) -> set[str]:
+    """The section names of a 64-bit little-endian ELF file, read here (no binutils)."""
+    import struct
+
+    data = path.read_bytes()
+    shoff, shentsize, shnum, shstrndx = (
+        struct.unpack_from("<Q", data, 0x28)[0],
+        *struct.unpack_from("<HHH", data, 0x3A),
+    )
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = headers[shstrndx][4]
+    return {data[names + h[0] : data.index(b"\0", names + h[0])].decode() for h in headers}
+
+
+def test_slim_strips_symbol_tables_of_patchelf_repaired_libraries_and_numpy_still_works(
+    tmp_path: Path,
+) -> None:
+    """numpy's wheel is repaired by auditwheel, whose patchelf appends loaded segments after
+    the symbol table: stripping must move those back (page-aligned), not give up or cut them.
+    The stripped numpy still imports, multiplies through its OpenBLAS and inverts a matrix."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy
+
+    from omibuild.runtime.slim import strip_tree, strip_unneeded
+
+    site = Path(str(numpy.__file__)).parent.parent
+    shutil.copytree(site / "numpy", tmp_path / "numpy")
+    shutil.copytree(site / "numpy.libs", tmp_path / "numpy.libs")
+    core = next((tmp_path / "numpy" / "_core").glob("_multiarray_umath.*.so"))
+    assert ".symtab" in _section_names(core)
+    before = core.stat().st_size
+    strip_tree(tmp_path)
+    objects = [p for p in tmp_path.rglob("*.so*") if p.is_file() and not p.is_symlink()]
+    assert objects and not [p.name for p in objects if ".symtab" in _section_names(p)]
+    assert {".dynsym", ".dynstr", ".text"} <= _section_names(core)
+    assert core.stat().st_size < before
+    assert [strip_unneeded(p) for p in objects] == [0] * len(objects)  # nothing left
+    script = (
+        "import numpy as np\n"
+        f"assert np.__file__.startswith({str(tmp_path)!r})\n"
+        "a = np.arange(1, 10.0).reshape(3, 3) + np.eye(3)\n"
+        "assert np.allclose(a @ np.linalg.inv(a), np.eye(3))\n"
+        "assert float(np.fft.fft(np.ones(4))[0].real) == 4.0\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_slim_links_identical_files_where_their_permissions_agree(tmp_path: Path) -> None:
+    import os
+
+    from omibuild.runtime.slim import link_duplicates
+
+    body = os.urandom(100_000)
+    for rel, data, mode in (
+        ("numpy.libs/libg.so", body, 0o755),
+        ("scipy.libs/libg.so", body, 0o755),
+        ("other.libs/libg.so", body, 0o644),  # same bytes, other permissions: left alone
+        ("x.libs/libh.so", body[:-1] + b"!", 0o755),  # same size, other bytes
+        ("small/a", b"tiny", 0o755),
+        ("small/b", b"tiny", 0o755),  # under the size worth linking
+    ):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+        (tmp_path / rel).chmod(mode)
+    assert link_duplicates(tmp_path) == (1, 100_000)
+    assert (tmp_path / "numpy.libs/libg.so").samefile(tmp_path / "scipy.libs/libg.so")
+    assert (tmp_path / "scipy.libs/libg.so").read_bytes() == body
+    assert (tmp_path / "other.libs/libg.so").stat().st_nlink == 1
+    assert (tmp_path / "x.libs/libh.so").stat().st_nlink == 1
+    assert (tmp_path / "small/b").stat().st_nlink == 1
+    assert link_duplicates(tmp_path) == (0, 0)
+    assert not [p for p in tmp_path.rglob(".*omi-link")]
 
 
 def test_slim_removes_the_test_suites_packages_ship_inside_themselves(tmp_path: Path) -> None:
