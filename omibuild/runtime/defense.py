@@ -72,8 +72,9 @@ class Score:
     def p_value(self, row: np.ndarray) -> float:
         """One row's p-value, as ``p_values`` gives it: 4.9 us for ten features here, where
         the batch path costs 12.6 us on a one-row batch (numpy's per-call overhead)."""
-        y = (np.asarray(row, dtype=float) - self.mean) @ self.factor
-        score = float(y @ y)
+        # ndarray.dot calls BLAS directly, where @ goes through the matmul ufunc's dispatch
+        y = (row - self.mean).dot(self.factor)
+        score = float(y.dot(y))
         if score != score:  # NaN: a missing value is as far as a row can be
             score = math.inf
         n = len(self._sorted)

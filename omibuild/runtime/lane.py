@@ -64,22 +64,22 @@ class PredictLane:
                     ).start()
                 self.started = True
 
-    def submit(self, inputs: Any, screen: bool = False) -> asyncio.Future[Any]:
+    def submit(self, inputs: Any, screen: bool = False, show: bool = True) -> asyncio.Future[Any]:
         """From the event loop: a future the loop resolves with the result ((outputs,
-        screening) when ``screen``)."""
+        screening) when ``screen``; ``show``: the client waits for the rows' p-values)."""
         if not self.started:
             self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.put(_Job(loop, future, inputs, self._rows(inputs), screen))
+        self.queue.put(_Job(loop, future, inputs, self._rows(inputs), screen, show))
         return future
 
-    def call(self, inputs: Any, screen: bool = False) -> Any:
+    def call(self, inputs: Any, screen: bool = False, show: bool = True) -> Any:
         """From any other thread: wait for the result."""
         if not self.started:
             self._start()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.queue.put(_Job(None, future, inputs, self._rows(inputs), screen))
+        self.queue.put(_Job(None, future, inputs, self._rows(inputs), screen, show))
         return future.result()
 
     def _rows(self, inputs: Any) -> int | None:
@@ -127,7 +127,7 @@ class PredictLane:
         """Screen ``merged`` (the batch's rows) once, hand each job its part, fail the jobs it
         refuses: the jobs left to predict."""
         try:
-            screening = self.screener.screen(merged)
+            screening = self.screener.screen(merged, show=any(job.show for job in batch))
         except Exception as exc:  # a team's hook that failed: every request of the call
             for job in batch:
                 job.settle(None, detach(exc))
@@ -187,7 +187,7 @@ class _Job:
     """One request on the lane. ``loop`` is set for an asyncio future (resolved on its loop),
     None for a concurrent.futures one (resolved from the lane's thread)."""
 
-    __slots__ = ("future", "inputs", "loop", "rows", "screen", "screening")
+    __slots__ = ("future", "inputs", "loop", "rows", "screen", "screening", "show")
 
     def __init__(
         self,
@@ -196,10 +196,12 @@ class _Job:
         inputs: Any,
         rows: int | None,
         screen: bool = False,
+        show: bool = True,
     ) -> None:
         self.loop, self.inputs, self.rows = loop, inputs, rows
         self.future: Any = future
         self.screen = screen  # resolves to (outputs, screening)
+        self.show = show  # the client waits for the screening's p-values
         self.screening: Any = None
 
     def run(self, predict: Callable[[Any], Any]) -> None:

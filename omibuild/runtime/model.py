@@ -193,14 +193,17 @@ class ModelService:
     async def apredict(self, inputs: Any) -> Any:
         """From the event loop: predict on the lane. An answered request's rows are queued for
         drift accounting (a put: the tests run on the monitor's own thread)."""
-        return (await self.apredict_screened(inputs))[0]
+        return (await self.apredict_screened(inputs, show=False))[0]
 
-    async def apredict_screened(self, inputs: Any) -> tuple[Any, Screening | None]:
+    async def apredict_screened(
+        self, inputs: Any, show: bool = True
+    ) -> tuple[Any, Screening | None]:
         """apredict, and the defense's screening of the rows (omi.yaml's defense), which the
-        lane runs before predict: under guard: reject a violating row never reaches the model."""
+        lane runs before predict: under guard: reject a violating row never reaches the model.
+        ``show``: the client asked for the rows' p-values (else they come later, DefenseMonitor)."""
         screening = None
         if self.defense is not None:
-            outputs, screening = await self.lane.submit(inputs, screen=True)
+            outputs, screening = await self.lane.submit(inputs, screen=True, show=show)
         else:
             outputs = await self.lane.submit(inputs)
         if self.drift is not None:
@@ -211,10 +214,10 @@ class ModelService:
         """From a gRPC worker thread. With adaptive batching on, through the lane, so gRPC and
         REST requests batch together; otherwise right here, which spares a thread hop.
         ``client``: false for the runtime's own calls, which the defense does not screen."""
-        return self.predict_blocking_screened(inputs, client)[0]
+        return self.predict_blocking_screened(inputs, client, show=False)[0]
 
     def predict_blocking_screened(
-        self, inputs: Any, client: bool = True
+        self, inputs: Any, client: bool = True, show: bool = True
     ) -> tuple[Any, Screening | None]:
         screening = None
         if self.defense is None or not client:
@@ -222,9 +225,9 @@ class ModelService:
                 self.lane.call(inputs) if self.lane.max_wait else self._predict_in_slot(inputs)
             )
         elif self.lane.max_wait:
-            outputs, screening = self.lane.call(inputs, screen=True)
+            outputs, screening = self.lane.call(inputs, screen=True, show=show)
         else:
-            screening = self.defense.screen(inputs)
+            screening = self.defense.screen(inputs, show=show)
             refused = self.defense.refusal(screening, inputs)
             if refused is not None:
                 raise refused

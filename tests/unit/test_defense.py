@@ -119,6 +119,46 @@ def test_one_row_screens_as_the_batch_path_does(tables: int) -> None:
     assert batch.status() == single.status()
 
 
+@pytest.mark.parametrize("tables", [1, 3])  # 10 features (scored at once), 30 (deferred)
+def test_rows_no_client_waits_for_are_scored_later_and_count_alike(tables: int) -> None:
+    """Rows screened with show=False (no client asked for their p-values) are guarded at
+    once and scored later, DEFERRED_ROWS at a time or when the counters are read: the counters
+    equal those of rows scored one by one, even when the request's array changes afterwards
+    (a preprocess hook may write into it), and no more than DEFERRED_ROWS rows wait."""
+    from omibuild.runtime.screen import DEFERRED_ROWS, DefenseMonitor
+    from tests.unit.test_defense_attack import reference_of, table
+
+    def wide(n: int, seed: int) -> np.ndarray:
+        return np.hstack([table(n, seed=seed + 10 * t) for t in range(tables)])
+
+    reference = reference_of(wide(2400, seed=5))
+    rows = wide(3 * DEFERRED_ROWS + 5, seed=7)
+    rows[3, 2], rows[70, 0] = 1e3, np.nan  # out of range, missing
+    rows[9] = rows[9, ::-1] * 3  # against the correlations, far out
+    now = DefenseMonitor({"alpha": 0.01}, reference)
+    later = DefenseMonitor({"alpha": 0.01}, reference)
+    batch = DefenseMonitor({"alpha": 0.01}, reference)
+    shown = [now.screen(rows[i : i + 1]) for i in range(len(rows))]
+    requests = rows.copy()
+    quiet = [later.screen(requests[i : i + 1], show=False) for i in range(len(rows))]
+    merged = batch.screen(requests[:100], show=False)
+    batch.screen(requests[100:], show=False)
+    requests[:] = 0.0  # what a hook might do to the request's array
+    assert all(s is not None for s in shown + quiet) and merged is not None
+    assert [q.violations for q in quiet] == [s.violations for s in shown]  # type: ignore[union-attr]
+    assert quiet[3].flagged == [True] and quiet[70].flagged == [True]  # type: ignore[index,union-attr]
+    if tables > 1:  # the wide path defers: no p-value in the reply, flags from the guard alone
+        assert all(q.p_values == [None] for q in quiet)  # type: ignore[union-attr]
+        assert merged.p_values == [None] * 100 and merged.flagged[:10] == [
+            bool(s.violations[0])
+            for s in shown[:10]  # type: ignore[union-attr]
+        ]
+        assert later.rows >= len(rows) - DEFERRED_ROWS  # scored as they came, DEFERRED_ROWS at once
+    assert len(later._deferred_rows) < DEFERRED_ROWS
+    assert later.status() == now.status() == batch.status()
+    assert now.status()["flagged"] >= 3 and later._deferred_rows == batch._deferred == []
+
+
 def test_requests_merged_on_the_lane_are_screened_once_and_a_refused_one_fails_alone() -> None:
     """The lane screens merged requests in one pass, hands each its own rows' screening, and
     under guard: reject fails only the request whose row breaks the guard."""
