@@ -135,10 +135,12 @@ class DefenseMonitor:
             if self._wide:  # the common request, in few numpy calls
                 row = inputs[0] if inputs.dtype is _FLOAT else inputs[0].astype(float)
                 return self._one_wide(row, show)
-            return self._one(inputs[0].tolist())  # in plain Python
+            return self._one(inputs[0].tolist(), show)  # in plain Python
         table = self._table(inputs)
         if self._fast and isinstance(table, np.ndarray) and len(table) == 1:
-            return self._one_wide(table[0], show) if self._wide else self._one(table[0].tolist())
+            if self._wide:
+                return self._one_wide(table[0], show)
+            return self._one(table[0].tolist(), show)
         if table is None and self.hook is None:
             with self._lock:
                 self.skipped += 1
@@ -182,9 +184,10 @@ class DefenseMonitor:
             + (f"; {len(bad)} rows break the guard" if len(bad) > 1 else "")
         )
 
-    def _one(self, values: list[Any]) -> Screening:
+    def _one(self, values: list[Any], show: bool) -> Screening:
         """One numeric row, the common request, as a list: the guard in a Python loop, the
-        score through the Cholesky factor (Score.p_of). 3 us warm for four features."""
+        score through the Cholesky factor (Score.p_of; 3 us warm for four features), or later
+        with others when no client waits for it."""
         found: list[tuple[str, str]] = []
         if self.guard is not None:
             for value, (name, low, high, may_miss) in zip(values, self._bounds, strict=True):
@@ -195,6 +198,8 @@ class DefenseMonitor:
                     found.append((name, "range"))
         p: float | None = None
         if self.score is not None:
+            if not show:
+                return self._defer_row(values, found)
             p = self.score.p_of(values if self._whole else [values[j] for j in self.score_index])
         flagged = bool(found) or (p is not None and p <= self.alpha)
         with self._lock:
@@ -218,18 +223,23 @@ class DefenseMonitor:
         p: float | None = None
         if self.score is not None:
             if not show:
-                with self._lock:
-                    self._count_guard(found)
-                    self._deferred_rows.append(values)
-                    self._deferred_rows_violated.append(bool(found))
-                    if len(self._deferred_rows) + len(self._deferred_violated) >= DEFERRED_ROWS:
-                        self._score_deferred()
-                return Screening([None], [bool(found)], [found])
+                return self._defer_row(values, found)
             p = self.score.p_value(row if self._whole else row[self.score_index])
         flagged = bool(found) or (p is not None and p <= self.alpha)
         with self._lock:
             self._count_row(p, flagged, found)
         return Screening([p], [flagged], [found])
+
+    def _defer_row(self, values: list[float], found: list[tuple[str, str]]) -> Screening:
+        """Count one row's guard violations now and keep the row (a list of all its columns)
+        to score later, as _defer does."""
+        with self._lock:
+            self._count_guard(found)
+            self._deferred_rows.append(values)
+            self._deferred_rows_violated.append(bool(found))
+            if len(self._deferred_rows) + len(self._deferred_violated) >= DEFERRED_ROWS:
+                self._score_deferred()
+        return Screening([None], [bool(found)], [found])
 
     def _defer(self, rows: np.ndarray, violations: list[list[tuple[str, str]]]) -> Screening:
         """Count the rows' guard violations now and keep the rows to score later; scores all

@@ -119,7 +119,7 @@ def test_one_row_screens_as_the_batch_path_does(tables: int) -> None:
     assert batch.status() == single.status()
 
 
-@pytest.mark.parametrize("tables", [1, 3])  # 10 features (scored at once), 30 (deferred)
+@pytest.mark.parametrize("tables", [1, 3])  # 10 features (plain Python), 30 (numpy)
 def test_rows_no_client_waits_for_are_scored_later_and_count_alike(tables: int) -> None:
     """Rows screened with show=False (no client asked for their p-values) are guarded at
     once and scored later, DEFERRED_ROWS at a time or when the counters are read: the counters
@@ -147,13 +147,11 @@ def test_rows_no_client_waits_for_are_scored_later_and_count_alike(tables: int) 
     assert all(s is not None for s in shown + quiet) and merged is not None
     assert [q.violations for q in quiet] == [s.violations for s in shown]  # type: ignore[union-attr]
     assert quiet[3].flagged == [True] and quiet[70].flagged == [True]  # type: ignore[index,union-attr]
-    if tables > 1:  # the wide path defers: no p-value in the reply, flags from the guard alone
-        assert all(q.p_values == [None] for q in quiet)  # type: ignore[union-attr]
-        assert merged.p_values == [None] * 100 and merged.flagged[:10] == [
-            bool(s.violations[0])
-            for s in shown[:10]  # type: ignore[union-attr]
-        ]
-        assert later.rows >= len(rows) - DEFERRED_ROWS  # scored as they came, DEFERRED_ROWS at once
+    # no p-value in the reply, flags from the guard alone; scored DEFERRED_ROWS at a time
+    assert all(q.p_values == [None] for q in quiet)  # type: ignore[union-attr]
+    assert merged.p_values == [None] * 100
+    assert merged.flagged[:10] == [bool(s.violations[0]) for s in shown[:10]]  # type: ignore[union-attr]
+    assert later.rows >= len(rows) - DEFERRED_ROWS
     assert len(later._deferred_rows) < DEFERRED_ROWS
     assert later.status() == now.status() == batch.status()
     assert now.status()["flagged"] >= 3 and later._deferred_rows == batch._deferred == []
