@@ -295,12 +295,25 @@ def test_transformers_flavor_runs_a_pipeline_built_here(tmp_path: Path) -> None:
     assert {o["label"] for o in out} <= {"NEGATIVE", "POSITIVE"}
 
 
+def _runs_on(path: Path, script: str) -> None:
+    """``script`` runs in a fresh interpreter that imports from ``path`` first."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        cwd=path,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path) -> None:
     """uvloop's wheel ships its extension with debug sections (13.6 MB); stripped, it is a
     fraction of that and still runs a loop. A second pass finds nothing left to strip."""
     import shutil
-    import subprocess
-    import sys
 
     import httptools
     import uvloop
@@ -328,14 +341,7 @@ def test_slim_strips_debug_sections_and_the_extension_still_loads(tmp_path: Path
         "httptools.HttpRequestParser(P()).feed_data(b'GET /x HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n')\n"
         "assert P.url == b'/x'\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _runs_on(tmp_path, script)
 
 
 def _section_names(path: Path) -> set[str]:
@@ -359,8 +365,6 @@ def test_slim_strips_symbol_tables_of_patchelf_repaired_libraries_and_numpy_stil
     the symbol table: stripping must move those back (page-aligned), not give up or cut them.
     The stripped numpy still imports, multiplies through its OpenBLAS and inverts a matrix."""
     import shutil
-    import subprocess
-    import sys
 
     import numpy
 
@@ -385,14 +389,7 @@ def test_slim_strips_symbol_tables_of_patchelf_repaired_libraries_and_numpy_stil
         "assert np.allclose(a @ np.linalg.inv(a), np.eye(3))\n"
         "assert float(np.fft.fft(np.ones(4))[0].real) == 4.0\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _runs_on(tmp_path, script)
 
 
 def test_slim_links_identical_files_where_their_permissions_agree(tmp_path: Path) -> None:
