@@ -7,7 +7,7 @@ bench/model_layers.py), image size (against `mlflow models build-docker`), image
 everyday format (against a hand-written Dockerfile: bench/formats.py), serving and cold
 start (against MLServer), explanations and drift (bench/analysis.py), the adversarial
 defense's cost (bench/defense.py), a tiny transformers model against MLServer's Hugging Face
-runtime (bench/transformers_row.py; opt-in, not yet working), and a soak (c=32 with
+runtime (bench/transformers_row.py), and a soak (c=32 with
 invalid requests mixed in: errors, p99 drift, memory growth)."""
 
 from __future__ import annotations
@@ -244,9 +244,7 @@ def main() -> int:
         help="model sizes in GiB for the layers group (10 GiB runs once)",
     )
     args = parser.parse_args()
-    # transformers is opt-in (--only transformers) until MLServer's Hugging Face image builds
-    # and starts here: its 1.7.1 runtime's pins are still being found (issue #36)
-    only = set(args.only or (g for g in GROUPS if g != "transformers"))
+    only = set(args.only or GROUPS)
     start = time.perf_counter()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="omibuild-bench-", dir="/var/tmp") as tmp:
