@@ -27,6 +27,7 @@ MAX_VIOLATIONS_SHOWN = 5  # per row, in a reply (the counters count them all)
 # rows whose p-values no client waits for are scored together, this many at a time (or when a
 # reader asks for the counters): one BLAS product for them all instead of one per request
 DEFERRED_ROWS = 64
+_FLOAT = np.dtype(float)  # a request's array of this dtype is screened without a conversion
 
 
 @dataclass
@@ -155,7 +156,8 @@ class DefenseMonitor:
             if table is None:
                 violations = [[] for _ in p_values]
         elif self.score is not None and table is not None and not show:
-            return self._defer(self._numbers(table), violations)
+            numbers = self._numbers(table)  # kept: a copy where it is the request's own array
+            return self._defer(numbers.copy() if numbers is table else numbers, violations)
         elif self.score is not None and table is not None:
             p_values = self._scores(table)
         flagged = [
@@ -326,9 +328,9 @@ class DefenseMonitor:
         return out
 
     def _numbers(self, table: Any) -> np.ndarray:
-        """The score's columns of the table, as floats (a copy: scoring may come later)."""
+        """The score's columns of the table, as floats (``table`` itself where it is that)."""
         if isinstance(table, np.ndarray) and len(self.score_index) == table.shape[1]:
-            return table.copy()
+            return table
         return np.asarray(
             [[_float(row[j]) for j in self.score_index] for row in table], dtype=float
         )
@@ -436,9 +438,6 @@ class DefenseMonitor:
         lines.append(f"omi_defense_p_value_sum {self.p_sum:.6g}")
         lines.append(f"omi_defense_p_value_count {scored}")
         return lines
-
-
-_FLOAT = np.dtype(float)
 
 
 def _float(value: Any) -> float:

@@ -10,8 +10,9 @@ a model serves:
   (``strip --strip-unneeded``). Wheels often ship them: uvloop's extension is 13.6 MB, 1.9 MB
   without them; the symbol tables of an XGBoost image's venv are 16 MB. The dynamic symbol
   table (``.dynsym``) stays: the loader, ``dlsym``, ``dladdr`` and glibc's backtraces read only
-  that. Files that are not 64-bit little-endian ELF, or whose layout is not the usual one
-  (loaded segments first), are left as they are.
+  that. What the loader maps keeps its bytes, moved back page-aligned where patchelf put it
+  after the symbol table. Files that are not 64-bit little-endian ELF, or where a section to
+  drop lies inside what the loader maps, are left as they are.
 - Identical files (numpy and scipy each ship the same libgfortran, 2.8 MB) become hard links
   of one another, where their permissions agree.
 - Cython sources (``.pyx``, ``.pxd``, ``.pxi``): inputs to building an extension, never read
